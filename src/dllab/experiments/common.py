@@ -1,0 +1,81 @@
+"""What image experiments share: load the data into the run, train a list of model variants, plot them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import DataConfig, OptimConfig, TrainConfig
+from ..data.images import ImageData, load_images
+from ..env import resolve_device
+from ..registry import build_model
+from ..report import plots
+from ..train.loop import LossFn, cross_entropy_loss, fit
+
+
+def load_data(cfg, run, data_cfg: DataConfig | None = None) -> ImageData:
+    """Load ``cfg.data`` and record where the pixels came from (and any fallback) in env.json + report."""
+    data_cfg = data_cfg or cfg.data
+    data = load_images(data_cfg, seed=cfg.seed, profile=cfg.profile)
+    for w in data.warnings:
+        run.note(w)
+    n_val = len(data.val) if data.val is not None else 0
+    desc = (f"{data.source}; classes {data.classes if len(data.classes) <= 10 else len(data.classes)}; "
+            f"train {len(data.train)} / val {n_val} / test {len(data.test)}")
+    run.write_env(data=desc, data_fallback=bool(data.warnings))
+    run.log(f"data: {desc}")
+    return data
+
+
+@dataclass
+class Variant:
+    name: str
+    model: str                        # registry name
+    kwargs: dict = field(default_factory=dict)
+    optim: OptimConfig | None = None  # None -> the experiment's optim
+    loss_fn: LossFn = cross_entropy_loss
+    meta: dict = field(default_factory=dict)  # extra columns for the report table
+
+
+def build_for(data: ImageData, variant: Variant, seed: int) -> torch.nn.Module:
+    # Seed before every build: a variant's initial weights do not depend on which variants ran before it
+    # (so a resumed run that skips finished variants builds the same model).
+    torch.manual_seed(seed)
+    c, h, _ = data.shape
+    return build_model(variant.model, num_classes=data.num_classes, in_channels=c, image_size=h,
+                       stats=data.stats, **variant.kwargs)
+
+
+def train_variants(cfg, run, data: ImageData, variants: list[Variant], train: TrainConfig | None = None,
+                   optim: OptimConfig | None = None, augment: bool | None = None) -> dict[str, dict]:
+    """Train each variant with the shared loop; returns {variant: result} (results also saved in the run)."""
+    device = resolve_device(cfg.device)
+    train = train or cfg.train
+    results = {}
+    for v in variants:
+        model = build_for(data, v, cfg.seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        run.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters")
+        res = fit(model, data, train, v.optim or optim or cfg.optim, run, v.name, device, seed=cfg.seed,
+                  augment=cfg.data.augment if augment is None else augment, loss_fn=v.loss_fn)
+        res["params"] = n_params
+        results[v.name] = res
+    return results
+
+
+def accuracy_table(run, results: dict[str, dict], variants: list[Variant], title: str = "Variants") -> None:
+    """One row per variant: its settings, parameters, accuracies, time."""
+    meta_keys = [k for v in variants for k in v.meta]
+    meta_keys = list(dict.fromkeys(meta_keys))
+    header = ["variant", *meta_keys, "params", "best val acc", "test acc (final)", "test acc (best val)", "seconds"]
+    rows = []
+    for v in variants:
+        r = results[v.name]
+        rows.append([v.name, *[v.meta.get(k, "") for k in meta_keys], f"{r['params']:,}",
+                     r.get("val_acc", float("nan")), r["test_acc"], r.get("best_test_acc", r["test_acc"]),
+                     round(r["seconds"], 1)])
+    run.add_table(title, header, rows)
+
+
+def curves_figure(run, names: list[str], file: str, caption: str, title: str = "") -> None:
+    run.save_figure(plots.training_curves({n: run.variant_history(n) for n in names}, title), file, caption)

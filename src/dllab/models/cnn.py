@@ -1,0 +1,50 @@
+"""The Lab 1 CNN (spec Ex. 1.3): a stem, ``depth`` BasicConvBlocks at one width, global pooling."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..registry import register_model
+from .common import DATASET_STATS, Classifier, Normalize
+
+
+class BasicConvBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN (+ identity when residual), then ReLU — ResNet's basic block."""
+
+    def __init__(self, channels: int, residual: bool = True):
+        super().__init__()
+        self.residual = residual
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + x
+        return self.relu(out)
+
+
+class CNN(Classifier):
+    def __init__(self, in_channels=3, base_channels=64, depth=5, residual=False, num_classes=10, stats="cifar10"):
+        super().__init__()
+        self.normalize = Normalize(*DATASET_STATS[stats]) if stats else nn.Identity()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, base_channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(base_channels), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[BasicConvBlock(base_channels, residual) for _ in range(depth)])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(base_channels, num_classes)
+
+    def feature_maps(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) after the last block: the encoder of the OOD autoencoder."""
+        return self.blocks(self.stem(self.normalize(x)))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.pool(self.feature_maps(x))
+
+
+@register_model
+def cnn(num_classes=10, in_channels=3, base_channels=64, depth=5, residual=False, stats="cifar10", **_):
+    return CNN(in_channels, base_channels, depth, residual, num_classes, stats)

@@ -1,0 +1,45 @@
+"""Pieces every image model shares."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Per-channel statistics of the training sets (canonical values; dllab never recomputes them per run,
+# so a checkpoint behaves the same whatever subset it was trained on).
+DATASET_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std as the model's first layer.
+
+    Keeping normalisation inside the model means every caller (training, attacks, OOD detectors)
+    feeds images in [0, 1], so an attack's epsilon is in pixel units, as in the papers.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Base: ``forward(x) = classifier(features(x))``, so transfer and OOD code reuse any model."""
+
+    classifier: nn.Module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def weight_layers(self) -> list[tuple[str, nn.Module]]:
+        """Linear/Conv layers in forward order: the x-axis of the gradient-norm plots."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

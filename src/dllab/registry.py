@@ -1,0 +1,70 @@
+"""Name -> thing registries, in the spirit of timm's ``@register_model``.
+
+Experiments and models register themselves on import; the CLI only ever looks names up here.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import DllabError
+
+MODELS: dict[str, Callable[..., Any]] = {}
+EXPERIMENTS: dict[str, "Experiment"] = {}
+
+
+def _unknown(kind: str, name: str, known: dict) -> DllabError:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return DllabError(f"unknown {kind} '{name}'{hint}; known: {', '.join(sorted(known))}")
+
+
+def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+def build_model(name: str, **kwargs) -> Any:
+    _import_all()
+    if name not in MODELS:
+        raise _unknown("model", name, MODELS)
+    model = MODELS[name](**kwargs)
+    # Remember how it was built, so a saved checkpoint can rebuild it (train.checkpoint.load_model).
+    model.dllab_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    config_cls: type
+    profiles: dict[str, dict[str, Any]]   # profile -> overrides on top of the dataclass defaults
+    run: Callable                          # run(cfg, run_dir: runs.Run) -> summary dict
+    reference: dict[str, Any]              # spec numbers shown beside the run's, keyed like the summary
+    notes: str = ""                        # the spec's claims, quoted in the report
+
+
+def register_experiment(name: str, description: str, config_cls: type, profiles: dict,
+                        reference: dict | None = None, notes: str = ""):
+    def deco(fn):
+        EXPERIMENTS[name] = Experiment(name, description, config_cls, profiles, fn, reference or {}, notes)
+        return fn
+    return deco
+
+
+def get_experiment(name: str) -> Experiment:
+    _import_all()
+    if name not in EXPERIMENTS:
+        raise _unknown("experiment", name, EXPERIMENTS)
+    return EXPERIMENTS[name]
+
+
+def _import_all() -> None:
+    # Importing the modules runs their decorators. Lab 2 needs transformers, which is slow to import,
+    # so each experiment module imports heavy libraries lazily inside its run function.
+    from . import models  # noqa: F401
+    from .experiments import import_all
+
+    import_all()

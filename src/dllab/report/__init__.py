@@ -1,0 +1,1 @@
+"""Plots (plots.py) and the Markdown + self-contained HTML report (render.py)."""

@@ -1,0 +1,158 @@
+"""Reports: one Markdown file and one self-contained HTML file (plots inlined as base64) per set of runs.
+
+A report is built from what a run folder holds (env.json, metrics.json, report_state.json, PNGs), so
+``dllab report`` can gather any finished runs later, and a run's own ``report.md`` is the same report for
+one run. Each summary number sits beside the spec's reference value, when the spec gives one.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import DllabError
+
+RunInfo = dict[str, Any]
+
+
+def read_run(path: Path) -> RunInfo:
+    path = Path(path).resolve()
+    try:
+        env = json.loads((path / "env.json").read_text())
+        metrics = json.loads((path / "metrics.json").read_text())
+    except FileNotFoundError:
+        raise DllabError(f"{path} is not a finished run folder (env.json and metrics.json are needed)") from None
+    except json.JSONDecodeError:
+        raise DllabError(f"{path}: env.json or metrics.json is not valid JSON") from None
+    state_file = path / "report_state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"notes": [], "tables": [], "figures": []}
+    return {"path": path, "env": env, "summary": metrics.get("summary", {}), **state}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+    return str(v)
+
+
+def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[list[str]]:
+    """key | this run (± std over seeds) | spec — one row per summary key, then spec-only keys."""
+    rows = []
+    for k, v in summary.items():
+        if k.endswith(".std"):
+            continue
+        std = summary.get(f"{k}.std")
+        value = _fmt(v) + (f" ± {_fmt(std)}" if std is not None else "")
+        rows.append([k, value, _fmt(reference[k]) if k in reference else ""])
+    rows += [[k, "—", _fmt(v)] for k, v in reference.items() if k not in summary]
+    return rows
+
+
+class Doc:
+    """Just enough structure to write the same report as Markdown and as HTML."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, text: str, level: int = 2):
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str):
+        self.md.append(text + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def bullets(self, items: list[str]):
+        if items:
+            self.md.append("\n".join(f"- {i}" for i in items) + "\n")
+            self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+
+    def table(self, header: list[str], rows: list[list[Any]]):
+        cells = [[_fmt(c) for c in r] for r in rows]
+        self.md.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+                       + "".join("| " + " | ".join(r) + " |\n" for r in cells))
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def image(self, file: Path, caption: str):
+        rel = Path(os.path.relpath(file, self.root)).as_posix()
+        self.md.append(f"![{caption}]({rel})\n\n*{caption}*\n")
+        if file.exists():
+            data = base64.b64encode(file.read_bytes()).decode()
+            self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def markdown(self) -> str:
+        return "\n".join(self.md)
+
+    def to_html(self, title: str) -> str:
+        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+                 "font-size:14px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+                 "figcaption{font-style:italic;font-size:13px;color:#555}code{background:#f3f3f3}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
+
+
+def render(runs: list[RunInfo], root: Path) -> Doc:
+    from ..registry import get_experiment
+
+    doc = Doc(root)
+    title = runs[0]["env"]["experiment"] if len(runs) == 1 else "dllab report"
+    doc.heading(title, 1)
+    for info in runs:
+        env = info["env"]
+        name = env["experiment"]
+        try:
+            exp = get_experiment(name)
+            reference, claims, description = exp.reference, exp.notes, exp.description
+        except DllabError:
+            reference, claims, description = {}, "", ""
+        if len(runs) > 1:
+            doc.heading(f"{name} — {info['path'].name}", 2)
+        if description:
+            doc.para(description)
+        doc.bullets([f"command: `{env.get('command', '')}`",
+                     f"profile: {env.get('profile')}, seed(s): {env.get('seeds', env.get('seed'))}, "
+                     f"device: {env.get('device')}, precision: {env.get('precision', 'see config')}",
+                     f"data: {env.get('data', '—')}",
+                     f"git commit: {env.get('git_commit')}, torch {env.get('versions', {}).get('torch')}",
+                     f"wall time: {env.get('seconds', '—')} s"])
+        doc.heading("Results beside the spec", 3)
+        doc.table(["metric", "this run", "spec"], summary_rows(info["summary"], reference))
+        if claims:
+            doc.para("The spec says: " + claims)
+        for t_title, header, rows in info["tables"]:
+            doc.heading(t_title, 3)
+            doc.table(header, rows)
+        if info["figures"]:
+            doc.heading("Plots", 3)
+            for caption, file in info["figures"]:
+                doc.image(info["path"] / file, caption)
+        if info["notes"]:
+            doc.heading("Notes", 3)
+            doc.bullets(info["notes"])
+    return doc
+
+
+def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
+    """Write ``out`` (.md) and its .html twin for the given run folders."""
+    from ..runs import atomic_write_text
+
+    runs = [read_run(Path(p)) for p in run_dirs]
+    out = Path(out)
+    md_path = out if out.suffix == ".md" else out.with_suffix(".md")
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    doc = render(runs, md_path.parent.resolve())  # image links are relative to the report's folder
+    atomic_write_text(md_path, doc.markdown())
+    html_path = md_path.with_suffix(".html")
+    atomic_write_text(html_path, doc.to_html(md_path.stem))
+    return md_path, html_path

@@ -1,0 +1,118 @@
+"""Run an experiment by name: config -> run folder -> the experiment's code -> metrics.json and report.
+
+With several seeds, each seed runs in ``<run>/seed<N>/`` (a complete run folder of its own) and the top
+folder gets the mean of every summary number under its plain key plus ``<key>.std``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import DllabError
+from .config import make_config
+from .env import describe_device, git_commit, resolve_device, seed_everything, versions
+from .registry import Experiment, get_experiment
+from .report.render import write_report
+from .runs import Run
+
+
+def _execute(exp: Experiment, run: Run, command: str) -> dict[str, float]:
+    cfg = run.cfg
+    train = getattr(cfg, "train", None)
+    if train is not None and getattr(train, "threads", 0):
+        torch.set_num_threads(train.threads)
+    seed_everything(cfg.seed, getattr(train, "deterministic", False))
+    device = resolve_device(cfg.device)
+    started = time.time()
+    run.write_env(experiment=exp.name, profile=cfg.profile, seed=cfg.seed, command=command,
+                  git_commit=git_commit(), versions=versions(), device=describe_device(device),
+                  precision=getattr(train, "precision", None), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    summary = exp.run(cfg, run)
+    run.write_metrics(summary)
+    run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_report([run.path], run.path / "report.md")
+    return summary
+
+
+def aggregate(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """Mean under the plain key, population std under ``<key>.std`` (keys present in every seed)."""
+    out: dict[str, float] = {}
+    for k in summaries[0]:
+        vals = [s[k] for s in summaries if isinstance(s.get(k), (int, float))]
+        if len(vals) != len(summaries):
+            continue
+        mean = sum(vals) / len(vals)
+        out[k] = mean
+        out[f"{k}.std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+    return out
+
+
+def run_experiment(name: str, profile: str = "quick", sets: list[str] | None = None, seed: int | None = None,
+                   seeds: list[int] | None = None, device: str | None = None, out: str | None = None,
+                   resume: str | None = None, quiet: bool = False, argv: list[str] | None = None) -> Run:
+    command = "dllab " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if resume:
+        run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
+        exp = get_experiment(run.experiment)
+        seeds = run.env.get("seeds")
+        run.log(f"resuming {exp.name} in {run.path}")
+    else:
+        exp = get_experiment(name)
+        cfg = make_config(exp.config_cls, exp.profiles, profile, sets)
+        if seed is not None:
+            cfg.seed = seed
+        if device:
+            cfg.device = device
+        resolve_device(cfg.device)  # fail before creating a folder
+        run = Run.create(exp.name, cfg, out=out, quiet=quiet)
+        run.log(f"{exp.name} ({cfg.profile}) -> {run.path}")
+    if not seeds or len(seeds) == 1:
+        if seeds:
+            run.cfg.seed = seeds[0]
+        _execute(exp, run, command)
+        return run
+
+    run.write_env(experiment=exp.name, profile=run.cfg.profile, seeds=seeds, command=command,
+                  git_commit=git_commit(), versions=versions())
+    summaries = []
+    started = time.time()
+    for s in seeds:
+        sub_path = run.path / f"seed{s}"
+        if (sub_path / "env.json").exists():
+            sub = Run.open_for_resume(str(sub_path), get_experiment, quiet=quiet)
+        else:
+            cfg = copy.deepcopy(run.cfg)
+            cfg.seed = s
+            sub = Run.create(exp.name, cfg, out=str(sub_path), quiet=quiet)
+        if (sub_path / "metrics.json").exists():
+            summaries.append(sub.metrics()["summary"])
+            continue
+        run.log(f"--- seed {s} ---")
+        summaries.append(_execute(exp, sub, command))
+    summary = aggregate(summaries)
+    run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)})
+    # The top-level report shows the first seed's plots and tables beside the aggregated numbers.
+    first = Run.open_for_resume(str(run.path / f"seed{seeds[0]}"), get_experiment, quiet=True)
+    run.notes, run.tables = list(first.notes), first.tables
+    run.figures = [(cap, f"seed{seeds[0]}/{f}") for cap, f in first.figures]
+    run.note(f"numbers are mean ± std over seeds {seeds}; plots and tables are from seed {seeds[0]}")
+    run.write_env(seconds=round(time.time() - started, 1), device=first.env.get("device"),
+                  precision=first.env.get("precision"), data=first.env.get("data"))
+    write_report([run.path], run.path / "report.md")
+    return run
+
+
+def report(run_dirs: list[str], out: str | None) -> tuple[Path, Path]:
+    if not run_dirs:
+        raise DllabError("dllab report needs at least one run folder")
+    target = Path(out) if out else (Path(run_dirs[0]) / "report.md" if len(run_dirs) == 1 else Path("report.md"))
+    return write_report([Path(p) for p in run_dirs], target)
+
+

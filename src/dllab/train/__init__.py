@@ -1,0 +1,1 @@
+"""One training loop for every image experiment (loop.py), its checkpoints and gradient probes."""
