@@ -54,3 +54,23 @@ def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.
         first = str(e).strip().splitlines()[0]
         raise DllabError(f"{path}: weights do not fit the model ({first})") from None
     return model, blob
+
+
+def find_run_model(run_dir: str | Path, variant: str = "", prefer: tuple[str, ...] = ()) -> Path:
+    """The saved model of a finished run: ``variant`` if given, else the run's only model, else the first
+    name of ``prefer`` that the run has (so a lab1.cnn-depth run can serve as the depth-5 CNN)."""
+    models = Path(run_dir) / "models"
+    available = sorted(p.stem for p in models.glob("*.pt")) if models.is_dir() else []
+    if not available:
+        raise DllabError(f"{run_dir} holds no trained models (no models/*.pt); pass a finished run folder")
+    if variant:
+        if variant not in available:
+            raise DllabError(f"{run_dir} has no model '{variant}'; it has {', '.join(available)}")
+        return models / f"{variant}.pt"
+    if len(available) == 1:
+        return models / f"{available[0]}.pt"
+    for name in prefer:
+        if name in available:
+            return models / f"{name}.pt"
+    raise DllabError(f"{run_dir} has several models ({', '.join(available)}); choose one with the "
+                     "experiment's variant setting")
