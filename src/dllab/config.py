@@ -118,7 +118,7 @@ def _check_value(value, tp, key: str):
         return value
     elif tp is Any:
         return value
-    raise DllabError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    raise DllabError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
 def set_key(cfg, key: str, value) -> None:

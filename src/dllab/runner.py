@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,11 @@ def run_experiment(name: str, profile: str = "quick", sets: list[str] | None = N
         run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
         exp = get_experiment(run.experiment)
         seeds = run.env.get("seeds")
-        run.log(f"resuming {exp.name} in {run.path}")
+        # Refuse a damaged checkpoint before spending minutes on data loading and earlier variants.
+        from .train.checkpoint import load_checkpoint
+        for ck in sorted(run.path.glob("**/checkpoints/*.pt")):
+            load_checkpoint(ck)
+        run.log(f"resuming {exp.name} in {run.path}", echo=False)
     else:
         exp = get_experiment(name)
         cfg = make_config(exp.config_cls, exp.profiles, profile, sets)
@@ -72,7 +77,19 @@ def run_experiment(name: str, profile: str = "quick", sets: list[str] | None = N
             cfg.device = device
         resolve_device(cfg.device)  # fail before creating a folder
         run = Run.create(exp.name, cfg, out=out, quiet=quiet)
-        run.log(f"{exp.name} ({cfg.profile}) -> {run.path}")
+        run.log(f"{exp.name} ({cfg.profile}) -> {run.path}", echo=False)
+    try:
+        return _run_seeds(exp, run, seeds, command, quiet)
+    except DllabError:
+        # A new run that failed before training anything (missing data, bad setting found late) leaves
+        # no half-made folder behind; a run with results or checkpoints is kept for --resume.
+        trained = any(run.path.glob("**/results")) or any(run.path.glob("**/checkpoints"))
+        if not resume and not trained:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None, command: str, quiet: bool) -> Run:
     if not seeds or len(seeds) == 1:
         if seeds:
             run.cfg.seed = seeds[0]

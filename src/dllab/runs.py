@@ -126,8 +126,8 @@ class Run:
         atomic_write_json(self.path / "env.json", self.env)
 
     # --- logging ------------------------------------------------------------------------------------
-    def log(self, msg: str) -> None:
-        if not self.quiet:
+    def log(self, msg: str, echo: bool = True) -> None:
+        if echo and not self.quiet:
             print(msg, file=sys.stderr, flush=True)
         with open(self.path / "log.txt", "a") as f:
             f.write(msg + "\n")

@@ -178,8 +178,10 @@ def read_dataset(name: str, root: Path, allow_fallback: bool = False):
         return (*_imagefolder(root / name), [])
     if name not in ("mnist", "cifar10", "cifar100"):
         raise DllabError(f"unknown dataset '{name}'; choose mnist, cifar10, cifar100 or imagefolder")
+    # DLLAB_OFFLINE=1 skips download attempts (tests, air-gapped machines): fail or fall back at once.
+    download = os.environ.get("DLLAB_OFFLINE", "") in ("", "0")
     try:
-        return (*_torchvision(name, root, download=True), [])
+        return (*_torchvision(name, root, download=download), [])
     except Exception as e:  # offline (URLError, socket errors...), or files missing
         if name == "mnist" and allow_fallback:
             msg = (f"full MNIST not found under {root}/MNIST/raw and not downloadable; using the 5,000 real "

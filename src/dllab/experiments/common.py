@@ -78,4 +78,6 @@ def accuracy_table(run, results: dict[str, dict], variants: list[Variant], title
 
 
 def curves_figure(run, names: list[str], file: str, caption: str, title: str = "") -> None:
+    if not names:
+        return
     run.save_figure(plots.training_curves({n: run.variant_history(n) for n in names}, title), file, caption)

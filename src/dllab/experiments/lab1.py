@@ -31,7 +31,7 @@ class MLPConfig(RunConfig):
 @register_experiment(
     "lab1.mlp", "BasicMLP (784-64-64-10) on MNIST: SGD lr 0.1 vs Adam lr 1e-3 (spec Ex. 1.1)", MLPConfig,
     profiles={"paper": {"data.allow_fallback": False},
-              "quick": {"train.epochs": 5},
+              "quick": {"train.epochs": 10},
               "smoke": {"train.epochs": 1, "data.train_limit": 2000, "data.test_limit": 500}},
     notes="SGD (lr 0.1) and Adam (lr 1e-3) both fit MNIST over 50 epochs; Adam is the default optimiser "
           "for the later experiments. The spec shows curves only, no test numbers.")

@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests never write to the home folder: caches, runs and HF files go to temp folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("DLLAB_CACHE", str(base / "cache"))
+    monkeypatch.setenv("DLLAB_RUNS", str(base / "runs"))
+    monkeypatch.setenv("DLLAB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+def find_shared_data() -> Path | None:
+    for p in (os.environ.get("DLLAB_DATA"), REPO.parent / "shared" / "data"):
+        if p and Path(p).is_dir():
+            return Path(p)
+    return None
+
+
+def require_shared(*parts: str) -> Path:
+    """The real dataset under ../shared/data (or $DLLAB_DATA): skip with the reason when it is missing,
+    except under CI, where a missing dataset is a failure."""
+    root = find_shared_data()
+    if root is None or not root.joinpath(*parts).exists():
+        msg = f"real data {'/'.join(parts)} not found under $DLLAB_DATA or {REPO.parent / 'shared' / 'data'}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {msg}")
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared()
+
+
+def make_imagefolder(root: Path, classes=("a", "b", "c"), n_train=30, n_test=12, size=8, seed=0) -> Path:
+    """A tiny, learnable ImageFolder tree: each class is a distinct mean colour plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, size=(len(classes), 3))
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(colours[c] + rng.normal(0, 20, size=(size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def imagefolder(tmp_path) -> Path:
+    return make_imagefolder(tmp_path / "tiny")

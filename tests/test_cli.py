@@ -1,0 +1,95 @@
+"""The command line: listing, bad input (exit 2, one line, no traceback, nothing on disk touched), report."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def dllab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def assert_one_line_error(res, *fragments):
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dllab: error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_list_names_every_lab1_experiment():
+    res = dllab("list")
+    assert res.returncode == 0
+    for name in ("lab1.mlp", "lab1.mlp-depth", "lab1.cnn-depth"):
+        assert name in res.stdout
+    assert "smoke, quick, paper" in res.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["run", "lab9.nothing"], ["unknown experiment 'lab9.nothing'"]),
+    (["run", "lab1.mlpp"], ["did you mean 'lab1.mlp'"]),
+    (["run", "lab1.mlp", "--set", "train.epoch=2"], ["unknown config key 'train.epoch'", "train.epochs"]),
+    (["run", "lab1.mlp", "--set", "train.epochs=two"], ["expected int"]),
+    (["run", "lab1.mlp", "--profile", "fast"], ["invalid choice: 'fast'"]),
+    (["run", "lab1.mlp", "--seeds", "1,x"], ["expected comma-separated integers"]),
+    (["run"], ["needs an experiment name"]),
+    (["run", "lab1.mlp", "--resume", "/nonexistent/run"], ["not a run folder"]),
+    (["report", "/nonexistent/run"], ["not a finished run folder"]),
+])
+def test_bad_input_exits_2_with_one_line(args, fragments, tmp_path):
+    res = dllab(*args, cwd=tmp_path)
+    assert_one_line_error(res, *fragments)
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_missing_data_offline_under_paper(tmp_path):
+    res = dllab("run", "lab1.mlp", "--profile", "paper", "--set", f"data.root={tmp_path / 'nodata'}",
+                "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(res, "mnist not found", "MNIST/raw")
+    assert not (tmp_path / "run").exists()  # no half-made run folder is left behind
+
+
+def test_existing_out_is_never_overwritten(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    res = dllab("run", "lab1.mlp", "--profile", "smoke", "--out", str(out), cwd=tmp_path)
+    assert_one_line_error(res, "already exists")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
+
+
+def test_corrupt_checkpoint_on_resume_is_refused_untouched(tmp_path, imagefolder):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"profile: smoke\ndata:\n  name: imagefolder\n  root: {imagefolder}\n")
+    (run / "env.json").write_text(json.dumps({"experiment": "lab1.mlp"}))
+    bad = run / "checkpoints" / "sgd.pt"
+    bad.write_bytes(b"\x00garbage")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    res = dllab("run", "--resume", str(run), cwd=tmp_path)
+    assert_one_line_error(res, "sgd.pt is corrupt")
+    assert bad.read_bytes() == b"\x00garbage"
+    for p, data in before.items():
+        if p.name != "env.json":  # the resume records its command before training starts
+            assert p.read_bytes() == data
+
+
+def test_run_then_report_two_runs(tmp_path, imagefolder):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}"
+        res = dllab("run", "lab1.mlp", "--profile", "smoke", "--quiet", "--seed", str(i), "--out", str(out),
+                    "--set", f"data.root={imagefolder}", "--set", "data.name=imagefolder", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == str(out)
+        outs.append(str(out))
+    res = dllab("report", *outs, "--out", str(tmp_path / "all.md"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "all.md").read_text()
+    html = (tmp_path / "all.html").read_text()
+    assert md.count("## lab1.mlp") == 2 and "run0/curves.png" in md
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert "adam.test_acc" in md and "The spec says" in md

@@ -1,0 +1,62 @@
+"""Configs: profiles, --set overrides with type checking, YAML round trip."""
+import pytest
+
+from dllab import DllabError
+from dllab.config import apply_overrides, dump_yaml, load_yaml, make_config
+from dllab.registry import get_experiment
+
+
+def cfg_of(name="lab1.mlp-depth", profile="quick", sets=()):
+    exp = get_experiment(name)
+    return make_config(exp.config_cls, exp.profiles, profile, list(sets))
+
+
+def test_profiles_set_their_defaults():
+    paper, quick = cfg_of(profile="paper"), cfg_of(profile="quick")
+    assert paper.train.epochs == 50 and quick.train.epochs < paper.train.epochs
+    assert paper.plain_depths == [10, 20, 30] and paper.residual_depths == [5, 10, 15]
+    assert paper.profile == "paper" and paper.data.allow_fallback is False
+
+
+def test_set_parses_types_nested_keys_and_lists():
+    cfg = cfg_of(sets=["train.epochs=3", "optim.lr=5e-4", "train.grad_norms=false",
+                       "plain_depths=[2,4]", "data.classes=[cat,3]", "data.name=cifar10"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.grad_norms is False
+    assert cfg.plain_depths == [2, 4]
+    assert cfg.data.classes == ["cat", "3"]
+    assert cfg.data.name == "cifar10"
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("train.epochs=three", "expected int"),
+    ("train.grad_norms=maybe", "expected true or false"),
+    ("plain_depths=[1,x]", "expected int"),
+    ("epochs", "expected key=value"),
+    ("train=3", "is a section"),
+    ("optim.lr.x=1", "has no sub-keys"),
+])
+def test_bad_overrides_are_one_line_errors(item, message):
+    with pytest.raises(DllabError) as e:
+        cfg_of(sets=[item])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_profile():
+    with pytest.raises(DllabError, match="unknown profile 'fast'"):
+        cfg_of(profile="fast")
+
+
+def test_yaml_round_trip_keeps_types():
+    cfg = cfg_of(sets=["optim.lr=0.01", "data.classes=[1,2]"])
+    back = load_yaml(type(cfg), dump_yaml(cfg))
+    assert back == cfg
+
+
+def test_profile_dicts_are_type_checked():
+    cfg = cfg_of()
+    with pytest.raises(DllabError, match="train.epochs: expected int, got 1.5"):
+        apply_overrides(cfg, {"train": {"epochs": 1.5}})

@@ -1,0 +1,135 @@
+"""The training loop: learning, gradient norms, frozen layers, checkpoints and resume."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dllab import DllabError
+from dllab.runner import run_experiment
+from dllab.train import checkpoint as ckpt_mod
+from dllab.train.gradients import GradNormRecorder, block_grad_ratio
+from dllab.train.loop import set_train_mode
+
+
+def tiny_run(imagefolder, out, *extra, experiment="lab1.mlp-depth", resume=None):
+    sets = [f"data.root={imagefolder}", "data.name=imagefolder", "data.val_fraction=0.2",
+            "plain_depths=[3]", "residual_depths=[2]", "width=16", "train.epochs=3", "train.batch_size=16",
+            "train.deterministic=true", *extra]
+    return run_experiment(experiment, "smoke", sets, out=None if resume else str(out), resume=resume,
+                          quiet=True, argv=["test"])
+
+
+def test_grad_norm_recorder_averages_over_batches():
+    lin = nn.Linear(3, 2, bias=False)
+    rec = GradNormRecorder([("lin", lin)])
+    for scale in (1.0, 3.0):
+        lin.weight.grad = torch.full((2, 3), scale)
+        rec.step()
+    expected = (torch.full((2, 3), 1.0).norm() + torch.full((2, 3), 3.0).norm()) / 2
+    assert rec.epoch_end() == pytest.approx([expected.item()])
+    assert rec.epoch_end() == []  # reset after each epoch
+
+
+def test_block_grad_ratio_uses_first_and_last_block():
+    names = ["stem.1", "blocks.0.network.0.fc", "blocks.0.network.1.fc", "blocks.1.fc", "blocks.2.fc", "classifier"]
+    norms = [9.0, 1.0, 3.0, 5.0, 4.0, 9.0]
+    assert block_grad_ratio(names, norms) == pytest.approx(2.0 / 4.0)
+
+
+def test_vanishing_gradients_show_in_a_deep_plain_mlp():
+    """PyTorch's default init shrinks the backward signal through a deep plain ReLU MLP; a residual one keeps it."""
+    from dllab.registry import build_model
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    ratios = {}
+    for residual in (False, True):
+        m = build_model("mlp", depth=20, residual=residual)
+        nn.functional.cross_entropy(m(x), y).backward()
+        rec = GradNormRecorder(m.weight_layers())
+        rec.step()
+        ratios[residual] = block_grad_ratio(rec.names, rec.epoch_end())
+    assert ratios[False] < 1e-3 < 0.1 < ratios[True]
+
+
+def test_frozen_batchnorm_keeps_its_running_stats():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    for p in m[1].parameters():
+        p.requires_grad_(False)
+    set_train_mode(m)
+    assert m[0].training and not m[1].training and m[2].training
+
+
+def test_run_folder_records_everything(imagefolder, tmp_path):
+    run = tiny_run(imagefolder, tmp_path / "r")
+    p = run.path
+    for f in ("config.yaml", "env.json", "history.csv", "metrics.json", "report.md", "report.html",
+              "models/plain_d3.pt", "models/res_d2.pt", "gradient_norms.png"):
+        assert (p / f).exists(), f
+    env = json.loads((p / "env.json").read_text())
+    for k in ("versions", "device", "git_commit", "command", "data", "seed"):
+        assert k in env
+    summary = json.loads((p / "metrics.json").read_text())["summary"]
+    assert set(summary) >= {"plain_d3.test_acc", "res_d2.test_acc", "plain_d3.grad_ratio", "res_d2.grad_ratio"}
+    rows = (p / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 * 3  # header + epochs x variants
+    assert not (p / "checkpoints" / "plain_d3.pt").exists()  # finished variants keep the model, not the state
+
+
+def test_resume_after_a_kill_ends_with_identical_metrics(imagefolder, tmp_path, monkeypatch):
+    ref = tiny_run(imagefolder, tmp_path / "ref")
+    ref_summary = json.loads((ref.path / "metrics.json").read_text())["summary"]
+
+    # Kill the second run right after the 2nd epoch checkpoint of the second variant is written.
+    real_save, saves = ckpt_mod.save_checkpoint, []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(path)
+        if len(saves) == 3 + 2:  # 3 epochs of plain_d3, then 2 of res_d2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("dllab.train.loop.save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(imagefolder, tmp_path / "killed")
+    monkeypatch.setattr("dllab.train.loop.save_checkpoint", real_save)
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    assert (tmp_path / "killed" / "checkpoints" / "res_d2.pt").exists()
+
+    resumed = tiny_run(imagefolder, None, resume=str(tmp_path / "killed"))
+    summary = json.loads((resumed.path / "metrics.json").read_text())["summary"]
+    assert summary == ref_summary
+    strip = lambda text: [",".join(c for i, c in enumerate(l.split(",")) if i != 7) for l in text.splitlines()]  # noqa: E731
+    assert strip((resumed.path / "history.csv").read_text()) == strip((ref.path / "history.csv").read_text())
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "x.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(DllabError, match="is corrupt"):
+        ckpt_mod.load_checkpoint(p)
+    assert p.read_bytes() == b"not a checkpoint"
+
+
+def test_load_model_refuses_other_architectures(tmp_path):
+    from dllab.registry import build_model
+
+    ckpt_mod.save_model(tmp_path / "m.pt", build_model("cnn", depth=2, base_channels=4), ["a"] * 10)
+    with pytest.raises(DllabError, match="depth=2 but this experiment needs depth=5"):
+        ckpt_mod.load_model(tmp_path / "m.pt", expect={"name": "cnn", "depth": 5})
+    model, blob = ckpt_mod.load_model(tmp_path / "m.pt", expect={"name": "cnn", "depth": 2})
+    assert len(model.blocks) == 2 and len(blob["classes"]) == 10
+
+
+def test_seeds_report_mean_and_std(imagefolder, tmp_path):
+    from dllab.runner import run_experiment as run_exp
+
+    run = run_exp("lab1.mlp", "smoke", [f"data.root={imagefolder}", "data.name=imagefolder", "train.epochs=1"],
+                  seeds=[0, 1], out=str(tmp_path / "s"), quiet=True, argv=["test"])
+    m = json.loads((run.path / "metrics.json").read_text())
+    s0, s1 = m["seeds"]["0"], m["seeds"]["1"]
+    assert m["summary"]["adam.test_acc"] == pytest.approx((s0["adam.test_acc"] + s1["adam.test_acc"]) / 2)
+    assert m["summary"]["adam.test_acc.std"] == pytest.approx(abs(s0["adam.test_acc"] - s1["adam.test_acc"]) / 2)
+    assert (run.path / "seed1" / "metrics.json").exists()
+    assert "±" in (run.path / "report.md").read_text()
