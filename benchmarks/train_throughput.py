@@ -1,0 +1,118 @@
+"""Training throughput (images/s) of dllab's loop on the Lab 1 CNN, against two baselines, in one run.
+
+  dllab      train.loop.fit: in-memory uint8 tensors, batches made on the device, + its bookkeeping
+  (a) manual the shortest hand-written loop over the same in-memory tensors (the ceiling for the model)
+  (b) torchvision DataLoader(ImageFolder JPEGs, ToTensor + Normalize), the textbook pipeline
+Same model, batch size and precision for all; each is timed ``--repeats`` times, interleaved, and the
+median is quoted. Usage (from the repo root; the machine should be otherwise idle):
+
+    .venv/bin/python benchmarks/train_throughput.py --data ../shared/data --images 4096 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dllab.config import DataConfig, OptimConfig, TrainConfig
+from dllab.data.images import Batches, Split, load_images
+from dllab.registry import build_model
+from dllab.runs import Run
+from dllab.train.loop import autocast, fit
+
+
+def model_for(args):
+    torch.manual_seed(0)
+    return build_model("cnn", depth=args.depth, base_channels=args.channels, residual=True, stats="cifar10")
+
+
+def time_dllab(args, data, precision) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(epochs=1, batch_size=args.batch_size, precision=precision)
+        run = Run(Path(tmp), "bench", None, quiet=True)
+        no_val = type(data)(data.name, data.classes, data.train, None, Split(data.test.x[:1], data.test.y[:1]),
+                            data.stats, data.source)
+        t = time.perf_counter()
+        fit(model_for(args), no_val, cfg, OptimConfig(name="adam"), run, "bench", torch.device("cpu"))
+        return len(data.train) / (time.perf_counter() - t)
+
+
+def time_manual(args, data, precision) -> float:
+    model = model_for(args)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x_all, y_all = data.train.x, data.train.y
+    t = time.perf_counter()
+    model.train()
+    perm = torch.randperm(len(y_all))
+    for i in range(0, len(y_all), args.batch_size):
+        idx = perm[i:i + args.batch_size]
+        x, y = x_all[idx].float().div_(255), y_all[idx]
+        with autocast(torch.device("cpu"), precision):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return len(y_all) / (time.perf_counter() - t)
+
+
+def time_dataloader(args, n, precision) -> float:
+    import torchvision
+    from torchvision import transforms as T
+
+    ds = torchvision.datasets.ImageFolder(str(Path(args.data) / "cifar10" / "train"), T.Compose([
+        T.ToTensor(), T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]))
+    ds = torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
+    model = model_for(args)
+    model.normalize = torch.nn.Identity()  # the pipeline normalises
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    model.train()
+    t = time.perf_counter()
+    for x, y in loader:
+        with autocast(torch.device("cpu"), precision):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return n / (time.perf_counter() - t)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data", help="folder holding cifar10/{train,test}")
+    p.add_argument("--images", type=int, default=4096, help="training images per timed epoch")
+    p.add_argument("--channels", type=int, default=16, help="CNN width (quick profile: 16, paper: 64)")
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for baseline (b)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed"])
+    args = p.parse_args()
+
+    data = load_images(DataConfig(name="cifar10", root=args.data, train_limit=args.images, val_fraction=0),
+                       profile="paper")
+    print(f"CNN depth {args.depth} width {args.channels}, batch {args.batch_size}, {args.images} images, "
+          f"{torch.get_num_threads()} threads, {args.repeats} repeats (median)")
+    results: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every contender alike
+        for prec in dict.fromkeys([args.precision, "fp32"]):
+            results.setdefault(f"dllab {prec}", []).append(time_dllab(args, data, prec))
+        results.setdefault("manual", []).append(time_manual(args, data, args.precision))
+        results.setdefault("dataloader", []).append(time_dataloader(args, args.images, args.precision))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    for k, v in results.items():
+        print(f"  {k:<22} {med[k]:8.0f} img/s   (runs: {', '.join(f'{x:.0f}' for x in v)})")
+    d = med[f"dllab {args.precision}"]
+    print(f"dllab / manual loop        = {d / med['manual']:.2f}x   (target >= 0.95x)")
+    print(f"dllab / DataLoader+ToTensor = {d / med['dataloader']:.2f}x   (target >= 3x)")
+    if args.precision != "fp32":
+        print(f"dllab {args.precision} / fp32 = {d / med['dllab fp32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

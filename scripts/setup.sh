@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install dllab with the exact versions in constraints.txt (CPU or CUDA torch alike).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+# Offline machines with the staged datasets beside the repo: use them as the default data root.
+if [ ! -e data ] && [ -d ../shared/data ]; then
+  ln -s ../shared/data data
+  echo "setup: data -> ../shared/data (offline datasets)"
+fi
+echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
