@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import DllabError
-from .config import PROFILES
+# Before torch (and its OpenMP runtime) loads: on a busy or shared CPU, OpenMP's spin-waiting workers
+# fight the other processes for the cores and make training 5-10x slower; passive waiting costs little
+# when the machine is idle. An OMP_WAIT_POLICY set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import DllabError  # noqa: E402
+from .config import PROFILES  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,59 @@
+"""Classical classifiers on fixed embeddings: how linearly separable (or locally clustered) are the features?
+
+Shared by the text features experiment ([CLS] embeddings) and the image transfer experiment (CNN features):
+give it arrays, it gives back accuracies. Features are standardised first (fit on train only), which
+LinearSVC, logistic regression and Euclidean k-NN all need to treat every dimension alike.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import DllabError
+
+CLASSIFIERS = ("svm", "logreg", "knn")
+
+
+def make_classifier(name: str, k: int = 5, seed: int = 0, max_iter: int = 2000):
+    """An sklearn pipeline: StandardScaler then the named classifier."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+    if name == "svm":
+        clf = LinearSVC(C=1.0, max_iter=max_iter, random_state=seed)
+    elif name == "logreg":
+        clf = LogisticRegression(C=1.0, max_iter=max_iter)
+    elif name == "knn":
+        clf = KNeighborsClassifier(n_neighbors=k)
+    else:
+        raise DllabError(f"unknown classifier '{name}'; valid: {', '.join(CLASSIFIERS)}")
+    return make_pipeline(StandardScaler(), clf)
+
+
+def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+                    names=CLASSIFIERS, k: int = 5, seed: int = 0,
+                    timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Fit each classifier on ``(train_x, train_y)``; return ``{name: {split: accuracy}}`` for every
+    ``eval_sets[split] = (x, y)``. ``timings``, if given, receives each classifier's fit+score seconds."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    unknown = [n for n in names if n not in CLASSIFIERS]
+    if unknown:
+        raise DllabError(f"unknown classifier '{unknown[0]}'; valid: {', '.join(CLASSIFIERS)}")
+    if len(train_x) != len(train_y) or len(train_x) == 0:
+        raise DllabError(f"features: {len(train_x)} training rows for {len(train_y)} labels")
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        clf = make_classifier(name, k=min(k, len(train_x)), seed=seed)
+        with warnings.catch_warnings():
+            # A linear model that has not fully converged at max_iter is still a fine probe; say nothing.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(train_x, train_y)
+        out[name] = {split: float((clf.predict(x) == np.asarray(y)).mean()) for split, (x, y) in eval_sets.items()}
+        if timings is not None:
+            timings[name] = time.perf_counter() - t0
+    return out

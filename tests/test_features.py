@@ -1,0 +1,60 @@
+"""Classical classifiers on fixed features (``dllab.analysis.features``): generic arrays in, accuracies out."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dllab import DllabError
+from dllab.analysis.features import CLASSIFIERS, fit_classifiers
+
+
+def _blobs(n: int, dim: int, shift: float, seed: int):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x[:, 0] += shift * (2 * y - 1)
+    return x, y
+
+
+def test_separable_features_are_classified_by_every_classifier():
+    x, y = _blobs(400, 8, 3.0, 0)
+    xv, yv = _blobs(200, 8, 3.0, 1)
+    acc = fit_classifiers(x, y, {"validation": (xv, yv), "train": (x, y)}, k=5)
+    assert set(acc) == set(CLASSIFIERS)
+    for name, splits in acc.items():
+        assert set(splits) == {"validation", "train"}
+        assert splits["validation"] > 0.9, (name, splits)
+
+
+def test_features_are_standardised():
+    """The informative dimension is a thousand times smaller than the noise: unscaled Euclidean k-NN would
+    see only noise; after standardisation it separates the classes."""
+    x, y = _blobs(400, 4, 3.0, 0)
+    xv, yv = _blobs(200, 4, 3.0, 1)
+    scale = np.array([1e-3, 1e3, 1e3, 1e3], dtype=np.float32)
+    acc = fit_classifiers(x * scale, y, {"validation": (xv * scale, yv)}, names=["knn"], k=15)
+    assert acc["knn"]["validation"] > 0.85
+
+
+def test_multiclass_labels_subset_of_names_and_timings():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=5.0, size=(4, 6))
+    y = rng.integers(0, 4, 300)
+    x = centres[y] + rng.normal(size=(300, 6))
+    timings: dict[str, float] = {}
+    acc = fit_classifiers(x[:200], y[:200], {"test": (x[200:], y[200:])}, names=["logreg"], timings=timings)
+    assert list(acc) == ["logreg"] and acc["logreg"]["test"] > 0.9
+    assert list(timings) == ["logreg"] and timings["logreg"] >= 0
+
+
+def test_k_larger_than_training_set_is_clipped():
+    x, y = _blobs(6, 3, 5.0, 0)
+    acc = fit_classifiers(x, y, {"train": (x, y)}, names=["knn"], k=50)
+    assert 0.0 <= acc["knn"]["train"] <= 1.0
+
+
+def test_unknown_classifier_is_a_one_line_error():
+    x, y = _blobs(20, 3, 3.0, 0)
+    with pytest.raises(DllabError) as e:
+        fit_classifiers(x, y, {"v": (x, y)}, names=["svm", "forest"])
+    assert "'forest'" in str(e.value) and "logreg" in str(e.value) and "\n" not in str(e.value)
