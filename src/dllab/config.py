@@ -49,6 +49,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     precision: str = "fp32"             # fp32 | bf16-mixed | fp16-mixed (fp16 on CUDA only)
     compile: bool = False               # torch.compile the model
+    channels_last: bool = True          # NHWC weights for conv nets: oneDNN/cuDNN convolutions run faster
     grad_norms: bool = False            # record per-layer gradient norms every epoch
     deterministic: bool = False         # bit-repeatable CPU runs (torch.use_deterministic_algorithms)
     threads: int = 0                    # torch.set_num_threads; 0 = torch's default

@@ -68,7 +68,9 @@ def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs)
     "lab1.mlp-depth", "Deep MLPs on MNIST, plain (10/20/30 blocks) vs residual (5/10/15), gradient norms "
                       "(spec Ex. 1.2)", MLPDepthConfig,
     profiles={"paper": {"data.allow_fallback": False},
-              "quick": {"train.epochs": 5},
+              # 8 epochs with a cosine decay: the residual MLPs settle at ~0.97+ test accuracy instead of
+              # wobbling around it at a constant learning rate.
+              "quick": {"train.epochs": 8, "optim.schedule": "cosine"},
               "smoke": {"train.epochs": 1, "data.train_limit": 2000, "data.test_limit": 500,
                         "plain_depths": [2, 6], "residual_depths": [2, 3]}},
     notes="Without residual connections deeper MLPs suffer from vanishing gradients and struggle to "
@@ -127,10 +129,13 @@ class CNNDepthConfig(RunConfig):
 @register_experiment(
     "lab1.cnn-depth", "CNNs on CIFAR-10 at depths 5/10/15, plain vs residual (spec Ex. 1.3)", CNNDepthConfig,
     profiles={"paper": {},
-              # 2 CPU cores: 16 channels instead of 64 (16x fewer FLOPs), 11k training images, bf16 autocast
-              # (AVX-512 bf16 makes it ~2x faster than fp32 here), no augmentation (too few epochs to need it).
+              # 2 CPU cores: 16 channels instead of 64 (16x fewer FLOPs), 10k training images (+1.1k val),
+              # bf16 autocast (AVX-512 bf16: ~2x faster than fp32 here), and, to learn in 5 epochs, batch 32,
+              # Adam lr 2e-3 with a cosine schedule (res_d5 at lr 1e-3/batch 64 plateaus near 0.45), no
+              # augmentation (too few epochs to need it).
               "quick": {"base_channels": 16, "data.train_limit": 11112, "data.test_limit": 2000,
-                        "data.augment": False, "train.epochs": 4, "train.precision": "bf16-mixed"},
+                        "data.augment": False, "train.epochs": 5, "train.batch_size": 32, "optim.lr": 2e-3,
+                        "optim.schedule": "cosine", "train.precision": "bf16-mixed"},
               "smoke": {"base_channels": 8, "plain_depths": [1, 2], "residual_depths": [1, 2],
                         "data.train_limit": 600, "data.test_limit": 200, "data.augment": True,
                         "train.epochs": 1}},

@@ -117,6 +117,8 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         return done
 
     model.to(device)
+    if train.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)  # activations follow the weights' layout
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DllabError(f"[{variant}] has no trainable parameters")
