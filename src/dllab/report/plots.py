@@ -73,3 +73,127 @@ def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabe
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", bins: int = 40,
+                     ncols: int = 3) -> plt.Figure:
+    """One panel per quantity (e.g. max logit, max softmax, a detector's score), each overlaying the
+    normalised histograms of several groups (ID and one or more OOD sets) on shared bins."""
+    n = len(panels)
+    cols = max(1, min(n, ncols))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, groups) in zip(axes.flat, panels.items()):
+        values = [np.asarray(v, dtype=np.float64).ravel() for v in groups.values()]
+        finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        for i, (label, v) in enumerate(zip(groups, values)):
+            v = v[np.isfinite(v)]
+            ax.hist(v, bins=edges, density=True, histtype="stepfilled", alpha=0.3, color=f"C{i}",
+                    label=f"{label} (n={v.size})")
+            ax.hist(v, bins=edges, density=True, histtype="step", lw=1.2, color=f"C{i}")
+        ax.set(title=name, ylabel="density")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))   # long tick labels must not collide
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_pr_figure(curves: dict[str, dict], title: str = "", positive: str = "OOD") -> plt.Figure:
+    """ROC (left) and precision-recall (right) curves, one line per detector.
+
+    ``curves[name]`` holds arrays ``fpr``, ``tpr``, ``precision``, ``recall`` (as returned by
+    ``analysis.ood.metrics.roc_pr_curves``) and optionally ``auroc`` / ``aupr`` for the legend.
+    """
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for name, c in curves.items():
+        roc_label = f"{name} (AUROC {c['auroc']:.3f})" if "auroc" in c else name
+        pr_label = f"{name} (AP {c['aupr']:.3f})" if "aupr" in c else name
+        ax_roc.plot(c["fpr"], c["tpr"], label=roc_label)
+        ax_pr.plot(c["recall"], c["precision"], label=pr_label)
+    ax_roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({positive} = positive)",
+               xlim=(0, 1), ylim=(0, 1.01))
+    ax_pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({positive} = positive)",
+              xlim=(0, 1), ylim=(0, 1.01))
+    for ax in (ax_roc, ax_pr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, xlabel: str, ylabel: str,
+            title: str = "", mark: tuple[int, int] | None = None, fmt: str = ".3f",
+            cmap: str = "viridis") -> plt.Figure:
+    """One annotated heat map per panel (e.g. AUROC over an ODIN (T, eps) grid on validation and test),
+    on a shared colour scale; ``mark`` = (row, col) gets a red box (e.g. the selected setting)."""
+    mats = {k: np.asarray(v, dtype=np.float64) for k, v in panels.items()}
+    vals = np.concatenate([m[np.isfinite(m)].ravel() for m in mats.values()])
+    vmin, vmax = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+    n = len(mats)
+    h = max(3.0, 0.38 * len(row_labels) + 1.5)
+    w = max(4.5, 0.85 * len(col_labels) + 2.2)
+    fig, axes = plt.subplots(1, n, figsize=(w * n, h), squeeze=False, layout="constrained")
+    im = None
+    for ax, (name, m) in zip(axes.flat, mats.items()):
+        im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9, aspect="auto")
+        ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=8)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
+        mid = (vmin + vmax) / 2
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="black" if m[i, j] > mid else "white")
+        if mark is not None:
+            ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    if im is not None:
+        fig.colorbar(im, ax=list(axes.flat), shrink=0.85)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def image_grid(rows: dict[str, "np.ndarray"], captions: dict[str, list[str]] | None = None,
+               colors: dict[str, list[str]] | None = None, title: str = "") -> plt.Figure:
+    """A grid of images: one row per key (e.g. clean, eps=0.01, ...), a caption under each image (e.g. the
+    predicted class, coloured green/red for right/wrong). Images: (N, C, H, W) tensors or arrays, uint8
+    (0-255) or float in [0, 1]; 1 or 3 channels."""
+    names = list(rows)
+    arrays = []
+    for k in names:
+        a = rows[k]
+        a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+        a = a.astype(np.float64) / 255 if a.dtype == np.uint8 else a.astype(np.float64)
+        arrays.append(np.clip(a, 0, 1))
+    ncols = max((len(a) for a in arrays), default=1)
+    fig, axes = plt.subplots(len(names), ncols, figsize=(1.25 * ncols + 0.9, 1.45 * len(names)), squeeze=False)
+    for r, (name, a) in enumerate(zip(names, arrays)):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if c >= len(a):
+                continue
+            img = a[c].transpose(1, 2, 0)
+            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
+                      vmin=0, vmax=1, interpolation="nearest")
+            if captions and name in captions and c < len(captions[name]):
+                color = colors[name][c] if colors and name in colors and c < len(colors[name]) else "black"
+                ax.set_xlabel(captions[name][c], fontsize=7, color=color, labelpad=2)
+        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,166 @@
+"""Text classification data: splits as (texts, labels), tokenised once, batched with dynamic padding.
+
+Rotten Tomatoes is tiny (10,662 short sentences), so every split lives in memory as Python lists. Reading
+the local jsonl files directly (rather than through ``datasets``) writes no Arrow cache anywhere; the HF hub
+copy is loaded through ``datasets`` only when no local folder exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import DllabError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TextSplit:
+    texts: list[str]
+    labels: np.ndarray          # int64, 0..k-1
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx) -> "TextSplit":
+        return TextSplit([self.texts[i] for i in idx], self.labels[np.asarray(idx, dtype=np.int64)])
+
+
+def data_root(root: str = "") -> Path:
+    """``--set data.root=...``, else ``$DLLAB_DATA``, else ``./data`` (the same rule as the image data)."""
+    return Path(root or os.environ.get("DLLAB_DATA") or "data")
+
+
+def read_jsonl_splits(folder: Path) -> dict[str, TextSplit]:
+    """``<folder>/{train,validation,test}.jsonl``, one ``{"text": str, "label": int}`` per line."""
+    out = {}
+    for split in SPLITS:
+        texts, labels = [], []
+        path = folder / f"{split}.jsonl"
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    texts.append(str(row["text"]))
+                    labels.append(int(row["label"]))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    raise DllabError(f"{path}:{n}: expected a JSON object with 'text' and 'label'") from None
+        out[split] = TextSplit(texts, np.asarray(labels, dtype=np.int64))
+    return out
+
+
+def _load_from_hub(name: str) -> dict[str, TextSplit]:
+    import datasets
+    ds = datasets.load_dataset(name)
+    return {s: TextSplit(list(ds[s]["text"]), np.asarray(ds[s]["label"], dtype=np.int64)) for s in SPLITS}
+
+
+def local_folder(name: str, root: str = "") -> Path | None:
+    """``<root>/<name>/`` when it holds all three ``.jsonl`` splits."""
+    folder = data_root(root) / name
+    return folder if all((folder / f"{s}.jsonl").is_file() for s in SPLITS) else None
+
+
+def load_text_dataset(name: str = "rotten_tomatoes", root: str = "") -> dict[str, TextSplit]:
+    """The three splits of ``name``: from ``<root>/<name>/*.jsonl`` if that folder exists, else the HF hub."""
+    folder = local_folder(name, root)
+    if folder is not None:
+        return read_jsonl_splits(folder)
+    folder = data_root(root) / name
+    from ..text.hf import hub_reachable   # asks once, in seconds, instead of ~25 s of retries when offline
+    hint = f"pass --set data.root=<folder holding {name}/> or set $DLLAB_DATA"
+    if not hub_reachable():
+        raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub is "
+                         f"unreachable; {hint}")
+    try:
+        return _load_from_hub(name)
+    except Exception as e:  # unknown name, no `datasets`...: one clear line instead of a traceback
+        raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub copy "
+                         f"could not be loaded ({type(e).__name__}); {hint}") from None
+
+
+def balanced_subset(split: TextSplit, limit: int, seed: int) -> TextSplit:
+    """A class-balanced random subset of ``limit`` rows (all rows when ``limit`` is 0 or too big).
+
+    The local files list all positives before all negatives, so a plain prefix would be one class only.
+    """
+    if limit <= 0 or limit >= len(split):
+        return split
+    rng = np.random.default_rng(seed)
+    classes = np.unique(split.labels)
+    per_class = [np.flatnonzero(split.labels == c) for c in classes]
+    quota = [limit // len(classes) + (i < limit % len(classes)) for i in range(len(classes))]
+    idx = np.concatenate([rng.choice(ix, min(q, len(ix)), replace=False) for ix, q in zip(per_class, quota)])
+    return split.subset(np.sort(idx))
+
+
+# --- tokenisation and batching ------------------------------------------------------------------------
+
+@dataclass
+class TokenizedSplit:
+    input_ids: list[list[int]]   # unpadded, truncated to max_length
+    labels: np.ndarray
+    pad_id: int                  # the tokenizer's padding token
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def tokenize(split: TextSplit, tokenizer, max_length: int) -> TokenizedSplit:
+    """Tokenise once, unpadded: padding happens per batch, to that batch's longest sentence."""
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length, padding=False)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return TokenizedSplit(list(enc["input_ids"]), split.labels, int(pad_id))
+
+
+def pad_batch(rows: list[list[int]], labels, pad_id: int) -> dict[str, torch.Tensor]:
+    """Dynamic padding: right-pad to the longest row of this batch, with the matching attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.as_tensor(np.asarray(labels), dtype=torch.long)}
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
+                           group: bool = True, mega: int = 50) -> list[np.ndarray]:
+    """Batches of row indices. ``rng=None``: in order (evaluation). With ``group``, rows of similar length
+    share a batch so dynamic padding pads little (HF's ``group_by_length``): when training, shuffle, sort
+    within chunks of ``mega`` batches by length, and shuffle the batches; when evaluating, sort globally."""
+    n = len(lengths)
+    if rng is None:
+        order = np.argsort(-lengths, kind="stable") if group else np.arange(n)
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    order = rng.permutation(n)
+    if group:
+        chunk = batch_size * mega
+        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                                for c in (order[i:i + chunk] for i in range(0, n, chunk))])
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if group:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def iterate_batches(split: TokenizedSplit, batch_size: int, rng: np.random.Generator | None = None,
+                    group_by_length: bool = True):
+    """Yield ``(row_indices, batch)``; the indices put predictions of a length-sorted pass back in order."""
+    for idx in length_grouped_batches(split.lengths, batch_size, rng, group_by_length):
+        yield idx, pad_batch([split.input_ids[i] for i in idx], split.labels[idx], split.pad_id)
+
+
+def num_batches(split: TokenizedSplit, batch_size: int) -> int:
+    return (len(split) + batch_size - 1) // batch_size

@@ -1,0 +1,326 @@
+"""Fine-tuning strategies for a sequence classifier, and the one loop that trains and evaluates them all.
+
+A strategy only *prepares* a model: which parameters train (``requires_grad``), whether LoRA adapters wrap
+it, which precision and learning rate it trains with, or that it is evaluated as is. ``train_and_evaluate``
+then runs the same loop for every strategy, so differences in the results table come from the strategy,
+not from five slightly different loops.
+
+``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2.py``): it has ``lr.<strategy>``,
+``amp``, ``lora.{r,alpha,dropout,target_modules}`` and ``pretrained_model``.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import DllabError
+from ..data.text import TokenizedSplit, iterate_batches, num_batches
+from . import hf
+
+
+@dataclass
+class Prepared:
+    """A model made ready by a strategy."""
+    model: nn.Module
+    tokenizer_source: str             # the data must be tokenised by this model's tokenizer
+    train: bool = True                # False: evaluated as is (baseline, pretrained)
+    lr: float = 0.0
+    amp: str = "fp32"                 # fp32 | bf16 | fp16: autocast dtype while training and evaluating
+    label_columns: list[int] | None = None   # logits[:, cols] in dataset class order (pretrained models)
+
+
+class StrategySkipped(Exception):
+    """A strategy that cannot run here (e.g. its model is not available offline); the reason goes in the report."""
+
+
+@dataclass
+class StrategyContext:
+    model_source: str                 # resolved folder or hub id of the model every strategy starts from
+    cfg: Any                          # the ``finetune`` config section
+    device: torch.device
+    seed: int = 0
+
+    def fresh_classifier(self) -> nn.Module:
+        """The pretrained transformer with a new random 2-class head; seeded, so every strategy starts
+        from the same head as ``baseline``."""
+        torch.manual_seed(self.seed)
+        return hf.load_classifier(self.model_source, num_labels=2)
+
+
+def _trainable_only(model: nn.Module, modules: list[nn.Module]) -> nn.Module:
+    model.requires_grad_(False)
+    for m in modules:
+        m.requires_grad_(True)
+    return model
+
+
+def baseline(ctx: StrategyContext) -> Prepared:
+    """New random head, no training: the chance-level floor (~50% on balanced classes)."""
+    return Prepared(ctx.fresh_classifier().requires_grad_(False), ctx.model_source, train=False)
+
+
+def full(ctx: StrategyContext) -> Prepared:
+    """Every parameter trains, in fp32."""
+    return Prepared(ctx.fresh_classifier().requires_grad_(True), ctx.model_source, lr=ctx.cfg.lr.full)
+
+
+def head_last(ctx: StrategyContext) -> Prepared:
+    """Only the classification head and the last transformer layer train; the rest stays pretrained."""
+    model = ctx.fresh_classifier()
+    heads = [model.get_submodule(n) for n in hf.head_module_names(model)]
+    _trainable_only(model, [hf.last_layer(model), *heads])
+    return Prepared(model, ctx.model_source, lr=ctx.cfg.lr.head_last)
+
+
+def full_amp(ctx: StrategyContext) -> Prepared:
+    """Every parameter trains, under mixed precision (fp16 + GradScaler on CUDA, bf16 elsewhere)."""
+    amp = choose_amp(ctx.cfg.amp, ctx.device)
+    return Prepared(ctx.fresh_classifier().requires_grad_(True), ctx.model_source, lr=ctx.cfg.lr.full_amp, amp=amp)
+
+
+def lora(ctx: StrategyContext) -> Prepared:
+    """Low-rank adapters on the attention projections (query/value by default) plus a trainable head
+    (peft's ``modules_to_save``); the pretrained weights stay frozen."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    model = ctx.fresh_classifier()
+    c = ctx.cfg.lora
+    targets = list(c.target_modules) or hf.lora_default_targets(model)
+    missing = [t for t in targets if t not in {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}]
+    if missing:
+        linears = sorted({n.rsplit(".", 1)[-1] for n, m in hf.last_layer(model).named_modules()
+                          if isinstance(m, nn.Linear)})
+        raise DllabError(f"finetune.lora.target_modules: {', '.join(missing)} not in {type(model).__name__}; "
+                         f"its layers' linear modules are {', '.join(linears)}")
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
+                        target_modules=targets, modules_to_save=hf.head_module_names(model))
+    with warnings.catch_warnings():   # transformers 5 deprecation noise from inside peft, not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, config)
+    return Prepared(model, ctx.model_source, lr=ctx.cfg.lr.lora)
+
+
+def pretrained(ctx: StrategyContext) -> Prepared:
+    """A model already fine-tuned for sentiment, evaluated as is; its labels are mapped by name."""
+    name = ctx.cfg.pretrained_model
+    if not name:
+        raise StrategySkipped("no finetune.pretrained_model set")
+    try:   # not cached offline, or labels that name no sentiment: the other strategies' results still count
+        source = hf.resolve_model(name)
+        model = hf.load_classifier(source, num_labels=None).requires_grad_(False)
+        cols = hf.label_columns(model.config.id2label)
+    except DllabError as e:
+        raise StrategySkipped(str(e)) from None
+    return Prepared(model, source, train=False, label_columns=cols)
+
+
+STRATEGIES: dict[str, Callable[[StrategyContext], Prepared]] = {
+    "baseline": baseline, "full": full, "head_last": head_last, "full_amp": full_amp, "lora": lora,
+    "pretrained": pretrained,
+}
+
+
+def check_strategies(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise DllabError(f"unknown strategy '{unknown[0]}' in finetune.strategies; valid: {', '.join(STRATEGIES)}")
+    if not names:
+        raise DllabError(f"finetune.strategies is empty; choose from {', '.join(STRATEGIES)}")
+    return names
+
+
+# --- precision and memory ---------------------------------------------------------------------------
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose_amp(setting: str, device: torch.device) -> str:
+    """``auto``: fp16 (with a GradScaler) on CUDA, as mixed-precision fine-tuning is usually run; bf16
+    autocast on CPU and other devices. ``bf16``/``fp16`` force one, where the device supports it."""
+    if setting == "auto":
+        return "fp16" if device.type == "cuda" else "bf16"
+    if setting == "fp16" and device.type != "cuda":
+        raise DllabError(f"finetune.amp=fp16 needs CUDA (device is {device.type}); use bf16 or auto")
+    if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DllabError("finetune.amp=bf16: this GPU does not support bf16; use fp16 or auto")
+    if setting not in AMP_DTYPES:
+        raise DllabError(f"finetune.amp={setting}: choose auto, bf16 or fp16")
+    return setting
+
+
+def precision_label(amp: str) -> str:
+    return {"fp32": "fp32", "bf16": "bf16-mixed (autocast)", "fp16": "fp16-mixed (autocast + GradScaler)"}[amp]
+
+
+def _autocast(amp: str, device: torch.device):
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "fp32")
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA ``max_memory_allocated``, or on CPU the process's peak resident set
+    (Linux ``VmHWM``, reset per block through ``/proc/self/clear_refs``; where that cannot be reset, the
+    process-lifetime ``ru_maxrss``). ``kind`` says which one was measured."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb, self.kind = device, float("nan"), ""
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "CUDA max_memory_allocated"
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.kind = "process peak RSS (VmHWM)"
+            except OSError:
+                self.kind = "process peak RSS since start (ru_maxrss)"
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif "VmHWM" in self.kind:
+            with open("/proc/self/status") as f:
+                line = next(ln for ln in f if ln.startswith("VmHWM:"))
+            self.mb = int(line.split()[1]) / 1024
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+        return False
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device, amp: str = "fp32",
+            label_columns: list[int] | None = None) -> np.ndarray:
+    """Predicted dataset class per row, in the split's order."""
+    model.eval()
+    preds = np.zeros(len(split), dtype=np.int64)
+    for idx, batch in iterate_batches(split, batch_size):
+        with _autocast(amp, device):
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+        if label_columns is not None:
+            logits = logits[:, label_columns]
+        preds[idx] = logits.argmax(-1).cpu().numpy()
+    return preds
+
+
+def accuracy(model, split: TokenizedSplit, batch_size: int, device, amp="fp32", label_columns=None) -> float:
+    return float((predict(model, split, batch_size, device, amp, label_columns) == split.labels).mean())
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    weight_decay: float = 0.01
+    warmup: float = 0.1               # fraction of steps with a linear warm-up; then linear decay to 0
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclass
+class Outcome:
+    val_acc: float
+    test_acc: float
+    seconds: float                    # wall time of preparing, training and validating (not the test pass)
+    trainable_params: int
+    peak_mem_mb: float
+    memory_kind: str
+    precision: str
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _linear_warmup_decay(total: int, warmup: float) -> Callable[[int], float]:
+    warm = max(1, math.ceil(total * warmup))
+    return lambda step: (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+
+
+def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device: torch.device, name: str = "",
+        on_epoch: Callable[[list[dict]], None] | None = None) -> tuple[float, int, list[dict]]:
+    """Train ``p.model`` in place for ``s.epochs`` (AdamW on the parameters that require grad, linear
+    warm-up/decay, grad clipping, autocast + GradScaler as ``p.amp`` says), validating after each epoch and
+    restoring the epoch with the best validation accuracy. Returns ``(best val acc, best epoch, history)``.
+    A model that does not train is validated once (epoch 0)."""
+    from tqdm import tqdm
+    model, history = p.model.to(device), []
+    if not p.train:
+        acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.amp, p.label_columns)
+        history.append({"variant": name, "epoch": 0, "val_acc": acc})
+        if on_epoch:
+            on_epoch(history)
+        return acc, 0, history
+    params = [q for q in model.parameters() if q.requires_grad]
+    # fused AdamW: one kernel for all tensors; on CPU the per-tensor default costs ~2 s a step on a
+    # 22M-parameter model (the 30k-row embedding matrix dominates), more than the forward and backward.
+    opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=s.weight_decay, fused=device.type in ("cpu", "cuda"))
+    steps = s.epochs * num_batches(splits["train"], s.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(steps, s.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
+    rng = np.random.default_rng(s.seed)
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    for epoch in range(1, s.epochs + 1):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        bar = tqdm(iterate_batches(splits["train"], s.batch_size, rng, s.group_by_length),
+                   total=num_batches(splits["train"], s.batch_size), desc=f"{name} epoch {epoch}",
+                   disable=not s.progress, leave=False)
+        for _, batch in bar:
+            with _autocast(p.amp, device):
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"].to(device))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.amp, p.label_columns)
+        history.append({"variant": name, "epoch": epoch, "train_loss": float(np.mean(losses)), "val_acc": val_acc,
+                        "lr": p.lr, "seconds": time.perf_counter() - t0})
+        if on_epoch:
+            on_epoch(history)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            if epoch < s.epochs:   # a copy is only needed if a later epoch turns out worse
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
+                              if v.requires_grad}
+        elif epoch == s.epochs and best_state is not None:
+            model.load_state_dict(best_state, strict=False)
+    return best_acc, best_epoch, history
+
+
+def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], dict[str, TokenizedSplit]],
+                       s: TrainSettings, on_epoch: Callable[[list[dict]], None] | None = None) -> Outcome:
+    """Prepare strategy ``name``, ``fit`` it, then test the selected epoch. ``data(tokenizer_source)`` gives
+    the tokenised splits for the prepared model's tokenizer."""
+    start = time.perf_counter()
+    with PeakMemory(ctx.device) as mem:
+        p = STRATEGIES[name](ctx)
+        splits = data(p.tokenizer_source)
+        trainable = hf.count_parameters(p.model)
+        val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch)
+    seconds = time.perf_counter() - start
+    test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.amp, p.label_columns)
+    return Outcome(val_acc, test_acc, seconds, trainable, mem.mb, mem.kind, precision_label(p.amp),
+                   best_epoch, history)
