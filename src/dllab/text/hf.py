@@ -157,12 +157,6 @@ def load_classifier(source: str, num_labels: int | None = 2) -> nn.Module:
 
 # --- where the parts of a model are -----------------------------------------------------------------
 
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformer inside a task model (``model.distilbert``, ``model.bert``...), or the model itself."""
-    prefix = getattr(model, "base_model_prefix", "")
-    return getattr(model, prefix, model) if prefix else model
-
-
 def transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The stack of transformer blocks: the longest ``nn.ModuleList`` inside the base model, with its name
     relative to ``model`` (``distilbert.transformer.layer``, ``bert.encoder.layer``...)."""
@@ -207,10 +201,6 @@ def head_module_names(model: nn.Module) -> list[str]:
 
 def _has_params(module: nn.Module | None) -> bool:
     return module is not None and any(True for _ in module.parameters())
-
-
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n in head_module_names(model) for p in model.get_submodule(n).parameters()]
 
 
 def lora_default_targets(model: nn.Module) -> list[str]:
