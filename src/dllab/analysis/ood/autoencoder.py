@@ -103,16 +103,20 @@ def train_autoencoder(encoder_model: nn.Module, x_train, epochs: int = 5, lr: fl
     return decoder, history
 
 
-def reconstruct(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int = 256,
-                device=None) -> torch.Tensor:
-    """Reconstructions D(E(x)) in [0, 1] as a CPU float32 (N, C, H, W) tensor (for figures)."""
+def _reconstructions(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int, device):
+    """Yield (x, D(E(x))) per batch, in eval mode and without autograd."""
     _check_encoder(encoder_model)
     dev, dtype = model_device_dtype(encoder_model)
     dev = torch.device(device) if device is not None else dev
-    out = []
     with eval_mode(encoder_model), eval_mode(decoder), torch.inference_mode():
         for xb in image_batches(data, batch_size, dev, dtype):
-            out.append(decoder(encoder_model.feature_maps(xb)).float().cpu())
+            yield xb, decoder(encoder_model.feature_maps(xb))
+
+
+def reconstruct(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int = 256,
+                device=None) -> torch.Tensor:
+    """Reconstructions D(E(x)) in [0, 1] as a CPU float32 (N, C, H, W) tensor (for figures)."""
+    out = [r.float().cpu() for _, r in _reconstructions(encoder_model, decoder, data, batch_size, device)]
     if not out:
         raise DllabError("no images to reconstruct: the dataset or loader is empty")
     return torch.cat(out)
@@ -121,14 +125,8 @@ def reconstruct(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: 
 def reconstruction_scores(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int = 256,
                           device=None) -> torch.Tensor:
     """Per-image reconstruction MSE in pixel space, a CPU float32 (N,) tensor (larger = more OOD)."""
-    _check_encoder(encoder_model)
-    dev, dtype = model_device_dtype(encoder_model)
-    dev = torch.device(device) if device is not None else dev
-    out = []
-    with eval_mode(encoder_model), eval_mode(decoder), torch.inference_mode():
-        for xb in image_batches(data, batch_size, dev, dtype):
-            err = (decoder(encoder_model.feature_maps(xb)) - xb).pow(2).flatten(1).mean(dim=1)
-            out.append(err.float().cpu())
+    out = [(r - xb).pow(2).flatten(1).mean(dim=1).float().cpu()
+           for xb, r in _reconstructions(encoder_model, decoder, data, batch_size, device)]
     if not out:
         raise DllabError("no images to score: the dataset or loader is empty")
     return torch.cat(out)
