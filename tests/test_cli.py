@@ -1,5 +1,6 @@
 """The command line: listing, bad input (exit 2, one line, no traceback, nothing on disk touched), report."""
 import json
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,11 @@ def test_run_then_report_two_runs(tmp_path, imagefolder):
     assert md.count("## lab1.mlp") == 2 and "run0/curves.png" in md
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     assert "adam.test_acc" in md and "The spec says" in md
+
+
+def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "dllab.cli", "run", "lab1.mlp", "--profile", "paper",
+                          "--set", f"data.root={tmp_path / 'nodata'}"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, env={**os.environ, "DLLAB_RUNS": str(tmp_path / "runs")})
+    assert_one_line_error(res, "mnist not found")
+    assert not (tmp_path / "runs").exists()

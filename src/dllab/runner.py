@@ -86,6 +86,11 @@ def run_experiment(name: str, profile: str = "quick", sets: list[str] | None = N
         trained = any(run.path.glob("**/results")) or any(run.path.glob("**/checkpoints"))
         if not resume and not trained:
             shutil.rmtree(run.path, ignore_errors=True)
+            for parent in (() if out else (run.path.parent, run.path.parent.parent)):  # runs/<exp>/, runs/
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         raise
 
 
