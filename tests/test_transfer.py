@@ -179,7 +179,8 @@ def test_experiment_saves_target_sized_models_and_reports(image_root, tmp_path):
     assert not any(k.startswith("knn.") for k in s)
     model, blob = load_model(out / "models" / "full_adam.pt")          # rebuilds from its spec
     assert model.classifier.out_features == 5 and blob["classes"] == [f"c{k}" for k in range(5, 10)]
-    assert load_checkpoint(out / "models" / "head.pt")["state_dict"]["classifier.2.weight"].shape == (5, 8)
+    head_model, _ = load_model(out / "models" / "head.pt")            # fc + ReLU + classifier rebuilds too
+    assert head_model.classifier[2].weight.shape == (5, 8)
     # head trained only its head: its body is the source's, bit for bit (BatchNorm statistics included)
     src, head = body_state(out / "models" / "source.pt"), body_state(out / "models" / "head.pt")
     assert src.keys() == head.keys() and all(torch.equal(src[k], head[k]) for k in src)

@@ -34,6 +34,7 @@ from .. import DllabError
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from ..data.images import Batches, ImageData, Split
 from ..env import resolve_device
+from ..models.cnn import classifier_head
 from ..registry import register_experiment
 from ..report import plots
 from ..runs import atomic_write_bytes
@@ -180,11 +181,9 @@ def transfer_model(source: nn.Module, num_classes: int, variant: str, freeze_blo
     torch.manual_seed(seed)  # the new head's init does not depend on what ran before (resume-safe)
     spec = copy.deepcopy(getattr(source, "dllab_spec", None) or {"name": "cnn", "kwargs": {}})
     spec["kwargs"]["num_classes"] = num_classes
-    if variant == "head":
-        model.classifier = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
-        spec["kwargs"]["head_hidden"] = width  # the architecture, for whoever rebuilds it from models/head.pt
-    else:
-        model.classifier = nn.Linear(width, num_classes)
+    hidden = width if variant == "head" else 0
+    model.classifier = classifier_head(width, num_classes, hidden)
+    spec["kwargs"]["head_hidden"] = hidden  # the architecture, so models/<variant>.pt rebuilds from its spec
     if variant == "partial" and not 0 <= freeze_blocks <= len(model.blocks):
         raise DllabError(f"freeze_blocks={freeze_blocks}: choose 0..{len(model.blocks)} (the source has "
                          f"{len(model.blocks)} blocks)")

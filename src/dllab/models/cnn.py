@@ -27,15 +27,30 @@ class BasicConvBlock(nn.Module):
         return self.relu(out)
 
 
+def classifier_head(width: int, num_classes: int, hidden: int = 0) -> nn.Module:
+    """Linear(width, k), or with ``hidden`` Linear(width, hidden) + ReLU + Linear(hidden, k)."""
+    if not hidden:
+        return nn.Linear(width, num_classes)
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+
 class CNN(Classifier):
-    def __init__(self, in_channels=3, base_channels=64, depth=5, residual=False, num_classes=10, stats="cifar10"):
+    """Stem, ``depth`` BasicConvBlocks, global average pool, classifier.
+
+    ``head_hidden > 0`` makes the classifier Linear(C, h) + ReLU + Linear(h, k): the head that transfer
+    learning's ``head`` variant trains (the spec's otherwise unused ``fc`` layer), so its saved weights
+    rebuild from the spec alone.
+    """
+
+    def __init__(self, in_channels=3, base_channels=64, depth=5, residual=False, num_classes=10, stats="cifar10",
+                 head_hidden=0):
         super().__init__()
         self.normalize = Normalize(*DATASET_STATS[stats]) if stats else nn.Identity()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, base_channels, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(base_channels), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*[BasicConvBlock(base_channels, residual) for _ in range(depth)])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(base_channels, num_classes)
+        self.classifier = classifier_head(base_channels, num_classes, head_hidden)
 
     def feature_maps(self, x: Tensor) -> Tensor:
         """(N, C, H, W) after the last block: the encoder of the OOD autoencoder."""
@@ -46,5 +61,6 @@ class CNN(Classifier):
 
 
 @register_model
-def cnn(num_classes=10, in_channels=3, base_channels=64, depth=5, residual=False, stats="cifar10", **_):
-    return CNN(in_channels, base_channels, depth, residual, num_classes, stats)
+def cnn(num_classes=10, in_channels=3, base_channels=64, depth=5, residual=False, stats="cifar10", head_hidden=0,
+        **_):
+    return CNN(in_channels, base_channels, depth, residual, num_classes, stats, head_hidden)
