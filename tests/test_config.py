@@ -3,7 +3,7 @@ import pytest
 
 from dllab import DllabError
 from dllab.config import apply_overrides, dump_yaml, load_yaml, make_config
-from dllab.registry import get_experiment
+from dllab.registry import experiment_names, get_experiment
 
 
 def cfg_of(name="lab1.mlp-depth", profile="quick", sets=()):
@@ -60,3 +60,24 @@ def test_profile_dicts_are_type_checked():
     cfg = cfg_of()
     with pytest.raises(DllabError, match="train.epochs: expected int, got 1.5"):
         apply_overrides(cfg, {"train": {"epochs": 1.5}})
+
+
+@pytest.mark.parametrize("name", experiment_names())
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_every_experiment_builds_every_profile(name, profile):
+    cfg = cfg_of(name, profile)
+    assert cfg.profile == profile
+    assert load_yaml(type(cfg), dump_yaml(cfg)) == cfg   # the config.yaml a run writes reads back the same
+
+
+def test_lab1_paper_profiles_are_the_specs_settings():
+    mlp = cfg_of("lab1.mlp", "paper")
+    assert (mlp.data.name, mlp.width, mlp.train.epochs) == ("mnist", 64, 50)
+    assert (mlp.sgd.name, mlp.sgd.lr, mlp.adam.name, mlp.adam.lr) == ("sgd", 0.1, "adam", 1e-3)
+    deep = cfg_of("lab1.mlp-depth", "paper")
+    assert (deep.width, deep.optim.name, deep.optim.lr, deep.optim.schedule) == (64, "adam", 1e-3, "none")
+    cnn = cfg_of("lab1.cnn-depth", "paper")
+    assert (cnn.data.name, cnn.base_channels, cnn.train.epochs, cnn.optim.name, cnn.optim.lr) == \
+        ("cifar10", 64, 100, "adam", 1e-3)
+    assert cnn.plain_depths == cnn.residual_depths == [5, 10, 15]
+    assert cnn.data.train_limit in (0, None) and cnn.train.precision == "fp32"

@@ -49,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> None:
-    from .registry import EXPERIMENTS, _import_all
+    from .registry import experiment_names, get_experiment
 
-    _import_all()
-    width = max(len(n) for n in EXPERIMENTS)
-    for name in sorted(EXPERIMENTS):
-        exp = EXPERIMENTS[name]
+    names = experiment_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        exp = get_experiment(name)
         print(f"{name:<{width}}  {exp.description}  [profiles: {', '.join(p for p in PROFILES if p in exp.profiles)}]")
 
 

@@ -61,6 +61,11 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
+def experiment_names() -> list[str]:
+    _import_all()
+    return sorted(EXPERIMENTS)
+
+
 def _import_all() -> None:
     # Importing the modules runs their decorators. Lab 2 needs transformers, which is slow to import,
     # so each experiment module imports heavy libraries lazily inside its run function.
