@@ -102,3 +102,19 @@ def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
                          cwd=tmp_path, timeout=300, env={**os.environ, "DLLAB_RUNS": str(tmp_path / "runs")})
     assert_one_line_error(res, "mnist not found")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("load, user, expected", [
+    (0.3, None, None),            # idle: OpenMP's default (spinning) is faster
+    (1.7, None, "PASSIVE"),       # busy: spinning workers would fight the other processes
+    (1.7, "ACTIVE", "ACTIVE"),    # the user's choice wins
+])
+def test_omp_wait_policy_follows_the_load(monkeypatch, load, user, expected):
+    from dllab import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    if user:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (load, load, load))
+    cli.choose_omp_wait_policy()
+    assert os.environ.get("OMP_WAIT_POLICY") == expected

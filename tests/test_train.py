@@ -68,7 +68,7 @@ def test_run_folder_records_everything(imagefolder, tmp_path):
               "models/plain_d3.pt", "models/res_d2.pt", "gradient_norms.png"):
         assert (p / f).exists(), f
     env = json.loads((p / "env.json").read_text())
-    for k in ("versions", "device", "git_commit", "command", "data", "seed"):
+    for k in ("versions", "device", "git_commit", "command", "data", "seed", "omp_wait_policy"):
         assert k in env
     summary = json.loads((p / "metrics.json").read_text())["summary"]
     assert set(summary) >= {"plain_d3.test_acc", "res_d2.test_acc", "plain_d3.grad_ratio", "res_d2.grad_ratio"}

@@ -5,10 +5,28 @@ import argparse
 import os
 import sys
 
-# Before torch (and its OpenMP runtime) loads: on a busy or shared CPU, OpenMP's spin-waiting workers
-# fight the other processes for the cores and make training 5-10x slower; passive waiting costs little
-# when the machine is idle. An OMP_WAIT_POLICY set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def choose_omp_wait_policy() -> None:
+    """Set OMP_WAIT_POLICY=PASSIVE when the CPU is already busy; leave OpenMP's default when it is idle.
+
+    Must run before torch (and its OpenMP runtime) loads. OpenMP's worker threads spin while they wait:
+    on an idle 2-core machine that makes the Lab 1 CNN step ~25% faster than passive waiting, but with one
+    other busy process the spinning threads fight it for the cores and the step is ~30% slower (and
+    several times slower under heavy load). "Busy" = a 1-minute load average of at least one core's worth.
+    An OMP_WAIT_POLICY set by the user wins. The run records the policy in env.json.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    try:
+        busy = os.getloadavg()[0] >= 1.0
+    except OSError:  # no load average on this platform
+        busy = False
+    if busy:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+choose_omp_wait_policy()
 
 from . import DllabError  # noqa: E402
 from .config import PROFILES  # noqa: E402

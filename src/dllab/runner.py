@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -33,6 +34,7 @@ def _execute(exp: Experiment, run: Run, command: str) -> dict[str, float]:
     started = time.time()
     run.write_env(experiment=exp.name, profile=cfg.profile, seed=cfg.seed, command=command,
                   git_commit=git_commit(), versions=versions(), device=describe_device(device),
+                  omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
                   precision=getattr(train, "precision", None), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     summary = exp.run(cfg, run)
     run.write_metrics(summary)
