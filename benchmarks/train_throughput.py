@@ -3,10 +3,13 @@
   dllab      train.loop.fit: in-memory uint8 tensors, batches made on the device, + its bookkeeping
   (a) manual the shortest hand-written loop over the same in-memory tensors (the ceiling for the model)
   (b) torchvision DataLoader(ImageFolder JPEGs, ToTensor + Normalize), the textbook pipeline
-Same model, batch size and precision for all; each is timed ``--repeats`` times, interleaved, and the
-median is quoted. Usage (from the repo root; the machine should be otherwise idle):
+Same model (weights channels-last in all three, as dllab's TrainConfig does), batch size and precision;
+one untimed warm-up, then each is timed ``--repeats`` times, interleaved, and the median is quoted.
+It also times making batches alone (no model), and prints manual / DataLoader: since (a) makes its
+batches at no cost, that ratio bounds what any input pipeline can gain over (b) for this model.
+Usage (from the repo root; the machine should be otherwise idle):
 
-    .venv/bin/python benchmarks/train_throughput.py --data ../shared/data --images 4096 --repeats 3
+    .venv/bin/python benchmarks/train_throughput.py --data ../shared/data --images 2048 --repeats 3
 """
 from __future__ import annotations
 
