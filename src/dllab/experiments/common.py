@@ -73,7 +73,7 @@ def accuracy_table(run, results: dict[str, dict], variants: list[Variant], title
         r = results[v.name]
         rows.append([v.name, *[v.meta.get(k, "") for k in meta_keys], f"{r['params']:,}",
                      r.get("val_acc", float("nan")), r["test_acc"], r.get("best_test_acc", r["test_acc"]),
-                     round(r["seconds"], 1)])
+                     f"{r['seconds']:.1f}"])
     run.add_table(title, header, rows)
 
 

@@ -383,7 +383,7 @@ def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
                     summary[f"{name}.{split}_acc"] = acc[split]
             label = {"svm": "LinearSVC (C=1)", "knn": f"k-NN (k={cfg.knn_k})", "logreg": "logistic regression"}
             rows.append([name, label.get(name, name), acc.get("val", float("nan")), acc.get("test", float("nan")),
-                         acc["seconds"]])
+                         f"{acc['seconds']:.1f}"])
         run.add_table(f"Classical classifiers on the frozen {dim}-dim source features (standardised)",
                       ["classifier", "model", "val acc", "test acc", "seconds"], rows)
 
