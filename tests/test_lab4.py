@@ -244,3 +244,13 @@ def test_adv_train_compares_standard_and_adversarial_models(ood_run, tmp_path):
     assert blob["spec"]["kwargs"]["base_channels"] == 8                     # the reused model's architecture
     for f in ("scores_standard.npz", "scores_adv.npz", "accuracy_vs_eps.png", "ood_auroc.png"):
         assert (run.path / f).is_file(), f
+
+
+def test_rising_accuracy_over_epsilon_gets_a_report_line():
+    from dllab.experiments.lab4 import rising_accuracy_note
+
+    assert rising_accuracy_note({0.0: 0.61, 0.01: 0.26, 0.05: 0.08}, "fgsm") is None        # falls: nothing to say
+    assert rising_accuracy_note({0.0: 0.61, 0.05: 0.08, 0.1: 0.085}, "fgsm") is None        # within 1 point: noise
+    note = rising_accuracy_note({0.0: 0.61, 0.05: 0.078, 0.1: 0.134, 0.2: 0.215}, "fgsm")
+    assert "0.078 at eps 0.05 to 0.134 at eps 0.1" in note and "attack.name=pgd" in note and "\n" not in note
+    assert "attack.name=pgd" not in rising_accuracy_note({0.0: 0.5, 0.1: 0.1, 0.2: 0.3}, "pgd")

@@ -401,6 +401,24 @@ def attack_sweep(cfg, model, data: ImageData) -> dict[float, float]:
                                 batch_size=cfg.analysis_batch_size, **_pgd_kwargs(cfg))
 
 
+def rising_accuracy_note(accs: dict[float, float], attack: str) -> str | None:
+    """A report line when accuracy goes *up* with a larger epsilon, which a reader would take for a bug.
+
+    One FGSM step follows the loss gradient's sign at the clean image; on a weak, far-from-linear model a
+    large step overshoots the region where that direction raises the loss, so accuracy can climb again.
+    """
+    eps = sorted(accs)
+    rises = [(a, b) for a, b in zip(eps, eps[1:]) if accs[b] > accs[a] + 0.01]
+    if not rises:
+        return None
+    a, b = rises[0]
+    hint = (" PGD (--set attack.name=pgd) iterates small steps and does not have this weakness."
+            if attack == "fgsm" else "")
+    return (f"{attack.upper()} accuracy rises from {accs[a]:.3f} at eps {a:g} to {accs[b]:.3f} at eps {b:g}: a single "
+            f"signed-gradient step of that size overshoots on this model, so the larger eps underestimates the "
+            f"damage an attacker can do.{hint}")
+
+
 def _attack_examples(cfg, run, model, data: ImageData, file: str = "examples.png", title: str = "") -> None:
     from ..analysis.attacks import ATTACKS
     from ..analysis.ood import to_unit_float
@@ -454,6 +472,8 @@ def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
     summary = {"model.test_acc": clean, **{f"{a}.acc@{_eps_key(e)}": v for e, v in accs.items()}}
     if 0 in accs and accs[0] != clean:
         run.note(f"accuracy at eps 0 ({accs[0]}) differs from the clean test accuracy ({clean})")
+    if (note := rising_accuracy_note(accs, a)) is not None:
+        run.note(note)
     ref = _FGSM_REF if a == "fgsm" else {}
     run.add_table(f"{a.upper()} accuracy per epsilon (pixel units of [0, 1] images)",
                   ["epsilon", "epsilon x 255", "test accuracy", "spec"],
@@ -511,6 +531,8 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
         accs[name] = attack_sweep(cfg, model, data)
         summary.update({f"{name}.acc@{_eps_key(e)}": v for e, v in accs[name].items()})
         run.log(f"[{name}] {a} accuracy: " + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs[name].items()))
+        if (note := rising_accuracy_note(accs[name], a)) is not None:
+            run.note(f"{name} model: {note}")
     for name, model in models.items():
         scores, metrics = evaluate_ood(cfg, run, model, data, ood_sets, tag=name)
         save_scores(run, f"scores_{name}.npz", scores, data, detectors)
