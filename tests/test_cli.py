@@ -82,10 +82,16 @@ def test_run_then_report_two_runs(tmp_path, imagefolder):
     outs = []
     for i in range(2):
         out = tmp_path / f"run{i}"
-        res = dllab("run", "lab1.mlp", "--profile", "smoke", "--quiet", "--seed", str(i), "--out", str(out),
+        quiet = ["--quiet"] if i else []
+        res = dllab("run", "lab1.mlp", "--profile", "smoke", *quiet, "--seed", str(i), "--out", str(out),
                     "--set", f"data.root={imagefolder}", "--set", "data.name=imagefolder", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
-        assert res.stdout.strip() == str(out)
+        assert res.stdout.strip() == str(out)            # stdout is the run folder alone, for scripts
+        adam = json.loads((out / "metrics.json").read_text())["summary"]["adam.test_acc"]
+        if quiet:
+            assert res.stderr.strip() == ""
+        else:  # the headline numbers end the console output
+            assert "summary (" in res.stderr and f"adam.test_acc  {adam:.4f}" in res.stderr
         outs.append(str(out))
     res = dllab("report", *outs, "--out", str(tmp_path / "all.md"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr

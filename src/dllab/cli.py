@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise DllabError("use either --seed N or --seeds A,B,C, not both")
             run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
                                  args.out, args.resume, args.quiet, argv)
+            if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
+                from .report.render import console_summary
+
+                print(console_summary(run.path), file=sys.stderr)
             print(run.path)
         elif args.command == "report":
             from .runner import report

@@ -53,6 +53,28 @@ def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[l
     return rows
 
 
+def _reference(experiment: str) -> dict[str, Any]:
+    from ..registry import get_experiment
+
+    try:
+        return get_experiment(experiment).reference
+    except DllabError:
+        return {}
+
+
+def console_summary(path: Path) -> str:
+    """The finished run's headline numbers (with the spec's, where it gives them) as aligned text lines."""
+    info = read_run(path)
+    rows = [r for r in summary_rows(info["summary"], _reference(info["env"]["experiment"])) if r[1] != "—"]
+    if not rows:
+        return ""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"  {k:<{width}}  {v}" + (f"   (spec {ref})" if ref else "") for k, v, ref in rows]
+    seconds = info["env"].get("seconds")
+    return "\n".join([f"summary ({seconds} s; report: {Path(path) / 'report.md'}):" if seconds is not None
+                      else "summary:", *lines])
+
+
 class Doc:
     """Just enough structure to write the same report as Markdown and as HTML."""
 
@@ -113,9 +135,10 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
         name = env["experiment"]
         try:
             exp = get_experiment(name)
-            reference, claims, description = exp.reference, exp.notes, exp.description
+            claims, description = exp.notes, exp.description
         except DllabError:
-            reference, claims, description = {}, "", ""
+            claims, description = "", ""
+        reference = _reference(name)
         if len(runs) > 1:
             doc.heading(f"{name} — {info['path'].name}", 2)
         if description:
