@@ -6,7 +6,6 @@ import os
 import sys
 
 
-
 def choose_omp_wait_policy() -> None:
     """Set OMP_WAIT_POLICY=PASSIVE when the CPU is already busy; leave OpenMP's default when it is idle.
 

@@ -53,19 +53,21 @@ def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[l
     return rows
 
 
-def _reference(experiment: str) -> dict[str, Any]:
+def _experiment(name: str):
+    """The registered experiment of a run folder, or None (a run of an experiment this version lacks)."""
     from ..registry import get_experiment
 
     try:
-        return get_experiment(experiment).reference
+        return get_experiment(name)
     except DllabError:
-        return {}
+        return None
 
 
 def console_summary(path: Path) -> str:
     """The finished run's headline numbers (with the spec's, where it gives them) as aligned text lines."""
     info = read_run(path)
-    rows = [r for r in summary_rows(info["summary"], _reference(info["env"]["experiment"])) if r[1] != "—"]
+    exp = _experiment(info["env"]["experiment"])
+    rows = [r for r in summary_rows(info["summary"], exp.reference if exp else {}) if r[1] != "—"]
     if not rows:
         return ""
     width = max(len(r[0]) for r in rows)
@@ -125,20 +127,14 @@ class Doc:
 
 
 def render(runs: list[RunInfo], root: Path) -> Doc:
-    from ..registry import get_experiment
-
     doc = Doc(root)
     title = runs[0]["env"]["experiment"] if len(runs) == 1 else "dllab report"
     doc.heading(title, 1)
     for info in runs:
         env = info["env"]
         name = env["experiment"]
-        try:
-            exp = get_experiment(name)
-            claims, description = exp.notes, exp.description
-        except DllabError:
-            claims, description = "", ""
-        reference = _reference(name)
+        exp = _experiment(name)
+        reference, claims, description = (exp.reference, exp.notes, exp.description) if exp else ({}, "", "")
         if len(runs) > 1:
             doc.heading(f"{name} — {info['path'].name}", 2)
         if description:
