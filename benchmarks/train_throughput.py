@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dllab.config import DataConfig, OptimConfig, TrainConfig
 from dllab.data.images import Batches, Split, load_images, random_crop_flip
+from dllab.models.common import DATASET_STATS
 from dllab.registry import build_model
 from dllab.runs import Run
 from dllab.train.loop import autocast, fit
@@ -50,6 +51,15 @@ def time_dllab(args, data, precision) -> float:
         return len(data.train) / (time.perf_counter() - t)
 
 
+def train_step(model, opt, x, y, precision) -> None:
+    """The baselines' step: the minimal one, the same for both."""
+    with autocast(torch.device("cpu"), precision):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def time_manual(args, split: Split, precision) -> float:
     model = model_for(args)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -63,11 +73,7 @@ def time_manual(args, split: Split, precision) -> float:
         x, y = x_all[idx].float().div_(255), y_all[idx]
         if args.augment:
             x = random_crop_flip(x, g)
-        with autocast(torch.device("cpu"), precision):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, x, y, precision)
     return len(y_all) / (time.perf_counter() - t)
 
 
@@ -77,7 +83,7 @@ def textbook_loader(args, n):
 
     aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if args.augment else []
     ds = torchvision.datasets.ImageFolder(str(Path(args.data) / "cifar10" / "train"), T.Compose([
-        *aug, T.ToTensor(), T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]))
+        *aug, T.ToTensor(), T.Normalize(*DATASET_STATS["cifar10"])]))
     ds = torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
     return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
 
@@ -90,11 +96,7 @@ def time_dataloader(args, n, precision) -> float:
     model.train()
     t = time.perf_counter()
     for x, y in loader:
-        with autocast(torch.device("cpu"), precision):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, x, y, precision)
     return n / (time.perf_counter() - t)
 
 
