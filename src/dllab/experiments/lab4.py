@@ -214,12 +214,15 @@ def get_classifier(cfg, run, data: ImageData, name: str = "standard") -> tuple[t
     return model, {"source": source, "arch": arch, "result": blob.get("result")}
 
 
-def note_scale(cfg, run, data: ImageData) -> None:
-    """Outside ``paper``, say why the spec's numbers are a trend to compare with, not a target."""
+def load_id_data(cfg, run) -> ImageData:
+    """The in-distribution data; outside ``paper``, with a note on why the spec's numbers are a trend to
+    compare with, not a target."""
+    data = load_data(cfg, run)
     if cfg.profile != "paper":
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
                  f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
+    return data
 
 
 def clean_accuracy(cfg, model, data: ImageData) -> float:
@@ -360,8 +363,7 @@ def _examples_figure(run, model, data: ImageData, ood_sets, scores: dict, n: int
           "extractor as the encoder, a trained decoder) are used to tell whether a test image is OOD. The "
           "spec shows these as plots only, no numbers.")
 def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
-    data = load_data(cfg, run)
-    note_scale(cfg, run, data)
+    data = load_id_data(cfg, run)
     detectors = check_detectors(cfg.ood.detectors)
     ood_sets = build_ood_sets(cfg, run, data)          # before training: a bad OOD name fails at once
     model, info = get_classifier(cfg, run, data)
@@ -463,8 +465,7 @@ _ADV_REF = {"acc@0": 0.8681, "acc@0.01": 0.7638, "acc@0.05": 0.3000, "acc@0.1": 
           "9.68% at 0.05, then about 5-6% (at or below chance) for 0.1-0.3; performance degrades as eps "
           "increases.")
 def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
-    data = load_data(cfg, run)
-    note_scale(cfg, run, data)
+    data = load_id_data(cfg, run)
     model, info = get_classifier(cfg, run, data)
     clean = clean_accuracy(cfg, model, data)
     accs = attack_sweep(cfg, model, data)
@@ -509,8 +510,7 @@ def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.attacks import make_fgsm_loss
 
-    data = load_data(cfg, run)
-    note_scale(cfg, run, data)
+    data = load_id_data(cfg, run)
     detectors = check_detectors(cfg.ood.detectors)
     ood_sets = build_ood_sets(cfg, run, data)
     std_model, std_info = get_classifier(cfg, run, data, "standard")
@@ -595,8 +595,7 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     notes="Grid search over T in {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} and eps in {0, ..., 0.004}: the best "
           "values are T = 100 and eps = 0, with AUROC 0.66 (CIFAR-10 vs the 20 CIFAR-100 classes).")
 def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
-    data = load_data(cfg, run)
-    note_scale(cfg, run, data)
+    data = load_id_data(cfg, run)
     ood_sets = build_ood_sets(cfg, run, data)
     model, info = get_classifier(cfg, run, data)
     summary = {"model.test_acc": clean_accuracy(cfg, model, data)}
@@ -614,11 +613,13 @@ def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
                         f"{p}odin.val_auroc": float(r["val_auroc"][bi, bj]),
                         f"{p}odin.auroc": r["best_test"]["auroc"], f"{p}odin.fpr95": r["best_test"]["fpr95"],
                         f"{p}msp.auroc": r["msp_test"]["auroc"], f"{p}msp.fpr95": r["msp_test"]["fpr95"]})
-        if 1.0 in T and 0.0 in E:
-            i1, j0 = T.index(1.0), E.index(0.0)
-            summary[f"{p}odin.grid_auroc@T1_eps0"] = float(r["test_auroc"][i1, j0])
-            if summary[f"{p}odin.grid_auroc@T1_eps0"] != summary[f"{p}msp.auroc"]:
-                run.note(f"{s.name}: ODIN at T=1, eps=0 ({summary[f'{p}odin.grid_auroc@T1_eps0']}) differs "
+        # The grid cell T=1, eps=0 is plain MSP: it must reproduce the MSP detector's AUROC exactly.
+        t1_eps0 = (T.index(1.0), E.index(0.0)) if 1.0 in T and 0.0 in E else None
+        cell = {k: float(r[f"test_{k}"][t1_eps0]) if t1_eps0 else float("nan") for k in ("auroc", "fpr95")}
+        if t1_eps0:
+            summary[f"{p}odin.grid_auroc@T1_eps0"] = cell["auroc"]
+            if cell["auroc"] != summary[f"{p}msp.auroc"]:
+                run.note(f"{s.name}: ODIN at T=1, eps=0 ({cell['auroc']}) differs "
                          f"from MSP ({summary[f'{p}msp.auroc']}); it should equal it exactly")
         n_id_val, n_ood_val = int(id_val.sum()), int(ood_val.sum())
         run.log(f"{s.name}: best T={T[bi]:g} eps={E[bj]:g} val AUROC {r['val_auroc'][bi, bj]:.4f}, test AUROC "
@@ -632,8 +633,6 @@ def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
                         f"ODIN AUROC over the (T, eps) grid, ID vs {s.name}: validation part (selects the "
                         "red cell) and test part")
         bt, mt = r["best_test"], r["msp_test"]
-        cell = {k: float(r[f"test_{k}"][T.index(1.0), E.index(0.0)]) if 1.0 in T and 0.0 in E else float("nan")
-                for k in ("auroc", "fpr95")}
         run.add_table(f"ODIN vs MSP on the test part, ID vs {s.name}",
                       ["detector", "T", "epsilon", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"],
                       [["ODIN, best on validation", f"{T[bi]:g}", f"{E[bj]:g}", bt["auroc"], bt["aupr_in"],
