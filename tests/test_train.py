@@ -7,6 +7,7 @@ from torch import nn
 
 from dllab import DllabError
 from dllab.runner import run_experiment
+from dllab.runs import Run
 from dllab.train import checkpoint as ckpt_mod
 from dllab.train.gradients import GradNormRecorder, block_grad_ratio
 from dllab.train.loop import set_train_mode
@@ -133,3 +134,40 @@ def test_seeds_report_mean_and_std(imagefolder, tmp_path):
     assert m["summary"]["adam.test_acc.std"] == pytest.approx(abs(s0["adam.test_acc"] - s1["adam.test_acc"]) / 2)
     assert (run.path / "seed1" / "metrics.json").exists()
     assert "±" in (run.path / "report.md").read_text()
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from dllab.runs import atomic_write
+
+    target = tmp_path / "state.pt"
+    target.write_bytes(b"old")
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    atomic_write(target, lambda f: torch.save({"a": 1}, f))
+    assert torch.load(target) == {"a": 1}
+
+
+def test_cached_arrays_reuse_only_a_matching_readable_file(tmp_path):
+    import numpy as np
+
+    run = Run(tmp_path, "x", None, quiet=True)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(3)}
+
+    arrays, reused = run.cached_arrays("f.npz", "k1", compute)
+    assert not reused and arrays["a"].tolist() == [0, 1, 2]
+    arrays, reused = run.cached_arrays("f.npz", "k1", compute)
+    assert reused and arrays["a"].tolist() == [0, 1, 2] and len(calls) == 1
+    assert not run.cached_arrays("f.npz", "k2", compute)[1] and len(calls) == 2       # other inputs
+    (tmp_path / "f.npz").write_bytes(b"garbage")
+    assert not run.cached_arrays("f.npz", "k2", compute)[1] and len(calls) == 3       # damaged
+    assert any("could not be read" in n for n in run.notes) and any("other inputs" in n for n in run.notes)

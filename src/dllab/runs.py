@@ -18,20 +18,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from . import DllabError
 from .config import dump_yaml, load_yaml
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path`` and rename: a reader never sees half a file."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(f)`` fills a temp file beside ``path``, which is then renamed onto it: a reader never sees
+    half a file, and a failure (in ``write`` too) leaves ``path`` as it was. E.g.
+    ``atomic_write(p, lambda f: torch.save(state, f))`` or ``lambda f: np.savez(f, **arrays)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -40,7 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -168,13 +170,30 @@ class Run:
     # --- artefacts ----------------------------------------------------------------------------------
     def save_figure(self, fig, name: str, caption: str) -> Path:
         import matplotlib.pyplot as plt
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        atomic_write(self.path / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
-        atomic_write_bytes(self.path / name, buf.getvalue())
         self.figures = [f for f in self.figures if f[1] != name] + [(caption, name)]
         self._save_report_state()
         return self.path / name
+
+    def cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        """``name`` (.npz) in the run folder: ``compute()``'s arrays, computed once and reused while ``key``
+        (a string that changes with whatever they depend on) matches; a stale or damaged file is computed
+        again, with a note. Returns (arrays, reused)."""
+        import numpy as np
+
+        path = self.path / name
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if str(z["key"]) == key:
+                        return {k: z[k] for k in z.files if k != "key"}, True
+                self.note(f"{name} was computed from other inputs (model, data or settings); computed again")
+            except Exception as e:  # a damaged cache is rebuilt, never trusted
+                self.note(f"{name} could not be read ({type(e).__name__}); computed again")
+        arrays = compute()
+        atomic_write(path, lambda f: np.savez(f, key=np.array(key), **arrays))
+        return arrays, False
 
     def add_table(self, title: str, header: list[str], rows: list[list[Any]]) -> None:
         self.tables = [t for t in self.tables if t[0] != title] + [(title, header, rows)]

@@ -6,7 +6,6 @@ Scores follow ``analysis.ood``: larger = more likely OOD. Images are uint8 or fl
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -76,11 +75,9 @@ def metric_keys(metrics: dict, prefix: str = "", which: Sequence[str] = METRICS)
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed, written atomically (temp file + rename: a reader never sees half a file)."""
-    from ..runs import atomic_write_bytes
+    from ..runs import atomic_write
 
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def score_arrays(scores: dict, classes: Sequence[str], id_labels: torch.Tensor,

@@ -109,11 +109,8 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
     try:
-        from ..runs import atomic_write_bytes
-        import io
-        buf = io.BytesIO()
-        torch.save({"x": x, "y": y}, buf)
-        atomic_write_bytes(cached, buf.getvalue())
+        from ..runs import atomic_write
+        atomic_write(cached, lambda f: torch.save({"x": x, "y": y}, f))
     except OSError as e:  # a read-only cache folder only costs the next run a decode
         warnings.warn(f"could not cache decoded images in {cached.parent}: {e.strerror}")
     return Split(x, y), classes

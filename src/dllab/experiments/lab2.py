@@ -9,7 +9,6 @@ This module is imported on every CLI call, so ``transformers``/``peft`` are impo
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ from .. import DllabError
 from ..config import RunConfig
 from ..env import describe_device, resolve_device, seed_everything
 from ..registry import register_experiment
-from ..runs import Run, atomic_write_bytes
+from ..runs import Run
 
 
 # --- configs ------------------------------------------------------------------------------------------
@@ -192,22 +191,6 @@ def _mmss(seconds: float) -> str:
 
 # --- lab2.features --------------------------------------------------------------------------------------
 
-def cached_features(run: Run, key: dict, compute) -> dict[str, np.ndarray]:
-    """``features.npz`` in the run folder: computed once, reused while ``key`` (what they depend on) matches."""
-    path = run.path / "features.npz"
-    stamp = json.dumps(key, sort_keys=True)
-    if path.exists():
-        with np.load(path) as z:
-            if str(z["key"]) == stamp:
-                run.log(f"features: reusing {path.name}")
-                return {k: z[k] for k in z.files if k != "key"}
-    arrays = compute()
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(stamp), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-    return arrays
-
-
 @register_experiment(
     "lab2.features",
     "Rotten Tomatoes: last-layer [CLS] embeddings of a pretrained transformer + LinearSVC / LogReg / k-NN",
@@ -242,7 +225,10 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
                 f"{time.perf_counter() - t0:.0f}s ({cfg.features.pooling} pooling)")
         return out
 
-    feats = cached_features(run, key, extract)
+    # features.npz: computed once, reused (e.g. by --resume) while the key matches.
+    feats, reused = run.cached_arrays("features.npz", json.dumps(key, sort_keys=True), extract)
+    if reused:
+        run.log("features: reusing features.npz")
     _record_model(run, name, source, hf.load_config(source))
     run.write_env(precision="fp32 (inference only)")
     timings: dict[str, float] = {}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ from ..env import resolve_device
 from ..models.cnn import classifier_head
 from ..registry import register_experiment
 from ..report import plots
-from ..runs import atomic_write_bytes
 from ..train.checkpoint import find_run_model, load_model
 from ..train.loop import autocast, fit
 from .common import Variant, accuracy_table, build_for, curves_figure, load_data
@@ -252,21 +250,15 @@ def cached_features(run, model: nn.Module, data: ImageData, device: torch.device
     """{split: (features, labels)} for train/val/test, from ``features.npz`` when it matches, else extracted
     once and written atomically. Returns (features, reused)."""
     splits = {n: s for n, s in (("train", data.train), ("val", data.val), ("test", data.test)) if s is not None}
-    key = _fingerprint(model, splits, precision)
-    path = run.path / FEATURES_FILE
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["key"]) == key:
-                    return {n: (z[f"{n}_x"], z[f"{n}_y"]) for n in splits}, True
-            run.note(f"{FEATURES_FILE} was extracted with another source model or other images; extracted again")
-        except Exception as e:  # a damaged cache is rebuilt, never trusted
-            run.note(f"{FEATURES_FILE} could not be read ({type(e).__name__}); extracted again")
-    feats = {n: (extract_features(model, s, device, batch_size, precision), s.y.numpy()) for n, s in splits.items()}
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), **{f"{n}_{a}": arr for n, (x, y) in feats.items() for a, arr in (("x", x), ("y", y))})
-    atomic_write_bytes(path, buf.getvalue())
-    return feats, False
+
+    def extract() -> dict[str, np.ndarray]:
+        out = {}
+        for n, s in splits.items():
+            out[f"{n}_x"], out[f"{n}_y"] = extract_features(model, s, device, batch_size, precision), s.y.numpy()
+        return out
+
+    arrays, reused = run.cached_arrays(FEATURES_FILE, _fingerprint(model, splits, precision), extract)
+    return {n: (arrays[f"{n}_x"], arrays[f"{n}_y"]) for n in splits}, reused
 
 
 def classical_classifiers(cfg: TransferConfig, run, feats: dict) -> dict[str, dict]:

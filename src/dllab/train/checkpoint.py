@@ -1,20 +1,17 @@
 """Checkpoints: written atomically, loaded with a clear error when damaged or of the wrong model."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import DllabError
-from ..runs import atomic_write_bytes
+from ..runs import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
