@@ -1,6 +1,15 @@
-"""Checkpoints: written atomically, loaded with a clear error when damaged or of the wrong model."""
+"""Checkpoints and saved models: written atomically, read as data, never as code.
+
+Files are loaded with ``torch.load(weights_only=True)``: only tensors, plain containers and basic types can
+come back, so a crafted file (a pickle whose ``__reduce__`` runs a command, say: a classmate's run folder, a
+download) is refused instead of executed. Everything dllab saves is made of those types (``plain``
+converts numpy scalars on the way out). A file that is not such a file, is damaged, or does not have the
+structure dllab wrote is a one-line ``DllabError`` naming it.
+"""
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,26 +18,65 @@ import torch
 from .. import DllabError
 from ..runs import atomic_write
 
+# Model constructor arguments a saved spec may carry: plain values only (a spec is rebuilt with them).
+_SPEC_VALUE_TYPES = (int, float, str, bool, type(None))
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays turned into Python numbers/lists, so ``weights_only`` loads it."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return obj.tolist()
+    raise TypeError(f"cannot save a {type(obj).__name__} in a dllab checkpoint (tensors and plain types only)")
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    state = plain(state)
     atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
     try:
-        # Our own files: they hold RNG states and numpy scalars, so the full unpickler is needed.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DllabError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise DllabError(f"{path} is a folder, not a checkpoint file") from None
     except Exception as e:
-        raise DllabError(f"checkpoint {path} is corrupt ({type(e).__name__}); delete it to restart "
-                         "that variant from scratch") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise DllabError(f"{path} holds Python objects ({found.group(1)}), not just tensors and plain values; "
+                             "dllab does not load such files (they could run code): use a file written by dllab") from None
+        raise DllabError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}); delete it (a checkpoint "
+                         "restarts its variant, a model is trained again)") from None
+    if not isinstance(blob, dict):
+        raise DllabError(f"{path} is not a dllab checkpoint (it holds a {type(blob).__name__}, not a dict)")
+    return blob
 
 
 def save_model(path: Path, model: torch.nn.Module, classes: list[str], **meta) -> None:
     """Weights plus what it takes to rebuild the model: ``spec`` (registry name + kwargs) and classes."""
     spec = getattr(model, "dllab_spec", None)
-    save_checkpoint(path, {"spec": spec, "classes": classes, "state_dict": model.state_dict(), **meta})
+    save_checkpoint(path, {"spec": spec, "classes": list(classes), "state_dict": model.state_dict(), **meta})
+
+
+def check_spec(path: Path, spec: Any) -> dict[str, Any]:
+    """The saved ``spec`` if it has the shape dllab writes ({"name": str, "kwargs": {str: plain value}})."""
+    if not spec:
+        raise DllabError(f"{path} holds no model spec; it was not written by dllab's save_model")
+    ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("kwargs"), dict)
+          and all(isinstance(k, str) and (isinstance(v, _SPEC_VALUE_TYPES) or
+                                          (isinstance(v, list) and all(isinstance(i, _SPEC_VALUE_TYPES) for i in v)))
+                  for k, v in spec["kwargs"].items()))
+    if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in spec["kwargs"].values()):
+        raise DllabError(f"{path}: the model spec is malformed (expected a name and plain keyword arguments)")
+    return spec
 
 
 def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -36,21 +84,33 @@ def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.
     from ..registry import build_model
 
     blob = load_checkpoint(path)
-    spec = blob.get("spec")
-    if not spec:
-        raise DllabError(f"{path} holds no model spec; it was not written by dllab's save_model")
+    spec = check_spec(path, blob.get("spec"))
     for k, v in (expect or {}).items():
         have = spec["name"] if k == "name" else spec["kwargs"].get(k)
         if have != v:
             raise DllabError(f"{path}: the saved model has {k}={have!r} but this experiment needs {k}={v!r}; "
                              "point to a run of the right architecture")
-    model = build_model(spec["name"], **spec["kwargs"])
+    classes = blob.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise DllabError(f"{path}: 'classes' is malformed (expected a list of class names)")
     try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise DllabError(f"{path}: weights do not fit the model ({first})") from None
+        model = build_model(spec["name"], **spec["kwargs"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DllabError(f"{path}: the model spec cannot be built ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    load_weights(path, model, blob.get("state_dict"))
     return model, blob
+
+
+def load_weights(path: Path, model: torch.nn.Module, state: Any) -> None:
+    """``model.load_state_dict(state)``, with a one-line error when the weights do not fit."""
+    if not isinstance(state, dict):
+        raise DllabError(f"{path} holds no weights (state_dict)")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DllabError(f"{path}: weights do not fit the model ({first})") from None
 
 
 def find_run_model(run_dir: str | Path, variant: str = "", prefer: tuple[str, ...] = ()) -> Path:

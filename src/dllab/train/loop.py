@@ -26,7 +26,7 @@ from torch import nn
 from .. import DllabError
 from ..config import OptimConfig, TrainConfig
 from ..data.images import Batches, ImageData, Split
-from .checkpoint import load_checkpoint, save_checkpoint, save_model
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_model
 from .gradients import GradNormRecorder
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -113,7 +113,8 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
     done = run.result(variant)
     if done is not None:
         run.log(f"[{variant}] already finished in this run folder; loading its saved weights")
-        model.load_state_dict(load_checkpoint(run.path / "models" / f"{variant}.pt")["state_dict"])
+        path = run.path / "models" / f"{variant}.pt"
+        load_weights(path, model, load_checkpoint(path).get("state_dict"))
         return done
 
     model.to(device)
@@ -138,18 +139,18 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         try:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
+            if sched is not None and ck.get("scheduler"):
+                sched.load_state_dict(ck["scheduler"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["rng_cpu"])
+            if device.type == "cuda" and ck.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(ck["rng_cuda"])
+            history, grad_history, best = list(ck["history"]), list(ck["grad_history"]), dict(ck["best"])
+            start_epoch = int(ck["epoch"]) + 1
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise DllabError(f"checkpoint {ckpt_path} does not match this variant ({type(e).__name__}); "
                              "delete it to restart the variant") from None
-        if sched is not None and ck.get("scheduler"):
-            sched.load_state_dict(ck["scheduler"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng_cpu"])
-        if device.type == "cuda" and ck.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng_cuda"])
-        history, grad_history, best = ck["history"], ck["grad_history"], ck["best"]
-        start_epoch = ck["epoch"] + 1
         run.log(f"[{variant}] resuming after epoch {ck['epoch']}")
 
     batches = Batches(data.train, train.batch_size, device, shuffle=True, augment=augment, seed=seed)
