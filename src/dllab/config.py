@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -59,108 +60,109 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
-def _coerce(text: str, tp, key: str):
-    """Parse a --set string as the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+def _coerce(text: str, tp, key: str, origin: str = "--set"):
+    """Parse a string (from ``origin``: --set, a profile, a config.yaml) as the annotated type ``tp``."""
+    kind = typing.get_origin(tp)
+    if kind in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if text.lower() in ("none", "null", "") and len(args) < len(typing.get_args(tp)):
             return None
         for a in args:
             try:
-                return _coerce(text, a, key)
+                return _coerce(text, a, key, origin)
             except DllabError:
                 continue
-        raise DllabError(f"--set {key}={text}: expected {' or '.join(_type_name(a) for a in args)}")
-    if origin in (list, tuple):
+        raise DllabError(f"{origin} {key}={text}: expected {' or '.join(_type_name(a) for a in args)}")
+    if kind in (list, tuple):
         (elem,) = typing.get_args(tp)[:1] or (str,)
         body = text.strip()
         if body.startswith("[") and body.endswith("]"):
             body = body[1:-1]
         items = [s.strip() for s in body.split(",") if s.strip()]
-        return [_coerce(s, elem, key) for s in items]
+        return [_coerce(s, elem, key, origin) for s in items]
     if tp is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise DllabError(f"--set {key}={text}: expected true or false")
+        raise DllabError(f"{origin} {key}={text}: expected true or false")
     if tp in (int, float):
         try:
             value = float(text) if tp is float else int(text)
         except ValueError:
-            raise DllabError(f"--set {key}={text}: expected {tp.__name__}") from None
+            raise DllabError(f"{origin} {key}={text}: expected {tp.__name__}") from None
         return value
     if tp is str:
         return text
-    raise DllabError(f"--set {key}: fields of type {_type_name(tp)} cannot be set from the command line")
+    raise DllabError(f"{origin} {key}: fields of type {_type_name(tp)} cannot be set from text")
 
 
-def _check_value(value, tp, key: str):
+def _check_value(value, tp, key: str, origin: str = "--set"):
     """Check (and lightly coerce) a Python value from a profile or a saved config.yaml."""
     if isinstance(value, str):
-        return _coerce(value, tp, key) if tp is not str else value
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        return _coerce(value, tp, key, origin) if tp is not str else value
+    kind = typing.get_origin(tp)
+    if kind in (list, tuple) and isinstance(value, (list, tuple)):
         elem = (typing.get_args(tp) or (str,))[0]
-        return [_check_value(v, elem, key) for v in value]
+        return [_check_value(v, elem, key, origin) for v in value]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin in (typing.Union, types.UnionType):
+    if kind in (typing.Union, types.UnionType):
         for a in typing.get_args(tp):
             if a is type(None) and value is None:
                 return None
             try:
-                return _check_value(value, a, key)
+                return _check_value(value, a, key, origin)
             except DllabError:
                 continue
     elif isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     elif tp is Any:
         return value
-    raise DllabError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise DllabError(f"{origin} {key}: expected {_type_name(tp)}, got {value!r}")
 
 
-def set_key(cfg, key: str, value) -> None:
+def set_key(cfg, key: str, value, origin: str = "--set") -> None:
     """Set a dotted key on nested dataclasses; ``value`` may be a string (parsed) or a Python value."""
     parts = key.split(".")
     obj = cfg
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(obj):
-            raise DllabError(f"unknown config key '{key}': '{'.'.join(parts[:i])}' has no sub-keys")
+            raise DllabError(f"{origin}: unknown config key '{key}': '{'.'.join(parts[:i])}' has no sub-keys")
         hints = typing.get_type_hints(type(obj))
         if part not in hints:
             prefix = ".".join(parts[:i])
             names = [f"{prefix}.{n}" if prefix else n for n in hints]
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DllabError(f"unknown config key '{key}'{hint}; see config.yaml of any run for the keys")
+            raise DllabError(f"{origin}: unknown config key '{key}'{hint}; see config.yaml of any run for the keys")
         if i == len(parts) - 1:
             tp = hints[part]
             if dataclasses.is_dataclass(tp):
                 if not isinstance(value, dict):
-                    raise DllabError(f"'{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
+                    raise DllabError(f"{origin}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
                 for k, v in value.items():
-                    set_key(cfg, f"{key}.{k}", v)
+                    set_key(cfg, f"{key}.{k}", v, origin)
                 return
-            value = _coerce(value, tp, key) if isinstance(value, str) else _check_value(value, tp, key)
+            value = (_coerce(value, tp, key, origin) if isinstance(value, str)
+                     else _check_value(value, tp, key, origin))
             setattr(obj, part, value)
         else:
             obj = getattr(obj, part)
 
 
-def apply_overrides(cfg, overrides: dict[str, Any] | list[str]) -> None:
+def apply_overrides(cfg, overrides: dict[str, Any] | list[str], origin: str = "--set") -> None:
     """Apply a dict of dotted keys (profiles, saved configs) or a list of ``key=value`` strings (--set)."""
     if isinstance(overrides, dict):
         for k, v in _flatten(overrides).items():
-            set_key(cfg, k, v)
+            set_key(cfg, k, v, origin)
         return
     for item in overrides:
         if "=" not in item:
             raise DllabError(f"--set {item}: expected key=value, e.g. --set train.epochs=5")
         k, v = item.split("=", 1)
-        set_key(cfg, k.strip(), v.strip())
+        set_key(cfg, k.strip(), v.strip(), origin)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -178,9 +180,10 @@ def make_config(config_cls, profiles: dict, profile: str, overrides: list[str] |
     if profile not in PROFILES:
         raise DllabError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     cfg = config_cls()
-    apply_overrides(cfg, profiles.get(profile, {}))
+    apply_overrides(cfg, profiles.get(profile, {}), f"profile '{profile}':")
     cfg.profile = profile
     apply_overrides(cfg, overrides or [])
+    validate(cfg)
     return cfg
 
 
@@ -192,14 +195,92 @@ def dump_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def load_yaml(config_cls, text: str):
+def load_yaml(config_cls, text: str, origin: str = "config.yaml"):
     cfg = config_cls()
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DllabError(f"config.yaml is not valid YAML ({e.__class__.__name__}); restore it or start a new run") from None
-    apply_overrides(cfg, data)
+        raise DllabError(f"{origin} is not valid YAML ({e.__class__.__name__}); restore it or start a new run") from None
+    if not isinstance(data, dict):
+        raise DllabError(f"{origin} is damaged: expected a mapping of config keys, found "
+                         f"{type(data).__name__}; restore it or start a new run")
+    apply_overrides(cfg, data, f"{origin}:")
+    validate(cfg, f"{origin}: ")
     return cfg
+
+
+# --- values that mean something ---------------------------------------------------------------------
+# One table for every experiment's config, by field name ("section.field" where a name means different
+# things in different sections). A value outside its range is refused before any work starts, so a typo
+# such as train.epochs=0 or adam.lr=-1 never trains for minutes and then fails, or silently means "all".
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> tuple[Callable[[float], bool], str]:
+    def ok(v) -> bool:
+        return ((lo is None or (v > lo if lo_open else v >= lo)) and
+                (hi is None or (v < hi if hi_open else v <= hi)))
+    parts = ([f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []) + \
+            ([f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
+    return ok, "must be " + " and ".join(parts)
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = _range(1), _range(0), _range(0, lo_open=True)
+FRACTION, UNIT = _range(0, 1, hi_open=True), _range(0, 1)
+RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **dict.fromkeys(["epochs", "batch_size", "eval_batch_size", "analysis_batch_size", "width", "base_channels",
+                     "hidden", "k", "knn_k", "max_length", "steps", "depth", "r", "lora.alpha",
+                     "optim.step_size", "sgd.step_size", "adam.step_size"], AT_LEAST_1),
+    **dict.fromkeys(["train_limit", "test_limit", "val_limit", "limit", "threads", "freeze_blocks", "examples",
+                     "epsilon", "momentum", "weight_decay", "attack.step_size"], AT_LEAST_0),
+    **dict.fromkeys(["lr", "lr.full", "lr.head_last", "lr.full_amp", "lr.lora", "gamma", "temperature"], POSITIVE),
+    "data.val_fraction": FRACTION, "odin.val_fraction": _range(0, 1, lo_open=True, hi_open=True),
+    "dropout": FRACTION, "warmup": UNIT, "adv.alpha": UNIT,
+    "seed": _range(0, 2**32 - 1),
+}
+# Lists whose every element follows a rule, and lists that must not be empty.
+ELEMENT_RULES = {"epsilons": AT_LEAST_0, "temperatures": POSITIVE, "plain_depths": AT_LEAST_1,
+                 "residual_depths": AT_LEAST_1}
+NON_EMPTY = dict.fromkeys(["epsilons", "temperatures", "ood.names", "detectors", "strategies"], True)
+
+
+def _rule(table: dict, key: str):
+    """The entry for ``section.field``, else for ``field``, else None."""
+    parts = key.split(".")
+    for k in (".".join(parts[-2:]), parts[-1]):
+        if k in table:
+            return table[k]
+    return None
+
+
+def validate(cfg, where: str = "") -> None:
+    """Refuse values that mean nothing (non-finite floats, the ranges in RULES, empty lists in NON_EMPTY)
+    with one line naming the key; ``where`` says which file, if any, the value came from."""
+    for key, value in _leaves(cfg):
+        shown = f"{where}{key}={value}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DllabError(f"{shown}: must be a finite number")
+        rule = _rule(RULES, key)
+        if rule and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok, text = rule
+            if not ok(value):
+                raise DllabError(f"{shown}: {text}")
+        if isinstance(value, list):
+            if not value and _rule(NON_EMPTY, key):
+                raise DllabError(f"{where}{key}=[]: needs at least one value")
+            elem = _rule(ELEMENT_RULES, key)
+            for v in value:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise DllabError(f"{shown}: every value must be a finite number")
+                if elem and isinstance(v, (int, float)) and not elem[0](v):
+                    raise DllabError(f"{shown}: every value {elem[1]}")
+
+
+def _leaves(cfg, prefix: str = ""):
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
 
 
 @dataclass
