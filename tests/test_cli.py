@@ -37,7 +37,8 @@ def test_list_names_every_lab1_experiment():
     (["run", "lab1.mlp", "--profile", "fast"], ["invalid choice: 'fast'"]),
     (["run", "lab1.mlp", "--seeds", "1,x"], ["expected comma-separated integers"]),
     (["run"], ["needs an experiment name"]),
-    (["run", "lab1.mlp", "--resume", "/nonexistent/run"], ["not a run folder"]),
+    (["run", "--resume", "/nonexistent/run"], ["no such folder"]),
+        (["run", "lab1.mlp", "--resume", "/nonexistent/run"], ["drop an experiment name"]),
     (["report", "/nonexistent/run"], ["not a finished run folder"]),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragments, tmp_path):

@@ -17,8 +17,9 @@ def tiny_run(imagefolder, out, *extra, experiment="lab1.mlp-depth", resume=None)
     sets = [f"data.root={imagefolder}", "data.name=imagefolder", "data.val_fraction=0.2",
             "plain_depths=[3]", "residual_depths=[2]", "width=16", "train.epochs=3", "train.batch_size=16",
             "train.deterministic=true", *extra]
-    return run_experiment(experiment, "smoke", sets, out=None if resume else str(out), resume=resume,
-                          quiet=True, argv=["test"])
+    if resume:
+        return run_experiment(None, resume=resume, quiet=True, argv=["test"])
+    return run_experiment(experiment, "smoke", sets, out=str(out), quiet=True, argv=["test"])
 
 
 def test_grad_norm_recorder_averages_over_batches():

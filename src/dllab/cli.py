@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="every experiment with its description and profiles")
     r = sub.add_parser("run", help="run an experiment")
     r.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
-    r.add_argument("--profile", default="quick", choices=PROFILES,
-                   help="smoke = seconds (tests), quick = minutes on 2 CPU cores, paper = the spec's settings")
+    r.add_argument("--profile", default=None, choices=PROFILES,
+                   help="smoke = seconds (tests), quick (default) = minutes on 2 CPU cores, paper = the spec's "
+                        "settings")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.epochs=5 --set data.classes=[0,1]")
     r.add_argument("--seed", type=int, default=None)
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="gather runs into one Markdown + one HTML report")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
+    rep.add_argument("--force", action="store_true", help="replace report files that already exist")
     return p
 
 
@@ -77,6 +79,7 @@ def cmd_list() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    started: list = []   # the run folder, once it exists: named by the Ctrl-C and disk-error messages
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -86,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.experiment and not args.resume:
                 raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
-            if args.seed is not None and args.seeds:
+            if args.seed is not None and args.seeds is not None:
                 raise DllabError("use either --seed N or --seeds A,B,C, not both")
             run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
-                                 args.out, args.resume, args.quiet, argv)
+                                 args.out, args.resume, args.quiet, argv, on_start=started.append)
             if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
                 from .report.render import console_summary
 
@@ -98,14 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from .runner import report
 
-            md, html = report(args.runs, args.out)
+            md, html = report(args.runs, args.out, args.force)
             print(md)
             print(html)
     except DllabError as e:
         print(f"dllab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
+        where = f" ({e.filename})" if e.filename else ""
+        hint = f"; fix that, then continue with `dllab run --resume {started[0]}`" if started else ""
+        print(f"dllab: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("dllab: interrupted; continue with `dllab run --resume <run folder>`", file=sys.stderr)
+        if started:
+            print(f"dllab: interrupted; continue with `dllab run --resume {started[0]}`", file=sys.stderr)
+        else:
+            print("dllab: interrupted before a run folder was created; nothing to resume", file=sys.stderr)
         return 130
     return 0
 

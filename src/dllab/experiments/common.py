@@ -13,10 +13,12 @@ from ..report import plots
 from ..train.loop import LossFn, cross_entropy_loss, fit
 
 
-def load_data(cfg, run, data_cfg: DataConfig | None = None) -> ImageData:
-    """Load ``cfg.data`` and record where the pixels came from (and any fallback) in env.json + report."""
+def load_data(cfg, run, data_cfg: DataConfig | None = None, key: str = "data") -> ImageData:
+    """Load ``cfg.data`` (or ``data_cfg``, the config section ``key``) and record where the pixels came from
+    (and any fallback) in env.json + report; a resumed run refuses pixels from another source."""
     data_cfg = data_cfg or cfg.data
     data = load_images(data_cfg, seed=cfg.seed, profile=cfg.profile)
+    run.check_source(key, data.source)
     for w in data.warnings:
         run.note(w)
     n_val = len(data.val) if data.val is not None else 0

@@ -163,12 +163,14 @@ def load_text_splits(dcfg: TextDataConfig, seed: int, run: Run):
     limits = {"train": dcfg.train_limit, "validation": dcfg.val_limit, "test": dcfg.test_limit}
     splits = {s: balanced_subset(splits[s], limits[s], seed) for s in splits}
     where = local_folder(dcfg.name, dcfg.root) or "the HF hub"
+    run.check_source("data", f"{dcfg.name} from {where}")
     run.write_env(data=f"{dcfg.name} from {where}; " + " / ".join(f"{s} {len(v)}" for s, v in splits.items()))
     return splits
 
 
 def _record_model(run: Run, name: str, source: str, config) -> None:
     from ..text import hf
+    run.check_source("model", f"{name} ({source})")
     run.write_env(text_model=name, text_model_source=source)
     run.note(f"model: {hf.describe(name, config)}")
 

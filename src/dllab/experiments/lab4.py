@@ -242,6 +242,7 @@ def build_ood_sets(cfg, run, data: ImageData):
         s = build_ood_set(name, data, root, limit=cfg.ood.limit, seed=0, allow_fallback=allow)
         for w in s.warnings:
             run.note(f"OOD set {name}: {w}")
+        run.check_source(f"ood.{name}", s.source)
         run.log(f"OOD set {name}: {s.source}; {len(s)} images")
         sets.append(s)
     run.write_env(ood={s.name: f"{s.source}; {len(s)} images" for s in sets})

@@ -151,7 +151,7 @@ def get_source(cfg: TransferConfig, run, target: ImageData, device: torch.device
                  f"classes) — reused, not trained here")
         run.write_env(source_model=str(Path(path).resolve()))
         return model, blob, None
-    src_data = load_data(cfg, run, src.data)
+    src_data = load_data(cfg, run, src.data, key="source.data")
     if src_data.shape[0] != c:
         raise DllabError(f"source images have {src_data.shape[0]} channels, target images {c}")
     v = Variant("source", "cnn", {"base_channels": src.base_channels, "depth": src.depth, "residual": src.residual})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,21 @@ RunInfo = dict[str, Any]
 
 
 def read_run(path: Path) -> RunInfo:
+    from ..runs import read_json, read_report_state
+
     path = Path(path).resolve()
-    try:
-        env = json.loads((path / "env.json").read_text())
-        metrics = json.loads((path / "metrics.json").read_text())
-    except FileNotFoundError:
-        raise DllabError(f"{path} is not a finished run folder (env.json and metrics.json are needed)") from None
-    except json.JSONDecodeError:
-        raise DllabError(f"{path}: env.json or metrics.json is not valid JSON") from None
+    if not (path / "env.json").is_file() or not (path / "metrics.json").is_file():
+        raise DllabError(f"{path} is not a finished run folder (env.json and metrics.json are needed)")
+    env = read_json(path / "env.json")
+    metrics = read_json(path / "metrics.json")
+    summary = metrics.get("summary", {})
+    if not isinstance(summary, dict) or not all(isinstance(k, str) for k in summary):
+        raise DllabError(f"{path / 'metrics.json'} is damaged: 'summary' must map names to numbers")
+    if not isinstance(env.get("experiment"), str):
+        raise DllabError(f"{path / 'env.json'} is damaged: it names no experiment")
     state_file = path / "report_state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"notes": [], "tables": [], "figures": []}
-    return {"path": path, "env": env, "summary": metrics.get("summary", {}), **state}
+    notes, tables, figures = read_report_state(state_file) if state_file.exists() else ([], [], [])
+    return {"path": path, "env": env, "summary": summary, "notes": notes, "tables": tables, "figures": figures}
 
 
 def _fmt(v: Any) -> str:
@@ -143,7 +146,7 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
                      f"profile: {env.get('profile')}, seed(s): {env.get('seeds', env.get('seed'))}, "
                      f"device: {env.get('device')}, precision: {env.get('precision', 'see config')}",
                      f"data: {env.get('data', '—')}",
-                     f"git commit: {env.get('git_commit')}, torch {env.get('versions', {}).get('torch')}",
+                     f"git commit: {env.get('git_commit')}, torch {_versions(env).get('torch')}",
                      f"wall time: {env.get('seconds', '—')} s"])
         doc.heading("Results beside the spec", 3)
         doc.table(["metric", "this run", "spec"], summary_rows(info["summary"], reference))
@@ -155,11 +158,18 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
         if info["figures"]:
             doc.heading("Plots", 3)
             for caption, file in info["figures"]:
-                doc.image(info["path"] / file, caption)
+                # Only the run's own PNGs: a report of a downloaded run folder must not inline other files.
+                figure = (info["path"] / file).resolve()
+                if figure.suffix == ".png" and figure.is_relative_to(info["path"]):
+                    doc.image(figure, caption)
         if info["notes"]:
             doc.heading("Notes", 3)
             doc.bullets(info["notes"])
     return doc
+
+
+def _versions(env: dict) -> dict:
+    return env["versions"] if isinstance(env.get("versions"), dict) else {}
 
 
 def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
