@@ -400,6 +400,41 @@ def test_pickle_only_model_folder_is_refused_unread(tiny_model_dir, tmp_path):
     assert "pytorch_model.bin" in msg and "convert them to safetensors" in msg
 
 
+# --- text data --------------------------------------------------------------------------------------
+
+def make_text(root: Path, rows: dict[str, str] | None = None) -> Path:
+    folder = root / "rotten_tomatoes"
+    folder.mkdir(parents=True)
+    good = '{"text": "a fine film", "label": 1}\n{"text": "a dull film", "label": 0}\n'
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.jsonl").write_text((rows or {}).get(split, good))
+    return folder
+
+
+@pytest.mark.parametrize("content, check", [
+    ('{"text": "ok", "label": 1}\n{"text": "odd", "label": 2}\n', ":2: label 2 is not 0 or 1"),
+    ('{"text": "ok", "label": true}\n', ":1: label True is not 0 or 1"),
+    ('{"text": "ok", "label": -1}\n', ":1: label -1 is not 0 or 1"),
+    ('{"text": 5, "label": 1}\n', ":1: 'text' is int"),
+    ("", ": no examples"),
+    ("\n\n", ": no examples"),
+    ('{"text": "ok", "lab', ":1: expected a JSON object"),
+])
+def test_bad_text_split_is_one_line_naming_the_file(tmp_path, content, check):
+    from dllab.data.text import load_text_dataset
+    folder = make_text(tmp_path, {"validation": content})
+    msg = one_line_error(load_text_dataset, "rotten_tomatoes", str(tmp_path))
+    assert f"{folder / 'validation.jsonl'}{check}" in msg
+
+
+def test_binary_garbage_jsonl_is_one_line(tmp_path):
+    from dllab.data.text import load_text_dataset
+    folder = make_text(tmp_path)
+    (folder / "test.jsonl").write_bytes(b"\xff\xfe\x00garbage" + np.random.default_rng(0).bytes(500))
+    msg = one_line_error(load_text_dataset, "rotten_tomatoes", str(tmp_path))
+    assert str(folder / "test.jsonl") in msg and "not UTF-8" in msg
+
+
 # --- through the CLI --------------------------------------------------------------------------------
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

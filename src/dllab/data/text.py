@@ -36,24 +36,41 @@ def data_root(root: str = "") -> Path:
     return Path(root or os.environ.get("DLLAB_DATA") or "data")
 
 
-def read_jsonl_splits(folder: Path) -> dict[str, TextSplit]:
-    """``<folder>/{train,validation,test}.jsonl``, one ``{"text": str, "label": int}`` per line."""
-    out = {}
-    for split in SPLITS:
-        texts, labels = [], []
-        path = folder / f"{split}.jsonl"
+LABELS = (0, 1)   # the text labs are binary (0 = negative, 1 = positive): the models get two outputs
+
+
+def _read_jsonl(path: Path) -> TextSplit:
+    texts, labels = [], []
+    try:
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                    texts.append(str(row["text"]))
-                    labels.append(int(row["label"]))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    text, label = row["text"], row["label"]
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError):
                     raise DllabError(f"{path}:{n}: expected a JSON object with 'text' and 'label'") from None
-        out[split] = TextSplit(texts, np.asarray(labels, dtype=np.int64))
-    return out
+                if not isinstance(text, str):
+                    raise DllabError(f"{path}:{n}: 'text' is {type(text).__name__}, expected a string")
+                if isinstance(label, bool) or label not in LABELS:
+                    raise DllabError(f"{path}:{n}: label {label!r} is not 0 or 1 (the text labs are binary: "
+                                     "0 = negative, 1 = positive)")
+                texts.append(text)
+                labels.append(label)
+    except UnicodeDecodeError:
+        raise DllabError(f"{path}: not UTF-8 text; the file is damaged or not a .jsonl file") from None
+    except OSError as e:
+        raise DllabError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if not texts:
+        raise DllabError(f"{path}: no examples; every split needs at least one line "
+                         '{"text": ..., "label": 0 or 1}')
+    return TextSplit(texts, np.asarray(labels, dtype=np.int64))
+
+
+def read_jsonl_splits(folder: Path) -> dict[str, TextSplit]:
+    """``<folder>/{train,validation,test}.jsonl``, one ``{"text": str, "label": 0 or 1}`` per line."""
+    return {split: _read_jsonl(folder / f"{split}.jsonl") for split in SPLITS}
 
 
 def _load_from_hub(name: str) -> dict[str, TextSplit]:
