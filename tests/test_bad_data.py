@@ -4,6 +4,7 @@ lookup creates no folder. All files are tiny and generated here (no real data, n
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import shutil
@@ -357,6 +358,58 @@ def test_empty_dllab_data_does_not_create_dot_data(tmp_path, monkeypatch, no_net
     monkeypatch.setenv("DLLAB_DATA", "")
     load("", "mnist", profile="quick")
     assert not (tmp_path / "data").exists()
+
+
+class FakeResponse(io.BytesIO):
+    """What ``urllib.request.urlopen`` returns, enough for torchvision's downloader."""
+
+    def __init__(self, url: str, body: bytes):
+        super().__init__(body)
+        self.url, self.length = url, len(body)
+
+
+def serve(monkeypatch, files: dict[str, bytes]) -> list[str]:
+    """Downloads allowed, and ``urlopen`` answers every URL whose last part is in ``files``."""
+    asked = []
+
+    def urlopen(request, *args, **kwargs):
+        url = request.full_url if hasattr(request, "full_url") else request
+        asked.append(url)
+        name = url.rsplit("/", 1)[-1]
+        if name not in files:
+            raise urllib.error.URLError(f"{url}: not served (test)")
+        return FakeResponse(url, files[name])
+
+    monkeypatch.setenv("DLLAB_OFFLINE", "0")
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_missing_mnist_is_downloaded_by_torchvision_then_read_and_checked(tmp_path, monkeypatch):
+    """The online path: torchvision fetches and unpacks the .gz files (checksums switched off for these
+    generated ones), dllab reads and checks them."""
+    import torchvision.datasets as tvd
+    raw = make_mnist(tmp_path / "src")
+    served = {f"{f.name}.gz": gzip.compress(f.read_bytes()) for f in raw.iterdir()}
+    monkeypatch.setattr(tvd.MNIST, "resources", [(name, None) for name in served])
+    asked = serve(monkeypatch, served)
+    root = tmp_path / "fresh"
+    d = load(root, "mnist", profile="paper")
+    assert len(asked) >= 4 and len(d.train) == 20 and d.source == f"torchvision MNIST {root}"
+    assert (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_missing_cifar_is_downloaded_by_torchvision_then_read_safely(tmp_path, monkeypatch):
+    import tarfile
+    import torchvision.datasets as tvd
+    make_cifar10_batches(tmp_path / "src")
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", None)
+    serve(monkeypatch, {tvd.CIFAR10.filename: archive.read_bytes()})
+    d = load(tmp_path / "fresh", "cifar10", profile="paper")
+    assert len(d.train) == 20 and d.classes[0] == "class0"
 
 
 # --- Lab 2 model folders ----------------------------------------------------------------------------
