@@ -353,6 +353,16 @@ def test_failed_cifar_download_creates_nothing(tmp_path, no_network):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_during_a_download_leaves_no_folder(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setenv("DLLAB_OFFLINE", "0")
+    monkeypatch.setattr(urllib.request, "urlopen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load(tmp_path / "nowhere", "mnist", profile="quick")
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_empty_dllab_data_does_not_create_dot_data(tmp_path, monkeypatch, no_network):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DLLAB_DATA", "")

@@ -224,12 +224,14 @@ def _ensure_files(name: str, files: list[Path], download: bool, fetch, creates: 
     new = {p for p in map(_top_missing, creates) if p is not None}
     try:
         fetch()
-    except Exception as e:  # offline (URLError, socket errors...), a bad download (checksum)...
+    except BaseException as e:  # offline (URLError, socket errors...), a bad checksum, Ctrl-C mid-download
         for p in new:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             elif p.exists():
                 p.unlink()
+        if not isinstance(e, Exception):
+            raise
         raise _Absent(e) from None
     missing = [f for f in files if not _present(f)]
     if missing:
