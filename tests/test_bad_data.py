@@ -296,6 +296,15 @@ def test_genuine_format_cifar_batches_load(tmp_path, protocol):
     assert d.train.y[:4].tolist() == first["labels"]
 
 
+def test_cifar_batch_with_numpy_labels_loads(tmp_path):
+    """Batches written by a user's own script often hold numpy integers, not Python ints."""
+    folder = make_cifar10_batches(tmp_path)
+    batch = pickle.loads((folder / "test_batch").read_bytes())
+    batch["labels"] = [np.int64(v) for v in batch["labels"]]
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    assert load(tmp_path, "cifar10", profile="paper").test.y.tolist() == [int(v) for v in batch["labels"]]
+
+
 @pytest.mark.parametrize("victim", ["data_batch_3", "batches.meta"])
 def test_crafted_cifar_pickle_does_not_run(tmp_path, victim):
     folder = make_cifar10_batches(tmp_path)

@@ -91,6 +91,8 @@ _SAFE_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _ARRAY.__reduce__()[0],
     ("numpy.core.numeric", "_frombuffer"): _ARRAY.__reduce_ex__(5)[0],
     ("numpy._core.numeric", "_frombuffer"): _ARRAY.__reduce_ex__(5)[0],
+    ("numpy.core.multiarray", "scalar"): np.int64(0).__reduce__()[0],    # numpy scalars (labels made with numpy)
+    ("numpy._core.multiarray", "scalar"): np.int64(0).__reduce__()[0],
     ("_codecs", "encode"): codecs.encode,       # how Python 3 pickles bytes at protocol 2
 }
 
