@@ -162,7 +162,11 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
 
     # PIL releases the GIL while decoding, so threads use both cores.
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(decode_image, [f for f, _ in files], chunksize=256))
+        try:
+            arrays = list(pool.map(decode_image, [f for f, _ in files]))
+        except DllabError:  # a bad file: say so now, not after decoding the rest of the tree
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     first_of_size: dict[tuple, Path] = {}
     for (f, _), a in zip(files, arrays):
         first_of_size.setdefault(a.shape, f)
