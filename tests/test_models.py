@@ -92,3 +92,31 @@ def test_unknown_model_name_suggests():
     from dllab import DllabError
     with pytest.raises(DllabError, match="did you mean 'cnn'"):
         build_model("cnnn")
+
+
+def test_reset_classifier_updates_the_spec_so_the_saved_model_rebuilds(tmp_path):
+    from dllab.train.checkpoint import load_model, save_model
+
+    m = build_model("cnn", num_classes=10, depth=2, base_channels=8)
+    trunk = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("classifier.")}
+    m.reset_classifier(7, hidden=8)                      # fc (8 -> 8) + ReLU + classifier (8 -> 7)
+    assert m.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+    assert m.dllab_spec["kwargs"]["num_classes"] == 7 and m.dllab_spec["kwargs"]["head_hidden"] == 8
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in trunk.items())   # only the head is new
+    save_model(tmp_path / "m.pt", m, [str(i) for i in range(7)])
+    back, _ = load_model(tmp_path / "m.pt")
+    assert back.state_dict().keys() == m.state_dict().keys()
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
+    m.reset_classifier(3)
+    assert isinstance(m.classifier, nn.Linear) and m.dllab_spec["kwargs"]["head_hidden"] == 0
+
+
+def test_freeze_stops_exactly_the_named_parameters():
+    m = build_model("cnn", depth=3, base_channels=4)
+    m.freeze(("stem.", "blocks.0."))
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert {"stem.0.weight", "blocks.0.conv1.weight", "blocks.0.bn2.bias"} <= frozen
+    assert all(n.startswith(("stem.", "blocks.0.")) for n in frozen)
+    assert m.blocks[1].conv1.weight.requires_grad and m.classifier.weight.requires_grad
+    m.freeze()                                           # nothing named: everything trains again
+    assert all(p.requires_grad for p in m.parameters())

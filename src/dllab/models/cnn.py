@@ -42,6 +42,8 @@ class CNN(Classifier):
     rebuild from the spec alone.
     """
 
+    num_features: int   # the width of ``features(x)``, the classifier's input
+
     def __init__(self, in_channels=3, base_channels=64, depth=5, residual=False, num_classes=10, stats="cifar10",
                  head_hidden=0):
         super().__init__()
@@ -50,7 +52,16 @@ class CNN(Classifier):
                                   nn.BatchNorm2d(base_channels), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*[BasicConvBlock(base_channels, residual) for _ in range(depth)])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.num_features = base_channels
         self.classifier = classifier_head(base_channels, num_classes, head_hidden)
+
+    def reset_classifier(self, num_classes: int, hidden: int = 0) -> None:
+        """A new, randomly initialised classifier for ``num_classes`` classes (timm's ``reset_classifier``;
+        ``hidden`` as ``head_hidden``). The build spec follows, so the saved model rebuilds from it."""
+        self.classifier = classifier_head(self.num_features, num_classes, hidden)
+        spec = getattr(self, "dllab_spec", None) or {"name": "cnn", "kwargs": {}}
+        self.dllab_spec = {"name": spec["name"],
+                           "kwargs": {**spec["kwargs"], "num_classes": num_classes, "head_hidden": hidden}}
 
     def feature_maps(self, x: Tensor) -> Tensor:
         """(N, C, H, W) after the last block: the encoder of the OOD autoencoder."""

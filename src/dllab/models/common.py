@@ -40,6 +40,13 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    def freeze(self, prefixes: tuple[str, ...] = ()) -> None:
+        """Parameters whose name starts with one of ``prefixes`` stop training (requires_grad off), the rest
+        train. The training loop keeps modules with no trainable parameter in eval mode, so a frozen
+        BatchNorm keeps its running statistics too."""
+        for name, p in self.named_parameters():
+            p.requires_grad = not name.startswith(tuple(prefixes))
+
     def weight_layers(self) -> list[tuple[str, nn.Module]]:
         """Linear/Conv layers in forward order: the x-axis of the gradient-norm plots."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
