@@ -12,7 +12,9 @@ from conftest import make_imagefolder
 from dllab import DllabError
 from dllab.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData, Split
+from dllab.analysis import image_features
 from dllab.experiments import transfer
+from dllab.experiments.common import build_for
 from dllab.registry import build_model
 from dllab.runner import run_experiment
 from dllab.runs import Run
@@ -75,17 +77,17 @@ def body_state(path):
 
 def test_features_are_extracted_once_and_reused_on_resume(image_root, tmp_path, monkeypatch):
     calls = []
-    real = transfer.extract_features
+    real = image_features.extract_features
 
     def counting(model, split, *a, **k):
         calls.append(len(split))
         return real(model, split, *a, **k)
 
-    monkeypatch.setattr(transfer, "extract_features", counting)
+    monkeypatch.setattr(image_features, "extract_features", counting)
     out = tmp_path / "t"
     run_transfer(image_root, out, "variants=[head]")
     assert len(calls) == 3                                  # train, val, test: once each
-    cache = out / transfer.FEATURES_FILE
+    cache = out / image_features.FEATURES_FILE
     mtime, first = cache.stat().st_mtime_ns, summary(out)
     for key in ("svm.val_acc", "svm.test_acc", "knn.val_acc", "knn.test_acc", "head.val_acc", "head.test_acc"):
         assert key in first
@@ -101,9 +103,9 @@ def test_features_are_extracted_once_and_reused_on_resume(image_root, tmp_path, 
     source, _ = load_model(out / "models" / "source.pt")
     data = ImageData("gen", ["a", "b"], Split(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])),
                      None, Split(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1])), None, "gen")
-    feats, reused = transfer.cached_features(run, source, data, torch.device("cpu"))
+    feats, reused = image_features.cached_features(run, source, data, torch.device("cpu"))
     assert not reused and feats["train"][0].shape == (4, 8) and len(calls) == 5
-    assert transfer.cached_features(run, source, data, torch.device("cpu"))[1] is True and len(calls) == 5
+    assert image_features.cached_features(run, source, data, torch.device("cpu"))[1] is True and len(calls) == 5
 
 
 # ---- frozen layers ----------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def _source(depth=3):
 ])
 def test_frozen_parameters_and_batchnorm_statistics_do_not_change(tmp_path, variant, frozen, trained):
     data = _toy_data()
-    model = transfer.transfer_model(_source(), data.num_classes, variant, freeze_blocks=2)
+    model = build_for(data, transfer.fine_tune_variant(variant, _source(), freeze_blocks=2), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run = Run.create("lab1.transfer", transfer.TransferConfig(), out=str(tmp_path / "r"), quiet=True)
     fit(model, data, TrainConfig(epochs=2, batch_size=16), OptimConfig(name="adam", lr=1e-2), run, variant,
@@ -152,7 +154,7 @@ def test_frozen_parameters_and_batchnorm_statistics_do_not_change(tmp_path, vari
 
 def test_partial_refuses_more_frozen_blocks_than_the_source_has():
     with pytest.raises(DllabError, match="freeze_blocks=4"):
-        transfer.transfer_model(_source(depth=3), 5, "partial", freeze_blocks=4)
+        transfer.fine_tune_variant("partial", _source(depth=3), freeze_blocks=4)
 
 
 # ---- the new classifier -----------------------------------------------------------------------
@@ -160,7 +162,7 @@ def test_partial_refuses_more_frozen_blocks_than_the_source_has():
 @pytest.mark.parametrize("variant", ["head", "full_adam", "full_sgd", "partial"])
 def test_new_classifier_has_the_target_class_count(variant):
     source = _source()
-    model = transfer.transfer_model(source, 7, variant, freeze_blocks=1)
+    model = build_for(_toy_data(k=7), transfer.fine_tune_variant(variant, source, freeze_blocks=1), seed=0)
     out = model.eval()(torch.rand(5, 3, 8, 8))
     assert out.shape == (5, 7)
     if variant == "head":   # fc (C -> C) + ReLU + classifier (C -> k), as the spec's unused fc layer
@@ -249,3 +251,15 @@ def test_an_mlp_source_is_refused(tmp_path, image_root):
 def test_a_source_variant_without_a_source_run_is_refused(image_root, tmp_path):
     with pytest.raises(DllabError, match="source.variant=res_d5 needs source.run"):
         run_transfer(image_root, tmp_path / "t", "source.variant=res_d5")
+
+
+def test_pretraining_verdict_says_when_a_gap_is_only_sampling_noise():
+    from dllab.analysis.significance import accuracy_gap, pretraining_verdict
+
+    assert accuracy_gap(0.60, 0.50, 2000)[0] == "Yes"
+    assert accuracy_gap(0.50, 0.60, 2000)[0] == "No, it hurts"
+    verdict, diff, noise = accuracy_gap(0.55, 0.50, 100)          # 5 points on 100 images: within ±13.8
+    assert verdict == "Not measurably" and diff == pytest.approx(0.05) and noise == pytest.approx(0.138, abs=1e-3)
+    results = {"full_adam": {"val_acc": 0.5548}, "scratch": {"val_acc": 0.5541}}
+    assert "Not measurably: full_adam" in pretraining_verdict(results, 5000)
+    assert pretraining_verdict({"full_adam": {"val_acc": 0.6}}, 5000) is None      # no scratch baseline

@@ -57,3 +57,24 @@ def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[st
         if timings is not None:
             timings[name] = time.perf_counter() - t0
     return out
+
+
+def cached_classifiers(run, feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5,
+                       seed: int = 0) -> dict[str, dict[str, float]]:
+    """``fit_classifiers`` on ``feats["train"]``, scored on val/test -> {name: {"val": acc, "test": acc,
+    "seconds": s}}. Kept in the run's results/classical.json with the features' key, so a resumed run does
+    not fit them again."""
+    import hashlib
+
+    key = f"{list(names)}|k={k}|seed={seed}|" + hashlib.sha1(
+        b"".join(np.ascontiguousarray(feats[n][0]).tobytes() for n in sorted(feats))).hexdigest()
+    done = run.result("classical")
+    if done is not None and done.get("key") == key:
+        return done["classifiers"]
+    train_x, train_y = feats["train"]
+    timings: dict[str, float] = {}
+    acc = fit_classifiers(train_x, train_y, {n: feats[n] for n in ("val", "test") if n in feats},
+                          names=list(names), k=k, seed=seed, timings=timings)
+    out = {name: {**a, "seconds": round(timings.get(name, float("nan")), 2)} for name, a in acc.items()}
+    run.save_result("classical", {"key": key, "classifiers": out})
+    return out

@@ -1,6 +1,7 @@
 """What image experiments share: load the data into the run, train a list of model variants, plot them."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -21,12 +22,17 @@ def load_data(cfg, run, data_cfg: DataConfig | None = None, key: str = "data") -
     run.check_source(key, data.source)
     for w in data.warnings:
         run.note(w)
-    n_val = len(data.val) if data.val is not None else 0
-    desc = (f"{data.source}; classes {data.classes if len(data.classes) <= 10 else len(data.classes)}; "
-            f"train {len(data.train)} / val {n_val} / test {len(data.test)}")
+    desc = describe_data(data)
     run.write_env(data=desc, data_fallback=bool(data.warnings))
     run.log(f"data: {desc}")
     return data
+
+
+def describe_data(data: ImageData) -> str:
+    """Where the pixels came from, which classes, and the split sizes, in one line (env.json, log)."""
+    n_val = len(data.val) if data.val is not None else 0
+    return (f"{data.source}; classes {data.classes if len(data.classes) <= 10 else len(data.classes)}; "
+            f"train {len(data.train)} / val {n_val} / test {len(data.test)}")
 
 
 @dataclass
@@ -37,30 +43,45 @@ class Variant:
     optim: OptimConfig | None = None  # None -> the experiment's optim
     loss_fn: LossFn = cross_entropy_loss
     meta: dict = field(default_factory=dict)  # extra columns for the report table
+    # Fine-tuning: start from a copy of this trained model with a new classifier for the data's classes
+    # (``kwargs`` then go to its ``reset_classifier``) instead of building ``model`` from scratch.
+    start: torch.nn.Module | None = None
+    frozen: tuple[str, ...] = ()      # parameter-name prefixes that keep their starting values
 
 
 def build_for(data: ImageData, variant: Variant, seed: int) -> torch.nn.Module:
     # Seed before every build: a variant's initial weights do not depend on which variants ran before it
     # (so a resumed run that skips finished variants builds the same model).
     torch.manual_seed(seed)
-    c, h, _ = data.shape
-    return build_model(variant.model, num_classes=data.num_classes, in_channels=c, image_size=h,
-                       stats=data.stats, **variant.kwargs)
+    if variant.start is not None:
+        model = copy.deepcopy(variant.start)
+        model.reset_classifier(data.num_classes, **variant.kwargs)
+    else:
+        c, h, _ = data.shape
+        model = build_model(variant.model, num_classes=data.num_classes, in_channels=c, image_size=h,
+                            stats=data.stats, **variant.kwargs)
+    if variant.frozen:
+        model.freeze(variant.frozen)
+    return model
 
 
 def train_variants(cfg, run, data: ImageData, variants: list[Variant], train: TrainConfig | None = None,
-                   optim: OptimConfig | None = None, augment: bool | None = None) -> dict[str, dict]:
-    """Train each variant with the shared loop; returns {variant: result} (results also saved in the run)."""
-    device = resolve_device(cfg.device)
+                   optim: OptimConfig | None = None, augment: bool | None = None,
+                   device: torch.device | None = None) -> dict[str, dict]:
+    """Train each variant with the shared loop; returns {variant: result} (results also saved in the run).
+    ``device``: the run's, when the caller has resolved it already."""
+    device = device or resolve_device(cfg.device)
     train = train or cfg.train
     results = {}
     for v in variants:
         model = build_for(data, v, cfg.seed)
         n_params = sum(p.numel() for p in model.parameters())
-        run.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters")
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        run.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters"
+                + (f", {n_train:,} trainable" if n_train != n_params else ""))
         res = fit(model, data, train, v.optim or optim or cfg.optim, run, v.name, device, seed=cfg.seed,
                   augment=cfg.data.augment if augment is None else augment, loss_fn=v.loss_fn)
-        res["params"] = n_params
+        res["params"], res["trainable_params"] = n_params, n_train
         results[v.name] = res
     return results
 
@@ -69,11 +90,15 @@ def accuracy_table(run, results: dict[str, dict], variants: list[Variant], title
     """One row per variant: its settings, parameters, accuracies, time."""
     meta_keys = [k for v in variants for k in v.meta]
     meta_keys = list(dict.fromkeys(meta_keys))
-    header = ["variant", *meta_keys, "params", "best val acc", "test acc (final)", "test acc (best val)", "seconds"]
+    # A column of trainable parameters when some variant trains only part of its model (fine-tuning).
+    partly = any(results[v.name]["trainable_params"] != results[v.name]["params"] for v in variants)
+    header = ["variant", *meta_keys, *(["trainable params"] if partly else []), "params", "best val acc",
+              "test acc (final)", "test acc (best val)", "seconds"]
     rows = []
     for v in variants:
         r = results[v.name]
-        rows.append([v.name, *[v.meta.get(k, "") for k in meta_keys], f"{r['params']:,}",
+        trainable = [f"{r['trainable_params']:,}"] if partly else []
+        rows.append([v.name, *[v.meta.get(k, "") for k in meta_keys], *trainable, f"{r['params']:,}",
                      r.get("val_acc", float("nan")), r["test_acc"], r.get("best_test_acc", r["test_acc"]),
                      f"{r['seconds']:.1f}"])
     run.add_table(title, header, rows)

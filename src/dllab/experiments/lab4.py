@@ -38,12 +38,10 @@ from ..data.images import ImageData, balanced_subset, data_root
 from ..env import resolve_device
 from ..registry import register_experiment
 from ..report import plots
-from ..train.checkpoint import find_run_model, load_model
 from ..train.loop import evaluate
+from ..train.reuse import CNNSource, train_and_reload
 from .common import Variant, curves_figure, load_data, train_variants
 
-# Which model of a finished run serves as "the depth-5 CNN" when it has several.
-PREFER = ("res_d5", "plain_d5", "standard")
 QUICK_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]   # CIFAR-10 classes 0-5
 
 
@@ -174,44 +172,18 @@ def _arch(cfg) -> dict:
     return {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
 
 
-def check_classes(path, model_classes: list[str], data: ImageData) -> None:
-    """One-line refusal when a reused model was trained on other classes than the ID data."""
-    if list(model_classes) != list(data.classes):
-        def show(c):
-            return ", ".join(c) if len(c) <= 10 else f"{', '.join(c[:10])}, ..."
-        raise DllabError(f"{path}: the model was trained on {len(model_classes)} classes ({show(model_classes)}) "
-                         f"but the in-distribution data has {len(data.classes)} ({show(data.classes)}); "
-                         "set data.classes to the model's classes (data.classes=[] for all)")
-
-
 def get_classifier(cfg, run, data: ImageData, name: str = "standard") -> tuple[torch.nn.Module, dict]:
-    """The depth-5 cnn: reused from ``cfg.model.run`` or trained here as variant ``name``.
+    """The depth-5 cnn: reused from ``cfg.model.run`` or trained here as variant ``name`` (train.reuse).
 
     Returns (model on the run's device in eval mode, info: source, arch kwargs, training result or None).
     """
     device = resolve_device(cfg.device)
-    if cfg.model.run:
-        path = find_run_model(cfg.model.run, cfg.model.variant, prefer=PREFER)
-        model, blob = load_model(path, expect={"name": "cnn", "depth": 5})
-        check_classes(path, blob.get("classes") or [], data)
-        if blob["spec"]["kwargs"].get("in_channels", 3) != data.shape[0]:
-            raise DllabError(f"{path}: the model takes {blob['spec']['kwargs'].get('in_channels')}-channel "
-                             f"images, the in-distribution data has {data.shape[0]} channels")
-        source = str(path)
-        run.note(f"classifier reused from {path} (not trained in this run)")
-    else:
-        if cfg.model.variant:
-            raise DllabError("model.variant is set but model.run is empty; set model.run to the run folder "
-                             "that holds that model")
-        train_variants(cfg, run, data, [Variant(name, "cnn", _arch(cfg))])
-        path = run.path / "models" / f"{name}.pt"
-        model, blob = load_model(path)
-        source = f"trained in this run (models/{name}.pt)"
-    kwargs = blob["spec"]["kwargs"]
-    run.write_env(**{f"classifier_{name}": source})
-    model.to(device).eval()
-    arch = {k: kwargs[k] for k in ("depth", "base_channels", "residual") if k in kwargs}
-    return model, {"source": source, "arch": arch, "result": blob.get("result")}
+    ref = CNNSource("model", cfg.model.run, cfg.model.variant, name, 5, "classifier", f"classifier_{name}",
+                    same_classes=True)
+    saved = ref.get(run, data, lambda: train_variants(cfg, run, data, [Variant(name, "cnn", _arch(cfg))],
+                                                      device=device))
+    return saved.model.to(device).eval(), {"source": ref.origin(saved), "arch": saved.arch,
+                                           "result": saved.blob.get("result")}
 
 
 def load_id_data(cfg, run) -> ImageData:
@@ -520,9 +492,9 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
                  "adversarially trained model uses the same architecture")
     adv = Variant("adv", "cnn", dict(std_info["arch"]), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
                   meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
-    train_variants(cfg, run, data, [adv])
-    adv_model, _ = load_model(run.path / "models" / "adv.pt")
-    adv_model.to(resolve_device(cfg.device)).eval()
+    device = resolve_device(cfg.device)
+    adv_model = train_and_reload(run, "adv", 5, lambda: train_variants(cfg, run, data, [adv], device=device)).model
+    adv_model.to(device).eval()
     models = {"standard": std_model, "adv": adv_model}
 
     summary, accs, all_metrics, all_scores = {}, {}, {}, {}

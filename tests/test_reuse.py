@@ -1,0 +1,85 @@
+"""train.reuse: which saved cnn a finished run serves, the checks it passes, and trained-here models coming
+back through the same loader. Tiny generated models in temp folders; no dataset, no training."""
+import json
+
+import pytest
+import torch
+
+from dllab import DllabError
+from dllab.data.images import ImageData, Split
+from dllab.experiments.transfer import TransferConfig
+from dllab.registry import build_model
+from dllab.runs import Run
+from dllab.train.checkpoint import save_model
+from dllab.train.reuse import CNNSource
+
+CLASSES = ["a", "b", "c"]
+
+
+def _save(folder, name, depth=2, in_channels=3, classes=CLASSES):
+    model = build_model("cnn", num_classes=len(classes), in_channels=in_channels, base_channels=4, depth=depth,
+                        residual=True)
+    save_model(folder / "models" / f"{name}.pt", model, classes)
+    return model
+
+
+def _data(channels=3, classes=CLASSES):
+    x = torch.zeros(len(classes), channels, 8, 8, dtype=torch.uint8)
+    split = Split(x, torch.arange(len(classes)))
+    return ImageData("toy", list(classes), split, None, split, None, "toy")
+
+
+def _source(run_dir="", variant="", same_classes=False):
+    return CNNSource("model", str(run_dir), variant, "standard", 2, "classifier", "classifier_standard",
+                     same_classes=same_classes)
+
+
+def _run(tmp_path):
+    return Run.create("lab1.transfer", TransferConfig(), out=str(tmp_path / "here"), quiet=True)
+
+
+def test_a_folder_with_several_models_serves_its_own_name_then_res_then_plain(tmp_path):
+    theirs = tmp_path / "theirs"
+    for name in ("plain_d2", "res_d2", "adv"):
+        _save(theirs, name)
+    assert _source(theirs).find().path.name == "res_d2.pt"
+    _save(theirs, "standard")
+    assert _source(theirs).find().path.name == "standard.pt"
+    assert _source(theirs, "adv").find().path.name == "adv.pt"
+
+
+def test_a_variant_without_a_run_folder_is_refused_unless_it_is_trained_here():
+    with pytest.raises(DllabError, match="model.variant=res_d5 needs model.run"):
+        _source(variant="res_d5").find()
+    assert _source(variant="standard").find() is None
+
+
+def test_reused_model_must_fit_the_data_in_one_line(tmp_path):
+    theirs = tmp_path / "theirs"
+    _save(theirs, "standard", in_channels=1)
+    run = _run(tmp_path)
+    with pytest.raises(DllabError, match="1-channel") as e:
+        _source(theirs).get(run, _data(channels=3), train=lambda: pytest.fail("trained instead of reused"))
+    assert "\n" not in str(e.value)
+    _save(theirs, "standard", classes=["a", "b", "z"])
+    with pytest.raises(DllabError, match="trained on 3 classes"):
+        _source(theirs, same_classes=True).get(run, _data(), train=lambda: None)
+    assert _source(theirs).get(run, _data(), train=lambda: None).classes == ["a", "b", "z"]   # no class check
+
+
+def test_reused_and_trained_here_come_back_the_same_way(tmp_path):
+    theirs = tmp_path / "theirs"
+    original = _save(theirs, "standard")
+    run = _run(tmp_path)
+    reused = _source(theirs).get(run, _data(), train=lambda: pytest.fail("trained instead of reused"))
+    assert reused.reused and all(torch.equal(original.state_dict()[k], v) for k, v in reused.model.state_dict().items())
+    assert json.loads((run.path / "env.json").read_text())["classifier_standard"] == str(reused.path.resolve())
+    assert any("reused" in n for n in run.notes)
+
+    trained = _source().get(run, _data(), train=lambda: _save(run.path, "standard"))
+    assert not trained.reused and trained.path == run.path / "models" / "standard.pt"
+    assert trained.arch == reused.arch == {"depth": 2, "base_channels": 4, "residual": True}
+    assert json.loads((run.path / "env.json").read_text())["classifier_standard"].startswith("trained in this run")
+    with pytest.raises(DllabError, match="depth=3"):     # what is trained here passes the same checks
+        CNNSource("model", "", "", "deep", 2, "classifier", "c").get(run, _data(),
+                                                                     train=lambda: _save(run.path, "deep", depth=3))
