@@ -115,7 +115,7 @@ def fine_tune_variant(name: str, source: nn.Module, freeze_blocks: int = 0) -> V
                    frozen=tuple(frozen_prefixes(name, freeze_blocks)))
 
 
-def variants(cfg: TransferConfig, source: SavedCNN) -> list[Variant]:
+def target_variants(cfg: TransferConfig, source: SavedCNN) -> list[Variant]:
     """``cfg.variants`` with their optimiser and report columns; ``scratch`` is the source's architecture
     with random weights."""
     k, depth = cfg.freeze_blocks, cfg.source.depth
@@ -207,7 +207,7 @@ def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
             raise DllabError(f"{key}: unknown '{unknown[0]}'; choose from {', '.join(valid)}")
     device = resolve_device(cfg.device)
     source, target, src_data = get_source(cfg, run, device)
-    tuned = variants(cfg, source)  # a wrong freeze_blocks fails before anything trains
+    tuned = target_variants(cfg, source)  # a wrong freeze_blocks fails before anything trains
     note_classes(cfg, run, source, target)
     result = source.blob.get("result") or {}
     summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
@@ -220,7 +220,8 @@ def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
                  "layers train")
     results = train_variants(cfg, run, target, tuned, device=device)
     for name, res in results.items():
-        summary.update({f"{name}.val_acc": res["val_acc"]} if "val_acc" in res else {})
+        if "val_acc" in res:
+            summary[f"{name}.val_acc"] = res["val_acc"]
         summary[f"{name}.test_acc"] = res.get("best_test_acc", res["test_acc"])
     if tuned:
         accuracy_table(run, results, tuned, "Fine-tuning variants (target dataset)")
