@@ -62,6 +62,21 @@ def test_profile_dicts_are_type_checked():
         apply_overrides(cfg, {"train": {"epochs": 1.5}})
 
 
+@pytest.mark.parametrize("profile, key, message", [
+    ("quick", "ood.nmes", "unknown config key 'ood.nmes' (did you mean 'ood.names'?)"),
+    ("smoke", "attack.epsilons", "unknown config key 'attack.epsilons'"),   # a section this config lacks
+    ("fast", "ood.names", "unknown profile 'fast'"),
+])
+def test_a_profile_key_that_names_no_config_field_fails_at_registration(profile, key, message):
+    from dllab.experiments.lab4 import OODExpConfig
+    from dllab.registry import EXPERIMENTS, register_experiment
+
+    with pytest.raises(DllabError) as e:
+        register_experiment("test.bad-profile", "", OODExpConfig, profiles={profile: {key: ["heldout"]}})
+    assert message in str(e.value) and "test.bad-profile" in str(e.value)
+    assert "test.bad-profile" not in EXPERIMENTS
+
+
 @pytest.mark.parametrize("name", experiment_names())
 @pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
 def test_every_experiment_builds_every_profile(name, profile):

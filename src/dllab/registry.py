@@ -46,8 +46,21 @@ class Experiment:
     notes: str = ""                        # the spec's claims, quoted in the report
 
 
+def check_profiles(name: str, config_cls: type, profiles: dict) -> None:
+    """Every key of every profile must name a field of ``config_cls`` with a value of its type: a misspelt
+    key is an error when the experiment registers, never silently dropped."""
+    from .config import PROFILES, apply_overrides
+
+    for profile, overrides in profiles.items():
+        if profile not in PROFILES:
+            raise DllabError(f"experiment {name}: unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
+        apply_overrides(config_cls(), overrides, f"experiment {name}, profile '{profile}'")
+
+
 def register_experiment(name: str, description: str, config_cls: type, profiles: dict,
                         reference: dict | None = None, notes: str = ""):
+    check_profiles(name, config_cls, profiles)
+
     def deco(fn):
         EXPERIMENTS[name] = Experiment(name, description, config_cls, profiles, fn, reference or {}, notes)
         return fn
