@@ -247,7 +247,7 @@ def test_adv_train_compares_standard_and_adversarial_models(ood_run, tmp_path):
 
 
 def test_rising_accuracy_over_epsilon_gets_a_report_line():
-    from dllab.experiments.lab4 import rising_accuracy_note
+    from dllab.analysis.robustness import rising_accuracy_note
 
     assert rising_accuracy_note({0.0: 0.61, 0.01: 0.26, 0.05: 0.08}, "fgsm") is None        # falls: nothing to say
     assert rising_accuracy_note({0.0: 0.61, 0.05: 0.08, 0.1: 0.085}, "fgsm") is None        # within 1 point: noise

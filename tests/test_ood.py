@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from dllab import DllabError
-from dllab.analysis.ood import DETECTORS, logits_of
-from dllab.analysis.ood.autoencoder import reconstruct, reconstruction_scores, train_autoencoder
-from dllab.analysis.ood.energy import energy_scores
-from dllab.analysis.ood.max_logit import max_logit_scores
+from dllab.analysis.ood import DETECTORS, LogitDetector, logits_of
+from dllab.analysis.ood.autoencoder import Autoencoder, reconstruct, reconstruction_scores, train_autoencoder
+from dllab.analysis.ood.energy import Energy, energy_scores
+from dllab.analysis.ood.max_logit import MaxLogit, max_logit_scores
 from dllab.analysis.ood.metrics import fpr_at_tpr, ood_metrics, roc_pr_curves
-from dllab.analysis.ood.msp import msp_scores
-from dllab.analysis.ood.odin import odin_grid, odin_scores
+from dllab.analysis.ood.msp import MSP, msp_scores
+from dllab.analysis.ood.odin import ODIN, odin_grid, odin_scores
 from dllab.models.decoder import conv_decoder
 
 
@@ -102,12 +102,86 @@ def test_energy_values_temperature_and_ordering():
 
 
 def test_detectors_registry_and_bad_logits():
-    assert set(DETECTORS) == {"msp", "max_logit", "energy"}
+    assert set(DETECTORS) == {"msp", "max_logit", "energy", "odin", "autoencoder"}
+    logit_only = {n for n, cls in DETECTORS.items() if issubclass(cls, LogitDetector)}
+    assert logit_only == {"msp", "max_logit", "energy"}
     logits = torch.randn(5, 4)
-    for fn in DETECTORS.values():
-        assert fn(logits).shape == (5,)
+    for n in logit_only:
+        assert DETECTORS[n]().score_logits(logits).shape == (5,)
     with pytest.raises(DllabError):
         msp_scores(torch.randn(5))
+
+
+# ---- detector objects: fit(model, x_train) -> self, score(model, x) -> (N,) CPU float32 -------
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_every_detector_follows_the_object_contract(name):
+    torch.manual_seed(0)
+    model, x_train, x = TinyCNN(), _images(8, seed=1), _images(5, seed=2)
+    det = DETECTORS[name](batch_size=2)
+    assert det.fit(model, x_train) is det
+    s = det.score(model, x)
+    assert s.shape == (5,) and s.dtype == torch.float32 and s.device.type == "cpu"
+    doc = " ".join(DETECTORS[name].__doc__.split())
+    assert "larger = more OOD" in doc and "https://arxiv.org/" in doc        # the formula's sign and the paper
+    assert det.label
+
+
+def test_msp_detector_is_msp_of_the_logits():
+    torch.manual_seed(0)
+    model, x = TinyMLP(), _images(7)
+    torch.testing.assert_close(MSP(batch_size=3).score(model, x), msp_scores(logits_of(model, x)))
+
+
+def test_max_logit_detector_is_minus_the_max_logit():
+    torch.manual_seed(0)
+    model, x = TinyMLP(), _images(7)
+    assert torch.equal(MaxLogit().score(model, x), -logits_of(model, x).amax(1))
+
+
+def test_energy_detector_uses_its_temperature():
+    logits = torch.tensor([[2.0, 2.0]])
+    assert Energy(T=2.0).score_logits(logits).item() == pytest.approx(-2 * (1 + math.log(2)))
+    assert Energy().score_logits(logits).item() == pytest.approx(-(2 + math.log(2)))
+    with pytest.raises(DllabError):
+        Energy(T=0.0).score_logits(logits)
+
+
+def test_odin_detector_is_odin_scores_with_its_setting():
+    torch.manual_seed(0)
+    model, x = TinyMLP(), _images(9)
+    det = ODIN(T=10.0, eps=2e-3, batch_size=4)
+    assert torch.equal(det.score(model, x), odin_scores(model, x, T=10.0, eps=2e-3, batch_size=4))
+    assert det.label == "ODIN (T=10, eps=0.002)"
+    with pytest.raises(DllabError, match="temperature"):
+        ODIN(T=0.0)
+
+
+def test_autoencoder_detector_owns_its_decoder_and_leaves_the_encoder_flags_alone():
+    torch.manual_seed(0)
+    enc = TinyCNN()
+    enc.stem[0].weight.requires_grad_(False)                 # a caller's own freezing must survive
+    flags = [p.requires_grad for p in enc.parameters()]
+    x = _images(16, seed=1, shape=(3, 6, 6))
+    det = Autoencoder(epochs=3, lr=1e-2, fit_batch_size=8, hidden=4, seed=0)
+    with pytest.raises(DllabError, match="fit"):
+        det.score(enc, x)
+    seen = []
+    det.progress = lambda e, loss: seen.append(e)
+    torch.manual_seed(5)                                     # the decoder's initial weights
+    assert det.fit(enc, x) is det
+    assert [p.requires_grad for p in enc.parameters()] == flags
+    assert det.decoder is not None and len(det.history) == 3 and seen == [1, 2, 3]
+    assert torch.equal(det.score(enc, x), reconstruction_scores(enc, det.decoder, x))
+    assert det.reconstruct(enc, x[:2]).shape == (2, 3, 6, 6)
+    assert "on 16 ID training images" in det.fit_note()
+    # the same initial weights and seed (the shuffling) train the same decoder
+    torch.manual_seed(5)
+    again = Autoencoder(epochs=3, lr=1e-2, fit_batch_size=8, hidden=4, seed=0).fit(enc, x)
+    assert torch.equal(again.score(enc, x), det.score(enc, x))
+    torch.manual_seed(5)
+    other = Autoencoder(epochs=3, lr=1e-2, fit_batch_size=8, hidden=4, seed=1).fit(enc, x)
+    assert not torch.equal(other.score(enc, x), det.score(enc, x))
 
 
 def test_logits_of_accepts_uint8_channels_last_and_rejects_normalised_input():
@@ -203,8 +277,8 @@ def test_autoencoder_trains_only_the_decoder():
     decoder, history = train_autoencoder(enc, x.numpy(), epochs=20, lr=1e-2, batch_size=8,
                                          decoder=copy.deepcopy(decoder0), generator=g,
                                          progress=lambda e, loss: seen.append((e, loss)))
-    # encoder: frozen, bit-identical (BN running stats included), mode restored
-    assert all(not p.requires_grad for p in enc.parameters())
+    # encoder: untrained, bit-identical (BN running stats included), mode and requires_grad flags restored
+    assert all(p.requires_grad for p in enc.parameters()) and all(p.grad is None for p in enc.parameters())
     assert all(torch.equal(v, frozen[k]) for k, v in enc.state_dict().items())
     assert enc.training
     # decoder: changed, and the reconstruction got better

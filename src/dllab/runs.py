@@ -278,6 +278,14 @@ class Run:
         self._save_report_state()
         return self.path / name
 
+    def save_arrays(self, name: str, arrays: dict) -> Path:
+        """``name`` (.npz) in the run folder, compressed and written atomically (a reader never sees half a
+        file): the numbers behind a figure, so it can be redrawn without rerunning."""
+        import numpy as np
+
+        atomic_write(self.path / name, lambda f: np.savez_compressed(f, **arrays))
+        return self.path / name
+
     def cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """``name`` (.npz) in the run folder: ``compute()``'s arrays, computed once and reused while ``key``
         (a string that changes with whatever they depend on) matches; a stale or damaged file is computed

@@ -91,7 +91,7 @@ ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"fgsm": fgsm, "pgd": pgd}
 
 
 def adversarial_accuracy(model: nn.Module, x, y, eps_list: Sequence[float], attack: str = "fgsm",
-                         batch_size: int = 256, device=None, **pgd_kwargs) -> dict[float, float]:
+                         batch_size: int = 256, **pgd_kwargs) -> dict[float, float]:
     """{eps: accuracy under the attack}, accuracy = correct / N as a Python float.
 
     eps = 0 classifies the clean input itself (no attack is run), so it is exactly the clean accuracy
@@ -110,7 +110,6 @@ def adversarial_accuracy(model: nn.Module, x, y, eps_list: Sequence[float], atta
     if batch_size < 1:
         raise DllabError(f"batch_size must be >= 1, got {batch_size}")
     dev, dtype = model_device_dtype(model)
-    dev = torch.device(device) if device is not None else dev
     attack_fn = ATTACKS[attack]
     correct = {eps: 0 for eps in eps_list}
     with eval_mode(model):

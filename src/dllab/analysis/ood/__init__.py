@@ -1,11 +1,12 @@
 """Out-of-distribution detection.
 
-Every detector returns one score per input with the convention of pytorch-ood:
-**larger score = more likely OOD**. The logit-based detectors (``DETECTORS``) take a
-(N, K) logit tensor, so one forward pass over a dataset serves all of them::
+Detectors are objects, as in pytorch-ood (``DETECTORS``: name -> class; see ``base``): ``fit(model,
+x_train)`` (a no-op except for the autoencoder, which trains and keeps its decoder) and ``score(model, x)``,
+one score per input with pytorch-ood's convention: **larger score = more likely OOD**. The logit-based
+ones also take a (N, K) logit tensor, so one forward pass over a dataset serves all of them::
 
     logits = logits_of(model, x_test)
-    scores = {name: fn(logits) for name, fn in DETECTORS.items()}
+    scores = {name: DETECTORS[name]().score_logits(logits) for name in ("msp", "max_logit", "energy")}
 
 Images follow dllab's contract: float in [0, 1], (N, C, H, W); normalisation lives inside the model.
 The helpers here also accept uint8 images (divided by 255, per batch so a whole dataset is never
@@ -95,13 +96,12 @@ def image_batches(data, batch_size: int, device, dtype=torch.float32) -> Iterato
         raise DllabError(f"expected images (tensor/array) or a DataLoader, got {type(data).__name__}")
 
 
-def logits_of(model: torch.nn.Module, data, batch_size: int = 256, device=None) -> torch.Tensor:
+def logits_of(model: torch.nn.Module, data, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` on ``data`` (images or a loader), in eval mode, as a CPU float32 (N, K) tensor.
 
-    ``device`` defaults to where the model's parameters are; the model is not moved.
+    Batches go to where the model's parameters are; the model is not moved.
     """
     dev, dtype = model_device_dtype(model)
-    dev = torch.device(device) if device is not None else dev
     out = []
     with eval_mode(model), torch.inference_mode():
         for xb in image_batches(data, batch_size, dev, dtype):
@@ -111,17 +111,23 @@ def logits_of(model: torch.nn.Module, data, batch_size: int = 256, device=None) 
     return torch.cat(out)
 
 
-# Imported after the helpers: odin/autoencoder import them from here.
-from .energy import energy_scores  # noqa: E402
-from .max_logit import max_logit_scores  # noqa: E402
-from .msp import msp_scores  # noqa: E402
+# Imported after the helpers: the detector modules import them from here.
+from .autoencoder import Autoencoder  # noqa: E402
+from .base import Detector, LogitDetector  # noqa: E402
+from .energy import Energy, energy_scores  # noqa: E402
+from .max_logit import MaxLogit, max_logit_scores  # noqa: E402
+from .msp import MSP, msp_scores  # noqa: E402
+from .odin import ODIN  # noqa: E402
 
-# name -> fn(logits) -> scores, for the detectors that need nothing but logits.
-DETECTORS = {
-    "msp": msp_scores,
-    "max_logit": max_logit_scores,
-    "energy": energy_scores,
+# name -> detector class (config and summary keys use these names).
+DETECTORS: dict[str, type[Detector]] = {
+    "msp": MSP,
+    "max_logit": MaxLogit,
+    "energy": Energy,
+    "odin": ODIN,
+    "autoencoder": Autoencoder,
 }
 
-__all__ = ["DETECTORS", "logits_of", "msp_scores", "max_logit_scores", "energy_scores",
+__all__ = ["DETECTORS", "Detector", "LogitDetector", "MSP", "MaxLogit", "Energy", "ODIN", "Autoencoder",
+           "logits_of", "msp_scores", "max_logit_scores", "energy_scores",
            "eval_mode", "image_batches", "image_tensor", "to_unit_float", "model_device_dtype"]

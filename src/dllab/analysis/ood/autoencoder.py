@@ -25,6 +25,7 @@ from torch import nn
 from ... import DllabError
 from ...models.decoder import conv_decoder
 from . import eval_mode, image_batches, image_tensor, model_device_dtype, to_unit_float
+from .base import Detector
 
 
 def _check_encoder(model: nn.Module) -> None:
@@ -34,66 +35,40 @@ def _check_encoder(model: nn.Module) -> None:
 
 
 def train_autoencoder(encoder_model: nn.Module, x_train, epochs: int = 5, lr: float = 1e-3,
-                      batch_size: int = 128, device=None,
+                      batch_size: int = 128,
                       progress: Callable[[int, float], None] | None = None,
                       decoder: nn.Module | None = None, hidden: int = 32,
                       generator: torch.Generator | None = None) -> tuple[nn.Module, list[float]]:
     """Train a decoder on ``encoder_model.feature_maps`` to reconstruct ``x_train``; the encoder stays frozen.
 
     x_train: uint8 (0-255) or float [0, 1] images, (N, C, H, W) or channels-last; converted per batch.
-    The encoder's parameters get ``requires_grad = False`` (left that way) and it runs in eval mode
-    (its flags are restored afterwards) so its BatchNorm statistics do not move; at the end its whole
-    state dict is checked to be bit-identical. ``decoder`` defaults to ``conv_decoder(C, hidden)``.
-    ``progress(epoch, mean_loss)`` is called after each epoch (epochs counted from 1); ``generator``
-    seeds the shuffling. Returns (decoder in eval mode, per-epoch mean training MSE).
+    While training, the encoder's parameters get ``requires_grad = False`` and it runs in eval mode (so its
+    BatchNorm statistics do not move); both are restored afterwards, and its whole state dict is checked
+    to be bit-identical. ``decoder`` defaults to ``conv_decoder(C, hidden)``. ``progress(epoch,
+    mean_loss)`` is called after each epoch (epochs counted from 1); ``generator`` seeds the shuffling.
+    Returns (decoder in eval mode, per-epoch mean training MSE).
     """
     _check_encoder(encoder_model)
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise DllabError(f"train_autoencoder: need epochs >= 0, batch_size >= 1, lr > 0 "
                          f"(got {epochs}, {batch_size}, {lr})")
     x = image_tensor(x_train)
-    n = len(x)
-    if n == 0:
+    if len(x) == 0:
         raise DllabError("train_autoencoder: no training images")
     dev, dtype = model_device_dtype(encoder_model)
-    dev = torch.device(device) if device is not None else dev
 
+    flags = [p.requires_grad for p in encoder_model.parameters()]
     for p in encoder_model.parameters():
         p.requires_grad_(False)
     before = {k: v.detach().clone() for k, v in encoder_model.state_dict().items()}
-
-    with eval_mode(encoder_model):
-        with torch.no_grad():
-            x0 = to_unit_float(x[:1], dev, dtype)
-            z0 = encoder_model.feature_maps(x0)
-        if decoder is None:
-            decoder = conv_decoder(in_channels=z0.shape[1], hidden=hidden, out_channels=x0.shape[1])
-        decoder = decoder.to(device=dev, dtype=dtype)
-        with torch.no_grad():
-            out_shape = tuple(decoder(z0).shape)
-        if out_shape != tuple(x0.shape):
-            raise DllabError(f"decoder output {out_shape} does not match the images {tuple(x0.shape)}; "
-                             "the encoder's feature maps must keep the input's spatial size")
-
-        opt = torch.optim.Adam(decoder.parameters(), lr=lr)
-        history: list[float] = []
-        for epoch in range(1, epochs + 1):
-            decoder.train()
-            perm = torch.randperm(n, generator=generator)
-            total = torch.zeros((), device=dev)   # summed on the device: one sync per epoch, not per step
-            for i in range(0, n, batch_size):
-                xb = to_unit_float(x[perm[i:i + batch_size]], dev, dtype)
-                # no_grad, not inference_mode: the decoder's first conv must save z for its backward.
-                with torch.no_grad():
-                    z = encoder_model.feature_maps(xb)
-                loss = F.mse_loss(decoder(z), xb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(xb)
-            history.append(total.item() / n)
-            if progress is not None:
-                progress(epoch, history[-1])
+    try:
+        with eval_mode(encoder_model):
+            decoder = _matching_decoder(encoder_model, x, decoder, hidden, dev, dtype)
+            history = _fit_decoder(encoder_model, decoder, x, epochs, lr, batch_size, dev, dtype, progress,
+                                   generator)
+    finally:
+        for p, f in zip(encoder_model.parameters(), flags):
+            p.requires_grad_(f)
     decoder.eval()
 
     after = encoder_model.state_dict()
@@ -103,30 +78,123 @@ def train_autoencoder(encoder_model: nn.Module, x_train, epochs: int = 5, lr: fl
     return decoder, history
 
 
-def _reconstructions(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int, device):
+def _matching_decoder(encoder_model: nn.Module, x: torch.Tensor, decoder: nn.Module | None, hidden: int,
+                      dev, dtype) -> nn.Module:
+    """``decoder`` (default ``conv_decoder``) on the device, checked to map the features back to image shape."""
+    with torch.no_grad():
+        x0 = to_unit_float(x[:1], dev, dtype)
+        z0 = encoder_model.feature_maps(x0)
+    if decoder is None:
+        decoder = conv_decoder(in_channels=z0.shape[1], hidden=hidden, out_channels=x0.shape[1])
+    decoder = decoder.to(device=dev, dtype=dtype)
+    with torch.no_grad():
+        out_shape = tuple(decoder(z0).shape)
+    if out_shape != tuple(x0.shape):
+        raise DllabError(f"decoder output {out_shape} does not match the images {tuple(x0.shape)}; "
+                         "the encoder's feature maps must keep the input's spatial size")
+    return decoder
+
+
+def _fit_decoder(encoder_model: nn.Module, decoder: nn.Module, x: torch.Tensor, epochs: int, lr: float,
+                 batch_size: int, dev, dtype, progress, generator) -> list[float]:
+    """Adam on the reconstruction MSE of the decoder alone; returns the per-epoch mean training MSE."""
+    n = len(x)
+    opt = torch.optim.Adam(decoder.parameters(), lr=lr)
+    history: list[float] = []
+    for epoch in range(1, epochs + 1):
+        decoder.train()
+        perm = torch.randperm(n, generator=generator)
+        total = torch.zeros((), device=dev)   # summed on the device: one sync per epoch, not per step
+        for i in range(0, n, batch_size):
+            xb = to_unit_float(x[perm[i:i + batch_size]], dev, dtype)
+            # no_grad, not inference_mode: the decoder's first conv must save z for its backward.
+            with torch.no_grad():
+                z = encoder_model.feature_maps(xb)
+            loss = F.mse_loss(decoder(z), xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(xb)
+        history.append(total.item() / n)
+        if progress is not None:
+            progress(epoch, history[-1])
+    return history
+
+
+def _reconstructions(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int):
     """Yield (x, D(E(x))) per batch, in eval mode and without autograd."""
     _check_encoder(encoder_model)
     dev, dtype = model_device_dtype(encoder_model)
-    dev = torch.device(device) if device is not None else dev
     with eval_mode(encoder_model), eval_mode(decoder), torch.inference_mode():
         for xb in image_batches(data, batch_size, dev, dtype):
             yield xb, decoder(encoder_model.feature_maps(xb))
 
 
-def reconstruct(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int = 256,
-                device=None) -> torch.Tensor:
+def reconstruct(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int = 256) -> torch.Tensor:
     """Reconstructions D(E(x)) in [0, 1] as a CPU float32 (N, C, H, W) tensor (for figures)."""
-    out = [r.float().cpu() for _, r in _reconstructions(encoder_model, decoder, data, batch_size, device)]
+    out = [r.float().cpu() for _, r in _reconstructions(encoder_model, decoder, data, batch_size)]
     if not out:
         raise DllabError("no images to reconstruct: the dataset or loader is empty")
     return torch.cat(out)
 
 
-def reconstruction_scores(encoder_model: nn.Module, decoder: nn.Module, data, batch_size: int = 256,
-                          device=None) -> torch.Tensor:
+def reconstruction_scores(encoder_model: nn.Module, decoder: nn.Module, data,
+                          batch_size: int = 256) -> torch.Tensor:
     """Per-image reconstruction MSE in pixel space, a CPU float32 (N,) tensor (larger = more OOD)."""
     out = [(r - xb).pow(2).flatten(1).mean(dim=1).float().cpu()
-           for xb, r in _reconstructions(encoder_model, decoder, data, batch_size, device)]
+           for xb, r in _reconstructions(encoder_model, decoder, data, batch_size)]
     if not out:
         raise DllabError("no images to score: the dataset or loader is empty")
     return torch.cat(out)
+
+
+class Autoencoder(Detector):
+    """Reconstruction error: score(x) = mean_{c,h,w} (D(E(x)) - x)^2 (larger = more OOD), with E the
+    classifier's frozen trunk (``feature_maps``) and D a small decoder that ``fit`` trains on ID training
+    images and this object keeps; see the module docstring.
+
+    Japkowicz, Myers & Gluck, "A Novelty Detection Approach to Classification", IJCAI 1995; Yang, Zhou,
+    Li & Liu, "Generalized Out-of-Distribution Detection: A Survey", 2021. https://arxiv.org/abs/2110.11334
+
+    ``fit_batch_size``/``epochs``/``lr``/``hidden`` train the decoder; ``seed`` seeds its shuffling;
+    ``progress(epoch, mean_loss)`` is called after each epoch; ``batch_size`` is for scoring.
+    """
+
+    label = "autoencoder MSE"
+
+    def __init__(self, epochs: int = 5, lr: float = 1e-3, fit_batch_size: int = 128, hidden: int = 32,
+                 seed: int | None = None, progress: Callable[[int, float], None] | None = None,
+                 batch_size: int = 256):
+        super().__init__(batch_size)
+        self.epochs, self.lr, self.fit_batch_size, self.hidden = epochs, lr, fit_batch_size, hidden
+        self.seed, self.progress = seed, progress
+        self.decoder: nn.Module | None = None
+        self.history: list[float] = []
+        self.n_train = 0
+
+    def fit(self, model: nn.Module, x_train=None) -> "Autoencoder":
+        if x_train is None:
+            raise DllabError("the autoencoder detector is fitted on ID training images: fit(model, x_train)")
+        g = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        self.decoder, self.history = train_autoencoder(
+            model, x_train, epochs=self.epochs, lr=self.lr, batch_size=self.fit_batch_size,
+            progress=self.progress, hidden=self.hidden, generator=g)
+        self.n_train = len(image_tensor(x_train))
+        return self
+
+    def fit_note(self) -> str:
+        mse = self.history[-1] if self.history else float("nan")
+        return (f"decoder trained {self.epochs} epochs on {self.n_train} ID training images (encoder = the "
+                f"cnn's frozen trunk); final train MSE {mse:.5f}")
+
+    def _fitted_decoder(self) -> nn.Module:
+        if self.decoder is None:
+            raise DllabError("the autoencoder detector needs fit(model, x_train) before it can score")
+        return self.decoder
+
+    def score(self, model: nn.Module, x) -> torch.Tensor:
+        return reconstruction_scores(model, self._fitted_decoder(), x, self.batch_size)
+
+    def reconstruct(self, model: nn.Module, x) -> torch.Tensor:
+        """D(E(x)) for figures, a CPU float32 (N, C, H, W) tensor."""
+        return reconstruct(model, self._fitted_decoder(), x, self.batch_size)

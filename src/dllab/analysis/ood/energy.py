@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ... import DllabError
+from .base import LogitDetector
 from .msp import as_logits
 
 
@@ -21,3 +22,20 @@ def energy_scores(logits, T: float = 1.0) -> torch.Tensor:
     if not T > 0:
         raise DllabError(f"energy temperature T must be > 0, got {T}")
     return -T * torch.logsumexp(as_logits(logits) / T, dim=1)
+
+
+class Energy(LogitDetector):
+    """Energy score: score(x) = -T * logsumexp_k(f(x)_k / T) (larger = more OOD); T = 1 by default.
+
+    Liu, Wang, Owens & Li, "Energy-based Out-of-distribution Detection", NeurIPS 2020.
+    https://arxiv.org/abs/2010.03759
+    """
+
+    label = "energy"
+
+    def __init__(self, T: float = 1.0, batch_size: int = 256):
+        super().__init__(batch_size)
+        self.T = T
+
+    def score_logits(self, logits) -> torch.Tensor:
+        return energy_scores(logits, self.T)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ... import DllabError
+from .base import LogitDetector
 
 
 def as_logits(logits) -> torch.Tensor:
@@ -25,3 +26,16 @@ def as_logits(logits) -> torch.Tensor:
 def msp_scores(logits) -> torch.Tensor:
     """(N, K) logits -> (N,) OOD scores = -max softmax probability (larger = more OOD)."""
     return -torch.softmax(as_logits(logits), dim=1).amax(dim=1)
+
+
+class MSP(LogitDetector):
+    """Maximum softmax probability: score(x) = -max_k softmax(f(x))_k (larger = more OOD).
+
+    Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and Out-of-Distribution Examples in
+    Neural Networks", ICLR 2017. https://arxiv.org/abs/1610.02136
+    """
+
+    label = "MSP"
+
+    def score_logits(self, logits) -> torch.Tensor:
+        return msp_scores(logits)

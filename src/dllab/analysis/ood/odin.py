@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ... import DllabError
 from . import eval_mode, image_batches, model_device_dtype
+from .base import Detector
 from .msp import msp_scores
 
 
@@ -61,14 +62,13 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, T: float) -> torch.Tensor:
 
 
 def odin_scores(model: torch.nn.Module, data, T: float = 1000.0, eps: float = 0.0014,
-                batch_size: int = 256, device=None) -> torch.Tensor:
+                batch_size: int = 256) -> torch.Tensor:
     """ODIN OOD scores (larger = more OOD) for images or a loader; a CPU float32 (N,) tensor.
 
     The model runs in eval mode (restored afterwards); no parameter gradients are accumulated.
     """
     _check(T, eps)
     dev, dtype = model_device_dtype(model)
-    dev = torch.device(device) if device is not None else dev
     out = []
     with eval_mode(model):
         for xb in image_batches(data, batch_size, dev, dtype):
@@ -80,8 +80,26 @@ def odin_scores(model: torch.nn.Module, data, T: float = 1000.0, eps: float = 0.
     return torch.cat(out)
 
 
+class ODIN(Detector):
+    """ODIN: score(x) = -max_k softmax(f(x') / T)_k with x' = clamp(x - eps * sign(-grad_x log S_yhat(x; T)), 0, 1)
+    (larger = more OOD); see the module docstring. T = 1000, eps = 0.0014 is the paper's CIFAR setting.
+
+    Liang, Li & Srikant, "Enhancing The Reliability of Out-of-distribution Image Detection in Neural
+    Networks", ICLR 2018. https://arxiv.org/abs/1706.02690
+    """
+
+    def __init__(self, T: float = 1000.0, eps: float = 0.0014, batch_size: int = 256):
+        super().__init__(batch_size)
+        _check(T, eps)
+        self.T, self.eps = T, eps
+        self.label = f"ODIN (T={T:g}, eps={eps:g})"
+
+    def score(self, model: torch.nn.Module, x) -> torch.Tensor:
+        return odin_scores(model, x, self.T, self.eps, self.batch_size)
+
+
 def odin_grid(model: torch.nn.Module, data, temperatures: Sequence[float], epsilons: Sequence[float],
-              batch_size: int = 256, device=None) -> np.ndarray:
+              batch_size: int = 256) -> np.ndarray:
     """ODIN scores for every (T, eps) pair: a float32 array of shape [len(temperatures), len(epsilons), N].
 
     Per batch: one clean forward (shared by every eps = 0 entry), one forward+backward per T for the
@@ -97,7 +115,6 @@ def odin_grid(model: torch.nn.Module, data, temperatures: Sequence[float], epsil
         for eps in epsilons:
             _check(T, eps)
     dev, dtype = model_device_dtype(model)
-    dev = torch.device(device) if device is not None else dev
     chunks = []   # per batch: [T, eps, B]
     with eval_mode(model):
         for xb in image_batches(data, batch_size, dev, dtype):

@@ -1,0 +1,88 @@
+"""Detectors against OOD sets: fit every detector, score the ID images and each OOD set (one forward pass
+serves the logit detectors), the metrics of every (OOD set, detector), flat summary keys, and the arrays
+of scores.npz. Scores follow ``analysis.ood``: larger = more likely OOD.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ... import DllabError
+from . import DETECTORS, logits_of
+from .base import Detector, LogitDetector
+
+METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+def check_detectors(names: Sequence[str]) -> list[str]:
+    """The detector names, deduplicated in order; a one-line error for an unknown name or an empty list."""
+    bad = [d for d in names if d not in DETECTORS]
+    if bad or not names:
+        raise DllabError(f"ood.detectors: unknown {bad or 'empty list'}; choose from {', '.join(DETECTORS)}")
+    return list(dict.fromkeys(names))
+
+
+def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """{"logits": (N, K), name: (N,)} for images ``x``; one forward pass serves the logit detectors."""
+    logits = logits_of(model, x, batch_size)
+    out = {"logits": logits}
+    for name, det in detectors.items():
+        out[name] = det.score_logits(logits) if isinstance(det, LogitDetector) else det.score(model, x)
+    return out
+
+
+def ood_evaluation(model, id_x, ood_sets: dict[str, torch.Tensor], detectors: dict[str, Detector],
+                   batch_size: int = 256):
+    """Scores of the ID images and of every OOD set, and the metrics of every (OOD set, detector), with
+    detectors already fitted.
+
+    Returns (scores {"id" | ood name: {"logits" | detector: tensor}}, metrics {ood: {detector: {metric: v}}}).
+    """
+    from .metrics import ood_metrics   # scikit-learn: imported when needed, not by `dllab list`
+
+    scores = {"id": score_images(model, id_x, detectors, batch_size)}
+    metrics = {}
+    for name, x in ood_sets.items():
+        scores[name] = score_images(model, x, detectors, batch_size)
+        metrics[name] = {d: ood_metrics(scores["id"][d], scores[name][d]) for d in detectors}
+    return scores, metrics
+
+
+def fit_and_evaluate(run, model, detectors: dict[str, Detector], x_train, id_x, ood_sets: dict[str, torch.Tensor],
+                     batch_size: int = 256, tag: str = ""):
+    """Fit every detector on ``x_train`` (ID training images), then ``ood_evaluation``; what fitting did
+    and each OOD set's AUROCs go to the run's notes and log (``tag`` names the model when there are two)."""
+    for name, det in detectors.items():
+        det.fit(model, x_train)
+        if note := det.fit_note():
+            run.note(f"{name} detector{' (' + tag + ')' if tag else ''}: {note}")
+    scores, metrics = ood_evaluation(model, id_x, ood_sets, detectors, batch_size)
+    for ood, per_det in metrics.items():
+        run.log(f"{tag + ' ' if tag else ''}{ood}: "
+                + ", ".join(f"{d} AUROC {m['auroc']:.3f}" for d, m in per_det.items()))
+    return scores, metrics
+
+
+def metric_keys(metrics: dict, prefix: str = "", which: Sequence[str] = METRICS) -> dict[str, float]:
+    """Flat summary keys ``[prefix.][ood.]detector.metric``; the OOD set's name only when there are several."""
+    several = len(metrics) > 1
+    out = {}
+    for ood, per_det in metrics.items():
+        for d, m in per_det.items():
+            head = ".".join(p for p in (prefix, ood if several else "", d) if p)
+            out.update({f"{head}.{k}": m[k] for k in which})
+    return out
+
+
+def score_arrays(scores: dict, classes: Sequence[str], id_labels: torch.Tensor,
+                 detectors: Sequence[str]) -> dict[str, np.ndarray]:
+    """The content of scores.npz: ``classes``, ``detectors``, ``ood_sets`` (string arrays), ``id.labels``,
+    and for g in ``id`` + the OOD sets ``g.logits`` (N, K) float32 and ``g.<detector>`` (N,) float32."""
+    arrays = {"classes": np.array(list(classes)), "detectors": np.array(list(detectors)),
+              "ood_sets": np.array([g for g in scores if g != "id"]), "id.labels": id_labels.numpy()}
+    for g, per_group in scores.items():
+        for k, v in per_group.items():
+            arrays[f"{g}.{k}"] = v.detach().float().cpu().numpy()
+    return arrays
