@@ -59,14 +59,12 @@ def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, ti
     return fig
 
 
-def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str, title: str = "",
-              logy: bool = False) -> plt.Figure:
+def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str,
+              title: str = "") -> plt.Figure:
     """Several y-series over one x (e.g. accuracy over epsilon, standard vs adversarially trained)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", label=name)
-    if logy:
-        ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if len(series) > 1:
@@ -75,8 +73,7 @@ def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabe
     return fig
 
 
-def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", bins: int = 40,
-                     ncols: int = 3) -> plt.Figure:
+def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", ncols: int = 3) -> plt.Figure:
     """One panel per quantity (e.g. max logit, max softmax, a detector's score), each overlaying the
     normalised histograms of several groups (ID and one or more OOD sets) on shared bins."""
     n = len(panels)
@@ -87,7 +84,7 @@ def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", 
         values = [np.asarray(v, dtype=np.float64).ravel() for v in groups.values()]
         finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)   # 40 bins
         for i, (label, v) in enumerate(zip(groups, values)):
             v = v[np.isfinite(v)]
             ax.hist(v, bins=edges, density=True, histtype="stepfilled", alpha=0.3, color=f"C{i}",
@@ -105,7 +102,7 @@ def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", 
     return fig
 
 
-def roc_pr_figure(curves: dict[str, dict], title: str = "", positive: str = "OOD") -> plt.Figure:
+def roc_pr_figure(curves: dict[str, dict], title: str = "") -> plt.Figure:
     """ROC (left) and precision-recall (right) curves, one line per detector.
 
     ``curves[name]`` holds arrays ``fpr``, ``tpr``, ``precision``, ``recall`` (as returned by
@@ -118,9 +115,9 @@ def roc_pr_figure(curves: dict[str, dict], title: str = "", positive: str = "OOD
         ax_roc.plot(c["fpr"], c["tpr"], label=roc_label)
         ax_pr.plot(c["recall"], c["precision"], label=pr_label)
     ax_roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({positive} = positive)",
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (OOD = positive)",
                xlim=(0, 1), ylim=(0, 1.01))
-    ax_pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({positive} = positive)",
+    ax_pr.set(xlabel="recall", ylabel="precision", title="precision-recall (OOD = positive)",
               xlim=(0, 1), ylim=(0, 1.01))
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
@@ -132,8 +129,7 @@ def roc_pr_figure(curves: dict[str, dict], title: str = "", positive: str = "OOD
 
 
 def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, xlabel: str, ylabel: str,
-            title: str = "", mark: tuple[int, int] | None = None, fmt: str = ".3f",
-            cmap: str = "viridis") -> plt.Figure:
+            title: str = "", mark: tuple[int, int] | None = None) -> plt.Figure:
     """One annotated heat map per panel (e.g. AUROC over an ODIN (T, eps) grid on validation and test),
     on a shared colour scale; ``mark`` = (row, col) gets a red box (e.g. the selected setting)."""
     mats = {k: np.asarray(v, dtype=np.float64) for k, v in panels.items()}
@@ -145,14 +141,14 @@ def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, x
     fig, axes = plt.subplots(1, n, figsize=(w * n, h), squeeze=False, layout="constrained")
     im = None
     for ax, (name, m) in zip(axes.flat, mats.items()):
-        im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9, aspect="auto")
+        im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9, aspect="auto")
         ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=8)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
         mid = (vmin + vmax) / 2
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                ax.text(j, i, format(m[i, j], ".3f"), ha="center", va="center", fontsize=7,
                         color="black" if m[i, j] > mid else "white")
         if mark is not None:
             ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="red", lw=2))
