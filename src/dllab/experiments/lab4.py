@@ -33,7 +33,7 @@ import torch
 from ..analysis.ood import DETECTORS
 from ..analysis.ood.datasets import build_ood_sets
 from ..analysis.ood.evaluate import check_detectors, fit_and_evaluate, metric_keys, score_arrays
-from ..analysis.ood.odin_search import msp_cell, odin_search, search_arrays, split_mask
+from ..analysis.ood.odin_search import msp_cell, odin_search, search_arrays, search_summary, split_mask
 from ..analysis.robustness import attack_examples, attack_sweep, clean_accuracy, rising_accuracy_note
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from ..data.images import ImageData, balanced_subset, data_root
@@ -375,17 +375,12 @@ def _odin_against(cfg, run, model, data: ImageData, s, id_val, ood_val, id_cache
     """ODIN's grid search against the OOD set ``s``: its summary keys (prefixed ``p``), heat map, table, npz."""
     r = odin_search(model, data.test.x, s.x, id_val, ood_val, cfg.odin.temperatures, cfg.odin.epsilons,
                     cfg.analysis_batch_size, id_cache)
-    (bi, bj), T, E = r["best"], r["T"], r["eps"]
-    out = {f"{p}odin.best_T": T[bi], f"{p}odin.best_eps": E[bj], f"{p}odin.val_auroc": float(r["val_auroc"][bi, bj]),
-           f"{p}odin.auroc": r["best_test"]["auroc"], f"{p}odin.fpr95": r["best_test"]["fpr95"],
-           f"{p}msp.auroc": r["msp_test"]["auroc"], f"{p}msp.fpr95": r["msp_test"]["fpr95"]}
+    out, cell = search_summary(r, p), msp_cell(r)
     # The grid cell T=1, eps=0 is plain MSP: it must reproduce the MSP detector's AUROC exactly.
-    cell = msp_cell(r)
-    if cell is not None:
-        out[f"{p}odin.grid_auroc@T1_eps0"] = cell["auroc"]
-        if cell["auroc"] != out[f"{p}msp.auroc"]:
-            run.note(f"{s.name}: ODIN at T=1, eps=0 ({cell['auroc']}) differs "
-                     f"from MSP ({out[f'{p}msp.auroc']}); it should equal it exactly")
+    if cell is not None and cell["auroc"] != out[f"{p}msp.auroc"]:
+        run.note(f"{s.name}: ODIN at T=1, eps=0 ({cell['auroc']}) differs "
+                 f"from MSP ({out[f'{p}msp.auroc']}); it should equal it exactly")
+    (bi, bj), T, E = r["best"], r["T"], r["eps"]
     run.log(f"{s.name}: best T={T[bi]:g} eps={E[bj]:g} val AUROC {r['val_auroc'][bi, bj]:.4f}, test AUROC "
             f"{r['best_test']['auroc']:.4f} (MSP {r['msp_test']['auroc']:.4f})")
     report.odin_search_report(run, r, id_val, ood_val, s.name, cell)

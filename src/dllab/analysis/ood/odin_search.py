@@ -68,6 +68,20 @@ def msp_cell(res: dict) -> dict[str, float] | None:
     return {k: float(res[f"test_{k}"][ij]) for k in ("auroc", "fpr95")}
 
 
+def search_summary(res: dict, prefix: str = "") -> dict[str, float]:
+    """Summary keys (each prefixed ``prefix``): the chosen T and eps, their validation AUROC and test AUROC
+    and FPR95, MSP's test AUROC and FPR95 beside them, and the (T=1, eps=0) cell's test AUROC when the grid
+    has it (it must equal MSP's exactly)."""
+    (bi, bj), p = res["best"], prefix
+    out = {f"{p}odin.best_T": res["T"][bi], f"{p}odin.best_eps": res["eps"][bj],
+           f"{p}odin.val_auroc": float(res["val_auroc"][bi, bj]),
+           f"{p}odin.auroc": res["best_test"]["auroc"], f"{p}odin.fpr95": res["best_test"]["fpr95"],
+           f"{p}msp.auroc": res["msp_test"]["auroc"], f"{p}msp.fpr95": res["msp_test"]["fpr95"]}
+    if (cell := msp_cell(res)) is not None:
+        out[f"{p}odin.grid_auroc@T1_eps0"] = cell["auroc"]
+    return out
+
+
 def search_arrays(res: dict, id_val: torch.Tensor, ood_val: torch.Tensor) -> dict[str, np.ndarray]:
     """The content of odin_grid_<ood>.npz: every image's score per (T, eps) (``scores_id``/``scores_ood``
     [T, eps, N]), the validation masks, MSP's scores and the AUROC/FPR95 grids."""
