@@ -335,8 +335,8 @@ def _attack_both(cfg, run, models: dict, data: ImageData, device) -> tuple[dict,
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.attacks import make_fgsm_loss
 
-    data, ood_sets = _id_and_ood_data(cfg, run)
     device = resolve_device(cfg.device)
+    data, ood_sets = _id_and_ood_data(cfg, run)
     std_model, std_info = get_classifier(cfg, run, data, device, "standard")
     if cfg.model.run:
         run.note("the standard model is reused, so it was not trained with this run's data and epochs; the "
