@@ -29,6 +29,29 @@ def test_list_names_every_lab1_experiment():
     assert "smoke, quick, paper" in res.stdout
 
 
+def test_listing_and_configs_import_no_heavy_library():
+    # `dllab list`, `--help` and config checks stay under a second because registering an experiment
+    # imports no torch, transformers, sklearn or matplotlib (seconds of imports); run functions do.
+    code = """
+import sys
+from dllab.cli import main
+from dllab.config import PROFILES, make_config
+from dllab.registry import experiment_names, get_experiment
+assert main(["list"]) == 0
+for name in experiment_names():
+    exp = get_experiment(name)
+    for p in PROFILES:
+        make_config(exp.config_cls, exp.profiles, p)
+heavy = ("torch", "transformers", "sklearn", "scipy", "matplotlib", "peft")
+print("HEAVY", sorted(m for m in heavy if m in sys.modules), len(experiment_names()))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("HEAVY [] "), last
+    assert int(last.split()[-1]) >= 10  # every experiment was registered, not just a light subset
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["run", "lab9.nothing"], ["unknown experiment 'lab9.nothing'"]),
     (["run", "lab1.mlpp"], ["did you mean 'lab1.mlp'"]),

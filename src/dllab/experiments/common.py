@@ -10,7 +10,6 @@ from ..config import DataConfig, OptimConfig, TrainConfig
 from ..data.images import ImageData, load_images
 from ..env import resolve_device
 from ..registry import build_model
-from ..report import plots
 from ..train.loop import LossFn, cross_entropy_loss, fit
 
 
@@ -107,4 +106,6 @@ def accuracy_table(run, results: dict[str, dict], variants: list[Variant], title
 def curves_figure(run, names: list[str], file: str, caption: str, title: str = "") -> None:
     if not names:
         return
+    from ..report import plots  # matplotlib: imported once there is a figure to draw, not before training
+
     run.save_figure(plots.training_curves({n: run.variant_history(n) for n in names}, title), file, caption)

@@ -8,12 +8,15 @@ data/fewer epochs (and, for the CNN, fewer channels) so it finishes in minutes o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from ..registry import register_experiment
-from ..report import plots
-from ..train.gradients import block_grad_ratio
-from .common import Variant, accuracy_table, curves_figure, load_data, train_variants
+
+# Registering must not import torch (``dllab list`` stays fast): the run functions import ``.common``,
+# which brings torch, the data and the loop.
+if TYPE_CHECKING:
+    from .common import Variant
 
 
 # --- Ex. 1.1: BasicMLP on MNIST, SGD vs Adam -------------------------------------------------------
@@ -36,6 +39,8 @@ class MLPConfig(RunConfig):
     notes="SGD (lr 0.1) and Adam (lr 1e-3) both fit MNIST over 50 epochs; Adam is the default optimiser "
           "for the later experiments. The spec shows curves only, no test numbers.")
 def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
+    from .common import Variant, accuracy_table, curves_figure, load_data, train_variants
+
     data = load_data(cfg, run)
     variants = [Variant(name, "basic_mlp", {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
                 for name, opt in (("sgd", cfg.sgd), ("adam", cfg.adam))]
@@ -58,6 +63,8 @@ class MLPDepthConfig(RunConfig):
 
 
 def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs) -> list[Variant]:
+    from .common import Variant
+
     return ([Variant(f"plain_d{d}", model, {"depth": d, "residual": False, **kwargs}, meta={"depth": d, "residual": "no"})
              for d in plain] +
             [Variant(f"res_d{d}", model, {"depth": d, "residual": True, **kwargs}, meta={"depth": d, "residual": "yes"})
@@ -77,6 +84,9 @@ def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs)
           "converge; with residual connections even deeper MLPs learn well (gradient signal reaches the "
           "first layers).")
 def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
+    from ..train.gradients import block_grad_ratio
+    from .common import accuracy_table, curves_figure, load_data, train_variants
+
     data = load_data(cfg, run)
     variants = _depth_variants("mlp", cfg.plain_depths, cfg.residual_depths, width=cfg.width)
     results = train_variants(cfg, run, data, variants)
@@ -98,6 +108,8 @@ def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
 
 
 def _gradient_figure(run, results: dict, names: list[str]) -> None:
+    from ..report import plots
+
     series = {}
     for n in names:
         gn = results[n].get("grad_norms")
@@ -142,6 +154,9 @@ class CNNDepthConfig(RunConfig):
     notes="With residual connections accuracy increases with depth (gradient signal is preserved); without "
           "them accuracy decreases with depth (training difficulties, vanishing gradients).")
 def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
+    from ..report import plots
+    from .common import accuracy_table, curves_figure, load_data, train_variants
+
     data = load_data(cfg, run)
     variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
     results = train_variants(cfg, run, data, variants)

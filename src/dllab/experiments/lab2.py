@@ -18,7 +18,6 @@ import numpy as np
 
 from .. import DllabError
 from ..config import RunConfig
-from ..env import describe_device, resolve_device, seed_everything
 from ..registry import register_experiment
 from ..runs import Run
 
@@ -177,6 +176,8 @@ def _record_model(run: Run, name: str, source: str, config) -> None:
 
 def _set_threads(run: Run, n: int, device) -> None:
     """Apply ``threads`` (0 = torch's default) and record the device line with the count actually used."""
+    from ..env import describe_device
+
     if n > 0:
         import torch
         torch.set_num_threads(n)
@@ -202,6 +203,7 @@ def _mmss(seconds: float) -> str:
 def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..analysis.features import fit_classifiers
     from ..data.text import tokenize
+    from ..env import resolve_device, seed_everything
     from ..report.plots import bar_chart
     from ..text import hf
     if cfg.features.pooling not in ("cls", "mean"):
@@ -268,6 +270,7 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
           "pretrained SST-2 model 90.53% 0:11.")
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..data.text import tokenize
+    from ..env import resolve_device, seed_everything
     from ..text import hf
     from ..text.strategies import StrategyContext, StrategySkipped, TrainSettings, check_strategies, \
         choose_amp, train_and_evaluate

@@ -27,21 +27,19 @@ seconds, for tests (tiny subsets, 8 channels, 1 epoch, small grids).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..analysis.ood import DETECTORS
-from ..analysis.ood.datasets import build_ood_sets
-from ..analysis.ood.evaluate import check_detectors, fit_and_evaluate, metric_keys, score_arrays
-from ..analysis.ood.odin_search import msp_cell, odin_search, search_arrays, search_summary, split_mask
-from ..analysis.robustness import attack_examples, attack_sweep, clean_accuracy, rising_accuracy_note
+from ..analysis.detector_names import DETECTOR_NAMES, check_detectors
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from ..data.images import ImageData, balanced_subset, data_root
-from ..env import resolve_device
 from ..registry import register_experiment
-from ..report import robustness as report
-from ..train.reuse import CNNSource, train_and_reload
-from .common import Variant, curves_figure, load_data, train_variants
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data.images import ImageData
+
+# torch, the data, the detectors and the report are imported inside the functions below: registering the
+# experiments (``dllab list``) must not pay for them.
 
 QUICK_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]   # CIFAR-10 classes 0-5
 
@@ -61,7 +59,7 @@ class OODConfig:
     names: list[str] = field(default_factory=lambda: ["cifar100-20"])
     limit: int = 0                # images per OOD set (class-balanced), 0 = all
     root: str = ""                # "" = data.root ($DLLAB_DATA, else ./data)
-    detectors: list[str] = field(default_factory=lambda: list(DETECTORS))
+    detectors: list[str] = field(default_factory=lambda: list(DETECTOR_NAMES))
 
 
 @dataclass
@@ -174,6 +172,9 @@ def get_classifier(cfg, run, data: ImageData, device: torch.device,
 
     Returns (model on ``device`` in eval mode, info: source, arch kwargs, training result or None).
     """
+    from ..train.reuse import CNNSource
+    from .common import Variant, train_variants
+
     ref = CNNSource("model", cfg.model.run, cfg.model.variant, name, 5, "classifier", f"classifier_{name}",
                     same_classes=True)
     saved = ref.get(run, data, lambda: train_variants(cfg, run, data, [Variant(name, "cnn", _arch(cfg))],
@@ -185,6 +186,8 @@ def get_classifier(cfg, run, data: ImageData, device: torch.device,
 def load_id_data(cfg, run) -> ImageData:
     """The in-distribution data; outside ``paper``, with a note on why the spec's numbers are a trend to
     compare with, not a target."""
+    from .common import load_data
+
     data = load_data(cfg, run)
     if cfg.profile != "paper":
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
@@ -194,6 +197,9 @@ def load_id_data(cfg, run) -> ImageData:
 
 
 def _ood_sets(cfg, run, data: ImageData):
+    from ..analysis.ood.datasets import build_ood_sets
+    from ..data.images import data_root
+
     allow = cfg.data.allow_fallback and cfg.profile != "paper"
     return build_ood_sets(run, cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root), cfg.ood.limit, allow)
 
@@ -207,6 +213,8 @@ def _id_and_ood_data(cfg, run):
 
 def _detectors(cfg, run, tag: str = "") -> dict:
     """The configured detectors, not fitted yet (so each model gets its own autoencoder and decoder)."""
+    from ..analysis.ood import DETECTORS
+
     a = cfg.autoencoder
 
     def progress(epoch: int, loss: float) -> None:
@@ -222,6 +230,10 @@ def _detectors(cfg, run, tag: str = "") -> dict:
 def _evaluate_ood(cfg, run, model, data: ImageData, ood_sets, tag: str = ""):
     """The detectors fitted (the autoencoder on ID training images) and scored, ID test vs every OOD set;
     every score saved to scores[_<tag>].npz. Returns (detectors, scores, metrics)."""
+    import torch
+    from ..analysis.ood.evaluate import fit_and_evaluate, score_arrays
+    from ..data.images import balanced_subset
+
     detectors = _detectors(cfg, run, tag)
     x_fit = (balanced_subset(data.train, cfg.autoencoder.train_limit, torch.Generator().manual_seed(cfg.seed)).x
              if "autoencoder" in detectors else None)
@@ -239,6 +251,9 @@ def _attack(cfg) -> dict:
 
 
 def _attack_examples(cfg, run, model, data: ImageData, file: str = "examples.png", title: str = "") -> None:
+    from ..analysis.robustness import attack_examples
+    from ..report import robustness as report
+
     y, examples = attack_examples(model, data.test, cfg.attack.examples, **_attack(cfg))
     report.attack_examples(run, y, examples, data.classes, cfg.attack.name, file, title)
 
@@ -257,6 +272,11 @@ def _attack_examples(cfg, run, model, data: ImageData, file: str = "examples.png
           "extractor as the encoder, a trained decoder) are used to tell whether a test image is OOD. The "
           "spec shows these as plots only, no numbers.")
 def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
+    from ..analysis.ood.evaluate import metric_keys
+    from ..analysis.robustness import clean_accuracy
+    from ..env import resolve_device
+    from ..report import robustness as report
+
     data, ood_sets = _id_and_ood_data(cfg, run)
     device = resolve_device(cfg.device)
     model, info = get_classifier(cfg, run, data, device)
@@ -287,6 +307,10 @@ def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
           "9.68% at 0.05, then about 5-6% (at or below chance) for 0.1-0.3; performance degrades as eps "
           "increases.")
 def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
+    from ..analysis.robustness import attack_sweep, clean_accuracy, rising_accuracy_note
+    from ..env import resolve_device
+    from ..report import robustness as report
+
     data = load_id_data(cfg, run)
     device = resolve_device(cfg.device)
     model, info = get_classifier(cfg, run, data, device)
@@ -309,6 +333,8 @@ def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
 
 def _attack_both(cfg, run, models: dict, data: ImageData, device) -> tuple[dict, dict]:
     """Clean accuracy and the attack sweep of each model: (summary keys, {model: {eps: accuracy}})."""
+    from ..analysis.robustness import attack_sweep, clean_accuracy, rising_accuracy_note
+
     summary, accs = {}, {}
     a = cfg.attack.name
     for name, model in models.items():
@@ -334,6 +360,11 @@ def _attack_both(cfg, run, models: dict, data: ImageData, device) -> tuple[dict,
           "OOD pipeline of Ex. 1 (the spec shows those as plots only).")
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.attacks import make_fgsm_loss
+    from ..analysis.ood.evaluate import metric_keys
+    from ..env import resolve_device
+    from ..report import robustness as report
+    from ..train.reuse import train_and_reload
+    from .common import Variant, curves_figure, train_variants
 
     device = resolve_device(cfg.device)
     data, ood_sets = _id_and_ood_data(cfg, run)
@@ -373,6 +404,9 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
 
 def _odin_against(cfg, run, model, data: ImageData, s, id_val, ood_val, id_cache: dict, p: str) -> dict:
     """ODIN's grid search against the OOD set ``s``: its summary keys (prefixed ``p``), heat map, table, npz."""
+    from ..analysis.ood.odin_search import msp_cell, odin_search, search_arrays, search_summary
+    from ..report import robustness as report
+
     r = odin_search(model, data.test.x, s.x, id_val, ood_val, cfg.odin.temperatures, cfg.odin.epsilons,
                     cfg.analysis_batch_size, id_cache)
     out, cell = search_summary(r, p), msp_cell(r)
@@ -402,6 +436,11 @@ def _odin_against(cfg, run, model, data: ImageData, s, id_val, ood_val, id_cache
     notes="Grid search over T in {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} and eps in {0, ..., 0.004}: the best "
           "values are T = 100 and eps = 0, with AUROC 0.66 (CIFAR-10 vs the 20 CIFAR-100 classes).")
 def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
+    import torch
+    from ..analysis.ood.odin_search import split_mask
+    from ..analysis.robustness import clean_accuracy
+    from ..env import resolve_device
+
     data = load_id_data(cfg, run)
     ood_sets = _ood_sets(cfg, run, data)
     device = resolve_device(cfg.device)

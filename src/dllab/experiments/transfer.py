@@ -15,20 +15,21 @@ is no CIFAR-100, so ``quick`` transfers from CIFAR-10 classes 0-4 to classes 5-9
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .. import DllabError
 from ..analysis.features import CLASSIFIERS, cached_classifiers
-from ..analysis.image_features import FEATURES_FILE, cached_features
 from ..analysis.significance import pretraining_verdict
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from ..data.images import ImageData
-from ..env import resolve_device
 from ..registry import register_experiment
-from ..report import plots
-from ..train.reuse import CNNSource, SavedCNN
-from .common import Variant, accuracy_table, curves_figure, describe_data, load_data, train_variants
+
+# Registering must not import torch (``dllab list`` stays fast): functions import what they use.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..data.images import ImageData
+    from ..train.reuse import SavedCNN
+    from .common import Variant
 
 VARIANTS = ("head", "full_adam", "full_sgd", "partial", "scratch")
 
@@ -108,6 +109,8 @@ def fine_tune_variant(name: str, source: nn.Module, freeze_blocks: int = 0) -> V
     """``name`` (head, full_*, partial): a copy of ``source`` with a new classifier for the target's classes,
     the variant's parts frozen. The spec's model defines ``fc = Linear(C, C)`` that its forward never calls;
     here ``head`` trains fc + ReLU + classifier and nothing else."""
+    from .common import Variant
+
     depth = len(source.blocks)
     if name == "partial" and not 0 <= freeze_blocks <= depth:
         raise DllabError(f"freeze_blocks={freeze_blocks}: choose 0..{depth} (the source has {depth} blocks)")
@@ -118,6 +121,8 @@ def fine_tune_variant(name: str, source: nn.Module, freeze_blocks: int = 0) -> V
 def target_variants(cfg: TransferConfig, source: SavedCNN) -> list[Variant]:
     """``cfg.variants`` with their optimiser and report columns; ``scratch`` is the source's architecture
     with random weights."""
+    from .common import Variant
+
     k, depth = cfg.freeze_blocks, cfg.source.depth
     trains = {"head": "fc + ReLU + classifier",
               "partial": f"blocks {k + 1}-{depth} + classifier (stem, blocks 1-{k} frozen)"}
@@ -135,6 +140,9 @@ def target_variants(cfg: TransferConfig, source: SavedCNN) -> list[Variant]:
 
 def get_source(cfg: TransferConfig, run, device) -> tuple[SavedCNN, ImageData, ImageData | None]:
     """(the source model, the target data, the source data when the source is trained here)."""
+    from ..train.reuse import CNNSource
+    from .common import Variant, describe_data, load_data, train_variants
+
     src = cfg.source
     ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model")
     found = ref.find()  # a wrong source.run fails before any data is loaded
@@ -168,6 +176,8 @@ def note_classes(cfg: TransferConfig, run, source: SavedCNN, target: ImageData) 
 
 def classical(cfg: TransferConfig, run, source: SavedCNN, target: ImageData, device) -> dict[str, float]:
     """LinearSVC / k-NN on the frozen source features: summary keys and a report table."""
+    from ..analysis.image_features import FEATURES_FILE, cached_features
+
     feats, reused = cached_features(run, source.model, target, device, cfg.train.eval_batch_size,
                                     cfg.train.precision)
     dim = feats["train"][0].shape[1]
@@ -183,6 +193,8 @@ def classical(cfg: TransferConfig, run, source: SavedCNN, target: ImageData, dev
 
 def accuracy_figure(cfg: TransferConfig, run, summary: dict[str, float], num_classes: int) -> None:
     """All methods side by side: classical classifiers, fine-tuning variants, scratch (and the spec's)."""
+    from ..report import plots
+
     methods = [n for n in list(cfg.classifiers) + list(cfg.variants) if f"{n}.test_acc" in summary]
     if not methods:
         return
@@ -201,6 +213,9 @@ def accuracy_figure(cfg: TransferConfig, run, summary: dict[str, float], num_cla
                      "(spec Ex. 2.1)", TransferConfig,
     profiles=PROFILES, reference=REFERENCE, notes=NOTES)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
+    from ..env import resolve_device
+    from .common import accuracy_table, curves_figure, train_variants
+
     for key, given, valid in (("variants", cfg.variants, VARIANTS), ("classifiers", cfg.classifiers, CLASSIFIERS)):
         unknown = [v for v in given if v not in valid]
         if unknown:

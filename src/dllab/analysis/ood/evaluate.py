@@ -11,18 +11,8 @@ import torch
 
 from ... import DllabError
 from . import DETECTORS, logits_of
+from ..detector_names import METRICS, check_detectors  # noqa: F401  (used here and by the experiments)
 from .base import Detector, LogitDetector
-
-METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
-
-
-def check_detectors(names: Sequence[str]) -> list[str]:
-    """The detector names, deduplicated in order; a one-line error for an unknown name or an empty list."""
-    bad = [d for d in names if d not in DETECTORS]
-    if bad or not names:
-        raise DllabError(f"ood.detectors: unknown {bad or 'empty list'}; choose from {', '.join(DETECTORS)}")
-    return list(dict.fromkeys(names))
-
 
 def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
     """{"logits": (N, K), name: (N,)} for images ``x``; one forward pass serves the logit detectors."""
