@@ -1,6 +1,7 @@
 """The machine a run happens on: device choice, seeding, versions, git commit."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import random
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from . import DllabError, __version__
+
+DISTRIBUTIONS = {"sklearn": "scikit-learn"}   # import name -> pip distribution name, where they differ
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,15 +65,15 @@ def versions() -> dict[str, str]:
            "numpy": np.__version__}
     for mod in ("torchvision", "sklearn", "transformers", "peft", "datasets", "matplotlib"):
         m = sys.modules.get(mod)
-        # transformers & co. take seconds to import: only report them once a run has used them.
-        if m is None and mod in ("torchvision", "sklearn", "matplotlib"):
+        if m is not None:
+            out[mod] = getattr(m, "__version__", "?")
+        elif mod in ("torchvision", "sklearn", "matplotlib"):
+            # Read from the installed package's metadata: importing them costs seconds before the first
+            # batch. transformers & co. are only reported once a run has used them.
             try:
-                m = __import__(mod)
-            except ImportError:
+                out[mod] = importlib.metadata.version(DISTRIBUTIONS.get(mod, mod))
+            except importlib.metadata.PackageNotFoundError:
                 continue
-        if m is None:
-            continue
-        out[mod] = getattr(m, "__version__", "?")
     return out
 
 
@@ -80,3 +83,16 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return device.type
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall time since this process started (Linux ``/proc``: interpreter start-up and imports included);
+    None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()   # after "(comm)": field 3 (state) is fields[0]
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None

@@ -26,6 +26,7 @@ from torch import nn
 from .. import DllabError
 from ..config import OptimConfig, TrainConfig
 from ..data.images import Batches, ImageData, Split
+from ..env import seconds_since_process_start
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_model
 from .gradients import GradNormRecorder
 
@@ -101,6 +102,21 @@ def _progress(total: int, desc: str, quiet: bool):
                 disable=quiet or not sys.stderr.isatty())
 
 
+_startup_logged = False
+
+
+def _log_startup(run) -> None:
+    """Once per process, before its first training batch: how long start-up took (imports, data loading,
+    model building); kept small by importing what a run does not use only inside the functions needing it."""
+    global _startup_logged
+    if _startup_logged:
+        return
+    _startup_logged = True
+    age = seconds_since_process_start()
+    if age is not None:
+        run.log(f"first batch after {age:.1f} s (process start)")
+
+
 def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfig, run, variant: str,
         device: torch.device, seed: int = 0, augment: bool = False, loss_fn: LossFn = cross_entropy_loss,
         extra_row: dict | None = None) -> dict:
@@ -154,6 +170,7 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         run.log(f"[{variant}] resuming after epoch {ck['epoch']}")
 
     batches = Batches(data.train, train.batch_size, device, shuffle=True, augment=augment, seed=seed)
+    _log_startup(run)
     for epoch in range(start_epoch, train.epochs + 1):
         t0 = time.perf_counter()
         set_train_mode(model)
