@@ -9,8 +9,8 @@
             (AdamW + warm-up schedule, grad clipping, per-step loss, validation) against a hand loop with the
             same model, the same fused AdamW and the same padded batches, validating on the same rows.
 Each contender runs once untimed (warm-up: oneDNN builds its kernels in the first steps), then ``--repeats``
-times, interleaved (pairs in ABBA order) so that drifts in machine load hit all alike; the ratios compare medians (dllab's
-speed / the hand loop's: 1.00x = no overhead). Data: ``--data`` (MNIST IDX files, CIFAR-10 ImageFolder,
+times, interleaved (pairs in ABBA order) so that drifts in machine load hit all alike; the ratios compare
+medians (dllab's speed / the hand loop's: 1.00x = no overhead). Data: ``--data`` (MNIST IDX files, CIFAR-10 ImageFolder,
 Rotten Tomatoes jsonl); any missing one is replaced by generated data of the same shape.
 Usage (from the repo root; note the load, `cat /proc/loadavg`):
 
