@@ -335,3 +335,11 @@ def test_roc_pr_curves_shapes():
     c = roc_pr_curves(np.array([0.0, 1.0, 2.0]), np.array([1.5, 3.0]))
     assert c["fpr"].shape == c["tpr"].shape and c["precision"].shape == c["recall"].shape
     assert c["fpr"][0] == 0 and c["tpr"][-1] == 1
+
+
+def test_detector_names_match_the_detector_classes():
+    """The torch-free names configs are checked against (analysis.detector_names) are the registry's."""
+    from dllab.analysis.detector_names import DETECTOR_NAMES
+    from dllab.analysis.ood import DETECTORS
+
+    assert tuple(DETECTORS) == DETECTOR_NAMES
