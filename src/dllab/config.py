@@ -48,7 +48,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     eval_batch_size: int = 1024
-    precision: str = "fp32"             # fp32 | bf16-mixed | fp16-mixed (fp16 on CUDA only)
+    precision: str = "auto"             # auto (per machine, see train/precision.py) | fp32 | bf16-mixed | fp16-mixed
     compile: bool = False               # torch.compile the model
     channels_last: bool = True          # NHWC weights for conv nets: oneDNN/cuDNN convolutions run faster
     grad_norms: bool = False            # record per-layer gradient norms every epoch

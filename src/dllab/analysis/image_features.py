@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..data.images import Batches, ImageData, Split
-from ..train.loop import autocast
+from ..train.precision import Precision
 
 FEATURES_FILE = "features.npz"
 
@@ -20,11 +20,13 @@ FEATURES_FILE = "features.npz"
 @torch.inference_mode()
 def extract_features(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024,
                      precision: str = "fp32") -> np.ndarray:
-    """``model.features`` of every image of ``split`` (eval mode: BatchNorm uses its running statistics)."""
+    """``model.features`` of every image of ``split`` (eval mode: BatchNorm uses its running statistics);
+    ``precision`` is a resolved name (fp32 | bf16-mixed | fp16-mixed, see train/precision.py)."""
     model.eval().to(device)
+    prec = Precision(precision, device)
     out = []
     for x, _ in Batches(split, batch_size, device):
-        with autocast(device, precision):
+        with prec.autocast():
             f = model.features(x)
         out.append(f.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

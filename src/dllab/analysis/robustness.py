@@ -18,7 +18,7 @@ def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 
     """fp32 accuracy on ``split``, batched like the attacks (so it equals their eps = 0 accuracy exactly)."""
     from ..train.loop import evaluate
 
-    return evaluate(model, split, device, batch_size, "fp32")[1]
+    return evaluate(model, split, device, batch_size)[1]     # fp32
 
 
 def attack_options(attack: str, steps: int = 10, step_size: float = 0.0, random_start: bool = True,

@@ -87,7 +87,9 @@ class FinetuneSection:
     lr: StrategyLR = field(default_factory=StrategyLR)
     weight_decay: float = 0.01
     warmup: float = 0.1                 # fraction of the training steps
-    amp: str = "auto"                   # full_amp: auto (fp16+GradScaler on CUDA, bf16 on CPU) | bf16 | fp16
+    amp: str = "auto"                   # full_amp: auto | bf16-mixed | fp16-mixed (bf16, fp16 also accepted);
+                                        # auto = bf16 (fp16 + GradScaler on GPUs without bf16); on a CPU
+                                        # without fast bf16 full_amp is skipped, bf16 forces it
     lora: LoraSection = field(default_factory=LoraSection)
     pretrained_model: str = "distilbert-base-uncased-finetuned-sst-2-english"   # "" = skip `pretrained`
     threads: int = 0                    # torch CPU threads; 0 = torch's default (one per core). On a machine
@@ -272,15 +274,21 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..data.text import tokenize
     from ..env import resolve_device, seed_everything
     from ..text import hf
-    from ..text.strategies import StrategyContext, StrategySkipped, TrainSettings, check_strategies, \
-        choose_amp, train_and_evaluate
+    from ..text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, \
+        check_strategies, train_and_evaluate
     ft = cfg.finetune
     check_strategies(ft.strategies)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     _set_threads(run, ft.threads, device)
-    if "full_amp" in ft.strategies:
-        choose_amp(ft.amp, device)          # a bad finetune.amp fails now, not after the first strategies
+    if "full_amp" in ft.strategies:         # a bad finetune.amp fails now, not after the first strategies
+        try:
+            prec = amp_precision(ft.amp, device)
+            run.log(f"full_amp: precision {prec.name} ({prec.reason})")
+            if prec.warning:
+                run.log(f"warning: {prec.warning}")
+        except StrategySkipped:
+            pass                            # reported in the table when full_amp's turn comes
     name, source = resolve_text_model(cfg.model, run)
     _record_model(run, name, source, hf.load_config(source))
     splits = load_text_splits(cfg.data, cfg.seed, run)

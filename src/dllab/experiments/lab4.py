@@ -21,7 +21,7 @@ Profiles: ``paper`` = the spec (depth-5 cnn, 64 channels, all of CIFAR-10, Adam 
 where the spec is silent: 30 epochs, batch 128, crop+flip augmentation as in lab1, 10% validation
 split, OOD = cifar100-20). ``quick`` = minutes on 2 CPU cores: ID = CIFAR-10 classes 0-5 (airplane ..
 dog) in all four experiments, so ``heldout`` (classes 6-9) exists and one quick model can be reused by
-the others; 16 channels, 12,000 training images, 5 epochs, bf16 autocast (details at _QUICK_TRAIN). ``smoke`` =
+the others; 16 channels, 12,000 training images, 5 epochs, precision auto (details at _QUICK_TRAIN). ``smoke`` =
 seconds, for tests (tiny subsets, 8 channels, 1 epoch, small grids).
 """
 from __future__ import annotations
@@ -139,11 +139,11 @@ class ODINConfig(Lab4Config):
 _PAPER = {"data.allow_fallback": False}
 # quick: 16 channels (16x fewer FLOPs than 64), 12,000 of the 30,000 training images of the 6 classes, 5 epochs
 # of batch 64 with Adam 2e-3 + cosine decay (more, larger steps than the paper's 1e-3: a 5-epoch model needs
-# them; ~65% validation accuracy on 6 classes), bf16 autocast (faster on CPUs with native bf16, see the
-# README), no augmentation.
+# them; ~65% validation accuracy on 6 classes), no augmentation. Precision: auto (TrainConfig's default; bf16
+# where the CPU has native bf16, see train/precision.py).
 _QUICK_TRAIN = {"model.base_channels": 16, "data.classes": QUICK_CLASSES, "data.train_limit": 12000,
                 "data.test_limit": 1200, "data.augment": False, "train.epochs": 5, "train.batch_size": 64,
-                "train.precision": "bf16-mixed", "optim.lr": 2e-3, "optim.schedule": "cosine"}
+                "optim.lr": 2e-3, "optim.schedule": "cosine"}
 _QUICK_OOD = {"ood.names": ["heldout", "mnist"], "ood.limit": 1200}
 _QUICK_AE = {"autoencoder.epochs": 3, "autoencoder.train_limit": 2000, "autoencoder.batch_size": 32}
 _SMOKE_TRAIN = {"model.base_channels": 8, "data.classes": QUICK_CLASSES, "data.train_limit": 120,

@@ -69,14 +69,14 @@ _QUICK_DATA = {"data.name": "cifar10", "data.classes": [str(i) for i in range(5,
 
 PROFILES = {
     "paper": {},
-    # CIFAR-10 classes 0-4 -> 5-9 (no CIFAR-100 offline), 16 channels, bf16 autocast, a class-balanced
+    # CIFAR-10 classes 0-4 -> 5-9 (no CIFAR-100 offline), 16 channels, precision auto, a class-balanced
     # slice of each half, no augmentation (too few epochs to need it); batch 64 on the 4,500 target images
     # for enough steps.
     "quick": {**_QUICK_DATA, "source.base_channels": 16,
               "source.data.train_limit": 10000, "source.data.test_limit": 1000,
-              "source.train.epochs": 3, "source.train.precision": "bf16-mixed",
+              "source.train.epochs": 3,
               "data.train_limit": 5000, "data.test_limit": 1000,
-              "train.epochs": 5, "train.batch_size": 64, "train.precision": "bf16-mixed"},
+              "train.epochs": 5, "train.batch_size": 64},
     "smoke": {**_QUICK_DATA, "source.base_channels": 8,
               "source.data.train_limit": 300, "source.data.test_limit": 100, "source.train.epochs": 1,
               "data.train_limit": 200, "data.test_limit": 100, "train.epochs": 1},
@@ -177,9 +177,11 @@ def note_classes(cfg: TransferConfig, run, source: SavedCNN, target: ImageData) 
 def classical(cfg: TransferConfig, run, source: SavedCNN, target: ImageData, device) -> dict[str, float]:
     """LinearSVC / k-NN on the frozen source features: summary keys and a report table."""
     from ..analysis.image_features import FEATURES_FILE, cached_features
+    from ..train.precision import log_precision, model_kind, resolve_precision
 
-    feats, reused = cached_features(run, source.model, target, device, cfg.train.eval_batch_size,
-                                    cfg.train.precision)
+    prec = resolve_precision(cfg.train.precision, device, model_kind(source.model))
+    log_precision(run, prec, "features")
+    feats, reused = cached_features(run, source.model, target, device, cfg.train.eval_batch_size, prec.name)
     dim = feats["train"][0].shape[1]
     run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
     accs = cached_classifiers(run, feats, cfg.classifiers, cfg.knn_k, cfg.seed)

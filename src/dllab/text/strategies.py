@@ -25,7 +25,11 @@ from torch import nn
 
 from .. import DllabError
 from ..data.text import TokenizedSplit, iterate_batches, num_batches
+from ..env import to_device
+from ..train.precision import Precision, resolve_precision
 from . import hf
+
+LOG_EVERY = 20    # training steps between progress-bar loss updates (each one waits for the device)
 
 
 @dataclass
@@ -35,7 +39,7 @@ class Prepared:
     tokenizer_source: str             # the data must be tokenised by this model's tokenizer
     train: bool = True                # False: evaluated as is (baseline, pretrained)
     lr: float = 0.0
-    amp: str = "fp32"                 # fp32 | bf16 | fp16: autocast dtype while training and evaluating
+    precision: Precision | None = None   # autocast + loss scaling while training and evaluating; None = fp32
     label_columns: list[int] | None = None   # logits[:, cols] in dataset class order (pretrained models)
 
 
@@ -83,9 +87,12 @@ def head_last(ctx: StrategyContext) -> Prepared:
 
 
 def full_amp(ctx: StrategyContext) -> Prepared:
-    """Every parameter trains, under mixed precision (fp16 + GradScaler on CUDA, bf16 elsewhere)."""
-    amp = choose_amp(ctx.cfg.amp, ctx.device)
-    return Prepared(ctx.fresh_classifier().requires_grad_(True), ctx.model_source, lr=ctx.cfg.lr.full_amp, amp=amp)
+    """Every parameter trains, under mixed precision (bf16 autocast, or fp16 + GradScaler on GPUs without
+    bf16). Skipped where mixed precision would only be slower (a CPU without native bf16) unless
+    ``finetune.amp`` forces it."""
+    prec = amp_precision(ctx.cfg.amp, ctx.device)
+    return Prepared(ctx.fresh_classifier().requires_grad_(True), ctx.model_source, lr=ctx.cfg.lr.full_amp,
+                    precision=prec)
 
 
 def lora(ctx: StrategyContext) -> Prepared:
@@ -140,29 +147,20 @@ def check_strategies(names: list[str]) -> list[str]:
 
 # --- precision and memory ---------------------------------------------------------------------------
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+def amp_precision(setting: str, device: torch.device) -> Precision:
+    """``finetune.amp`` (auto | bf16-mixed | fp16-mixed; bf16/fp16 as aliases) -> full_amp's Precision.
 
-
-def choose_amp(setting: str, device: torch.device) -> str:
-    """``auto``: fp16 (with a GradScaler) on CUDA, as mixed-precision fine-tuning is usually run; bf16
-    autocast on CPU and other devices. ``bf16``/``fp16`` force one, where the device supports it."""
-    if setting == "auto":
-        return "fp16" if device.type == "cuda" else "bf16"
-    if setting == "fp16" and device.type != "cuda":
-        raise DllabError(f"finetune.amp=fp16 needs CUDA (device is {device.type}); use bf16 or auto")
-    if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DllabError("finetune.amp=bf16: this GPU does not support bf16; use fp16 or auto")
-    if setting not in AMP_DTYPES:
-        raise DllabError(f"finetune.amp={setting}: choose auto, bf16 or fp16")
-    return setting
-
-
-def precision_label(amp: str) -> str:
-    return {"fp32": "fp32", "bf16": "bf16-mixed (autocast)", "fp16": "fp16-mixed (autocast + GradScaler)"}[amp]
-
-
-def _autocast(amp: str, device: torch.device):
-    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "fp32")
+    ``auto`` picks what ``train.precision=auto`` would pick for a transformer (bf16 on GPUs that have it,
+    else fp16 + GradScaler; on CPU bf16 where the probe measured it faster). Where that is fp32, mixed
+    precision has nothing to show: ``StrategySkipped`` with the probe's figures as the reason."""
+    from ..train.precision import ALIASES
+    if ALIASES.get(setting, setting) not in ("auto", "bf16-mixed", "fp16-mixed"):
+        raise DllabError(f"finetune.amp={setting}: choose auto, bf16-mixed or fp16-mixed (or bf16, fp16)")
+    prec = resolve_precision(setting, device, model_kind="transformer")
+    if prec.name == "fp32":
+        raise StrategySkipped(f"mixed precision is not faster than fp32 on this {device.type} ({prec.reason}); "
+                              "--set finetune.amp=bf16 forces it")
+    return prec
 
 
 class PeakMemory:
@@ -202,23 +200,24 @@ class PeakMemory:
 # --- the loop ---------------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device, amp: str = "fp32",
-            label_columns: list[int] | None = None) -> np.ndarray:
+def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device,
+            precision: Precision | None = None, label_columns: list[int] | None = None) -> np.ndarray:
     """Predicted dataset class per row, in the split's order."""
     model.eval()
+    precision = precision or Precision("fp32", device)
     preds = np.zeros(len(split), dtype=np.int64)
     for idx, batch in iterate_batches(split, batch_size):
-        with _autocast(amp, device):
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+        with precision.autocast():
+            logits = model(input_ids=to_device(batch["input_ids"], device),
+                           attention_mask=to_device(batch["attention_mask"], device)).logits
         if label_columns is not None:
             logits = logits[:, label_columns]
         preds[idx] = logits.argmax(-1).cpu().numpy()
     return preds
 
 
-def accuracy(model, split: TokenizedSplit, batch_size: int, device, amp="fp32", label_columns=None) -> float:
-    return float((predict(model, split, batch_size, device, amp, label_columns) == split.labels).mean())
+def accuracy(model, split: TokenizedSplit, batch_size: int, device, precision=None, label_columns=None) -> float:
+    return float((predict(model, split, batch_size, device, precision, label_columns) == split.labels).mean())
 
 
 @dataclass
@@ -255,13 +254,13 @@ def _linear_warmup_decay(total: int, warmup: float) -> Callable[[int], float]:
 def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device: torch.device, name: str = "",
         on_epoch: Callable[[list[dict]], None] | None = None) -> tuple[float, int, list[dict]]:
     """Train ``p.model`` in place for ``s.epochs`` (AdamW on the parameters that require grad, linear
-    warm-up/decay, grad clipping, autocast + GradScaler as ``p.amp`` says), validating after each epoch and
+    warm-up/decay, grad clipping, autocast + GradScaler as ``p.precision`` says), validating after each epoch and
     restoring the epoch with the best validation accuracy. Returns ``(best val acc, best epoch, history)``.
     A model that does not train is validated once (epoch 0)."""
     from tqdm import tqdm
     model, history = p.model.to(device), []
     if not p.train:
-        acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.amp, p.label_columns)
+        acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
         history.append({"variant": name, "epoch": 0, "val_acc": acc})
         if on_epoch:
             on_epoch(history)
@@ -272,20 +271,24 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=s.weight_decay, fused=device.type in ("cpu", "cuda"))
     steps = s.epochs * num_batches(splits["train"], s.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(steps, s.warmup))
-    scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
+    prec = p.precision or Precision("fp32", device)
+    scaler = prec.scaler    # a no-op unless fp16-mixed
     rng = np.random.default_rng(s.seed)
     best_acc, best_epoch, best_state = -1.0, 0, None
     for epoch in range(1, s.epochs + 1):
         model.train()
-        t0, losses = time.perf_counter(), []
+        t0, steps = time.perf_counter(), 0
+        # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
+        loss_sum = torch.zeros((), device=device)
+        window = torch.zeros((), device=device)
         bar = tqdm(iterate_batches(splits["train"], s.batch_size, rng, s.group_by_length),
                    total=num_batches(splits["train"], s.batch_size), desc=f"{name} epoch {epoch}",
                    disable=not s.progress, leave=False)
         for _, batch in bar:
-            with _autocast(p.amp, device):
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"].to(device))
+            with prec.autocast():
+                logits = model(input_ids=to_device(batch["input_ids"], device),
+                               attention_mask=to_device(batch["attention_mask"], device)).logits
+            loss = F.cross_entropy(logits.float(), to_device(batch["labels"], device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -293,10 +296,15 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
             scaler.step(opt)
             scaler.update()
             sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.amp, p.label_columns)
-        history.append({"variant": name, "epoch": epoch, "train_loss": float(np.mean(losses)), "val_acc": val_acc,
+            loss_sum += loss.detach()
+            window += loss.detach()
+            steps += 1
+            if s.progress and steps % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
+                window.zero_()
+        val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
+        history.append({"variant": name, "epoch": epoch, "train_loss": loss_sum.item() / max(steps, 1),
+                        "val_acc": val_acc,
                         "lr": p.lr, "seconds": time.perf_counter() - t0})
         if on_epoch:
             on_epoch(history)
@@ -321,6 +329,7 @@ def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], di
         trainable = hf.count_parameters(p.model)
         val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch)
     seconds = time.perf_counter() - start
-    test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.amp, p.label_columns)
-    return Outcome(val_acc, test_acc, seconds, trainable, mem.mb, mem.kind, precision_label(p.amp),
+    test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.precision, p.label_columns)
+    label = p.precision.label if p.precision else "fp32"
+    return Outcome(val_acc, test_acc, seconds, trainable, mem.mb, mem.kind, label,
                    best_epoch, history)

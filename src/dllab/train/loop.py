@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -28,6 +27,7 @@ from ..data.images import Batches, ImageData, Split
 from ..env import seconds_since_process_start
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_model
 from .gradients import GradNormRecorder
+from .precision import Precision, log_precision, model_kind, resolve_precision
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -35,19 +35,6 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, t
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     logits = model(x)
     return F.cross_entropy(logits, y), logits
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for a precision name (fp16 needs CUDA; bf16 is fast on AVX-512/AMX CPUs)."""
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16-mixed":
-        if device.type != "cuda":
-            raise DllabError("train.precision=fp16-mixed needs a CUDA device; use bf16-mixed on CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise DllabError(f"train.precision={precision}: choose fp32, bf16-mixed or fp16-mixed")
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -81,13 +68,14 @@ def set_train_mode(model: nn.Module) -> None:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024,
-             precision: str = "fp32") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on a split."""
+             precision: Precision | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on a split (in fp32 unless ``precision`` says otherwise)."""
     model.eval()
+    precision = precision or Precision("fp32", device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for x, y in Batches(split, batch_size, device):
-        with autocast(device, precision):
+        with precision.autocast():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -151,7 +139,9 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         raise DllabError(f"[{variant}] has no trainable parameters")
     opt = make_optimizer(params, optim)
     sched = make_scheduler(opt, optim, train.epochs)
-    scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16-mixed" else None
+    prec = resolve_precision(train.precision, device, model_kind(model))
+    log_precision(run, prec, variant)
+    scaler = prec.scaler    # a no-op unless fp16-mixed: the step below has no precision branches
     grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
     step_model = torch.compile(model) if train.compile else model
 
@@ -167,8 +157,7 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler"):
                 sched.load_state_dict(ck["scheduler"])
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
+            prec.load_scaler_state(ck.get("scaler"))
             torch.set_rng_state(ck["rng_cpu"])
             if device.type == "cuda" and ck.get("rng_cuda") is not None:
                 torch.cuda.set_rng_state(ck["rng_cuda"])
@@ -190,21 +179,15 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         seen = 0
         bar = _progress(len(batches), f"{variant} {epoch}/{train.epochs}", run.quiet)
         for i, (x, y) in enumerate(batches):
-            with autocast(device, train.precision):
+            with prec.autocast():
                 loss, logits = loss_fn(step_model, x, y)
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)      # gradient norms and clipping see true-scale gradients
             if grads is not None:
                 grads.step()
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -221,7 +204,7 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         row = {"variant": variant, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         if data.val is not None:
             row["val_loss"], row["val_acc"] = evaluate(model, data.val, device, train.eval_batch_size,
-                                                       train.precision)
+                                                       prec)
             if row["val_acc"] > best["val_acc"]:
                 best = {"val_acc": row["val_acc"], "epoch": epoch, "state": _copy_state(model, best["state"])}
         row.update(lr=lr, seconds=round(time.perf_counter() - t0, 3), **(extra_row or {}))
@@ -234,7 +217,7 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         save_checkpoint(ckpt_path, {
             "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            "scaler": prec.scaler_state(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
             "history": history, "grad_history": grad_history, "best": best,
@@ -244,13 +227,13 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
               "train_acc": history[-1]["train_acc"] if history else float("nan"),
               "seconds": sum(r["seconds"] for r in history)}
     result["test_loss"], result["test_acc"] = evaluate(model, data.test, device, train.eval_batch_size,
-                                                       train.precision)
+                                                       prec)
     if best["state"] is not None:
         result.update(best_epoch=best["epoch"], val_acc=best["val_acc"],
                       final_val_acc=history[-1].get("val_acc"))
         model.load_state_dict(best["state"])
         result["best_test_loss"], result["best_test_acc"] = evaluate(model, data.test, device,
-                                                                     train.eval_batch_size, train.precision)
+                                                                     train.eval_batch_size, prec)
     if grads is not None:
         result["grad_norms"] = {"layers": grads.names, "per_epoch": grad_history}
     # The best-validation weights are what later experiments (transfer, OOD) reuse.

@@ -1,0 +1,280 @@
+"""Which numeric precision a run trains in, chosen for the machine it runs on, as one object.
+
+``resolve_precision(setting, device, model_kind)`` turns ``auto | fp32 | bf16-mixed | fp16-mixed`` into a
+``Precision``: its ``autocast()`` context and its ``scaler`` (a GradScaler that is a no-op unless fp16), so a
+training loop is written once, without precision branches::
+
+    with prec.autocast():
+        loss = ...
+    prec.scaler.scale(loss).backward(); prec.scaler.unscale_(opt); prec.scaler.step(opt); prec.scaler.update()
+
+``auto`` per device:
+  - CUDA: bf16-mixed where the GPU supports bf16 (Ampere and later), else fp16-mixed with loss scaling.
+  - CPU: bf16-mixed only where a short probe measured it faster than fp32 on this machine, else fp32. bf16
+    is fast only with native bf16 instructions (AVX512-BF16, AMX); elsewhere oneDNN has no bf16 kernels and
+    PyTorch's reference path runs ~10x slower than fp32. Whether bf16 pays also depends on the layer: a
+    64-wide MLP spends its step converting tensors, a conv net or a transformer gains. So the probe times
+    one small workload per ``model_kind`` (see ``PROBES``), and the model's kind picks the figure.
+  - MPS: fp32. Apple GPUs run these small models about as fast in fp32, and autocast on MPS is recent
+    (bf16 needs macOS 14); fp32 is the choice that is correct on every Mac.
+The probe's figures are cached per machine under ``$DLLAB_CACHE`` (a JSON file keyed by everything that
+changes which kernels run: torch version, CPU model and capability, ``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``, thread count), so every run on a machine makes the same choice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import DllabError
+
+NAMES = ("fp32", "bf16-mixed", "fp16-mixed")
+SETTINGS = ("auto", *NAMES)
+ALIASES = {"bf16": "bf16-mixed", "fp16": "fp16-mixed", "32": "fp32"}
+MODEL_KINDS = ("conv", "mlp", "transformer")
+# bf16 must be at least this much faster than fp32 for ``auto`` to pick it: a margin over timing noise,
+# and over what a measured speed-up of a few percent would not repay (bf16's lower accuracy).
+MIN_SPEEDUP = 1.1
+PROBE_VERSION = 1        # bump when PROBES change: older cached figures are then measured again
+
+
+@dataclass
+class Precision:
+    """A resolved precision for one device: the autocast context, the gradient scaler, and why."""
+    name: str                                  # fp32 | bf16-mixed | fp16-mixed
+    device: torch.device
+    reason: str = ""                           # how it was chosen (probe figures, device, explicit setting)
+    warning: str = ""                          # an explicit setting the probe measured slower than the other
+    scaler: torch.amp.GradScaler = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if self.name not in NAMES:
+            raise DllabError(f"precision {self.name}: choose one of {', '.join(SETTINGS)}")
+        # Disabled unless fp16: then scale/unscale_/update do nothing and step() is optimizer.step().
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16-mixed")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}[self.name]
+
+    def autocast(self) -> AbstractContextManager:
+        # A disabled autocast is a no-op; bf16 as its dtype keeps torch from warning about fp32 autocast.
+        dtype = torch.bfloat16 if self.name == "fp32" else self.dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.name != "fp32")
+
+    @property
+    def label(self) -> str:
+        return {"fp32": "fp32", "bf16-mixed": "bf16-mixed (autocast)",
+                "fp16-mixed": "fp16-mixed (autocast + GradScaler)"}[self.name]
+
+    def scaler_state(self) -> dict | None:
+        """The loss scaler's state for a checkpoint (None when there is no scaling)."""
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
+
+    def load_scaler_state(self, state: dict | None) -> None:
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+def normalise(setting: str, key: str = "train.precision") -> str:
+    s = ALIASES.get(setting, setting)
+    if s not in SETTINGS:
+        raise DllabError(f"{key}={setting}: choose one of {', '.join(SETTINGS)}")
+    return s
+
+
+def model_kind(model: nn.Module) -> str:
+    """The probe figure that speaks for ``model``: ``conv`` if it has convolutions, else ``mlp``."""
+    return "conv" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "mlp"
+
+
+# --- the CPU probe ----------------------------------------------------------------------------------
+
+def _conv_workload():
+    # The quick profiles' CNN block: 16 channels at 32x32, channels-last, batch 16.
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1, bias=False)).to(memory_format=torch.channels_last)
+    return net, torch.randn(16, 16, 32, 32).to(memory_format=torch.channels_last)
+
+
+def _mlp_workload():
+    # Lab 1's BasicMLP on a batch of 128 MNIST digits: narrow layers, where casting to bf16 costs more
+    # than the matrix products save.
+    net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    return net, torch.randn(128, 784)
+
+
+def _transformer_workload():
+    # One feed-forward block of MiniLM (width 384, 1536 inner) on 256 tokens.
+    net = nn.Sequential(nn.Linear(384, 1536), nn.GELU(), nn.Linear(1536, 384))
+    return net, torch.randn(256, 384)
+
+
+PROBES: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
+    "conv": _conv_workload, "mlp": _mlp_workload, "transformer": _transformer_workload}
+
+
+def _step_seconds(net: nn.Module, x: torch.Tensor, bf16: bool) -> float:
+    t = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = net(x)
+    y.float().square().mean().backward()
+    return time.perf_counter() - t
+
+
+def probe_cpu(budget_s: float = 0.1, max_repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Seconds per forward + backward step of each workload in fp32 and bf16 autocast on this CPU.
+
+    One thread, and the fastest of interleaved repeats: what is measured is the kernels' speed, not how
+    busy the other cores are (on a shared 2-core machine a 2-thread probe mostly times the scheduler).
+    After one warm-up step each, fp32/bf16 alternate until ``budget_s`` per workload is spent (at least 2
+    repeats; 1 when bf16 is already more than 3x slower), so the probe stays under a second even where bf16
+    is 10x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = torch.get_rng_state()
+    out: dict[str, dict[str, float]] = {}
+    try:
+        torch.manual_seed(0)
+        for kind, make in PROBES.items():
+            net, x = make()
+            _step_seconds(net, x, False), _step_seconds(net, x, True)   # warm-up: kernel selection, caches
+            best = {"fp32": float("inf"), "bf16": float("inf")}
+            start, n = time.perf_counter(), 0
+            while n < 1 or (n < 2 and best["bf16"] < 3 * best["fp32"]) or \
+                    (n < max_repeats and time.perf_counter() - start < budget_s):
+                best["fp32"] = min(best["fp32"], _step_seconds(net, x, False))
+                best["bf16"] = min(best["bf16"], _step_seconds(net, x, True))
+                n += 1
+            out[kind] = {**best, "speedup": best["fp32"] / best["bf16"]}
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> dict[str, str]:
+    """What decides which CPU kernels run (the probe's cache key)."""
+    return {"probe_version": str(PROBE_VERSION), "torch": torch.__version__, "cpu": _cpu_model(),
+            "capability": torch.backends.cpu.get_cpu_capability(),
+            "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+            "threads": str(torch.get_num_threads())}
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("DLLAB_CACHE") or Path(".cache") / "dllab") / "precision_probe.json"
+
+
+def _valid(figures) -> bool:
+    return (isinstance(figures, dict) and all(
+        isinstance(figures.get(k), dict) and all(isinstance(figures[k].get(f), (int, float)) and figures[k][f] > 0
+                                                 for f in ("fp32", "bf16", "speedup")) for k in PROBES))
+
+
+_memo: dict[str, dict] = {}
+
+
+def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict[str, float]], bool]:
+    """This machine's probe figures: from the cache when its key matches, else measured (and cached).
+    Returns (figures, cached). A damaged or foreign cache file is measured again and replaced."""
+    from ..runs import atomic_write_json
+
+    key = json.dumps(machine_key(), sort_keys=True)
+    path = cache_path()
+    if key in _memo and _memo[key]["path"] == str(path):
+        return _memo[key]["figures"], True
+    entries: dict = {}
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    figures, cached = entries.get(key), True
+    if not _valid(figures):
+        figures, cached = probe(), False
+        entries = {k: v for k, v in entries.items() if _valid(v)}
+        entries[key] = figures
+        try:
+            atomic_write_json(path, entries)
+        except OSError:
+            pass   # a read-only cache only costs a probe per process
+    _memo[key] = {"path": str(path), "figures": figures}
+    return figures, cached
+
+
+def describe_figures(figures: dict[str, dict[str, float]], kinds=MODEL_KINDS) -> str:
+    return ", ".join(f"{k} bf16 {figures[k]['speedup']:.2f}x fp32's speed ({1e3 * figures[k]['fp32']:.1f} vs "
+                     f"{1e3 * figures[k]['bf16']:.1f} ms/step)" for k in kinds)
+
+
+# --- the resolver -----------------------------------------------------------------------------------
+
+def resolve_precision(setting: str, device: torch.device, model_kind: str = "conv",
+                      figures: Callable[[], tuple[dict, bool]] = cpu_figures) -> Precision:
+    """``setting`` (auto | fp32 | bf16-mixed | fp16-mixed, or bf16/fp16) -> the Precision to train in."""
+    setting = normalise(setting)
+    if model_kind not in MODEL_KINDS:
+        raise ValueError(f"model_kind {model_kind}: one of {MODEL_KINDS}")
+    dev = device.type
+    if setting == "fp16-mixed" and dev != "cuda":
+        raise DllabError(f"precision fp16-mixed needs a CUDA device (device is {dev}); use auto or bf16-mixed")
+    if dev == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if setting == "bf16-mixed" and not bf16_ok:
+            raise DllabError("precision bf16-mixed: this GPU does not support bf16; use auto or fp16-mixed")
+        if setting == "auto":
+            name = "bf16-mixed" if bf16_ok else "fp16-mixed"
+            return Precision(name, device, f"auto: CUDA {'supports' if bf16_ok else 'lacks'} bf16")
+        return Precision(setting, device, "explicit setting")
+    if dev != "cpu":
+        if setting == "auto":
+            return Precision("fp32", device, f"auto: fp32 on {dev} (see dllab.train.precision)")
+        return Precision(setting, device, "explicit setting")
+    figs, _ = figures()
+    speedup = figs[model_kind]["speedup"]
+    measured = f"probe: {model_kind} bf16 {speedup:.2f}x fp32's speed on {torch.backends.cpu.get_cpu_capability()}"
+    if setting == "auto":
+        name = "bf16-mixed" if speedup >= MIN_SPEEDUP else "fp32"
+        return Precision(name, device, f"auto: {measured}")
+    warning = ""
+    if setting == "bf16-mixed" and speedup < 1:
+        warning = f"precision bf16-mixed was set, but the {measured} (slower); auto would pick fp32"
+    elif setting == "fp32" and speedup >= MIN_SPEEDUP:
+        warning = f"precision fp32 was set, but the {measured} (bf16 faster); auto would pick bf16-mixed"
+    return Precision(setting, device, f"explicit setting; {measured}", warning)
+
+
+def log_precision(run, prec: Precision, who: str = "") -> None:
+    """Record the resolved precision in env.json and the run log (each distinct one once per run)."""
+    line = f"{prec.name} ({prec.reason})"
+    seen = list(run.env.get("precision_resolved") or [])
+    if line in seen:
+        return
+    seen.append(line)
+    run.write_env(precision=" | ".join(seen), precision_resolved=seen)
+    run.log(f"{who + ': ' if who else ''}precision {line}")
+    if prec.warning:
+        run.log(f"warning: {prec.warning}")
