@@ -1,4 +1,4 @@
-"""``dllab list | run | report``. Errors a user can fix print one line and exit with code 2."""
+"""``dllab list | run | report | doctor``. Errors a user can fix print one line and exit with code 2."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
     rep.add_argument("--force", action="store_true", help="replace report files that already exist")
+    doc = sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates")
+    doc.add_argument("--profile", default=None, choices=PROFILES, help="also check what this profile needs")
+    doc.add_argument("--data-root", default="", help="data folder (default: $DLLAB_DATA or ./data)")
     return p
 
 
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(console_summary(run.path), file=sys.stderr)
             print(run.path)
+        elif args.command == "doctor":
+            from .doctor import main as doctor
+
+            return doctor(args.profile, args.data_root)
         elif args.command == "report":
             from .runner import report
 
