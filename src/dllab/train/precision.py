@@ -232,8 +232,7 @@ def describe_figures(figures: dict[str, dict[str, float]], kinds=MODEL_KINDS) ->
 
 # --- the resolver -----------------------------------------------------------------------------------
 
-def resolve_precision(setting: str, device: torch.device, model_kind: str = "conv",
-                      figures: Callable[[], tuple[dict, bool]] = cpu_figures) -> Precision:
+def resolve_precision(setting: str, device: torch.device, model_kind: str = "conv") -> Precision:
     """``setting`` (auto | fp32 | bf16-mixed | fp16-mixed, or bf16/fp16) -> the Precision to train in."""
     setting = normalise(setting)
     if model_kind not in MODEL_KINDS:
@@ -253,7 +252,7 @@ def resolve_precision(setting: str, device: torch.device, model_kind: str = "con
         if setting == "auto":
             return Precision("fp32", device, f"auto: fp32 on {dev} (see dllab.train.precision)")
         return Precision(setting, device, "explicit setting")
-    figs, _ = figures()
+    figs, _ = cpu_figures()
     speedup = figs[model_kind]["speedup"]
     measured = f"probe: {model_kind} bf16 {speedup:.2f}x fp32's speed on {torch.backends.cpu.get_cpu_capability()}"
     if setting == "auto":

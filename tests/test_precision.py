@@ -1,0 +1,206 @@
+"""train/precision.py: the resolver (probe faked both ways, CPU and CUDA), explicit settings, the probe cache,
+Lab 2's full_amp skip/force, the fp16 + GradScaler path, and `dllab doctor`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dllab import DllabError
+from dllab.train import precision as P
+
+
+def _figures(speedup: float) -> dict:
+    """Probe figures where bf16 runs at ``speedup`` x fp32's speed for every model kind."""
+    return {k: {"fp32": 0.01, "bf16": 0.01 / speedup, "speedup": speedup} for k in P.PROBES}
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """fake(speedup or {kind: speedup}): the CPU probe measures that from now on."""
+    def fake(speedup):
+        figs = _figures(1.0)
+        for k, v in (speedup.items() if isinstance(speedup, dict) else ((k, speedup) for k in figs)):
+            figs[k] = _figures(v)[k]
+        monkeypatch.setattr(P, "cpu_figures", lambda: (figs, True))
+    return fake
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("speedup, expected", [(2.0, "bf16-mixed"), (1.0, "fp32"), (0.1, "fp32")])
+def test_auto_on_cpu_follows_the_probe(probe, speedup, expected):
+    probe(speedup)
+    prec = P.resolve_precision("auto", CPU, "conv")
+    assert prec.name == expected and "probe" in prec.reason and f"{speedup:.2f}x" in prec.reason
+    assert not prec.warning and not prec.scaler.is_enabled()
+
+
+def test_auto_uses_the_figure_of_the_models_kind(probe):
+    probe({"conv": 1.6, "mlp": 0.8, "transformer": 2.0})
+    assert P.resolve_precision("auto", CPU, "conv").name == "bf16-mixed"
+    assert P.resolve_precision("auto", CPU, "mlp").name == "fp32"
+    assert P.resolve_precision("auto", CPU, "transformer").name == "bf16-mixed"
+    assert P.model_kind(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))) == "conv"
+    assert P.model_kind(torch.nn.Sequential(torch.nn.Linear(4, 2))) == "mlp"
+
+
+@pytest.mark.parametrize("setting, speedup, warns", [
+    ("bf16-mixed", 0.1, True), ("bf16", 0.1, True), ("bf16-mixed", 2.0, False),
+    ("fp32", 2.0, True), ("fp32", 0.1, False)])
+def test_explicit_setting_wins_with_a_warning_when_measured_slower(probe, setting, speedup, warns):
+    probe(speedup)
+    prec = P.resolve_precision(setting, CPU, "conv")
+    assert prec.name == P.ALIASES.get(setting, setting)
+    assert bool(prec.warning) == warns
+    if warns:
+        assert "auto would pick" in prec.warning and "\n" not in prec.warning
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
+@pytest.mark.parametrize("bf16_ok, expected", [(True, "bf16-mixed"), (False, "fp16-mixed")])
+def test_auto_on_cuda(monkeypatch, bf16_ok, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    monkeypatch.setattr(P, "cpu_figures", lambda: pytest.fail("CUDA must not run the CPU probe"))
+    prec = P.resolve_precision("auto", torch.device("cuda"), "conv")
+    assert prec.name == expected and prec.dtype == {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}[expected]
+    assert P.resolve_precision("fp16", torch.device("cuda")).name == "fp16-mixed"   # explicit wins
+    if not bf16_ok:
+        with pytest.raises(DllabError, match="does not support bf16"):
+            P.resolve_precision("bf16-mixed", torch.device("cuda"))
+
+
+def test_bad_settings_are_one_line_errors(probe):
+    probe(2.0)
+    with pytest.raises(DllabError, match="fp16-mixed needs a CUDA device"):
+        P.resolve_precision("fp16-mixed", CPU)
+    with pytest.raises(DllabError, match="choose one of auto"):
+        P.resolve_precision("half", CPU)
+    assert P.resolve_precision("auto", torch.device("mps"), "conv").name == "fp32"
+
+
+def test_fp16_gradscaler_path_trains_and_checkpoints_its_state():
+    """The fp16 path of the loops (autocast + GradScaler via the Precision object), run on the CPU."""
+    prec = P.Precision("fp16-mixed", CPU)
+    assert prec.scaler.is_enabled()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+    x, y = torch.randn(16, 8), torch.randint(0, 2, (16,))
+    for _ in range(3):
+        with prec.autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        prec.scaler.scale(loss).backward()
+        prec.scaler.unscale_(opt)
+        prec.scaler.step(opt)
+        prec.scaler.update()
+    assert not torch.equal(before, model.weight)
+    state = prec.scaler_state()
+    assert state is not None and state["scale"] > 0
+    again = P.Precision("fp16-mixed", CPU)
+    again.load_scaler_state(state)
+    assert again.scaler.get_scale() == prec.scaler.get_scale()
+    assert P.Precision("fp32", CPU).scaler_state() is None
+
+
+def test_probe_cache_is_json_keyed_by_machine_and_survives_damage(monkeypatch, tmp_path):
+    monkeypatch.setenv("DLLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(P, "_memo", {})
+    calls = []
+    fake = lambda: calls.append(1) or _figures(1.5)  # noqa: E731
+    figs, cached = P.cpu_figures(fake)
+    assert not cached and calls == [1] and figs["conv"]["speedup"] == 1.5
+    path = tmp_path / "precision_probe.json"
+    entries = json.loads(path.read_text())
+    (key,) = entries
+    assert json.loads(key)["ONEDNN_MAX_CPU_ISA"] == "" and "capability" in json.loads(key)
+    monkeypatch.setattr(P, "_memo", {})
+    assert P.cpu_figures(fake) == (figs, True) and calls == [1]           # read back, not measured
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")                       # another ISA: measured again
+    P.cpu_figures(fake)
+    assert calls == [1, 1] and len(json.loads(path.read_text())) == 2
+    for damage in (b"\x80\x04not json", b'{"x": 1}', b"[]"):
+        path.write_bytes(damage)
+        monkeypatch.setattr(P, "_memo", {})
+        figs2, cached = P.cpu_figures(fake)
+        assert not cached and figs2["conv"]["speedup"] == 1.5
+        assert json.loads(path.read_text())                               # rewritten as valid JSON
+
+
+def test_the_real_probe_measures_every_kind_quickly():
+    import time
+    t = time.perf_counter()
+    figs = P.probe_cpu()
+    assert time.perf_counter() - t < 5          # generous for a loaded CI machine; ~0.3 s idle
+    assert set(figs) == set(P.MODEL_KINDS)
+    assert all(f["fp32"] > 0 and f["bf16"] > 0 and f["speedup"] == pytest.approx(f["fp32"] / f["bf16"])
+               for f in figs.values())
+
+
+def test_image_loop_records_the_resolved_precision(probe, tmp_path):
+    from dllab.config import OptimConfig, TrainConfig
+    from dllab.data.images import ImageData, Split
+    from dllab.runs import Run
+    from dllab.train.loop import fit
+    probe({"conv": 0.2, "mlp": 0.2, "transformer": 0.2})
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: Split(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),  # noqa: E731
+                            torch.randint(0, 2, (n,), generator=g))
+    data = ImageData("tiny", ["a", "b"], split(32), None, split(8), None, "generated")
+    run = Run(tmp_path, "t", None, quiet=True)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(72, 2))
+    model.weight_layers = lambda: []
+    fit(model, data, TrainConfig(epochs=1, batch_size=16, precision="bf16-mixed"), OptimConfig(), run, "v", CPU)
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["precision"].startswith("bf16-mixed (explicit setting; probe: conv bf16 0.20x")
+    log = (tmp_path / "log.txt").read_text()
+    assert "warning: precision bf16-mixed was set" in log
+
+
+# --- Lab 2 full_amp ---------------------------------------------------------------------------------
+
+def test_full_amp_is_skipped_where_bf16_is_slower_and_forced_by_bf16(probe):
+    from dllab.text.strategies import StrategySkipped, amp_precision
+    probe({"transformer": 0.1})
+    with pytest.raises(StrategySkipped, match=r"not faster than fp32.*0\.10x.*finetune\.amp=bf16 forces it"):
+        amp_precision("auto", CPU)
+    forced = amp_precision("bf16", CPU)
+    assert forced.name == "bf16-mixed" and forced.warning
+    probe({"transformer": 2.0})
+    assert amp_precision("auto", CPU).name == "bf16-mixed"
+    with pytest.raises(DllabError, match="finetune.amp=fp32"):
+        amp_precision("fp32", CPU)
+
+
+# --- dllab doctor -----------------------------------------------------------------------------------
+
+def test_doctor_reports_every_section(probe, tmp_path):
+    from dllab import doctor
+    probe({"conv": 1.5, "mlp": 0.8, "transformer": 2.0})
+    (tmp_path / "cifar10" / "train").mkdir(parents=True)
+    info = doctor.collect("quick", str(tmp_path))
+    assert {"device", "cpu_capability", "cuda", "mps", "threads", "omp_wait_policy", "probe", "precision",
+            "datasets", "text_models", "quick_estimate_s", "missing"} <= set(info)
+    assert info["precision"] == {"conv": "bf16-mixed", "mlp": "fp32", "transformer": "bf16-mixed"}
+    found = {i.name: i.found for i in info["datasets"]}
+    assert found["cifar10"] and not found["cifar100"] and not found["rotten_tomatoes"]
+    assert "rotten_tomatoes" in info["missing"] and "cifar10" not in info["missing"]
+    assert set(info["quick_estimate_s"]) == set(doctor.QUICK_TIMES)
+    text = doctor.render(info)
+    for fragment in ("cpu capability", "precision auto picks", "OpenMP wait policy", "datasets:",
+                     "text models (offline):", "estimated quick-profile wall time"):
+        assert fragment in text
+
+
+def test_doctor_exit_codes(probe, tmp_path, capsys):
+    from dllab.cli import main
+    probe(1.0)
+    assert main(["doctor", "--data-root", str(tmp_path)]) == 0          # no profile: report only
+    assert main(["doctor", "--profile", "quick", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dllab: error: profile quick needs") and "cifar10" in err[0]
