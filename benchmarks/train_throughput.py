@@ -7,9 +7,12 @@ Same model (weights channels-last in all three, as dllab's TrainConfig does), ba
 one untimed warm-up, then each is timed ``--repeats`` times, interleaved, and the median is quoted.
 It also times making batches alone (no model), and prints manual / DataLoader: since (a) makes its
 batches at no cost, that ratio bounds what any input pipeline can gain over (b) for this model.
+dllab's loop is timed in fp32 and in bf16-mixed; the last line is the precision ``auto`` picks on this CPU
+(train/precision.py's probe) against the faster of the two: auto / best >= 0.95 means auto chose well.
 Usage (from the repo root; the machine should be otherwise idle):
 
     .venv/bin/python benchmarks/train_throughput.py --data ../shared/data --images 2048 --repeats 3
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/train_throughput.py ...  # AVX2 CPU
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from dllab.data.images import Batches, Split, load_images, random_crop_flip
 from dllab.models.common import DATASET_STATS
 from dllab.registry import build_model
 from dllab.runs import Run
-from dllab.train.loop import autocast, fit
+from dllab.train.loop import fit
+from dllab.train.precision import Precision, model_kind, resolve_precision
 
 
 def model_for(args):
@@ -53,7 +57,7 @@ def time_dllab(args, data, precision) -> float:
 
 def train_step(model, opt, x, y, precision) -> None:
     """The baselines' step: the minimal one, the same for both."""
-    with autocast(torch.device("cpu"), precision):
+    with Precision(precision, torch.device("cpu")).autocast():
         loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -122,7 +126,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for baseline (b)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16-mixed"],
+                   help="the baselines' precision and dllab's headline one (auto: as a run would resolve it)")
     p.add_argument("--augment", action="store_true", help="random crop + flip in every contender")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="NCHW conv weights in every contender (default: channels-last, as TrainConfig)")
@@ -130,15 +135,20 @@ def main():
 
     data = load_images(DataConfig(name="cifar10", root=args.data, train_limit=args.images, val_fraction=0),
                        profile="paper")
+    auto = resolve_precision("auto", torch.device("cpu"), model_kind(model_for(args)))
+    if args.precision == "auto":
+        args.precision = auto.name
+    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}; precision auto picks {auto.name} "
+          f"({auto.reason})")
     print(f"CNN depth {args.depth} width {args.channels}, batch {args.batch_size}, {args.images} images, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats (median)")
+          f"{torch.get_num_threads()} threads, {args.repeats} repeats (median), baselines in {args.precision}")
     # Untimed warm-up: the first steps of a process build oneDNN kernels, which would otherwise be
     # charged to whichever contender runs first.
-    for prec in dict.fromkeys([args.precision, "fp32"]):
+    for prec in ("fp32", "bf16-mixed"):
         time_manual(args, Split(data.train.x[:4 * args.batch_size], data.train.y[:4 * args.batch_size]), prec)
     results: dict[str, list[float]] = {}
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every contender alike
-        for prec in dict.fromkeys([args.precision, "fp32"]):
+        for prec in ("fp32", "bf16-mixed"):
             results.setdefault(f"dllab {prec}", []).append(time_dllab(args, data, prec))
         results.setdefault("manual", []).append(time_manual(args, data.train, args.precision))
         results.setdefault("dataloader", []).append(time_dataloader(args, args.images, args.precision))
@@ -154,8 +164,10 @@ def main():
     # could gain over the textbook one for this model; the batches-only ratio is the data layers' own speed.
     print(f"  bound for any loader: manual / DataLoader = {med['manual'] / med['dataloader']:.2f}x; batches only, "
           f"dllab / DataLoader = {med['batches only: dllab'] / med['batches only: DataLoader']:.1f}x")
-    if args.precision != "fp32":
-        print(f"dllab {args.precision} / fp32 = {d / med['dllab fp32']:.2f}x")
+    print(f"dllab bf16-mixed / fp32 = {med['dllab bf16-mixed'] / med['dllab fp32']:.2f}x")
+    best = max(med["dllab fp32"], med["dllab bf16-mixed"])
+    print(f"auto ({auto.name}) / best of (fp32, bf16-mixed) = {med[f'dllab {auto.name}'] / best:.2f}x   "
+          "(target >= 0.95x)")
 
 
 if __name__ == "__main__":

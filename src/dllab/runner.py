@@ -34,7 +34,7 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     started = time.time()
     run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
-                  precision=getattr(train, "precision", None))
+                  precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
     summary = exp.run(cfg, run)
     run.write_metrics(summary)
     run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),

@@ -270,10 +270,12 @@ def log_precision(run, prec: Precision, who: str = "") -> None:
     """Record the resolved precision in env.json and the run log (each distinct one once per run)."""
     line = f"{prec.name} ({prec.reason})"
     seen = list(run.env.get("precision_resolved") or [])
-    if line in seen:
-        return
-    seen.append(line)
-    run.write_env(precision=" | ".join(seen), precision_resolved=seen)
-    run.log(f"{who + ': ' if who else ''}precision {line}")
-    if prec.warning:
-        run.log(f"warning: {prec.warning}")
+    new = line not in seen
+    if new:
+        seen.append(line)
+    if new or run.env.get("precision") != " | ".join(seen):    # (a resumed run starts from the setting)
+        run.write_env(precision=" | ".join(seen), precision_resolved=seen)
+    if new:
+        run.log(f"{who + ': ' if who else ''}precision {line}")
+        if prec.warning:
+            run.log(f"warning: {prec.warning}")
