@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import DllabError
+from ..env import to_device
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -426,10 +427,10 @@ def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch
     The random numbers come from a CPU generator (cheap, and identical on every device), the gather
     runs wherever ``x`` lives.
     """
-    n, c, h, w = x.shape
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    n, c, h, w = x.shape      # (to_device: pinned + non_blocking on CUDA, no host-device sync per batch)
+    dy = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=g), x.device)
+    dx = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=g), x.device)
+    flip = to_device(torch.rand(n, generator=g) < 0.5, x.device)
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]      # (n,1,h,1)
     cols = torch.arange(w, device=x.device).expand(n, w)
