@@ -17,15 +17,19 @@ import torch
 
 from . import DllabError
 
-# README "Numbers from the quick profiles" (wall time, seconds) with the model kind whose probe figure sets
-# the precision, measured on the development machine: AMD EPYC, 2 cores, AVX-512 with native bf16.
-QUICK_TIMES = {"lab1.mlp": ("mlp", 20), "lab1.mlp-depth": ("mlp", 126), "lab1.cnn-depth": ("conv", 594),
-               "lab1.transfer": ("conv", 138), "lab2.features": ("transformer", 51),
-               "lab2.finetune": ("transformer", 270), "lab4.ood": ("conv", 120), "lab4.fgsm": ("conv", 120),
-               "lab4.adv-train": ("conv", 300), "lab4.odin": ("conv", 162)}
-# The probe's single-thread step times on that machine (ms, the precision auto picked there):
-# conv bf16, mlp fp32, transformer bf16 (lab2.finetune's full_amp; its other strategies are fp32).
-REFERENCE_STEP_MS = {"conv": 4.2, "mlp": 0.6, "transformer": 8.4}
+# README "Numbers from the quick profiles" (wall time, seconds), the model kind that dominates each run and
+# the precision it trained in there: "auto" (what auto picked for that kind) or "fp32" (Lab 2: inference, and
+# 4 of the 5 fine-tuning strategies train in fp32 by design). Measured on the development machine: AMD EPYC,
+# 2 cores, AVX-512 with native bf16.
+QUICK_TIMES = {"lab1.mlp": ("mlp", 20, "auto"), "lab1.mlp-depth": ("mlp", 126, "auto"),
+               "lab1.cnn-depth": ("conv", 594, "auto"), "lab1.transfer": ("conv", 138, "auto"),
+               "lab2.features": ("transformer", 51, "fp32"), "lab2.finetune": ("transformer", 270, "fp32"),
+               "lab4.ood": ("conv", 120, "auto"), "lab4.fgsm": ("conv", 120, "auto"),
+               "lab4.adv-train": ("conv", 300, "auto"), "lab4.odin": ("conv", 162, "auto")}
+# The probe's figures on that machine (ms per step, one thread), as `dllab doctor` printed them there.
+REFERENCE_STEP_MS = {"conv": {"fp32": 5.6, "bf16": 4.1}, "mlp": {"fp32": 0.56, "bf16": 0.67},
+                     "transformer": {"fp32": 18.0, "bf16": 9.7}}
+REFERENCE_PICKS = {"conv": "bf16", "mlp": "fp32", "transformer": "bf16"}
 
 
 @dataclass
@@ -94,13 +98,14 @@ def missing_for(profile: str, items: list[Item]) -> list[str]:
 
 
 def estimate_quick(figures: dict, resolved: dict[str, str]) -> dict[str, float]:
-    """Seconds per quick profile here: the README time scaled by this CPU's probe step time in the precision
-    auto picks against the development machine's. A single-thread kernel figure: it does not see core
-    count, memory bandwidth or data loading, so read it as +-50%."""
+    """Seconds per quick profile here: the README time scaled by this CPU's probe step time against the
+    development machine's, each in the precision the run uses there and here. A single-thread kernel figure:
+    it does not see core count, memory bandwidth or data loading, so read it as +-50%."""
     out = {}
-    for exp, (kind, seconds) in QUICK_TIMES.items():
-        step = figures[kind]["bf16" if resolved[kind] == "bf16-mixed" else "fp32"] * 1e3
-        out[exp] = seconds * step / REFERENCE_STEP_MS[kind]
+    for exp, (kind, seconds, how) in QUICK_TIMES.items():
+        here = "fp32" if how == "fp32" else ("bf16" if resolved[kind] == "bf16-mixed" else "fp32")
+        there = "fp32" if how == "fp32" else REFERENCE_PICKS[kind]
+        out[exp] = seconds * figures[kind][here] * 1e3 / REFERENCE_STEP_MS[kind][there]
     return out
 
 
