@@ -50,7 +50,7 @@ def _mnist(root) -> Item:
 
 def _cifar(root, name: str, folder: str) -> Item:
     found = (root / name / "train").is_dir() or (root / folder).is_dir()
-    fb = "quick profiles use CIFAR-10 class subsets instead" if name == "cifar100" else ""
+    fb = "CIFAR-10 class subsets (quick/smoke)" if name == "cifar100" else ""
     return Item(name, found, str(root / name), fb)
 
 
@@ -152,15 +152,12 @@ def render(info: dict) -> str:
              f"threads: {info['threads']}; OpenMP wait policy: {info['omp_wait_policy']}",
              "precision auto picks: " + ", ".join(f"{k} models {v}" for k, v in info["precision"].items()),
              f"  cpu probe ({'cached' if info['probe']['cached'] else 'measured now'}, 1 thread): "
-             + describe_figures(info["probe"]["figures"]),
-             "datasets:"]
-    for i in info["datasets"]:
-        lines.append(f"  {i.name:<16} {'found' if i.found else 'missing':<8} {i.where}"
-                     + (f"  (instead: {i.fallback})" if not i.found and i.fallback else ""))
-    lines.append("text models (offline):")
-    for i in info["text_models"]:
-        lines.append(f"  {i.name:<16} {'found' if i.found else 'missing':<8} {i.where}"
-                     + (f"  (instead: {i.fallback})" if not i.found and i.fallback else ""))
+             + describe_figures(info["probe"]["figures"])]
+    width = max(len(i.name) for i in info["datasets"] + info["text_models"])
+    for title, items in (("datasets:", info["datasets"]), ("text models (offline):", info["text_models"])):
+        lines.append(title)
+        lines += [f"  {i.name:<{width}} {'found' if i.found else 'missing':<8} {i.where}"
+                  + (f"  (instead: {i.fallback})" if not i.found and i.fallback else "") for i in items]
     if info["quick_estimate_s"]:
         lines.append("estimated quick-profile wall time here (README time x this CPU's probe step time / the "
                      "development machine's, +-50%):")
