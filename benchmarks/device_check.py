@@ -7,6 +7,8 @@ kernel caches), one timed. Generated data, because the device machine need not h
 speed does not depend on the pixels. Printed per model: images (or tokens) per second; per experiment: the
 projected training time of a full run = sum over its models of (training images x epochs) / images per
 second. Not included: data loading, evaluation and the analysis phases (attacks, OOD scoring, ODIN's grid).
+lab1.transfer's fine-tuning variants are timed as full training of the same CNN (an upper bound for
+``head`` and ``partial``, which train fewer layers).
 
     python benchmarks/device_check.py                      # paper profiles on the default device
     python benchmarks/device_check.py --smoke              # smoke profiles, CPU (the test runs this)
