@@ -247,6 +247,43 @@ def test_fit_keeps_the_best_validation_epoch(tiny_distilbert, tmp_path):
     assert all(torch.equal(kept[n], snapshots[epoch - 1][n]) for n in kept)  # ...and its weights
 
 
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_text_loop_resumes_after_a_kill_with_identical_results(strategy, tiny_distilbert, tmp_path, monkeypatch):
+    """Killed right after its first end-of-epoch checkpoint, a strategy continues from it and ends with the
+    history, best epoch and weights of an uninterrupted run (CPU, one thread)."""
+    from dllab.text import strategies
+    splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
+    settings = strategies.TrainSettings(epochs=3, batch_size=4, eval_batch_size=8)
+
+    def run(checkpoint=None):
+        p = strategies.STRATEGIES[strategy](_ctx(tiny_distilbert, **{"lora.r": 4}))
+        out = strategies.fit(p, splits, settings, torch.device("cpu"), strategy, checkpoint=checkpoint)
+        return out, {n: q.detach().clone() for n, q in p.model.named_parameters() if q.requires_grad}
+
+    (ref_best, ref_epoch, ref_history), ref_weights = run()
+    real_save = strategies.save_training_state
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "checkpoints" / f"{strategy}.pt"
+    monkeypatch.setattr(strategies, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(ckpt)
+    monkeypatch.setattr(strategies, "save_training_state", real_save)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 1 and set(saved["model"]) == set(ref_weights)   # trainable weights only
+
+    trained, real_epoch = [], strategies._train_epoch
+    monkeypatch.setattr(strategies, "_train_epoch", lambda *a, **k: trained.append(1) or real_epoch(*a, **k))
+    (best, epoch, history), weights = run(ckpt)
+    assert len(trained) == 2                              # epochs 2 and 3 only: epoch 1 came from the checkpoint
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(history) == drop(ref_history) and (best, epoch) == (ref_best, ref_epoch)
+    assert all(torch.equal(weights[n], ref_weights[n]) for n in ref_weights)
+
+
 def test_lora_attaches_to_named_modules(tiny_distilbert):
     from dllab.text.strategies import lora
     def adapted(model):

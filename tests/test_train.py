@@ -84,18 +84,18 @@ def test_resume_after_a_kill_ends_with_identical_metrics(imagefolder, tmp_path, 
     ref_summary = json.loads((ref.path / "metrics.json").read_text())["summary"]
 
     # Kill the second run right after the 2nd epoch checkpoint of the second variant is written.
-    real_save, saves = ckpt_mod.save_checkpoint, []
+    real_save, saves = ckpt_mod.save_training_state, []
 
-    def save_then_die(path, state):
-        real_save(path, state)
+    def save_then_die(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
         saves.append(path)
         if len(saves) == 3 + 2:  # 3 epochs of plain_d3, then 2 of res_d2
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("dllab.train.loop.save_checkpoint", save_then_die)
+    monkeypatch.setattr("dllab.train.loop.save_training_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         tiny_run(imagefolder, tmp_path / "killed")
-    monkeypatch.setattr("dllab.train.loop.save_checkpoint", real_save)
+    monkeypatch.setattr("dllab.train.loop.save_training_state", real_save)
     assert not (tmp_path / "killed" / "metrics.json").exists()
     assert (tmp_path / "killed" / "checkpoints" / "res_d2.pt").exists()
 

@@ -316,13 +316,15 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
         run.log(f"{strategy}: preparing")
         try:
             out = train_and_evaluate(strategy, ctx, data, settings,
-                                     on_epoch=lambda rows, s=strategy: run.add_history(rows, s))
+                                     on_epoch=lambda rows, s=strategy: run.add_history(rows, s),
+                                     checkpoint=run.checkpoint_path(strategy))
         except StrategySkipped as e:
             run.note(f"strategy {strategy} skipped: {e}")
             continue
         result = asdict(out)
         result.pop("history")
         run.save_result(strategy, result)
+        run.checkpoint_path(strategy).unlink(missing_ok=True)   # the result replaces the training state
         results[strategy] = result
         run.log(f"{strategy}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {_mmss(out.seconds)}, "
                 f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")

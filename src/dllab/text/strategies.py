@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from torch import nn
 from .. import DllabError
 from ..data.text import TokenizedSplit, iterate_batches, num_batches
 from ..env import to_device
+from ..train.checkpoint import restore_training_state, save_training_state
 from ..train.precision import Precision, resolve_precision
 from . import hf
 
@@ -252,74 +254,94 @@ def _linear_warmup_decay(total: int, warmup: float) -> Callable[[int], float]:
 
 
 def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device: torch.device, name: str = "",
-        on_epoch: Callable[[list[dict]], None] | None = None) -> tuple[float, int, list[dict]]:
+        on_epoch: Callable[[list[dict]], None] | None = None,
+        checkpoint: Path | None = None) -> tuple[float, int, list[dict]]:
     """Train ``p.model`` in place for ``s.epochs`` (AdamW on the parameters that require grad, linear
     warm-up/decay, grad clipping, autocast + GradScaler as ``p.precision`` says), validating after each epoch and
     restoring the epoch with the best validation accuracy. Returns ``(best val acc, best epoch, history)``.
-    A model that does not train is validated once (epoch 0)."""
-    from tqdm import tqdm
-    model, history = p.model.to(device), []
+    A model that does not train is validated once (epoch 0). With ``checkpoint``, the training state is saved
+    there after every epoch (trainable weights only) and a killed run continues from it with the numbers of an
+    uninterrupted one: the batch order's numpy generator and the torch RNGs are part of the state."""
+    model = p.model.to(device)
     if not p.train:
         acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
-        history.append({"variant": name, "epoch": 0, "val_acc": acc})
+        history = [{"variant": name, "epoch": 0, "val_acc": acc}]
         if on_epoch:
             on_epoch(history)
         return acc, 0, history
     params = [q for q in model.parameters() if q.requires_grad]
-    # fused AdamW: one kernel for all tensors; on CPU the per-tensor default costs ~2 s a step on a
-    # 22M-parameter model (the 30k-row embedding matrix dominates), more than the forward and backward.
+    # fused AdamW: one kernel for all tensors (the per-tensor default is slower than the forward and
+    # backward on CPU for a 22M-parameter model, whose 30k-row embedding matrix dominates).
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=s.weight_decay, fused=device.type in ("cpu", "cuda"))
-    steps = s.epochs * num_batches(splits["train"], s.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(steps, s.warmup))
+    # Hand-written rather than transformers.get_linear_schedule_with_warmup, whose first step has lr 0.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(
+        s.epochs * num_batches(splits["train"], s.batch_size), s.warmup))
     prec = p.precision or Precision("fp32", device)
-    scaler = prec.scaler    # a no-op unless fp16-mixed
-    rng = np.random.default_rng(s.seed)
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    for epoch in range(1, s.epochs + 1):
-        model.train()
-        t0, steps = time.perf_counter(), 0
-        # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
-        loss_sum = torch.zeros((), device=device)
-        window = torch.zeros((), device=device)
-        bar = tqdm(iterate_batches(splits["train"], s.batch_size, rng, s.group_by_length),
-                   total=num_batches(splits["train"], s.batch_size), desc=f"{name} epoch {epoch}",
-                   disable=not s.progress, leave=False)
-        for _, batch in bar:
-            with prec.autocast():
-                logits = model(input_ids=to_device(batch["input_ids"], device),
-                               attention_mask=to_device(batch["attention_mask"], device)).logits
-            loss = F.cross_entropy(logits.float(), to_device(batch["labels"], device))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += loss.detach()
-            window += loss.detach()
-            steps += 1
-            if s.progress and steps % LOG_EVERY == 0:
-                bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
-                window.zero_()
+    state = {"history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None,
+             "rng": np.random.default_rng(s.seed).bit_generator.state}
+    epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        epoch, state = restore_training_state(checkpoint, model, opt, sched, prec)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    while epoch < s.epochs:
+        epoch += 1
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, params, opt, sched, prec, splits["train"], s, rng, device, f"{name} epoch {epoch}")
         val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
-        history.append({"variant": name, "epoch": epoch, "train_loss": loss_sum.item() / max(steps, 1),
-                        "val_acc": val_acc,
-                        "lr": p.lr, "seconds": time.perf_counter() - t0})
+        row = {"variant": name, "epoch": epoch, "train_loss": loss, "val_acc": val_acc, "lr": p.lr,
+               "seconds": time.perf_counter() - t0}
+        state["history"].append(row)
         if on_epoch:
-            on_epoch(history)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
+            on_epoch(state["history"])
+        if row["val_acc"] > state["best_acc"]:
+            state.update(best_acc=row["val_acc"], best_epoch=epoch)
             if epoch < s.epochs:   # a copy is only needed if a later epoch turns out worse
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
-                              if v.requires_grad}
-        elif epoch == s.epochs and best_state is not None:
-            model.load_state_dict(best_state, strict=False)
-    return best_acc, best_epoch, history
+                state["best_state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
+                                       if v.requires_grad}
+        elif epoch == s.epochs and state["best_state"] is not None:
+            model.load_state_dict(state["best_state"], strict=False)
+        state["rng"] = rng.bit_generator.state
+        if checkpoint is not None and epoch < s.epochs:
+            save_training_state(checkpoint, epoch, model, opt, sched, prec, state, trainable_only=True)
+    return state["best_acc"], state["best_epoch"], state["history"]
+
+
+def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSplit, s: TrainSettings,
+                 rng: np.random.Generator, device: torch.device, desc: str) -> float:
+    """One pass over ``train``; returns the mean training loss."""
+    from tqdm import tqdm
+    model.train()
+    steps, scaler = 0, prec.scaler    # the scaler is a no-op unless fp16-mixed
+    # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
+    loss_sum = torch.zeros((), device=device)
+    window = torch.zeros((), device=device)
+    bar = tqdm(iterate_batches(train, s.batch_size, rng, s.group_by_length), total=num_batches(train, s.batch_size),
+               desc=desc, disable=not s.progress, leave=False)
+    for _, batch in bar:
+        with prec.autocast():
+            logits = model(input_ids=to_device(batch["input_ids"], device),
+                           attention_mask=to_device(batch["attention_mask"], device)).logits
+        loss = F.cross_entropy(logits.float(), to_device(batch["labels"], device))
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        loss_sum += loss.detach()
+        window += loss.detach()
+        steps += 1
+        if s.progress and steps % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
+            window.zero_()
+    return loss_sum.item() / max(steps, 1)
 
 
 def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], dict[str, TokenizedSplit]],
-                       s: TrainSettings, on_epoch: Callable[[list[dict]], None] | None = None) -> Outcome:
+                       s: TrainSettings, on_epoch: Callable[[list[dict]], None] | None = None,
+                       checkpoint: Path | None = None) -> Outcome:
     """Prepare strategy ``name``, ``fit`` it, then test the selected epoch. ``data(tokenizer_source)`` gives
     the tokenised splits for the prepared model's tokenizer."""
     start = time.perf_counter()
@@ -327,7 +349,7 @@ def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], di
         p = STRATEGIES[name](ctx)
         splits = data(p.tokenizer_source)
         trainable = hf.count_parameters(p.model)
-        val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch)
+        val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch, checkpoint)
     seconds = time.perf_counter() - start
     test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.precision, p.label_columns)
     label = p.precision.label if p.precision else "fp32"

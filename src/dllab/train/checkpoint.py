@@ -60,6 +60,45 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return blob
 
 
+# --- training state: what a loop needs to continue a killed run with the numbers of an uninterrupted one ---
+
+def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, precision,
+                        progress: dict[str, Any], trainable_only: bool = False) -> None:
+    """The state after ``epoch``: weights (only the trainable ones with ``trainable_only``: a fine-tuned
+    transformer's frozen layers come back from its pretrained files), optimiser, scheduler, loss scaler, the
+    torch RNGs, and ``progress``, the loop's own plain bookkeeping (history, best epoch, ...)."""
+    weights = ({k: v for k, v in model.named_parameters() if v.requires_grad} if trainable_only
+               else model.state_dict())
+    save_checkpoint(path, {
+        "epoch": epoch, "model": {k: v.detach() for k, v in weights.items()}, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "trainable_only": trainable_only, "scaler": precision.scaler_state(), "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "progress": progress})
+
+
+def restore_training_state(path: Path, model: torch.nn.Module, optimizer, scheduler, precision) -> tuple[int, dict]:
+    """Load what ``save_training_state`` wrote into the live objects; returns (epoch, progress)."""
+    ck = load_checkpoint(path)
+    try:
+        partial = bool(ck.get("trainable_only"))
+        missing = model.load_state_dict(ck["model"], strict=not partial).missing_keys
+        trainable = {k for k, v in model.named_parameters() if v.requires_grad}
+        if trainable & set(missing):
+            raise KeyError(sorted(trainable & set(missing))[0])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None and ck.get("scheduler"):
+            scheduler.load_state_dict(ck["scheduler"])
+        precision.load_scaler_state(ck.get("scaler"))
+        torch.set_rng_state(ck["rng_cpu"])
+        if ck.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ck["rng_cuda"])
+        return int(ck["epoch"]), dict(ck["progress"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise DllabError(f"checkpoint {path} does not match this variant ({type(e).__name__}); delete it to "
+                         "restart the variant") from None
+
+
 def save_model(path: Path, model: torch.nn.Module, classes: list[str], **meta) -> None:
     """Weights plus what it takes to rebuild the model: ``spec`` (registry name + kwargs) and classes."""
     spec = getattr(model, "dllab_spec", None)

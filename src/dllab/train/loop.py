@@ -25,7 +25,8 @@ from .. import DllabError
 from ..config import OptimConfig, TrainConfig
 from ..data.images import Batches, ImageData, Split
 from ..env import seconds_since_process_start
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_model
+from .checkpoint import (load_checkpoint, load_weights, restore_training_state, save_model,
+                         save_training_state)
 from .gradients import GradNormRecorder
 from .precision import Precision, log_precision, model_kind, resolve_precision
 
@@ -115,6 +116,125 @@ def _log_startup(run) -> None:
         run.log(f"first batch after {age:.1f} s (process start)")
 
 
+class _Training:
+    """One variant's training, as the short steps ``fit`` runs: restore, train an epoch, validate, checkpoint,
+    finish. Holds what those steps share (model, optimiser, scheduler, precision, batches, bookkeeping)."""
+
+    def __init__(self, model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfig, run, variant: str,
+                 device: torch.device, seed: int, augment: bool, loss_fn: LossFn, extra_row: dict | None):
+        self.model, self.data, self.train, self.run, self.variant = model, data, train, run, variant
+        self.device, self.loss_fn, self.extra_row = device, loss_fn, extra_row or {}
+        model.to(device)
+        if train.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            model.to(memory_format=torch.channels_last)  # activations follow the weights' layout
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise DllabError(f"[{variant}] has no trainable parameters")
+        self.opt = make_optimizer(self.params, optim)
+        self.sched = make_scheduler(self.opt, optim, train.epochs)
+        self.prec = resolve_precision(train.precision, device, model_kind(model))
+        log_precision(run, self.prec, variant)
+        self.grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
+        self.step_model = torch.compile(model) if train.compile else model
+        self.batches = Batches(data.train, train.batch_size, device, shuffle=True, augment=augment, seed=seed)
+        self.ckpt = run.checkpoint_path(variant)
+        self.history: list[dict] = []
+        self.grad_history: list[list[float]] = []
+        self.best = {"val_acc": -1.0, "epoch": 0, "state": None}
+        self.epoch = 0
+
+    def restore(self) -> None:
+        """Continue from the end-of-epoch checkpoint a killed run left, if any."""
+        if not self.ckpt.exists():
+            return
+        self.epoch, progress = restore_training_state(self.ckpt, self.model, self.opt, self.sched, self.prec)
+        try:
+            self.history, self.grad_history = list(progress["history"]), list(progress["grad_history"])
+            self.best = dict(progress["best"])
+        except (KeyError, TypeError):
+            raise DllabError(f"checkpoint {self.ckpt} does not match this variant; delete it to restart the "
+                             "variant") from None
+        self.run.log(f"[{self.variant}] resuming after epoch {self.epoch}")
+
+    def train_one_epoch(self) -> dict:
+        self.epoch += 1
+        t0 = time.perf_counter()
+        set_train_mode(self.model)
+        self.batches.set_epoch(self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, scaler = 0, self.prec.scaler    # a no-op unless fp16-mixed: the step has no precision branches
+        bar = _progress(len(self.batches), f"{self.variant} {self.epoch}/{self.train.epochs}", self.run.quiet)
+        for i, (x, y) in enumerate(self.batches):
+            with self.prec.autocast():
+                loss, logits = self.loss_fn(self.step_model, x, y)
+            self.opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.opt)      # gradient norms see true-scale gradients
+            if self.grads is not None:
+                self.grads.step()
+            scaler.step(self.opt)
+            scaler.update()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if bar.disable is False and (i % 10 == 0 or i == len(self.batches) - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+            bar.update()
+        bar.close()
+        row = {"variant": self.variant, "epoch": self.epoch, "train_loss": loss_sum.item() / seen,
+               "train_acc": correct.item() / seen}
+        if not math.isfinite(row["train_loss"]):
+            self.run.note(f"[{self.variant}] training loss became {row['train_loss']} in epoch {self.epoch}")
+        self.lr, self.t0 = self.opt.param_groups[0]["lr"], t0
+        if self.sched is not None:
+            self.sched.step()
+        return row
+
+    def validate(self, row: dict) -> None:
+        if self.data.val is not None:
+            row["val_loss"], row["val_acc"] = evaluate(self.model, self.data.val, self.device,
+                                                       self.train.eval_batch_size, self.prec)
+            if row["val_acc"] > self.best["val_acc"]:
+                self.best = {"val_acc": row["val_acc"], "epoch": self.epoch,
+                             "state": _copy_state(self.model, self.best["state"])}
+        row.update(lr=self.lr, seconds=round(time.perf_counter() - self.t0, 3), **self.extra_row)
+
+    def checkpoint(self, row: dict) -> None:
+        self.history.append(row)
+        if self.grads is not None:
+            self.grad_history.append(self.grads.epoch_end())
+        self.run.add_history(self.history, self.variant)
+        self.run.log(f"[{self.variant}] epoch {self.epoch}/{self.train.epochs} loss {row['train_loss']:.4f} "
+                     f"acc {row['train_acc']:.4f}" + (f" val_acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+                     + f" ({row['seconds']:.1f}s)")
+        save_training_state(self.ckpt, self.epoch, self.model, self.opt, self.sched, self.prec,
+                            {"history": self.history, "grad_history": self.grad_history, "best": self.best})
+
+    def finish(self) -> dict:
+        """Test the final and the best-validation weights, save the best as models/<variant>.pt."""
+        def test() -> tuple[float, float]:
+            return evaluate(self.model, self.data.test, self.device, self.train.eval_batch_size, self.prec)
+
+        history = self.history
+        result = {"variant": self.variant, "epochs": self.train.epochs,
+                  "train_acc": history[-1]["train_acc"] if history else float("nan"),
+                  "seconds": sum(r["seconds"] for r in history)}
+        result["test_loss"], result["test_acc"] = test()
+        if self.best["state"] is not None:
+            result.update(best_epoch=self.best["epoch"], val_acc=self.best["val_acc"],
+                          final_val_acc=history[-1].get("val_acc"))
+            self.model.load_state_dict(self.best["state"])
+            result["best_test_loss"], result["best_test_acc"] = test()
+        if self.grads is not None:
+            result["grad_norms"] = {"layers": self.grads.names, "per_epoch": self.grad_history}
+        # The best-validation weights are what later experiments (transfer, OOD) reuse.
+        save_model(self.run.path / "models" / f"{self.variant}.pt", self.model, self.data.classes, result=result)
+        self.run.save_result(self.variant, result)
+        self.ckpt.unlink(missing_ok=True)  # the saved model + result replace the training state
+        return result
+
+
 def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfig, run, variant: str,
         device: torch.device, seed: int = 0, augment: bool = False, loss_fn: LossFn = cross_entropy_loss,
         extra_row: dict | None = None) -> dict:
@@ -130,114 +250,11 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
         path = run.path / "models" / f"{variant}.pt"
         load_weights(path, model, load_checkpoint(path).get("state_dict"))
         return done
-
-    model.to(device)
-    if train.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=torch.channels_last)  # activations follow the weights' layout
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise DllabError(f"[{variant}] has no trainable parameters")
-    opt = make_optimizer(params, optim)
-    sched = make_scheduler(opt, optim, train.epochs)
-    prec = resolve_precision(train.precision, device, model_kind(model))
-    log_precision(run, prec, variant)
-    scaler = prec.scaler    # a no-op unless fp16-mixed: the step below has no precision branches
-    grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
-    step_model = torch.compile(model) if train.compile else model
-
-    history: list[dict] = []
-    grad_history: list[list[float]] = []
-    best = {"val_acc": -1.0, "epoch": 0, "state": None}
-    start_epoch = 1
-    ckpt_path = run.checkpoint_path(variant)
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler"):
-                sched.load_state_dict(ck["scheduler"])
-            prec.load_scaler_state(ck.get("scaler"))
-            torch.set_rng_state(ck["rng_cpu"])
-            if device.type == "cuda" and ck.get("rng_cuda") is not None:
-                torch.cuda.set_rng_state(ck["rng_cuda"])
-            history, grad_history, best = list(ck["history"]), list(ck["grad_history"]), dict(ck["best"])
-            start_epoch = int(ck["epoch"]) + 1
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise DllabError(f"checkpoint {ckpt_path} does not match this variant ({type(e).__name__}); "
-                             "delete it to restart the variant") from None
-        run.log(f"[{variant}] resuming after epoch {ck['epoch']}")
-
-    batches = Batches(data.train, train.batch_size, device, shuffle=True, augment=augment, seed=seed)
+    t = _Training(model, data, train, optim, run, variant, device, seed, augment, loss_fn, extra_row)
+    t.restore()
     _log_startup(run)
-    for epoch in range(start_epoch, train.epochs + 1):
-        t0 = time.perf_counter()
-        set_train_mode(model)
-        batches.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        bar = _progress(len(batches), f"{variant} {epoch}/{train.epochs}", run.quiet)
-        for i, (x, y) in enumerate(batches):
-            with prec.autocast():
-                loss, logits = loss_fn(step_model, x, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)      # gradient norms and clipping see true-scale gradients
-            if grads is not None:
-                grads.step()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if bar.disable is False and (i % 10 == 0 or i == len(batches) - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-            bar.update()
-        bar.close()
-        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-        if not math.isfinite(train_loss):
-            run.note(f"[{variant}] training loss became {train_loss} in epoch {epoch}")
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
-        row = {"variant": variant, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
-        if data.val is not None:
-            row["val_loss"], row["val_acc"] = evaluate(model, data.val, device, train.eval_batch_size,
-                                                       prec)
-            if row["val_acc"] > best["val_acc"]:
-                best = {"val_acc": row["val_acc"], "epoch": epoch, "state": _copy_state(model, best["state"])}
-        row.update(lr=lr, seconds=round(time.perf_counter() - t0, 3), **(extra_row or {}))
-        history.append(row)
-        if grads is not None:
-            grad_history.append(grads.epoch_end())
-        run.add_history(history, variant)
-        run.log(f"[{variant}] epoch {epoch}/{train.epochs} loss {train_loss:.4f} acc {train_acc:.4f}"
-                + (f" val_acc {row['val_acc']:.4f}" if "val_acc" in row else "") + f" ({row['seconds']:.1f}s)")
-        save_checkpoint(ckpt_path, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "scaler": prec.scaler_state(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            "history": history, "grad_history": grad_history, "best": best,
-        })
-
-    result = {"variant": variant, "epochs": train.epochs,
-              "train_acc": history[-1]["train_acc"] if history else float("nan"),
-              "seconds": sum(r["seconds"] for r in history)}
-    result["test_loss"], result["test_acc"] = evaluate(model, data.test, device, train.eval_batch_size,
-                                                       prec)
-    if best["state"] is not None:
-        result.update(best_epoch=best["epoch"], val_acc=best["val_acc"],
-                      final_val_acc=history[-1].get("val_acc"))
-        model.load_state_dict(best["state"])
-        result["best_test_loss"], result["best_test_acc"] = evaluate(model, data.test, device,
-                                                                     train.eval_batch_size, prec)
-    if grads is not None:
-        result["grad_norms"] = {"layers": grads.names, "per_epoch": grad_history}
-    # The best-validation weights are what later experiments (transfer, OOD) reuse.
-    save_model(run.path / "models" / f"{variant}.pt", model, data.classes, result=result)
-    run.save_result(variant, result)
-    ckpt_path.unlink(missing_ok=True)  # the saved model + result replace the training state
-    return result
+    while t.epoch < train.epochs:
+        row = t.train_one_epoch()
+        t.validate(row)
+        t.checkpoint(row)
+    return t.finish()
