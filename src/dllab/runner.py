@@ -71,24 +71,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         if given:
             raise DllabError(f"--resume continues a run exactly as it started; drop {', '.join(given)} (start a "
                              "new run to change settings)")
-        run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
-        if on_start is not None:
-            on_start(run.path)
-        exp = get_experiment(run.experiment)
-        seeds = run.env.get("seeds")
-        if seeds is not None and not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
-            raise DllabError(f"{run.path / 'env.json'} is damaged: 'seeds' is not a list of integers")
-        # Refuse a damaged or crafted checkpoint or model before spending minutes on data and earlier variants.
-        from .train.checkpoint import check_spec, load_checkpoint
-        for ck in sorted(run.path.glob("**/checkpoints/*.pt")):
-            load_checkpoint(ck)
-        for model in sorted(run.path.glob("**/models/*.pt")):
-            check_spec(model, load_checkpoint(model).get("spec"))
-        for result in sorted(run.path.glob("**/results/*.json")):
-            read_json(result, f"; delete it to train {result.stem} again")
-        resumes = run.env.get("resumes") if isinstance(run.env.get("resumes"), list) else []
-        run.write_env(resumes=[*resumes, {"command": command, "started": now}])
-        run.log(f"resuming {exp.name} in {run.path}", echo=False)
+        run, exp, seeds = _reopen(resume, quiet, on_start, {"command": command, "started": now})
     else:
         exp = get_experiment(name)
         cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets)
@@ -118,6 +101,30 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
                 except OSError:
                     break
         raise
+
+
+def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run, Experiment, list[int] | None]:
+    """The run folder to continue, checked before any work: its seeds, and every checkpoint, model and result
+    (a damaged or crafted one is refused now, not after minutes of data loading and earlier variants)."""
+    from .train.checkpoint import check_spec, load_checkpoint
+
+    run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
+    if on_start is not None:
+        on_start(run.path)
+    exp = get_experiment(run.experiment)
+    seeds = run.env.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
+        raise DllabError(f"{run.path / 'env.json'} is damaged: 'seeds' is not a list of integers")
+    for ck in sorted(run.path.glob("**/checkpoints/*.pt")):
+        load_checkpoint(ck)
+    for model in sorted(run.path.glob("**/models/*.pt")):
+        check_spec(model, load_checkpoint(model).get("spec"))
+    for result in sorted(run.path.glob("**/results/*.json")):
+        read_json(result, f"; delete it to train {result.stem} again")
+    resumes = run.env.get("resumes") if isinstance(run.env.get("resumes"), list) else []
+    run.write_env(resumes=[*resumes, this_resume])
+    run.log(f"resuming {exp.name} in {run.path}", echo=False)
+    return run, exp, seeds
 
 
 def check_seeds(seeds: list[int]) -> None:

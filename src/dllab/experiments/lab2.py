@@ -275,7 +275,7 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..env import resolve_device, seed_everything
     from ..text import hf
     from ..text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, \
-        check_strategies, train_and_evaluate
+        check_strategies
     ft = cfg.finetune
     check_strategies(ft.strategies)
     seed_everything(cfg.seed)
@@ -308,26 +308,9 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
         run.note(SST2_NOTE)
     results: dict[str, dict] = {}
     for strategy in ft.strategies:
-        done = run.result(strategy)
-        if done is not None:
-            run.log(f"{strategy}: finished in an earlier session, reusing results/{strategy}.json")
-            results[strategy] = done
-            continue
-        run.log(f"{strategy}: preparing")
-        try:
-            out = train_and_evaluate(strategy, ctx, data, settings,
-                                     on_epoch=lambda rows, s=strategy: run.add_history(rows, s),
-                                     checkpoint=run.checkpoint_path(strategy))
-        except StrategySkipped as e:
-            run.note(f"strategy {strategy} skipped: {e}")
-            continue
-        result = asdict(out)
-        result.pop("history")
-        run.save_result(strategy, result)
-        run.checkpoint_path(strategy).unlink(missing_ok=True)   # the result replaces the training state
-        results[strategy] = result
-        run.log(f"{strategy}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {_mmss(out.seconds)}, "
-                f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
+        result = _run_strategy(run, strategy, ctx, data, settings)
+        if result is not None:
+            results[strategy] = result
     run.write_env(precision="; ".join(f"{s} {r['precision']}" for s, r in results.items()))
     summary: dict[str, float] = {}
     for strategy, r in results.items():
@@ -336,6 +319,32 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     if results:
         _finetune_report(run, name, len(splits["train"]), cfg, results)
     return summary
+
+
+def _run_strategy(run: Run, strategy: str, ctx, data, settings) -> dict | None:
+    """One strategy's result: read back when an earlier session finished it, else trained (continuing from
+    its checkpoint, if any) and saved; None when the strategy cannot run here (the reason goes in the report)."""
+    from ..text.strategies import StrategySkipped, train_and_evaluate
+
+    done = run.result(strategy)
+    if done is not None:
+        run.log(f"{strategy}: finished in an earlier session, reusing results/{strategy}.json")
+        return done
+    run.log(f"{strategy}: preparing")
+    try:
+        out = train_and_evaluate(strategy, ctx, data, settings,
+                                 on_epoch=lambda rows: run.add_history(rows, strategy),
+                                 checkpoint=run.checkpoint_path(strategy))
+    except StrategySkipped as e:
+        run.note(f"strategy {strategy} skipped: {e}")
+        return None
+    result = asdict(out)
+    result.pop("history")
+    run.save_result(strategy, result)
+    run.checkpoint_path(strategy).unlink(missing_ok=True)   # the result replaces the training state
+    run.log(f"{strategy}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {_mmss(out.seconds)}, "
+            f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
+    return result
 
 
 def _finetune_report(run: Run, model_name: str, n_train: int, cfg: FinetuneConfig, results: dict[str, dict]) -> None:
