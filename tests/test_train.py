@@ -172,3 +172,17 @@ def test_cached_arrays_reuse_only_a_matching_readable_file(tmp_path):
     (tmp_path / "f.npz").write_bytes(b"garbage")
     assert not run.cached_arrays("f.npz", "k2", compute)[1] and len(calls) == 3       # damaged
     assert any("could not be read" in n for n in run.notes) and any("other inputs" in n for n in run.notes)
+
+
+def test_resume_refuses_a_checkpoint_trained_in_another_precision(tmp_path):
+    """A resumed variant must continue in the precision it started in (auto could re-probe differently)."""
+    from dllab.train.checkpoint import restore_training_state, save_training_state
+    from dllab.train.precision import Precision
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cpu = torch.device("cpu")
+    save_training_state(tmp_path / "c.pt", 1, model, opt, None, Precision("bf16-mixed", cpu), {"history": []})
+    with pytest.raises(DllabError, match="trained in bf16-mixed"):
+        restore_training_state(tmp_path / "c.pt", model, opt, None, Precision("fp32", cpu))
+    assert restore_training_state(tmp_path / "c.pt", model, opt, None, Precision("bf16-mixed", cpu))[0] == 1

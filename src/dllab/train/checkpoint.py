@@ -72,7 +72,8 @@ def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimize
     save_checkpoint(path, {
         "epoch": epoch, "model": {k: v.detach() for k, v in weights.items()}, "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "trainable_only": trainable_only, "scaler": precision.scaler_state(), "rng_cpu": torch.get_rng_state(),
+        "trainable_only": trainable_only, "precision": precision.name, "scaler": precision.scaler_state(),
+        "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "progress": progress})
 
@@ -80,6 +81,11 @@ def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimize
 def restore_training_state(path: Path, model: torch.nn.Module, optimizer, scheduler, precision) -> tuple[int, dict]:
     """Load what ``save_training_state`` wrote into the live objects; returns (epoch, progress)."""
     ck = load_checkpoint(path)
+    started_in = ck.get("precision", precision.name)
+    if started_in != precision.name:   # e.g. `auto` re-probed differently: never mix precisions in one run
+        raise DllabError(f"{path} was trained in {started_in}, but this machine now resolves {precision.name} "
+                         f"({precision.reason or 'explicit setting'}); resume where the run started, or delete "
+                         "the checkpoint to restart that variant")
     try:
         partial = bool(ck.get("trainable_only"))
         missing = model.load_state_dict(ck["model"], strict=not partial).missing_keys
