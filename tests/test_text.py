@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dllab import DllabError
+from dllab.models.common import count_parameters
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 D, HIDDEN, LAYERS, VOCAB, POSITIONS = 32, 64, 2, 30522, 64
@@ -217,10 +218,9 @@ def _expected_trainable(strategy: str, r: int = 4) -> int:
 
 @pytest.mark.parametrize("strategy", ["baseline", "full", "head_last", "full_amp", "lora"])
 def test_each_strategy_trains_exactly_what_it_claims(strategy, tiny_distilbert, tmp_path):
-    from dllab.text import hf
     from dllab.text.strategies import STRATEGIES, TrainSettings, fit
     p = STRATEGIES[strategy](_ctx(tiny_distilbert, **{"lora.r": 4, "amp": "bf16"}))
-    assert hf.count_parameters(p.model) == _expected_trainable(strategy)
+    assert count_parameters(p.model, trainable_only=True) == _expected_trainable(strategy)
     before = {n: q.detach().clone() for n, q in p.model.named_parameters()}
     splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
     fit(p, splits, TrainSettings(epochs=1, batch_size=8, eval_batch_size=8, warmup=0.0), torch.device("cpu"))

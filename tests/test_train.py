@@ -186,3 +186,11 @@ def test_resume_refuses_a_checkpoint_trained_in_another_precision(tmp_path):
     with pytest.raises(DllabError, match="trained in bf16-mixed"):
         restore_training_state(tmp_path / "c.pt", model, opt, None, Precision("fp32", cpu))
     assert restore_training_state(tmp_path / "c.pt", model, opt, None, Precision("bf16-mixed", cpu))[0] == 1
+
+
+def test_aggregate_keeps_only_keys_every_seed_has():
+    """A key one seed lacks (a strategy skipped there, say) is left out, not averaged over fewer seeds."""
+    from dllab.runner import aggregate
+
+    out = aggregate([{"a": 1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}])
+    assert out == {"a": 3.0, "a.std": pytest.approx((8 / 3) ** 0.5)}

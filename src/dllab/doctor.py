@@ -55,7 +55,7 @@ def _cifar(root, name: str, folder: str) -> Item:
 
 
 def datasets(root_setting: str = "") -> list[Item]:
-    from .data.images import data_root
+    from .data import data_root
     from .data.text import local_folder
     root = data_root(root_setting)
     rt = local_folder("rotten_tomatoes", root_setting)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import DllabError
+from . import cache_dir, data_root
 from ..env import to_device
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
 
@@ -67,14 +68,6 @@ class ImageData:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
-
-
-def data_root(root: str = "") -> Path:
-    return Path(root or os.environ.get("DLLAB_DATA") or "data")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DLLAB_CACHE") or Path(".cache") / "dllab")
 
 
 # --- readers: each returns (train Split, test Split, class names, source) --------------------------

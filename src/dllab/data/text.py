@@ -7,7 +7,6 @@ copy is loaded through ``datasets`` only when no local folder exists.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import DllabError
+from . import data_root
 
 SPLITS = ("train", "validation", "test")
 
@@ -29,11 +29,6 @@ class TextSplit:
 
     def subset(self, idx) -> "TextSplit":
         return TextSplit([self.texts[i] for i in idx], self.labels[np.asarray(idx, dtype=np.int64)])
-
-
-def data_root(root: str = "") -> Path:
-    """``--set data.root=...``, else ``$DLLAB_DATA``, else ``./data`` (the same rule as the image data)."""
-    return Path(root or os.environ.get("DLLAB_DATA") or "data")
 
 
 LABELS = (0, 1)   # the text labs are binary (0 = negative, 1 = positive): the models get two outputs

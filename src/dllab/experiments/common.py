@@ -9,6 +9,7 @@ import torch
 from ..config import DataConfig, OptimConfig, TrainConfig
 from ..data.images import ImageData, load_images
 from ..env import resolve_device
+from ..models.common import count_parameters
 from ..registry import build_model
 from ..train.loop import LossFn, cross_entropy_loss, fit
 
@@ -74,8 +75,7 @@ def train_variants(cfg, run, data: ImageData, variants: list[Variant], train: Tr
     results = {}
     for v in variants:
         model = build_for(data, v, cfg.seed)
-        n_params = sum(p.numel() for p in model.parameters())
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_params, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
         run.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters"
                 + (f", {n_train:,} trainable" if n_train != n_params else ""))
         res = fit(model, data, train, v.optim or optim or cfg.optim, run, v.name, device, seed=cfg.seed,

@@ -198,7 +198,7 @@ def load_id_data(cfg, run) -> ImageData:
 
 def _ood_sets(cfg, run, data: ImageData):
     from ..analysis.ood.datasets import build_ood_sets
-    from ..data.images import data_root
+    from ..data import data_root
 
     allow = cfg.data.allow_fallback and cfg.profile != "paper"
     return build_ood_sets(run, cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root), cfg.ood.limit, allow)

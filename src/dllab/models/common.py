@@ -50,3 +50,8 @@ class Classifier(nn.Module):
     def weight_layers(self) -> list[tuple[str, nn.Module]]:
         """Linear/Conv layers in forward order: the x-axis of the gradient-norm plots."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Parameters of ``model`` (only those that train, with ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

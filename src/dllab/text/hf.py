@@ -249,10 +249,6 @@ def lora_default_targets(model: nn.Module) -> list[str]:
                      "set finetune.lora.target_modules=[...]")
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 # --- labels of an already fine-tuned model ---------------------------------------------------------
 
 def label_columns(id2label: dict, class_names=("neg", "pos")) -> list[int]:

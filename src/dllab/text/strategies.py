@@ -27,6 +27,7 @@ from torch import nn
 from .. import DllabError
 from ..data.text import TokenizedSplit, iterate_batches, num_batches
 from ..env import to_device
+from ..models.common import count_parameters
 from ..train.checkpoint import restore_training_state, save_training_state
 from ..train.precision import Precision, resolve_precision
 from . import hf
@@ -348,7 +349,7 @@ def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], di
     with PeakMemory(ctx.device) as mem:
         p = STRATEGIES[name](ctx)
         splits = data(p.tokenizer_source)
-        trainable = hf.count_parameters(p.model)
+        trainable = count_parameters(p.model, trainable_only=True)
         val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch, checkpoint)
     seconds = time.perf_counter() - start
     test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.precision, p.label_columns)

@@ -9,9 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ... import DllabError
-from . import DETECTORS, logits_of
-from ..detector_names import METRICS, check_detectors  # noqa: F401  (used here and by the experiments)
+from ..detector_names import METRICS
+from . import logits_of
 from .base import Detector, LogitDetector
 
 def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
