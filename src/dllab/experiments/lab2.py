@@ -190,10 +190,6 @@ def _progress(run: Run) -> bool:
     return not run.quiet and sys.stderr.isatty()
 
 
-def _mmss(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}" if seconds == seconds else "-"
-
-
 # --- lab2.features --------------------------------------------------------------------------------------
 
 @register_experiment(
@@ -206,7 +202,7 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..analysis.features import fit_classifiers
     from ..data.text import tokenize
     from ..env import resolve_device, seed_everything
-    from ..report.plots import bar_chart
+    from ..report.text import classifiers_report
     from ..text import hf
     if cfg.features.pooling not in ("cls", "mean"):
         raise DllabError(f"features.pooling={cfg.features.pooling}: choose cls or mean")
@@ -243,21 +239,11 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
                            "test": (feats["test_x"], feats["test_y"])},
                           names=cfg.features.classifiers, k=cfg.features.k, seed=cfg.seed, timings=timings)
     summary: dict[str, float] = {}
-    rows = []
     for clf, a in acc.items():
         summary[f"{clf}.val_acc"], summary[f"{clf}.test_acc"] = a["validation"], a["test"]
-        ref = FEATURES_REFERENCE.get(f"{clf}.val_acc")
-        rows.append([clf + (f" (k={cfg.features.k})" if clf == "knn" else ""), f"{a['validation']:.4f}",
-                     f"{a['test']:.4f}", f"{ref:.2f}" if ref else "-", f"{timings[clf]:.1f}"])
         run.log(f"{clf}: val {a['validation']:.4f} test {a['test']:.4f}")
-    run.add_table(f"Classifiers on last-layer {cfg.features.pooling.upper()} embeddings of {name} "
-                  f"(train n={len(feats['train_y'])}, standardised)",
-                  ["classifier", "val acc", "test acc", "spec val acc", "fit seconds"], rows)
-    names = list(acc)
-    fig = bar_chart(names, {"validation": [acc[n]["validation"] for n in names],
-                            "test": [acc[n]["test"] for n in names]},
-                    "accuracy", f"{name}: classifiers on {cfg.features.pooling} embeddings")
-    run.save_figure(fig, "classifiers.png", "Validation and test accuracy per classifier on frozen embeddings")
+    classifiers_report(run, acc, timings, FEATURES_REFERENCE, name, cfg.features.pooling, cfg.features.k,
+                       len(feats["train_y"]))
     return summary
 
 
@@ -317,13 +303,17 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
         for k in ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb"):
             summary[f"{strategy}.{k}"] = r[k]
     if results:
-        _finetune_report(run, name, len(splits["train"]), cfg, results)
+        from ..report.text import strategies_report
+        strategies_report(run, results, FINETUNE_REFERENCE, name,
+                          f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "
+                          f"max_length {cfg.data.max_length}")
     return summary
 
 
 def _run_strategy(run: Run, strategy: str, ctx, data, settings) -> dict | None:
     """One strategy's result: read back when an earlier session finished it, else trained (continuing from
     its checkpoint, if any) and saved; None when the strategy cannot run here (the reason goes in the report)."""
+    from ..report.text import mmss
     from ..text.strategies import StrategySkipped, train_and_evaluate
 
     done = run.result(strategy)
@@ -342,35 +332,6 @@ def _run_strategy(run: Run, strategy: str, ctx, data, settings) -> dict | None:
     result.pop("history")
     run.save_result(strategy, result)
     run.checkpoint_path(strategy).unlink(missing_ok=True)   # the result replaces the training state
-    run.log(f"{strategy}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {_mmss(out.seconds)}, "
+    run.log(f"{strategy}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {mmss(out.seconds)}, "
             f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
     return result
-
-
-def _finetune_report(run: Run, model_name: str, n_train: int, cfg: FinetuneConfig, results: dict[str, dict]) -> None:
-    """The strategies table, notes on how time and memory were measured, and two bar charts."""
-    from ..report.plots import bar_chart
-    kinds = sorted({r["memory_kind"] for r in results.values()})
-    rows = []
-    for s, r in results.items():
-        ref = FINETUNE_REFERENCE.get(f"{s}.val_acc")
-        rows.append([s, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}", f"{ref:.4f}" if ref else "-",
-                     _mmss(r["seconds"]), f"{r['trainable_params']:,}", f"{r['peak_mem_mb']:.0f}", r["precision"]])
-    run.add_table(f"Fine-tuning strategies ({model_name}, train n={n_train}, {cfg.finetune.epochs} epoch(s), batch "
-                  f"{cfg.finetune.batch_size}, max_length {cfg.data.max_length})",
-                  ["strategy", "val acc", "test acc", "spec val acc", "wall time (train + val)",
-                   "trainable params", "peak memory (MB)", "precision"], rows)
-    run.note(f"peak memory is {', '.join(kinds)}" + ("; the resident set rarely shrinks after a strategy, so a "
-             "later strategy's peak can include memory an earlier one left cached" if any("RSS" in k for k in kinds)
-             else ""))
-    run.note("wall time covers preparing the model, training and the per-epoch validation; the final test pass "
-             "is not included. The selected epoch is the one with the best validation accuracy.")
-    names = list(results)
-    fig = bar_chart(names, {"validation": [results[n]["val_acc"] for n in names],
-                            "test": [results[n]["test_acc"] for n in names]}, "accuracy",
-                    f"{model_name}: accuracy per fine-tuning strategy")
-    run.save_figure(fig, "strategies_accuracy.png", "Validation and test accuracy per fine-tuning strategy")
-    fig = bar_chart(names, {"wall time": [results[n]["seconds"] for n in names]}, "seconds",
-                    f"{model_name}: wall time per strategy (train + val)")
-    run.save_figure(fig, "strategies_time.png", "Wall time per fine-tuning strategy (preparing, training, "
-                                                "validating)")
