@@ -30,15 +30,17 @@ from .config import dump_yaml, load_yaml
 
 TMP_SUFFIX = ".tmp"
 
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-# Files get the mode any newly created file gets (0666 minus the umask), not mkstemp's private 0600: a run
-# folder shared with a teacher or teammate stays readable to them, as log.txt always was.
-FILE_MODE = 0o666 & ~_umask()
+# Files and folders get the modes any newly created ones get (0666/0777 minus the umask), not mkstemp's and
+# mkdtemp's private 0600/0700: a run folder shared with a teacher or teammate stays readable to them, as
+# log.txt always was.
+FILE_MODE, DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -77,18 +79,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             raise
 
 
-def remove_stale_temp_files(folder: Path) -> int:
+def remove_stale_temp_files(folder: Path) -> None:
     """Delete the ``.<name>.*.tmp`` files an atomic write left behind when its process was killed."""
-    n = 0
     for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
         if p.is_file():
             p.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
-def read_json(path: Path, what: str = "", expect: type = dict) -> Any:
-    """A JSON file dllab wrote, checked to be a ``expect`` (dict by default): one-line errors otherwise."""
+def read_json(path: Path, what: str = "") -> dict[str, Any]:
+    """A JSON object dllab wrote; a missing, invalid or non-object file is a one-line error (``what`` is
+    appended to it: what the user can do about it)."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -96,10 +96,25 @@ def read_json(path: Path, what: str = "", expect: type = dict) -> Any:
         raise DllabError(f"{path} is missing{what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DllabError(f"{path} is not valid JSON{what}") from None
-    if not isinstance(obj, expect):
-        raise DllabError(f"{path} is damaged: expected a JSON {'object' if expect is dict else expect.__name__}, "
-                         f"found {type(obj).__name__}{what}")
+    if not isinstance(obj, dict):
+        raise DllabError(f"{path} is damaged: expected a JSON object, found {type(obj).__name__}{what}")
     return obj
+
+
+def read_env(path: Path, what: str = "") -> dict[str, Any]:
+    """A run folder's env.json, which must name its experiment."""
+    env = read_json(path, what)
+    if not isinstance(env.get("experiment"), str):
+        raise DllabError(f"{path} names no experiment{what}")
+    return env
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A run folder's metrics.json, whose ``summary`` must be an object of headline numbers."""
+    m = read_json(path)
+    if not isinstance(m.get("summary"), dict):
+        raise DllabError(f"{path} is damaged: 'summary' is not an object")
+    return m
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -170,7 +185,7 @@ class Run:
         except OSError as e:
             raise DllabError(f"cannot create run folder {path}: {e.strerror}") from None
         try:
-            os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it private (0700)
+            os.chmod(tmp, DIR_MODE)
             text = dump_yaml(cfg)
             env = {"experiment": experiment, "profile": cfg.profile, "seed": cfg.seed,
                    "config_sha256": config_digest(text), **(env or {})}
@@ -195,9 +210,7 @@ class Run:
         if not (p / "config.yaml").is_file() or not (p / "env.json").is_file():
             raise DllabError(f"--resume {path}: not a run folder (no config.yaml/env.json); "
                              "pass a folder that `dllab run` created")
-        env = read_json(p / "env.json", "; the run cannot be resumed")
-        if not isinstance(env.get("experiment"), str):
-            raise DllabError(f"{p / 'env.json'} names no experiment; the run cannot be resumed")
+        env = read_env(p / "env.json", "; the run cannot be resumed")
         exp = registry_lookup(env["experiment"])
         try:
             text = (p / "config.yaml").read_text(encoding="utf-8")
@@ -317,10 +330,7 @@ class Run:
         atomic_write_json(self.path / "metrics.json", {"summary": summary, **extra})
 
     def metrics(self) -> dict:
-        m = read_json(self.path / "metrics.json")
-        if not isinstance(m.get("summary"), dict):
-            raise DllabError(f"{self.path / 'metrics.json'} is damaged: 'summary' is not an object")
-        return m
+        return read_metrics(self.path / "metrics.json")
 
 
 def config_digest(text: str) -> str:

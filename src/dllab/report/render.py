@@ -18,18 +18,13 @@ RunInfo = dict[str, Any]
 
 
 def read_run(path: Path) -> RunInfo:
-    from ..runs import read_json, read_report_state
+    from ..runs import read_env, read_metrics, read_report_state
 
     path = Path(path).resolve()
     if not (path / "env.json").is_file() or not (path / "metrics.json").is_file():
         raise DllabError(f"{path} is not a finished run folder (env.json and metrics.json are needed)")
-    env = read_json(path / "env.json")
-    metrics = read_json(path / "metrics.json")
-    summary = metrics.get("summary", {})
-    if not isinstance(summary, dict) or not all(isinstance(k, str) for k in summary):
-        raise DllabError(f"{path / 'metrics.json'} is damaged: 'summary' must map names to numbers")
-    if not isinstance(env.get("experiment"), str):
-        raise DllabError(f"{path / 'env.json'} is damaged: it names no experiment")
+    env = read_env(path / "env.json")
+    summary = read_metrics(path / "metrics.json")["summary"]
     state_file = path / "report_state.json"
     notes, tables, figures = read_report_state(state_file) if state_file.exists() else ([], [], [])
     return {"path": path, "env": env, "summary": summary, "notes": notes, "tables": tables, "figures": figures}
