@@ -30,7 +30,7 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     if train is not None and getattr(train, "threads", 0):
         torch.set_num_threads(train.threads)
     seed_everything(cfg.seed, getattr(train, "deterministic", False))
-    device = resolve_device(cfg.device)
+    device = run.device
     started = time.time()
     run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),

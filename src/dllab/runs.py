@@ -145,6 +145,7 @@ class Run:
         self.experiment = experiment
         self.cfg = cfg
         self.quiet = quiet
+        self._device = None
         self.history: list[dict[str, Any]] = []
         self.env: dict[str, Any] = {}
         self.notes: list[str] = []          # lines the report prints under "Notes" (fallbacks, skips...)
@@ -157,6 +158,14 @@ class Run:
         state = self.path / "report_state.json"
         if state.exists():
             self.notes, self.tables, self.figures = read_report_state(state)
+
+    @property
+    def device(self):
+        """The torch.device of this run (``cfg.device`` resolved once); experiments and loops use it."""
+        if self._device is None:
+            from .env import resolve_device
+            self._device = resolve_device(self.cfg.device)
+        return self._device
 
     # --- creation -----------------------------------------------------------------------------------
     @classmethod

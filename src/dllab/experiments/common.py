@@ -8,7 +8,6 @@ import torch
 
 from ..config import DataConfig, OptimConfig, TrainConfig
 from ..data.images import ImageData, load_images
-from ..env import resolve_device
 from ..models.common import count_parameters
 from ..registry import build_model
 from ..train.loop import LossFn, cross_entropy_loss, fit
@@ -66,11 +65,9 @@ def build_for(data: ImageData, variant: Variant, seed: int) -> torch.nn.Module:
 
 
 def train_variants(cfg, run, data: ImageData, variants: list[Variant], train: TrainConfig | None = None,
-                   optim: OptimConfig | None = None, augment: bool | None = None,
-                   device: torch.device | None = None) -> dict[str, dict]:
-    """Train each variant with the shared loop; returns {variant: result} (results also saved in the run).
-    ``device``: the run's, when the caller has resolved it already."""
-    device = device or resolve_device(cfg.device)
+                   optim: OptimConfig | None = None, augment: bool | None = None) -> dict[str, dict]:
+    """Train each variant with the shared loop on the run's device; returns {variant: result} (results also
+    saved in the run)."""
     train = train or cfg.train
     results = {}
     for v in variants:
@@ -78,7 +75,7 @@ def train_variants(cfg, run, data: ImageData, variants: list[Variant], train: Tr
         n_params, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
         run.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters"
                 + (f", {n_train:,} trainable" if n_train != n_params else ""))
-        res = fit(model, data, train, v.optim or optim or cfg.optim, run, v.name, device, seed=cfg.seed,
+        res = fit(model, data, train, v.optim or optim or cfg.optim, run, v.name, run.device, seed=cfg.seed,
                   augment=cfg.data.augment if augment is None else augment, loss_fn=v.loss_fn)
         res["params"], res["trainable_params"] = n_params, n_train
         results[v.name] = res

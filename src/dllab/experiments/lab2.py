@@ -201,13 +201,11 @@ def _progress(run: Run) -> bool:
 def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..analysis.features import fit_classifiers
     from ..data.text import tokenize
-    from ..env import resolve_device, seed_everything
     from ..report.text import classifiers_report
     from ..text import hf
     if cfg.features.pooling not in ("cls", "mean"):
         raise DllabError(f"features.pooling={cfg.features.pooling}: choose cls or mean")
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = run.device
     _set_threads(run, cfg.features.threads, device)
     name, source = resolve_text_model(cfg.model, run)
     splits = load_text_splits(cfg.data, cfg.seed, run)
@@ -258,14 +256,12 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
           "pretrained SST-2 model 90.53% 0:11.")
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..data.text import tokenize
-    from ..env import resolve_device, seed_everything
     from ..text import hf
     from ..text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, \
         check_strategies
     ft = cfg.finetune
     check_strategies(ft.strategies)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = run.device
     _set_threads(run, ft.threads, device)
     if "full_amp" in ft.strategies:         # a bad finetune.amp fails now, not after the first strategies
         try:

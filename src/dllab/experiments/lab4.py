@@ -177,8 +177,7 @@ def get_classifier(cfg, run, data: ImageData, device: torch.device,
 
     ref = CNNSource("model", cfg.model.run, cfg.model.variant, name, 5, "classifier", f"classifier_{name}",
                     same_classes=True)
-    saved = ref.get(run, data, lambda: train_variants(cfg, run, data, [Variant(name, "cnn", _arch(cfg))],
-                                                      device=device))
+    saved = ref.get(run, data, lambda: train_variants(cfg, run, data, [Variant(name, "cnn", _arch(cfg))]))
     return saved.model.to(device).eval(), {"source": ref.origin(saved), "arch": saved.arch,
                                            "result": saved.blob.get("result")}
 
@@ -274,11 +273,10 @@ def _attack_examples(cfg, run, model, data: ImageData, file: str = "examples.png
 def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
     from ..analysis.ood.evaluate import metric_keys
     from ..analysis.robustness import clean_accuracy
-    from ..env import resolve_device
     from ..report import robustness as report
 
     data, ood_sets = _id_and_ood_data(cfg, run)
-    device = resolve_device(cfg.device)
+    device = run.device
     model, info = get_classifier(cfg, run, data, device)
     summary = {"model.test_acc": clean_accuracy(model, data.test, device, cfg.analysis_batch_size)}
     detectors, scores, metrics = _evaluate_ood(cfg, run, model, data, ood_sets)
@@ -308,11 +306,10 @@ def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
           "increases.")
 def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
     from ..analysis.robustness import attack_sweep, clean_accuracy, rising_accuracy_note
-    from ..env import resolve_device
     from ..report import robustness as report
 
     data = load_id_data(cfg, run)
-    device = resolve_device(cfg.device)
+    device = run.device
     model, info = get_classifier(cfg, run, data, device)
     clean = clean_accuracy(model, data.test, device, cfg.analysis_batch_size)
     accs = attack_sweep(model, data.test, batch_size=cfg.analysis_batch_size, **_attack(cfg))
@@ -361,12 +358,11 @@ def _attack_both(cfg, run, models: dict, data: ImageData, device) -> tuple[dict,
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.attacks import make_fgsm_loss
     from ..analysis.ood.evaluate import metric_keys
-    from ..env import resolve_device
     from ..report import robustness as report
     from ..train.reuse import train_and_reload
     from .common import Variant, curves_figure, train_variants
 
-    device = resolve_device(cfg.device)
+    device = run.device
     data, ood_sets = _id_and_ood_data(cfg, run)
     std_model, std_info = get_classifier(cfg, run, data, device, "standard")
     if cfg.model.run:
@@ -374,7 +370,7 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
                  "adversarially trained model uses the same architecture")
     adv = Variant("adv", "cnn", dict(std_info["arch"]), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
                   meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
-    adv_model = train_and_reload(run, "adv", 5, lambda: train_variants(cfg, run, data, [adv], device=device)).model
+    adv_model = train_and_reload(run, "adv", 5, lambda: train_variants(cfg, run, data, [adv])).model
     adv_model.to(device).eval()
     models = {"standard": std_model, "adv": adv_model}
 
@@ -439,11 +435,10 @@ def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
     import torch
     from ..analysis.ood.odin_search import split_mask
     from ..analysis.robustness import clean_accuracy
-    from ..env import resolve_device
 
     data = load_id_data(cfg, run)
     ood_sets = _ood_sets(cfg, run, data)
-    device = resolve_device(cfg.device)
+    device = run.device
     model, _ = get_classifier(cfg, run, data, device)
     summary = {"model.test_acc": clean_accuracy(model, data.test, device, cfg.analysis_batch_size)}
     g = torch.Generator().manual_seed(cfg.seed)

@@ -152,7 +152,7 @@ def get_source(cfg: TransferConfig, run, device) -> tuple[SavedCNN, ImageData, I
         raise DllabError(f"source images have {src_data.shape[0]} channels, target images {target.shape[0]}")
     arch = {"base_channels": src.base_channels, "depth": src.depth, "residual": src.residual}
     source = ref.get(run, target, lambda: train_variants(cfg, run, src_data, [Variant("source", "cnn", arch)],
-                                                         src.train, src.optim, src.data.augment, device), found)
+                                                         src.train, src.optim, src.data.augment), found)
     # Where the pixels came from, both datasets (load_data wrote only the last one it loaded).
     run.write_env(data=(f"source: {describe_data(src_data)} | " if src_data else "")
                   + f"target: {describe_data(target)}",
@@ -215,14 +215,13 @@ def accuracy_figure(cfg: TransferConfig, run, summary: dict[str, float], num_cla
                      "(spec Ex. 2.1)", TransferConfig,
     profiles=PROFILES, reference=REFERENCE, notes=NOTES)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
-    from ..env import resolve_device
     from .common import accuracy_table, curves_figure, train_variants
 
     for key, given, valid in (("variants", cfg.variants, VARIANTS), ("classifiers", cfg.classifiers, CLASSIFIERS)):
         unknown = [v for v in given if v not in valid]
         if unknown:
             raise DllabError(f"{key}: unknown '{unknown[0]}'; choose from {', '.join(valid)}")
-    device = resolve_device(cfg.device)
+    device = run.device
     source, target, src_data = get_source(cfg, run, device)
     tuned = target_variants(cfg, source)  # a wrong freeze_blocks fails before anything trains
     note_classes(cfg, run, source, target)
@@ -235,7 +234,7 @@ def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
         run.note(f"head: the spec's model defines fc = Linear({w}, {w}) that its forward pass never uses; dllab's "
                  f"head is fc + ReLU + a new classifier Linear({w}, {target.num_classes}), and only those two "
                  "layers train")
-    results = train_variants(cfg, run, target, tuned, device=device)
+    results = train_variants(cfg, run, target, tuned)
     for name, res in results.items():
         if "val_acc" in res:
             summary[f"{name}.val_acc"] = res["val_acc"]
