@@ -10,9 +10,9 @@ def choose_omp_wait_policy() -> None:
     """Set OMP_WAIT_POLICY=PASSIVE when the CPU is already busy; leave OpenMP's default when it is idle.
 
     Must run before torch (and its OpenMP runtime) loads. OpenMP's worker threads spin while they wait:
-    on an idle 2-core machine that makes the Lab 1 CNN step 1.29x faster than passive waiting, but with
-    one other busy process the spinning threads fight it for the cores and the step runs at 0.60x
-    (benchmarks/omp_wait_policy.py). "Busy" = a 1-minute load average of at least one core's worth.
+    faster on an idle machine, but beside another busy process the spinning threads fight it for the
+    cores (measured with benchmarks/omp_wait_policy.py; figures in the README). "Busy" = a 1-minute load
+    average of at least one core's worth.
     An OMP_WAIT_POLICY set by the user wins. The run records the policy in env.json.
     """
     if "OMP_WAIT_POLICY" in os.environ:
