@@ -442,18 +442,18 @@ class Batches:
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, drop_last: bool = False):
+                 augment: bool = False, seed: int = 0):
         self.x = split.x.to(device, non_blocking=True)
         self.y = split.y.to(device, non_blocking=True)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
         n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-n // self.batch_size)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
