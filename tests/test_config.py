@@ -59,7 +59,7 @@ def test_yaml_round_trip_keeps_types():
 def test_profile_dicts_are_type_checked():
     cfg = cfg_of()
     with pytest.raises(DllabError, match="train.epochs: expected int, got 1.5"):
-        apply_overrides(cfg, {"train": {"epochs": 1.5}})
+        apply_overrides(cfg, {"train.epochs": 1.5})
 
 
 @pytest.mark.parametrize("profile, key, message", [

@@ -139,12 +139,8 @@ def set_key(cfg, key: str, value, origin: str = "--set") -> None:
             raise DllabError(f"{origin}: unknown config key '{key}'{hint}; see config.yaml of any run for the keys")
         if i == len(parts) - 1:
             tp = hints[part]
-            if dataclasses.is_dataclass(tp):
-                if not isinstance(value, dict):
-                    raise DllabError(f"{origin}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
-                for k, v in value.items():
-                    set_key(cfg, f"{key}.{k}", v, origin)
-                return
+            if dataclasses.is_dataclass(tp):   # profiles use flat dotted keys only, as --set does
+                raise DllabError(f"{origin}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
             value = (_coerce(value, tp, key, origin) if isinstance(value, str)
                      else _check_value(value, tp, key, origin))
             setattr(obj, part, value)
@@ -153,9 +149,10 @@ def set_key(cfg, key: str, value, origin: str = "--set") -> None:
 
 
 def apply_overrides(cfg, overrides: dict[str, Any] | list[str], origin: str = "--set") -> None:
-    """Apply a dict of dotted keys (profiles, saved configs) or a list of ``key=value`` strings (--set)."""
+    """Apply a dict of flat dotted keys (profiles: ``{"data.max_length": 32}``) or a list of ``key=value``
+    strings (--set)."""
     if isinstance(overrides, dict):
-        for k, v in _flatten(overrides).items():
+        for k, v in overrides.items():
             set_key(cfg, k, v, origin)
         return
     for item in overrides:
@@ -166,6 +163,7 @@ def apply_overrides(cfg, overrides: dict[str, Any] | list[str], origin: str = "-
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A saved config.yaml's nested mapping as the flat dotted keys profiles and --set use."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else k
@@ -204,7 +202,7 @@ def load_yaml(config_cls, text: str, origin: str = "config.yaml"):
     if not isinstance(data, dict):
         raise DllabError(f"{origin} is damaged: expected a mapping of config keys, found "
                          f"{type(data).__name__}; restore it or start a new run")
-    apply_overrides(cfg, data, f"{origin}:")
+    apply_overrides(cfg, _flatten(data), f"{origin}:")
     validate(cfg, f"{origin}: ")
     return cfg
 
@@ -289,3 +287,8 @@ class RunConfig:
     profile: str = "quick"
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | mps
+
+    def cpu_threads(self) -> int:
+        """torch CPU threads the run asks for (0 = torch's default, one per core): ``train.threads``.
+        Configs with no ``train`` section say which of their keys sets it; the runner applies it."""
+        return getattr(getattr(self, "train", None), "threads", 0)

@@ -27,8 +27,8 @@ from .runs import Run, read_json
 def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     cfg = run.cfg
     train = getattr(cfg, "train", None)
-    if train is not None and getattr(train, "threads", 0):
-        torch.set_num_threads(train.threads)
+    if cfg.cpu_threads():
+        torch.set_num_threads(cfg.cpu_threads())
     seed_everything(cfg.seed, getattr(train, "deterministic", False))
     device = run.device
     started = time.time()

@@ -291,6 +291,21 @@ class Run:
     def checkpoint_path(self, variant: str) -> Path:
         return self.path / "checkpoints" / f"{variant}.pt"
 
+    def reuse_or_run(self, name: str, compute: Callable[[], dict | None], key: str | None = None
+                     ) -> tuple[dict | None, bool]:
+        """``(result, reused)``: results/<name>.json when an earlier session of this run finished ``name`` (from
+        the same inputs, when a ``key`` says what they were), else ``compute()``'s result, saved there (None:
+        nothing to save). A saved result replaces ``name``'s training checkpoint, which is then deleted."""
+        done = self.result(name)
+        if done is not None and (key is None or done.get("key") == key):
+            self.log(f"[{name}] finished in an earlier session; reusing results/{name}.json")
+            return done, True
+        result = compute()
+        if result is not None:
+            self.save_result(name, result if key is None else {"key": key, **result})
+            self.checkpoint_path(name).unlink(missing_ok=True)
+        return result, False
+
     # --- artefacts ----------------------------------------------------------------------------------
     def save_figure(self, fig, name: str, caption: str) -> Path:
         import matplotlib.pyplot as plt

@@ -68,13 +68,11 @@ def cached_classifiers(run, feats: dict[str, tuple[np.ndarray, np.ndarray]], nam
 
     key = f"{list(names)}|k={k}|seed={seed}|" + hashlib.sha1(
         b"".join(np.ascontiguousarray(feats[n][0]).tobytes() for n in sorted(feats))).hexdigest()
-    done = run.result("classical")
-    if done is not None and done.get("key") == key:
-        return done["classifiers"]
-    train_x, train_y = feats["train"]
-    timings: dict[str, float] = {}
-    acc = fit_classifiers(train_x, train_y, {n: feats[n] for n in ("val", "test") if n in feats},
-                          names=list(names), k=k, seed=seed, timings=timings)
-    out = {name: {**a, "seconds": round(timings.get(name, float("nan")), 2)} for name, a in acc.items()}
-    run.save_result("classical", {"key": key, "classifiers": out})
-    return out
+    def fit() -> dict:
+        timings: dict[str, float] = {}
+        acc = fit_classifiers(*feats["train"], {n: feats[n] for n in ("val", "test") if n in feats},
+                              names=list(names), k=k, seed=seed, timings=timings)
+        return {"classifiers": {name: {**a, "seconds": round(timings.get(name, float("nan")), 2)}
+                                for name, a in acc.items()}}
+
+    return run.reuse_or_run("classical", fit, key)[0]["classifiers"]

@@ -9,12 +9,7 @@ This module is imported on every CLI call, so ``transformers``/``peft`` are impo
 """
 from __future__ import annotations
 
-import json
-import sys
-import time
-from dataclasses import asdict, dataclass, field
-
-import numpy as np
+from dataclasses import dataclass, field
 
 from .. import DllabError
 from ..config import RunConfig
@@ -55,6 +50,9 @@ class FeaturesConfig(RunConfig):
     data: TextDataConfig = field(default_factory=TextDataConfig)
     model: TextModelConfig = field(default_factory=TextModelConfig)
     features: FeaturesSection = field(default_factory=FeaturesSection)
+
+    def cpu_threads(self) -> int:
+        return self.features.threads
 
 
 @dataclass
@@ -102,31 +100,33 @@ class FinetuneConfig(RunConfig):
     model: TextModelConfig = field(default_factory=TextModelConfig)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
+    def cpu_threads(self) -> int:
+        return self.finetune.threads
+
 
 # Profiles. smoke: seconds, for tests. quick: minutes on a 2-core CPU, with all-MiniLM-L6-v2 standing in when
 # DistilBERT is not in the local cache (6 layers of width 384 cost ~4x less per token than DistilBERT's 768).
 # quick fine-tuning was sized by measurement: with 2,000 training sentences `full` reached 77.9% validation
 # accuracy, with 4,000 81.2%. paper: the spec's setup, DistilBERT, full splits, 3 epochs, batch 16.
-_SMOKE_DATA = {"max_length": 32, "train_limit": 64, "val_limit": 64, "test_limit": 64}
+_SMOKE_DATA = {"data.max_length": 32, "data.train_limit": 64, "data.val_limit": 64, "data.test_limit": 64}
 FEATURES_PROFILES = {
-    "smoke": {"model": {"name": "minilm"},
-              "data": {"max_length": 32, "train_limit": 400, "val_limit": 200, "test_limit": 200}},
-    "quick": {"model": {"name": "distilbert-base-uncased", "fallback": "minilm"}, "data": {"max_length": 64}},
-    "paper": {"model": {"name": "distilbert-base-uncased"}, "data": {"max_length": 128}},
+    "smoke": {"model.name": "minilm", "data.max_length": 32, "data.train_limit": 400, "data.val_limit": 200,
+              "data.test_limit": 200},
+    "quick": {"model.name": "distilbert-base-uncased", "model.fallback": "minilm", "data.max_length": 64},
+    "paper": {"model.name": "distilbert-base-uncased", "data.max_length": 128},
 }
 FINETUNE_PROFILES = {
-    "smoke": {"model": {"name": "minilm"}, "data": _SMOKE_DATA,
-              "finetune": {"epochs": 1, "batch_size": 16, "eval_batch_size": 64}},
-    "quick": {"model": {"name": "distilbert-base-uncased", "fallback": "minilm"},
-              "data": {"max_length": 64, "train_limit": 4000},
-              "finetune": {"epochs": 1, "batch_size": 32,
-                           # one short epoch on a subset: higher peak rates than the paper's 3 epochs
-                           # Both cores (threads 0): on an idle 2-core machine a MiniLM training step takes
-                           # 0.61 s with 2 threads and 0.91 s with 1. Under heavy load from other jobs 1
-                           # thread was faster (15 vs 27 min for the run): --set finetune.threads=1 there.
-                           "lr": {"full": 1e-4, "full_amp": 1e-4, "head_last": 3e-4, "lora": 1e-3}}},
-    "paper": {"model": {"name": "distilbert-base-uncased"}, "data": {"max_length": 128},
-              "finetune": {"epochs": 3, "batch_size": 16}},
+    "smoke": {"model.name": "minilm", **_SMOKE_DATA,
+              "finetune.epochs": 1, "finetune.batch_size": 16, "finetune.eval_batch_size": 64},
+    # One short epoch on a subset: higher peak rates than the paper's 3 epochs. Both cores by default
+    # (finetune.threads 0); the README measures when 1 thread is faster (a machine busy with other jobs).
+    "quick": {"model.name": "distilbert-base-uncased", "model.fallback": "minilm",
+              "data.max_length": 64, "data.train_limit": 4000,
+              "finetune.epochs": 1, "finetune.batch_size": 32,
+              "finetune.lr.full": 1e-4, "finetune.lr.full_amp": 1e-4, "finetune.lr.head_last": 3e-4,
+              "finetune.lr.lora": 1e-3},
+    "paper": {"model.name": "distilbert-base-uncased", "data.max_length": 128,
+              "finetune.epochs": 3, "finetune.batch_size": 16},
 }
 
 FEATURES_REFERENCE = {"svm.val_acc": 0.82, "logreg.val_acc": 0.83, "knn.val_acc": 0.74}
@@ -142,54 +142,6 @@ SST2_NOTE = ("SST-2 is built from the same Rotten Tomatoes review snippets (Pang
              "`pretrained` SST-2 model is evaluated in-domain; its lead over the other strategies is expected.")
 
 
-# --- shared steps -------------------------------------------------------------------------------------
-
-def resolve_text_model(mcfg: TextModelConfig, run: Run) -> tuple[str, str]:
-    """``(name used, folder or hub id)``; falls back to ``mcfg.fallback`` (with a report note) when
-    ``mcfg.name`` is not available."""
-    from ..text import hf
-    try:
-        return mcfg.name, hf.resolve_model(mcfg.name)
-    except DllabError as e:
-        if not mcfg.fallback or mcfg.fallback == mcfg.name:
-            raise
-        run.note(f"{mcfg.name} is not available ({e}); using {mcfg.fallback} instead")
-        return mcfg.fallback, hf.resolve_model(mcfg.fallback)
-
-
-def load_text_splits(dcfg: TextDataConfig, seed: int, run: Run):
-    """The dataset's splits, subset as configured; env.json records where they came from and their sizes."""
-    from ..data.text import balanced_subset, load_text_dataset, local_folder
-    splits = load_text_dataset(dcfg.name, dcfg.root)
-    limits = {"train": dcfg.train_limit, "validation": dcfg.val_limit, "test": dcfg.test_limit}
-    splits = {s: balanced_subset(splits[s], limits[s], seed) for s in splits}
-    where = local_folder(dcfg.name, dcfg.root) or "the HF hub"
-    run.check_source("data", f"{dcfg.name} from {where}")
-    run.write_env(data=f"{dcfg.name} from {where}; " + " / ".join(f"{s} {len(v)}" for s, v in splits.items()))
-    return splits
-
-
-def _record_model(run: Run, name: str, source: str, config) -> None:
-    from ..text import hf
-    run.check_source("model", f"{name} ({source})")
-    run.write_env(text_model=name, text_model_source=source)
-    run.note(f"model: {hf.describe(name, config)}")
-
-
-def _set_threads(run: Run, n: int, device) -> None:
-    """Apply ``threads`` (0 = torch's default) and record the device line with the count actually used."""
-    from ..env import describe_device
-
-    if n > 0:
-        import torch
-        torch.set_num_threads(n)
-    run.write_env(device=describe_device(device))
-
-
-def _progress(run: Run) -> bool:
-    return not run.quiet and sys.stderr.isatty()
-
-
 # --- lab2.features --------------------------------------------------------------------------------------
 
 @register_experiment(
@@ -200,49 +152,26 @@ def _progress(run: Run) -> bool:
           "k-NN 74% validation accuracy.")
 def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..analysis.features import fit_classifiers
-    from ..data.text import tokenize
+    from ..analysis.text_features import cached_features
+    from ..data.text import load_text_splits
     from ..report.text import classifiers_report
     from ..text import hf
-    if cfg.features.pooling not in ("cls", "mean"):
-        raise DllabError(f"features.pooling={cfg.features.pooling}: choose cls or mean")
-    device = run.device
-    _set_threads(run, cfg.features.threads, device)
-    name, source = resolve_text_model(cfg.model, run)
+    fc = cfg.features
+    if fc.pooling not in ("cls", "mean"):
+        raise DllabError(f"features.pooling={fc.pooling}: choose cls or mean")
+    name, source = hf.open_model(run, cfg.model.name, cfg.model.fallback)
     splits = load_text_splits(cfg.data, cfg.seed, run)
-    key = {"model": source, "pooling": cfg.features.pooling, "max_length": cfg.data.max_length,
-           "sizes": {s: len(v) for s, v in splits.items()}, "seed": cfg.seed}
-
-    def extract() -> dict[str, np.ndarray]:
-        tokenizer, encoder = hf.load_tokenizer(source), hf.load_encoder(source)
-        t0 = time.perf_counter()
-        out = {}
-        for s, split in splits.items():
-            out[f"{s}_x"] = hf.extract_features(encoder, tokenize(split, tokenizer, cfg.data.max_length),
-                                                cfg.features.pooling, cfg.features.batch_size, device,
-                                                _progress(run))
-            out[f"{s}_y"] = split.labels
-        run.log(f"features: {sum(len(v) for v in splits.values())} sentences embedded in "
-                f"{time.perf_counter() - t0:.0f}s ({cfg.features.pooling} pooling)")
-        return out
-
-    # features.npz: computed once, reused (e.g. by --resume) while the key matches.
-    feats, reused = run.cached_arrays("features.npz", json.dumps(key, sort_keys=True), extract)
-    if reused:
-        run.log("features: reusing features.npz")
-    _record_model(run, name, source, hf.load_config(source))
+    feats = cached_features(run, source, splits, fc.pooling, cfg.data.max_length, fc.batch_size, cfg.seed,
+                            run.device)
     run.write_env(precision="fp32 (inference only)")
     timings: dict[str, float] = {}
-    acc = fit_classifiers(feats["train_x"], feats["train_y"],
-                          {"validation": (feats["validation_x"], feats["validation_y"]),
-                           "test": (feats["test_x"], feats["test_y"])},
-                          names=cfg.features.classifiers, k=cfg.features.k, seed=cfg.seed, timings=timings)
-    summary: dict[str, float] = {}
+    acc = fit_classifiers(*feats["train"], {"validation": feats["validation"], "test": feats["test"]},
+                          names=fc.classifiers, k=fc.k, seed=cfg.seed, timings=timings)
     for clf, a in acc.items():
-        summary[f"{clf}.val_acc"], summary[f"{clf}.test_acc"] = a["validation"], a["test"]
         run.log(f"{clf}: val {a['validation']:.4f} test {a['test']:.4f}")
-    classifiers_report(run, acc, timings, FEATURES_REFERENCE, name, cfg.features.pooling, cfg.features.k,
-                       len(feats["train_y"]))
-    return summary
+    classifiers_report(run, acc, timings, FEATURES_REFERENCE, name, fc.pooling, fc.k, len(feats["train"][1]))
+    return {f"{clf}.{split}_acc": a[long] for clf, a in acc.items()
+            for split, long in (("val", "validation"), ("test", "test"))}
 
 
 # --- lab2.finetune --------------------------------------------------------------------------------------
@@ -255,79 +184,26 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
           "head + last layer 85.27% 8:59; full with AMP 85.08% 3:30; LoRA 83.20% 7:12; "
           "pretrained SST-2 model 90.53% 0:11.")
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
-    from ..data.text import tokenize
+    from ..data.text import load_text_splits
+    from ..report.text import strategies_report
     from ..text import hf
-    from ..text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, \
-        check_strategies
+    from ..text.finetune import SUMMARY_KEYS, log_amp_choice, run_strategies, tokenized_by
+    from ..text.strategies import StrategyContext, TrainSettings, check_strategies
     ft = cfg.finetune
     check_strategies(ft.strategies)
-    device = run.device
-    _set_threads(run, ft.threads, device)
-    if "full_amp" in ft.strategies:         # a bad finetune.amp fails now, not after the first strategies
-        try:
-            prec = amp_precision(ft.amp, device)
-            run.log(f"full_amp: precision {prec.name} ({prec.reason})")
-            if prec.warning:
-                run.log(f"warning: {prec.warning}")
-        except StrategySkipped:
-            pass                            # reported in the table when full_amp's turn comes
-    name, source = resolve_text_model(cfg.model, run)
-    _record_model(run, name, source, hf.load_config(source))
+    if "full_amp" in ft.strategies:
+        log_amp_choice(run, ft.amp, run.device)
+    name, source = hf.open_model(run, cfg.model.name, cfg.model.fallback)
     splits = load_text_splits(cfg.data, cfg.seed, run)
-    tokenized: dict[str, dict] = {}
-
-    def data(tokenizer_source: str):
-        if tokenizer_source not in tokenized:
-            tok = hf.load_tokenizer(tokenizer_source)
-            tokenized[tokenizer_source] = {s: tokenize(v, tok, cfg.data.max_length) for s, v in splits.items()}
-        return tokenized[tokenizer_source]
-
-    ctx = StrategyContext(source, ft, device, cfg.seed)
     settings = TrainSettings(epochs=ft.epochs, batch_size=ft.batch_size, eval_batch_size=ft.eval_batch_size,
                              weight_decay=ft.weight_decay, warmup=ft.warmup,
-                             group_by_length=cfg.data.group_by_length, seed=cfg.seed, progress=_progress(run))
+                             group_by_length=cfg.data.group_by_length, seed=cfg.seed, progress=not run.quiet)
     if "pretrained" in ft.strategies:
         run.note(SST2_NOTE)
-    results: dict[str, dict] = {}
-    for strategy in ft.strategies:
-        result = _run_strategy(run, strategy, ctx, data, settings)
-        if result is not None:
-            results[strategy] = result
-    run.write_env(precision="; ".join(f"{s} {r['precision']}" for s, r in results.items()))
-    summary: dict[str, float] = {}
-    for strategy, r in results.items():
-        for k in ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb"):
-            summary[f"{strategy}.{k}"] = r[k]
+    results = run_strategies(run, ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
+                             tokenized_by(splits, cfg.data.max_length), settings)
     if results:
-        from ..report.text import strategies_report
         strategies_report(run, results, FINETUNE_REFERENCE, name,
                           f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "
                           f"max_length {cfg.data.max_length}")
-    return summary
-
-
-def _run_strategy(run: Run, strategy: str, ctx, data, settings) -> dict | None:
-    """One strategy's result: read back when an earlier session finished it, else trained (continuing from
-    its checkpoint, if any) and saved; None when the strategy cannot run here (the reason goes in the report)."""
-    from ..report.text import mmss
-    from ..text.strategies import StrategySkipped, train_and_evaluate
-
-    done = run.result(strategy)
-    if done is not None:
-        run.log(f"{strategy}: finished in an earlier session, reusing results/{strategy}.json")
-        return done
-    run.log(f"{strategy}: preparing")
-    try:
-        out = train_and_evaluate(strategy, ctx, data, settings,
-                                 on_epoch=lambda rows: run.add_history(rows, strategy),
-                                 checkpoint=run.checkpoint_path(strategy))
-    except StrategySkipped as e:
-        run.note(f"strategy {strategy} skipped: {e}")
-        return None
-    result = asdict(out)
-    result.pop("history")
-    run.save_result(strategy, result)
-    run.checkpoint_path(strategy).unlink(missing_ok=True)   # the result replaces the training state
-    run.log(f"{strategy}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {mmss(out.seconds)}, "
-            f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
-    return result
+    return {f"{strategy}.{k}": r[k] for strategy, r in results.items() for k in SUMMARY_KEYS}

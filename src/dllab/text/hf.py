@@ -97,6 +97,22 @@ def resolve_model(name: str) -> str:
                      f"pass a local folder or `{MINILM}`")
 
 
+def open_model(run, name: str, fallback: str = "") -> tuple[str, str]:
+    """``(name used, folder or hub id)`` for a run: ``fallback`` stands in, with a report note, when ``name``
+    is not available. env.json records the model (a resumed run refuses another) and the report describes it."""
+    try:
+        source = resolve_model(name)
+    except DllabError as e:
+        if not fallback or fallback == name:
+            raise
+        run.note(f"{name} is not available ({e}); using {fallback} instead")
+        name, source = fallback, resolve_model(fallback)
+    run.check_source("model", f"{name} ({source})")
+    run.write_env(text_model=name, text_model_source=source)
+    run.note(f"model: {describe(name, load_config(source))}")
+    return name, source
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     """Hide the "Loading weights" bar and the "newly initialized: classifier" report: a fresh head is the
@@ -275,14 +291,14 @@ def extract_features(encoder: nn.Module, split, pooling: str = "cls", batch_size
 
     Batches are sorted by length (little padding); rows come back in the split's order.
     """
-    from tqdm import tqdm
     from ..data.text import iterate_batches, num_batches
+    from ..progress import progress_bar
     if pooling not in ("cls", "mean"):
         raise DllabError(f"features.pooling={pooling}: choose cls or mean")
     encoder.eval().to(device)
     out = np.zeros((len(split), encoder.config.hidden_size), dtype=np.float32)
-    for idx, batch in tqdm(iterate_batches(split, batch_size), total=num_batches(split, batch_size),
-                           desc=f"features ({pooling})", disable=not progress, leave=False):
+    for idx, batch in progress_bar(iterate_batches(split, batch_size), num_batches(split, batch_size),
+                                   f"features ({pooling})", progress):
         mask = batch["attention_mask"].to(device)
         hidden = encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
         if pooling == "cls":

@@ -28,6 +28,7 @@ from .. import DllabError
 from ..data.text import TokenizedSplit, iterate_batches, num_batches
 from ..env import to_device
 from ..models.common import count_parameters
+from ..progress import progress_bar
 from ..train.checkpoint import restore_training_state, save_training_state
 from ..train.precision import Precision, resolve_precision
 from . import hf
@@ -311,14 +312,13 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
 def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSplit, s: TrainSettings,
                  rng: np.random.Generator, device: torch.device, desc: str) -> float:
     """One pass over ``train``; returns the mean training loss."""
-    from tqdm import tqdm
     model.train()
     steps, scaler = 0, prec.scaler    # the scaler is a no-op unless fp16-mixed
     # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
     loss_sum = torch.zeros((), device=device)
     window = torch.zeros((), device=device)
-    bar = tqdm(iterate_batches(train, s.batch_size, rng, s.group_by_length), total=num_batches(train, s.batch_size),
-               desc=desc, disable=not s.progress, leave=False)
+    bar = progress_bar(iterate_batches(train, s.batch_size, rng, s.group_by_length),
+                       num_batches(train, s.batch_size), desc, s.progress)
     for _, batch in bar:
         with prec.autocast():
             logits = model(input_ids=to_device(batch["input_ids"], device),
@@ -334,7 +334,7 @@ def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSpl
         loss_sum += loss.detach()
         window += loss.detach()
         steps += 1
-        if s.progress and steps % LOG_EVERY == 0:
+        if not bar.disable and steps % LOG_EVERY == 0:
             bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
             window.zero_()
     return loss_sum.item() / max(steps, 1)

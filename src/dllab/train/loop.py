@@ -13,7 +13,6 @@ A custom ``loss_fn(model, x, y) -> (loss, logits)`` plugs in other objectives (a
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Callable
 
@@ -25,6 +24,7 @@ from .. import DllabError
 from ..config import OptimConfig, TrainConfig
 from ..data.images import Batches, ImageData, Split
 from ..env import seconds_since_process_start
+from ..progress import progress_bar
 from .checkpoint import (load_checkpoint, load_weights, restore_training_state, save_model,
                          save_training_state)
 from .gradients import GradNormRecorder
@@ -82,12 +82,6 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
         correct += (logits.argmax(1) == y).sum()
     n = max(len(split), 1)
     return loss_sum.item() / n, correct.item() / n
-
-
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty())
 
 
 def _copy_state(model: nn.Module, into: dict | None) -> dict:
@@ -164,7 +158,8 @@ class _Training:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, scaler = 0, self.prec.scaler    # a no-op unless fp16-mixed: the step has no precision branches
-        bar = _progress(len(self.batches), f"{self.variant} {self.epoch}/{self.train.epochs}", self.run.quiet)
+        bar = progress_bar(total=len(self.batches), desc=f"{self.variant} {self.epoch}/{self.train.epochs}",
+                           show=not self.run.quiet)
         for i, (x, y) in enumerate(self.batches):
             with self.prec.autocast():
                 loss, logits = self.loss_fn(self.step_model, x, y)
@@ -230,9 +225,7 @@ class _Training:
             result["grad_norms"] = {"layers": self.grads.names, "per_epoch": self.grad_history}
         # The best-validation weights are what later experiments (transfer, OOD) reuse.
         save_model(self.run.path / "models" / f"{self.variant}.pt", self.model, self.data.classes, result=result)
-        self.run.save_result(self.variant, result)
-        self.ckpt.unlink(missing_ok=True)  # the saved model + result replace the training state
-        return result
+        return result   # fit saves it, and the saved model + result replace the training state
 
 
 def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfig, run, variant: str,
@@ -244,17 +237,18 @@ def fit(model: nn.Module, data: ImageData, train: TrainConfig, optim: OptimConfi
     split), the same weights saved as ``models/<variant>.pt`` for later experiments to reuse. A variant
     already finished in this run folder is not trained again: its weights and result are loaded.
     """
-    done = run.result(variant)
-    if done is not None:
-        run.log(f"[{variant}] already finished in this run folder; loading its saved weights")
+    def train_it() -> dict:
+        t = _Training(model, data, train, optim, run, variant, device, seed, augment, loss_fn, extra_row)
+        t.restore()
+        _log_startup(run)
+        while t.epoch < train.epochs:
+            row = t.train_one_epoch()
+            t.validate(row)
+            t.checkpoint(row)
+        return t.finish()
+
+    result, reused = run.reuse_or_run(variant, train_it)
+    if reused:
         path = run.path / "models" / f"{variant}.pt"
         load_weights(path, model, load_checkpoint(path).get("state_dict"))
-        return done
-    t = _Training(model, data, train, optim, run, variant, device, seed, augment, loss_fn, extra_row)
-    t.restore()
-    _log_startup(run)
-    while t.epoch < train.epochs:
-        row = t.train_one_epoch()
-        t.validate(row)
-        t.checkpoint(row)
-    return t.finish()
+    return result

@@ -1,0 +1,69 @@
+"""A run's fine-tuning strategies, one after the other (what ``lab2.finetune`` wires together).
+
+Each strategy is read back when an earlier session of the run finished it, skipped with a report note when
+it cannot run here (``StrategySkipped``), else trained (from its checkpoint, if any) and its result saved.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+from ..data.text import TextSplit, TokenizedSplit, tokenize
+from ..report.text import mmss
+from . import hf
+from .strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
+
+SUMMARY_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
+
+
+def log_amp_choice(run, setting: str, device) -> None:
+    """full_amp's precision, said up front: a bad ``finetune.amp`` fails now, not after the first strategies.
+    Where mixed precision is not faster it is skipped later, with the reason in the report."""
+    try:
+        prec = amp_precision(setting, device)
+    except StrategySkipped:
+        return
+    run.log(f"full_amp: precision {prec.name} ({prec.reason})")
+    if prec.warning:
+        run.log(f"warning: {prec.warning}")
+
+
+def tokenized_by(splits: dict[str, TextSplit], max_length: int) -> Callable[[str], dict[str, TokenizedSplit]]:
+    """``data(tokenizer_source)``: the splits tokenised by that model's tokenizer, once per tokenizer."""
+    done: dict[str, dict[str, TokenizedSplit]] = {}
+
+    def data(source: str) -> dict[str, TokenizedSplit]:
+        if source not in done:
+            tok = hf.load_tokenizer(source)
+            done[source] = {s: tokenize(v, tok, max_length) for s, v in splits.items()}
+        return done[source]
+    return data
+
+
+def run_strategies(run, names: list[str], ctx: StrategyContext, data: Callable[[str], dict],
+                   settings: TrainSettings) -> dict[str, dict]:
+    """{strategy: result} for every strategy of ``names`` that ran (now or in an earlier session); env.json
+    records each one's precision."""
+    results: dict[str, dict] = {}
+    for name in names:
+        result = run.reuse_or_run(name, lambda: _train(run, name, ctx, data, settings))[0]
+        if result is not None:
+            results[name] = result
+    run.write_env(precision="; ".join(f"{s} {r['precision']}" for s, r in results.items()))
+    return results
+
+
+def _train(run, name: str, ctx: StrategyContext, data, settings: TrainSettings) -> dict | None:
+    """One strategy trained and tested (continuing from its checkpoint, if any); None when it cannot run here."""
+    run.log(f"{name}: preparing")
+    try:
+        out = train_and_evaluate(name, ctx, data, settings, on_epoch=lambda rows: run.add_history(rows, name),
+                                 checkpoint=run.checkpoint_path(name))
+    except StrategySkipped as e:
+        run.note(f"strategy {name} skipped: {e}")
+        return None
+    run.log(f"{name}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {mmss(out.seconds)}, "
+            f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
+    result = asdict(out)
+    result.pop("history")
+    return result
