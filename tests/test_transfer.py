@@ -14,7 +14,8 @@ from dllab.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData, Split
 from dllab.analysis import image_features
 from dllab.experiments import transfer
-from dllab.experiments.common import build_for
+from dllab.train.transfer import fine_tune_variant, frozen_prefixes
+from dllab.train.variants import build_for
 from dllab.registry import build_model
 from dllab.runner import run_experiment
 from dllab.runs import Run
@@ -133,7 +134,7 @@ def _source(depth=3):
 ])
 def test_frozen_parameters_and_batchnorm_statistics_do_not_change(tmp_path, variant, frozen, trained):
     data = _toy_data()
-    model = build_for(data, transfer.fine_tune_variant(variant, _source(), freeze_blocks=2), seed=0)
+    model = build_for(data, fine_tune_variant(variant, _source(), freeze_blocks=2), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run = Run.create("lab1.transfer", transfer.TransferConfig(), out=str(tmp_path / "r"), quiet=True)
     fit(model, data, TrainConfig(epochs=2, batch_size=16), OptimConfig(name="adam", lr=1e-2), run, variant,
@@ -149,12 +150,12 @@ def test_frozen_parameters_and_batchnorm_statistics_do_not_change(tmp_path, vari
         assert "blocks.2.bn1.running_mean" in changed and "blocks.2.bn1.num_batches_tracked" in changed
     frozen_names = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen_names and all(n.startswith(frozen) for n in frozen_names)
-    assert transfer.frozen_prefixes(variant, 2) == [p for p in frozen]
+    assert frozen_prefixes(variant, 2) == [p for p in frozen]
 
 
 def test_partial_refuses_more_frozen_blocks_than_the_source_has():
     with pytest.raises(DllabError, match="freeze_blocks=4"):
-        transfer.fine_tune_variant("partial", _source(depth=3), freeze_blocks=4)
+        fine_tune_variant("partial", _source(depth=3), freeze_blocks=4)
 
 
 # ---- the new classifier -----------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_partial_refuses_more_frozen_blocks_than_the_source_has():
 @pytest.mark.parametrize("variant", ["head", "full_adam", "full_sgd", "partial"])
 def test_new_classifier_has_the_target_class_count(variant):
     source = _source()
-    model = build_for(_toy_data(k=7), transfer.fine_tune_variant(variant, source, freeze_blocks=1), seed=0)
+    model = build_for(_toy_data(k=7), fine_tune_variant(variant, source, freeze_blocks=1), seed=0)
     out = model.eval()(torch.rand(5, 3, 8, 8))
     assert out.shape == (5, 7)
     if variant == "head":   # fc (C -> C) + ReLU + classifier (C -> k), as the spec's unused fc layer

@@ -33,6 +33,12 @@ def make_classifier(name: str, k: int = 5, seed: int = 0, max_iter: int = 2000):
     return make_pipeline(StandardScaler(), clf)
 
 
+def check_classifiers(names) -> None:
+    unknown = [n for n in names if n not in CLASSIFIERS]
+    if unknown:
+        raise DllabError(f"unknown classifier '{unknown[0]}'; valid: {', '.join(CLASSIFIERS)}")
+
+
 def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
                     names=CLASSIFIERS, k: int = 5, seed: int = 0,
                     timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
@@ -40,9 +46,7 @@ def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[st
     ``eval_sets[split] = (x, y)``. ``timings``, if given, receives each classifier's fit+score seconds."""
     import warnings
     from sklearn.exceptions import ConvergenceWarning
-    unknown = [n for n in names if n not in CLASSIFIERS]
-    if unknown:
-        raise DllabError(f"unknown classifier '{unknown[0]}'; valid: {', '.join(CLASSIFIERS)}")
+    check_classifiers(names)
     if len(train_x) != len(train_y) or len(train_x) == 0:
         raise DllabError(f"features: {len(train_x)} training rows for {len(train_y)} labels")
     out: dict[str, dict[str, float]] = {}

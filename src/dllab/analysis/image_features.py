@@ -60,3 +60,19 @@ def cached_features(run, model: nn.Module, data: ImageData, device: torch.device
 
     arrays, reused = run.cached_arrays(FEATURES_FILE, fingerprint(model, splits, precision), extract)
     return {n: (arrays[f"{n}_x"], arrays[f"{n}_y"]) for n in splits}, reused
+
+
+def classical_probe(run, model: nn.Module, data: ImageData, device: torch.device, precision: str,
+                    batch_size: int, names: list[str], k: int, seed: int) -> tuple[dict[str, dict], int]:
+    """LinearSVC / k-NN / logistic regression (``names``) on the frozen, cached ``model.features`` of ``data``:
+    ``({name: {"val": acc, "test": acc, "seconds": s}}, feature width)``, both kept in the run folder.
+    ``precision`` is the setting (auto | fp32 | ...), resolved for ``model`` on ``device``."""
+    from ..train.precision import log_precision, model_kind, resolve_precision
+    from .features import cached_classifiers
+
+    prec = resolve_precision(precision, device, model_kind(model))
+    log_precision(run, prec, "features")
+    feats, reused = cached_features(run, model, data, device, batch_size, prec.name)
+    dim = feats["train"][0].shape[1]
+    run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
+    return cached_classifiers(run, feats, names, k, seed), dim

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from ..registry import register_experiment
 
-# Registering must not import torch (``dllab list`` stays fast): the run functions import ``.common``,
-# which brings torch, the data and the loop.
+# Registering must not import torch (``dllab list`` stays fast): the run functions import the data, the
+# variants' training loop and the report.
 if TYPE_CHECKING:
-    from .common import Variant
+    from ..train.variants import Variant
 
 
 # --- Ex. 1.1: BasicMLP on MNIST, SGD vs Adam -------------------------------------------------------
@@ -39,7 +39,9 @@ class MLPConfig(RunConfig):
     notes="SGD (lr 0.1) and Adam (lr 1e-3) both fit MNIST over 50 epochs; Adam is the default optimiser "
           "for the later experiments. The spec shows curves only, no test numbers.")
 def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
-    from .common import Variant, accuracy_table, curves_figure, load_data, train_variants
+    from ..report.variants import accuracy_table, curves_figure
+    from ..train.variants import Variant, train_variants
+    from .common import load_data
 
     data = load_data(cfg, run)
     variants = [Variant(name, "basic_mlp", {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
@@ -63,7 +65,7 @@ class MLPDepthConfig(RunConfig):
 
 
 def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs) -> list[Variant]:
-    from .common import Variant
+    from ..train.variants import Variant
 
     return ([Variant(f"plain_d{d}", model, {"depth": d, "residual": False, **kwargs}, meta={"depth": d, "residual": "no"})
              for d in plain] +
@@ -84,8 +86,10 @@ def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs)
           "converge; with residual connections even deeper MLPs learn well (gradient signal reaches the "
           "first layers).")
 def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
+    from ..report.variants import plain_vs_residual
     from ..train.gradients import block_grad_ratio
-    from .common import accuracy_table, curves_figure, load_data, train_variants
+    from ..train.variants import train_variants
+    from .common import load_data
 
     data = load_data(cfg, run)
     variants = _depth_variants("mlp", cfg.plain_depths, cfg.residual_depths, width=cfg.width)
@@ -98,30 +102,8 @@ def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
         if gn and gn["per_epoch"]:
             summary[f"{v.name}.grad_ratio"] = block_grad_ratio(gn["layers"], gn["per_epoch"][0])
             v.meta["grad ratio (first/last block, epoch 1)"] = f"{summary[f'{v.name}.grad_ratio']:.3g}"
-    accuracy_table(run, results, variants)
-    plain = [v.name for v in variants if v.name.startswith("plain")]
-    res = [v.name for v in variants if v.name.startswith("res")]
-    curves_figure(run, plain, "curves_plain.png", "Plain MLPs: loss and accuracy per epoch (dashed: validation)")
-    curves_figure(run, res, "curves_residual.png", "Residual MLPs: loss and accuracy per epoch (dashed: validation)")
-    _gradient_figure(run, results, [n for n in (plain[-1:] + res[-1:])])
+    plain_vs_residual(run, results, variants, "MLPs")
     return summary
-
-
-def _gradient_figure(run, results: dict, names: list[str]) -> None:
-    from ..report import plots
-
-    series = {}
-    for n in names:
-        gn = results[n].get("grad_norms")
-        if not gn or not gn["per_epoch"]:
-            continue
-        series[f"{n} epoch 1"] = (gn["layers"], gn["per_epoch"][0])
-        if len(gn["per_epoch"]) > 1:
-            series[f"{n} epoch {len(gn['per_epoch'])}"] = (gn["layers"], gn["per_epoch"][-1])
-    if series:
-        run.save_figure(plots.gradient_norms(series, "per-layer gradient norm, deepest plain vs residual"),
-                        "gradient_norms.png", "Mean gradient norm per weight layer (log scale), first and "
-                        "last epoch, deepest plain vs deepest residual model")
 
 
 # --- Ex. 1.3: CNN depth on CIFAR-10, plain vs residual ---------------------------------------------
@@ -154,23 +136,15 @@ class CNNDepthConfig(RunConfig):
     notes="With residual connections accuracy increases with depth (gradient signal is preserved); without "
           "them accuracy decreases with depth (training difficulties, vanishing gradients).")
 def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
-    from ..report import plots
-    from .common import accuracy_table, curves_figure, load_data, train_variants
+    from ..report.variants import accuracy_vs_depth, plain_vs_residual
+    from ..train.variants import train_variants
+    from .common import load_data
 
     data = load_data(cfg, run)
     variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
     results = train_variants(cfg, run, data, variants)
-    accuracy_table(run, results, variants)
-    plain = [v.name for v in variants if v.name.startswith("plain")]
-    res = [v.name for v in variants if v.name.startswith("res")]
-    curves_figure(run, plain, "curves_plain.png", "Plain CNNs: loss and accuracy per epoch (dashed: validation)")
-    curves_figure(run, res, "curves_residual.png", "Residual CNNs: loss and accuracy per epoch (dashed: validation)")
-    _gradient_figure(run, results, plain[-1:] + res[-1:])
-    depths = sorted(set(cfg.plain_depths) | set(cfg.residual_depths))
-    run.save_figure(plots.line_plot(depths, {
-        kind: [results[f"{p}_d{d}"]["test_acc"] if f"{p}_d{d}" in results else float("nan") for d in depths]
-        for kind, p in (("plain", "plain"), ("residual", "res"))}, "depth (blocks)", "test accuracy",
-        "test accuracy vs depth"), "accuracy_vs_depth.png", "Test accuracy against depth, plain vs residual")
+    plain_vs_residual(run, results, variants, "CNNs")
+    accuracy_vs_depth(run, results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths)))
     summary = {f"{v.name}.test_acc": results[v.name]["test_acc"] for v in variants}
     summary.update({f"{v.name}.val_acc": results[v.name]["val_acc"] for v in variants if "val_acc" in results[v.name]})
     return summary

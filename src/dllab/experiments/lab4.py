@@ -173,7 +173,7 @@ def get_classifier(cfg, run, data: ImageData, device: torch.device,
     Returns (model on ``device`` in eval mode, info: source, arch kwargs, training result or None).
     """
     from ..train.reuse import CNNSource
-    from .common import Variant, train_variants
+    from ..train.variants import Variant, train_variants
 
     ref = CNNSource("model", cfg.model.run, cfg.model.variant, name, 5, "classifier", f"classifier_{name}",
                     same_classes=True)
@@ -360,7 +360,8 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.ood.evaluate import metric_keys
     from ..report import robustness as report
     from ..train.reuse import train_and_reload
-    from .common import Variant, curves_figure, train_variants
+    from ..report.variants import curves_figure
+    from ..train.variants import Variant, train_variants
 
     device = run.device
     data, ood_sets = _id_and_ood_data(cfg, run)

@@ -3,7 +3,7 @@
 Source model (train.reuse): ``--set source.run=RUN_DIR`` reuses a finished run's depth-5 cnn (a
 lab1.cnn-depth run's ``res_d5``, else ``plain_d5``; a lab1.transfer run's ``source``; or ``source.variant``),
 else it is trained here as variant ``source`` (models/source.pt, so the next run can point at it).
-On the target dataset: LinearSVC and k-NN on the frozen, cached source features (analysis.image_features,
+On the target dataset (variants: train.transfer): LinearSVC and k-NN on the frozen, cached source features (analysis.image_features,
 analysis.features); fine-tuning with a new classifier: ``head`` (only fc + ReLU + classifier train),
 ``full_adam``, ``full_sgd``, ``partial`` (stem and the first ``freeze_blocks`` blocks frozen); and
 ``scratch`` (same architecture, random init) as the baseline.
@@ -18,20 +18,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import DllabError
-from ..analysis.features import CLASSIFIERS, cached_classifiers
-from ..analysis.significance import pretraining_verdict
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from ..registry import register_experiment
+from ..train.transfer import VARIANTS
 
 # Registering must not import torch (``dllab list`` stays fast): functions import what they use.
 if TYPE_CHECKING:
-    from torch import nn
-
     from ..data.images import ImageData
     from ..train.reuse import SavedCNN
-    from .common import Variant
-
-VARIANTS = ("head", "full_adam", "full_sgd", "partial", "scratch")
 
 
 # --- config ----------------------------------------------------------------------------------------
@@ -94,54 +88,13 @@ NOTES = ("(CIFAR-10 depth-5 CNN -> CIFAR-100) Linear SVM on the frozen features 
          "val_acc.")
 
 
-# --- fine-tuning variants --------------------------------------------------------------------------
-
-def frozen_prefixes(variant: str, freeze_blocks: int) -> list[str]:
-    """state_dict prefixes that ``variant`` leaves untouched (weights and BatchNorm statistics)."""
-    if variant == "head":
-        return ["normalize.", "stem.", "blocks."]
-    if variant == "partial":
-        return ["normalize.", "stem."] + [f"blocks.{i}." for i in range(freeze_blocks)]
-    return []
-
-
-def fine_tune_variant(name: str, source: nn.Module, freeze_blocks: int = 0) -> Variant:
-    """``name`` (head, full_*, partial): a copy of ``source`` with a new classifier for the target's classes,
-    the variant's parts frozen. The spec's model defines ``fc = Linear(C, C)`` that its forward never calls;
-    here ``head`` trains fc + ReLU + classifier and nothing else."""
-    from .common import Variant
-
-    depth = len(source.blocks)
-    if name == "partial" and not 0 <= freeze_blocks <= depth:
-        raise DllabError(f"freeze_blocks={freeze_blocks}: choose 0..{depth} (the source has {depth} blocks)")
-    return Variant(name, "cnn", {"hidden": source.num_features if name == "head" else 0}, start=source,
-                   frozen=tuple(frozen_prefixes(name, freeze_blocks)))
-
-
-def target_variants(cfg: TransferConfig, source: SavedCNN) -> list[Variant]:
-    """``cfg.variants`` with their optimiser and report columns; ``scratch`` is the source's architecture
-    with random weights."""
-    from .common import Variant
-
-    k, depth = cfg.freeze_blocks, cfg.source.depth
-    trains = {"head": "fc + ReLU + classifier",
-              "partial": f"blocks {k + 1}-{depth} + classifier (stem, blocks 1-{k} frozen)"}
-    out = []
-    for name in cfg.variants:
-        v = Variant(name, "cnn", source.arch) if name == "scratch" else fine_tune_variant(name, source.model, k)
-        o = v.optim = cfg.sgd if name == "full_sgd" else cfg.optim
-        v.meta = {"init": "random" if name == "scratch" else "source", "trains": trains.get(name, "all layers"),
-                  "optimizer": f"{o.name} lr {o.lr:g}" + (f" momentum {o.momentum:g}" if o.name == "sgd" else "")}
-        out.append(v)
-    return out
-
-
 # --- the experiment --------------------------------------------------------------------------------
 
-def get_source(cfg: TransferConfig, run, device) -> tuple[SavedCNN, ImageData, ImageData | None]:
+def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData | None]:
     """(the source model, the target data, the source data when the source is trained here)."""
     from ..train.reuse import CNNSource
-    from .common import Variant, describe_data, load_data, train_variants
+    from ..train.variants import Variant, train_variants
+    from .common import describe_data, load_data
 
     src = cfg.source
     ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model")
@@ -160,100 +113,40 @@ def get_source(cfg: TransferConfig, run, device) -> tuple[SavedCNN, ImageData, I
     return source, target, src_data
 
 
-def note_classes(cfg: TransferConfig, run, source: SavedCNN, target: ImageData) -> None:
-    def show(classes):
-        return ", ".join(classes[:10]) + ("..." if len(classes) > 10 else "")
-
-    if cfg.data.name != "cifar100" or cfg.data.classes:
-        run.note(f"the target is not CIFAR-100 (not available offline): source = {len(source.classes)} classes "
-                 f"({', '.join(source.classes[:10])}), target = {cfg.data.name} classes {show(target.classes)}; "
-                 "the spec's numbers (CIFAR-100, 100 classes) are not comparable with this run's")
-    shared = [c for c in target.classes if c in source.classes]
-    if shared:
-        run.note(f"the source model was trained on {len(shared)} of the target's classes ({show(shared)}): "
-                 "this is not a clean transfer")
-
-
-def classical(cfg: TransferConfig, run, source: SavedCNN, target: ImageData, device) -> dict[str, float]:
-    """LinearSVC / k-NN on the frozen source features: summary keys and a report table."""
-    from ..analysis.image_features import FEATURES_FILE, cached_features
-    from ..train.precision import log_precision, model_kind, resolve_precision
-
-    prec = resolve_precision(cfg.train.precision, device, model_kind(source.model))
-    log_precision(run, prec, "features")
-    feats, reused = cached_features(run, source.model, target, device, cfg.train.eval_batch_size, prec.name)
-    dim = feats["train"][0].shape[1]
-    run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
-    accs = cached_classifiers(run, feats, cfg.classifiers, cfg.knn_k, cfg.seed)
-    label = {"svm": "LinearSVC (C=1)", "knn": f"k-NN (k={cfg.knn_k})", "logreg": "logistic regression"}
-    run.add_table(f"Classical classifiers on the frozen {dim}-dim source features (standardised)",
-                  ["classifier", "model", "val acc", "test acc", "seconds"],
-                  [[n, label.get(n, n), a.get("val", float("nan")), a.get("test", float("nan")),
-                    f"{a['seconds']:.1f}"] for n, a in accs.items()])
-    return {f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a}
-
-
-def accuracy_figure(cfg: TransferConfig, run, summary: dict[str, float], num_classes: int) -> None:
-    """All methods side by side: classical classifiers, fine-tuning variants, scratch (and the spec's)."""
-    from ..report import plots
-
-    methods = [n for n in list(cfg.classifiers) + list(cfg.variants) if f"{n}.test_acc" in summary]
-    if not methods:
-        return
-    series = {"val": [summary.get(f"{n}.val_acc", float("nan")) for n in methods],
-              "test": [summary[f"{n}.test_acc"] for n in methods]}
-    if cfg.data.name == "cifar100" and not cfg.data.classes:
-        series["spec"] = [REFERENCE.get(f"{n}.val_acc", float("nan")) for n in methods]
-    run.save_figure(plots.bar_chart(methods, series, "accuracy", f"target: {cfg.data.name}, {num_classes} classes"),
-                    "accuracy.png", "Accuracy on the target per method: classical classifiers on frozen features, "
-                    "fine-tuning variants, scratch (val = best epoch, test = the best-val weights)")
-
-
 @register_experiment(
     "lab1.transfer", "Depth-5 CIFAR-10 CNN as a frozen feature extractor (LinearSVC, k-NN) and fine-tuned "
                      "(head / full Adam / full SGD / partial) on CIFAR-100, against training from scratch "
                      "(spec Ex. 2.1)", TransferConfig,
     profiles=PROFILES, reference=REFERENCE, notes=NOTES)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
-    from .common import accuracy_table, curves_figure, train_variants
+    from ..analysis.features import check_classifiers
+    from ..analysis.image_features import classical_probe
+    from ..report import transfer as report
+    from ..train.transfer import check_variants, target_variants
+    from ..train.variants import train_variants
 
-    for key, given, valid in (("variants", cfg.variants, VARIANTS), ("classifiers", cfg.classifiers, CLASSIFIERS)):
-        unknown = [v for v in given if v not in valid]
-        if unknown:
-            raise DllabError(f"{key}: unknown '{unknown[0]}'; choose from {', '.join(valid)}")
-    device = run.device
-    source, target, src_data = get_source(cfg, run, device)
-    tuned = target_variants(cfg, source)  # a wrong freeze_blocks fails before anything trains
-    note_classes(cfg, run, source, target)
+    check_variants(cfg.variants)
+    check_classifiers(cfg.classifiers)
+    source, target, src_data = get_source(cfg, run)
+    tuned = target_variants(cfg.variants, source, cfg.optim, cfg.sgd, cfg.freeze_blocks)  # fails before training
+    spec_setting = cfg.data.name == "cifar100" and not cfg.data.classes
+    report.note_classes(run, source, target, spec_setting)
     result = source.blob.get("result") or {}
     summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
     if cfg.classifiers:
-        summary.update(classical(cfg, run, source, target, device))
+        accs, dim = classical_probe(run, source.model, target, run.device, cfg.train.precision,
+                                    cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed)
+        report.classical_table(run, accs, dim, cfg.knn_k)
+        summary.update({f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a})
     if "head" in cfg.variants:
-        w = source.model.num_features
-        run.note(f"head: the spec's model defines fc = Linear({w}, {w}) that its forward pass never uses; dllab's "
-                 f"head is fc + ReLU + a new classifier Linear({w}, {target.num_classes}), and only those two "
-                 "layers train")
+        report.note_head(run, source.model.num_features, target.num_classes)
     results = train_variants(cfg, run, target, tuned)
     for name, res in results.items():
         if "val_acc" in res:
             summary[f"{name}.val_acc"] = res["val_acc"]
         summary[f"{name}.test_acc"] = res.get("best_test_acc", res["test_acc"])
-    if tuned:
-        accuracy_table(run, results, tuned, "Fine-tuning variants (target dataset)")
-        curves_figure(run, [v.name for v in tuned], "curves.png",
-                      "Fine-tuning variants and scratch on the target: loss and accuracy per epoch (dashed: validation)")
-    if src_data is not None:
-        curves_figure(run, ["source"], "curves_source.png",
-                      f"Source model on {src_data.name} ({src_data.num_classes} classes): loss and accuracy per epoch")
-    accuracy_figure(cfg, run, summary, target.num_classes)
-    n_eval = len(target.val) if target.val is not None else len(target.test)
-    if sentence := pretraining_verdict(results, n_eval, "val" if target.val is not None else "test"):
-        run.note(sentence)
-    if "svm.val_acc" in summary and "full_adam.val_acc" in summary:
-        run.note(f"frozen features vs fine-tuning: LinearSVC {summary['svm.val_acc']:.4f}"
-                 + (f", k-NN {summary['knn.val_acc']:.4f}" if "knn.val_acc" in summary else "")
-                 + (f", head {summary['head.val_acc']:.4f}" if "head.val_acc" in summary else "")
-                 + f" against full_adam {summary['full_adam.val_acc']:.4f} (val accuracy)")
-    run.note("test_acc is measured with each variant's best-validation weights (the weights saved in models/)")
+    report.variants_report(run, results, tuned, src_data)
+    report.accuracy_figure(run, summary, list(cfg.classifiers) + list(cfg.variants),
+                           f"target: {cfg.data.name}, {target.num_classes} classes", REFERENCE if spec_setting else None)
+    report.closing_notes(run, results, summary, target)
     return summary
