@@ -55,6 +55,13 @@ def test_balanced_subset_is_balanced_and_seeded():
     assert torch.equal(sub.x, again.x)
 
 
+def test_class_quotas_share_n_as_equally_as_the_class_sizes_allow():
+    from dllab.data import class_quotas
+    assert dict(class_quotas([50, 30, 5], 30)) == {0: 13, 1: 12, 2: 5}   # the small class gives what it has
+    assert class_quotas([4, 4], 5) == [(0, 2), (1, 3)]                   # smallest first, ties in class order
+    assert sum(q for _, q in class_quotas([3, 100, 2], 60)) == 60
+
+
 def test_validation_split_is_disjoint_stratified_and_seeded():
     s = labelled((40, 40, 20))
     tr, va = split_validation(s, 0.25, torch.Generator().manual_seed(0))

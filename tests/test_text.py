@@ -127,6 +127,9 @@ def test_text_loader_reads_jsonl_splits(tmp_path, monkeypatch):
     assert len(load_text_dataset("rotten_tomatoes")["test"]) == 6
     sub = balanced_subset(splits["train"], 8, seed=0)        # files are sorted by class: subset is balanced
     assert len(sub) == 8 and sub.labels.sum() == 4
+    few_positives = splits["train"].subset(list(range(8, 20)))   # 2 positives, 10 negatives
+    sub = balanced_subset(few_positives, 8, seed=0)            # the small class gives what it has
+    assert len(sub) == 8 and sub.labels.sum() == 2
 
 
 def test_text_loader_errors_are_one_line(tmp_path):

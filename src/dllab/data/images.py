@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import DllabError
-from . import cache_dir, data_root
+from . import cache_dir, class_quotas, data_root
 from ..env import to_device
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
 
@@ -366,12 +366,7 @@ def balanced_subset(split: Split, n: int, generator: torch.Generator) -> Split:
     k = int(split.y.max()) + 1
     per_class = [torch.nonzero(split.y == c).flatten() for c in range(k)]
     per_class = [p[torch.randperm(len(p), generator=generator)] for p in per_class]
-    take, quota = [], n
-    for i, p in enumerate(sorted(per_class, key=len)):
-        share = min(len(p), quota // (k - i))
-        take.append(p[:share])
-        quota -= share
-    idx = torch.cat(take)
+    idx = torch.cat([per_class[c][:q] for c, q in class_quotas([len(p) for p in per_class], n)])
     return split.subset(idx[torch.randperm(len(idx), generator=generator)])
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import DllabError
-from . import data_root
+from . import class_quotas, data_root
 
 SPLITS = ("train", "validation", "test")
 
@@ -106,10 +106,11 @@ def balanced_subset(split: TextSplit, limit: int, seed: int) -> TextSplit:
     if limit <= 0 or limit >= len(split):
         return split
     rng = np.random.default_rng(seed)
-    classes = np.unique(split.labels)
-    per_class = [np.flatnonzero(split.labels == c) for c in classes]
-    quota = [limit // len(classes) + (i < limit % len(classes)) for i in range(len(classes))]
-    idx = np.concatenate([rng.choice(ix, min(q, len(ix)), replace=False) for ix, q in zip(per_class, quota)])
+    per_class = [np.flatnonzero(split.labels == c) for c in np.unique(split.labels)]
+    quota = dict(class_quotas([len(ix) for ix in per_class], limit))
+    # Drawn class by class with numpy (not the image subsets' torch generator), rows kept in file order: the
+    # text profiles' numbers were measured on exactly these rows.
+    idx = np.concatenate([rng.choice(ix, quota[c], replace=False) for c, ix in enumerate(per_class)])
     return split.subset(np.sort(idx))
 
 
