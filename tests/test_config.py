@@ -77,6 +77,17 @@ def test_a_profile_key_that_names_no_config_field_fails_at_registration(profile,
     assert "test.bad-profile" not in EXPERIMENTS
 
 
+@pytest.mark.parametrize("profile", [{"finetune.lr.ful": 1e-4}, {"data": {"max_length": 32}}])
+def test_text_profiles_take_flat_known_keys_only(profile):
+    """One profile style: flat dotted keys; a nested section or a misspelt key fails at registration."""
+    from dllab.experiments.lab2 import FinetuneConfig
+    from dllab.registry import EXPERIMENTS, register_experiment
+
+    with pytest.raises(DllabError, match="did you mean 'finetune.lr.full'|'data' is a section"):
+        register_experiment("test.bad-text-profile", "", FinetuneConfig, profiles={"smoke": profile})
+    assert "test.bad-text-profile" not in EXPERIMENTS
+
+
 @pytest.mark.parametrize("name", experiment_names())
 @pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
 def test_every_experiment_builds_every_profile(name, profile):

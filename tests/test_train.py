@@ -174,6 +174,59 @@ def test_cached_arrays_reuse_only_a_matching_readable_file(tmp_path):
     assert any("could not be read" in n for n in run.notes) and any("other inputs" in n for n in run.notes)
 
 
+def test_reuse_or_run_reads_back_only_a_finished_result_of_the_same_inputs(tmp_path):
+    run = Run(tmp_path, "x", None, quiet=True)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"acc": 0.5}
+
+    run.checkpoint_path("v").parent.mkdir()
+    run.checkpoint_path("v").write_bytes(b"training state")
+    assert run.reuse_or_run("v", compute) == ({"acc": 0.5}, False)
+    assert not run.checkpoint_path("v").exists()                   # the result replaces the training state
+    assert run.reuse_or_run("v", compute) == ({"acc": 0.5}, True) and len(calls) == 1
+    assert run.reuse_or_run("c", compute, key="k1") == ({"acc": 0.5}, False)
+    assert run.result("c") == {"key": "k1", "acc": 0.5}
+    assert run.reuse_or_run("c", compute, key="k1")[1] and len(calls) == 2
+    assert not run.reuse_or_run("c", compute, key="k2")[1] and len(calls) == 3      # other inputs
+    assert run.reuse_or_run("skipped", lambda: None) == (None, False) and run.result("skipped") is None
+
+
+@pytest.mark.parametrize("name, key", [("lab1.mlp", "train.threads"), ("lab2.features", "features.threads"),
+                                       ("lab2.finetune", "finetune.threads")])
+def test_the_runner_applies_each_experiments_threads_setting(name, key, tmp_path):
+    from dllab.config import make_config
+    from dllab.registry import Experiment, get_experiment
+    from dllab.runner import _execute
+
+    exp = get_experiment(name)
+    cfg = make_config(exp.config_cls, exp.profiles, "smoke", [f"{key}=1", "device=cpu"])
+    assert cfg.cpu_threads() == 1
+    stub = Experiment(name, "", exp.config_cls, exp.profiles, lambda cfg, run: {"acc": 1.0}, {})
+    run = Run.create(name, cfg, out=str(tmp_path / "r"), quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _execute(stub, run)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert run.env["device"].endswith(", 1 threads)")              # recorded after it was applied
+
+
+def test_progress_bar_shows_only_when_asked_and_on_a_terminal(monkeypatch):
+    import sys
+
+    from dllab.progress import progress_bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not progress_bar(range(3), 3, "x", show=True).disable
+    assert progress_bar(range(3), 3, "x", show=False).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress_bar(range(3), 3, "x", show=True).disable
+
+
 def test_resume_refuses_a_checkpoint_trained_in_another_precision(tmp_path):
     """A resumed variant must continue in the precision it started in (auto could re-probe differently)."""
     from dllab.train.checkpoint import restore_training_state, save_training_state

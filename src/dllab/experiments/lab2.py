@@ -37,6 +37,13 @@ class TextModelConfig:
 
 
 @dataclass
+class TextRunConfig(RunConfig):
+    """What both text experiments configure: the dataset and the pretrained model."""
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+
+
+@dataclass
 class FeaturesSection:
     pooling: str = "cls"                # cls: first token of the last layer | mean: mean over real tokens
     classifiers: list[str] = field(default_factory=lambda: ["svm", "logreg", "knn"])
@@ -46,9 +53,7 @@ class FeaturesSection:
 
 
 @dataclass
-class FeaturesConfig(RunConfig):
-    data: TextDataConfig = field(default_factory=TextDataConfig)
-    model: TextModelConfig = field(default_factory=TextModelConfig)
+class FeaturesConfig(TextRunConfig):
     features: FeaturesSection = field(default_factory=FeaturesSection)
 
     def cpu_threads(self) -> int:
@@ -95,9 +100,7 @@ class FinetuneSection:
 
 
 @dataclass
-class FinetuneConfig(RunConfig):
-    data: TextDataConfig = field(default_factory=TextDataConfig)
-    model: TextModelConfig = field(default_factory=TextModelConfig)
+class FinetuneConfig(TextRunConfig):
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def cpu_threads(self) -> int:
