@@ -106,8 +106,8 @@ def _synthetic_images(job: Job, n: int):
 
 def time_image_job(job: Job, steps: int, device: torch.device) -> tuple[float, str]:
     """(images per second of the second epoch, precision) for ``steps`` batches per epoch."""
-    from dllab.experiments.common import Variant, build_for
     from dllab.train.loop import cross_entropy_loss, fit
+    from dllab.train.variants import Variant, build_for
     loss_fn = cross_entropy_loss
     if job.fgsm:
         from dllab.analysis.attacks import make_fgsm_loss
