@@ -5,7 +5,8 @@ import torch
 from dllab import DllabError
 from dllab.config import DataConfig
 from dllab.data import images
-from dllab.data.images import Batches, Split, balanced_subset, load_images, random_crop_flip, split_validation
+from dllab.data.images import (Batches, Split, balanced_subset, load_images, random_crop_flip, split_validation,
+                               to_unit_float)
 
 
 def labelled(n_per_class=(10, 10, 10)):
@@ -106,6 +107,20 @@ def test_batches_cover_the_split_and_repeat_per_epoch():
     assert not all(torch.equal(a, c) for a, c in zip(first, [y for _, y in b]))
     xb, _ = next(iter(b))
     assert xb.dtype == torch.float32 and 0 <= xb.min() and xb.max() <= 1
+
+
+def test_to_unit_float_is_the_one_uint8_to_unit_conversion():
+    x = torch.arange(256, dtype=torch.uint8).view(4, 1, 8, 8)
+    out = to_unit_float(x)
+    assert out.dtype == torch.float32 and out.device == x.device
+    assert torch.equal(out, x.float() / 255) and out[0, 0, 0, 0] == 0 and out[-1, 0, -1, -1] == 1
+    assert to_unit_float(x, dtype=torch.float64).dtype == torch.float64
+    unit = torch.rand(2, 3, 4, 4)
+    assert torch.equal(to_unit_float(unit), unit)                    # floats in [0, 1] pass unchanged
+    with pytest.raises(DllabError, match=r"\[0, 1\]"):               # normalised images would break every eps
+        to_unit_float(unit * 2 - 1)
+    b = Batches(Split(x, torch.zeros(4, dtype=torch.long)), 3, torch.device("cpu"))
+    assert torch.equal(torch.cat([xb for xb, _ in b]), out)          # what training sees is the same
 
 
 def test_missing_dataset_offline_names_the_expected_files(tmp_path):

@@ -13,7 +13,7 @@ from dllab.analysis.ood.datasets import (CIFAR100_20, OOD_SETS, build_ood_set, c
 from dllab.analysis.ood.metrics import ood_metrics
 from dllab.cli import main
 from dllab.config import DataConfig
-from dllab.data.images import Split, load_images, to_float
+from dllab.data.images import Split, load_images, to_unit_float
 from dllab.registry import build_model
 from dllab.runner import run_experiment
 from dllab.train.checkpoint import load_model, save_model
@@ -110,7 +110,7 @@ def test_mnist_becomes_rgb_32x32_zero_padded_in_unit_range(root):
     data = load_images(DataConfig(name="cifar10", classes=["0", "1"], test_limit=10))
     ood = build_ood_set("mnist", data, root, limit=30)
     assert tuple(ood.x.shape) == (30, 3, 32, 32) and "zero-padded" in ood.source
-    xf = to_float(ood.x)
+    xf = to_unit_float(ood.x)
     assert 0 <= xf.min() and xf.max() <= 1 and xf.max() > 0.9
     assert torch.equal(ood.x[:, 0], ood.x[:, 2])                                # grey: equal channels
 

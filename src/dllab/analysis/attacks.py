@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import DllabError
-from .ood import eval_mode, image_tensor, model_device_dtype, to_unit_float
+from ..data.images import to_unit_float
+from .ood import eval_mode, image_tensor, model_device_dtype
 
 
 def _check_eps(eps: float) -> None:

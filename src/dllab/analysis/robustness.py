@@ -9,9 +9,8 @@ from typing import Sequence
 
 import torch
 
-from ..data.images import Split
+from ..data.images import Split, to_unit_float
 from .attacks import ATTACKS, adversarial_accuracy
-from .ood import to_unit_float
 
 
 def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 256) -> float:

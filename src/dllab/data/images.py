@@ -405,8 +405,18 @@ def load_images(cfg, seed: int = 0, profile: str = "quick") -> ImageData:
 
 # --- batches on the device ------------------------------------------------------------------------
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255)
+def to_unit_float(x: torch.Tensor, device: torch.device | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Images as float in [0, 1] on ``device`` (None: where they are). uint8 is divided by 255 after the
+    transfer (4x less copied); float images must already be in [0, 1]."""
+    if x.dtype == torch.uint8:
+        return x.to(device).to(dtype).div_(255)
+    # Already-normalised inputs would silently break every epsilon in pixel units, so refuse them.
+    # Check before the transfer: the batch is usually still on the CPU, where this costs no sync.
+    lo, hi = torch.aminmax(x.detach())
+    if lo.item() < -1e-4 or hi.item() > 1 + 1e-4:
+        raise DllabError(f"float images must be in [0, 1] (got range [{lo.item():.3g}, {hi.item():.3g}]); "
+                         "pass un-normalised images, normalisation lives inside the model")
+    return x.to(device=device, dtype=dtype)
 
 
 def random_crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -457,7 +467,7 @@ class Batches:
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl
-            xb = to_float(self.x[idx])
+            xb = to_unit_float(self.x[idx])
             if self.augment:
                 xb = random_crop_flip(xb, g)
             yield xb, self.y[idx]

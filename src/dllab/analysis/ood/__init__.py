@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ... import DllabError
+from ...data.images import to_unit_float
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -61,19 +62,6 @@ def image_tensor(x) -> torch.Tensor:
     if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):   # channels-last, e.g. CIFAR numpy arrays
         t = t.permute(0, 3, 1, 2)
     return t
-
-
-def to_unit_float(xb: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
-    """One batch as float in [0, 1] on ``device``: uint8 is divided by 255 after the transfer (4x less copied)."""
-    if xb.dtype == torch.uint8:
-        return xb.to(device).to(dtype).div_(255)
-    # Already-normalised inputs would silently break every epsilon in pixel units, so refuse them.
-    # Check before the transfer: the batch is usually still on the CPU, where this costs no sync.
-    lo, hi = torch.aminmax(xb.detach())
-    if lo.item() < -1e-4 or hi.item() > 1 + 1e-4:
-        raise DllabError(f"float images must be in [0, 1] (got range [{lo.item():.3g}, {hi.item():.3g}]); "
-                         "pass un-normalised images, normalisation lives inside the model")
-    return xb.to(device=device, dtype=dtype)
 
 
 def image_batches(data, batch_size: int, device, dtype=torch.float32) -> Iterator[torch.Tensor]:
@@ -130,4 +118,4 @@ DETECTORS: dict[str, type[Detector]] = {
 
 __all__ = ["DETECTORS", "Detector", "LogitDetector", "MSP", "MaxLogit", "Energy", "ODIN", "Autoencoder",
            "logits_of", "msp_scores", "max_logit_scores", "energy_scores",
-           "eval_mode", "image_batches", "image_tensor", "to_unit_float", "model_device_dtype"]
+           "eval_mode", "image_batches", "image_tensor", "model_device_dtype"]

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import DllabError
+from ...data.images import to_unit_float
 from ...models.decoder import conv_decoder
-from . import eval_mode, image_batches, image_tensor, model_device_dtype, to_unit_float
+from . import eval_mode, image_batches, image_tensor, model_device_dtype
 from .base import Detector
 
 
