@@ -212,3 +212,53 @@ def test_attacks_work_when_called_under_inference_mode():
     w = model.classifier.weight.detach()
     torch.testing.assert_close(x_adv, x + 0.05 * torch.sign(w[1 - y] - w[y]).view(4, 3, 2, 2))
     assert (x_pgd - x).abs().max() <= 0.05 + 1e-6
+
+
+# ---- attacks measured over models (analysis.robustness), as Lab 4 runs them -----------------------
+
+def _lab4_run(tmp_path):
+    from dllab.experiments.lab4 import AdvTrainConfig
+    from dllab.runs import Run
+
+    return Run.create("lab4.adv-train", AdvTrainConfig(), out=str(tmp_path / "run"), quiet=True)
+
+
+def test_attack_models_measures_each_model_as_adversarial_accuracy_does(trained, tmp_path, monkeypatch):
+    from dllab.analysis import robustness
+    from dllab.analysis.settings import AttackConfig
+    from dllab.data.images import Split
+
+    model, x, y = trained
+    split = Split((x * 255).round().to(torch.uint8), y)
+    run = _lab4_run(tmp_path)
+    pgd_cfg = AttackConfig(name="pgd", epsilons=[0.0, 0.06], steps=2)
+    clean, accs = robustness.attack_models(run, {"model": model}, split, pgd_cfg, seed=4, batch_size=64)
+    expect = adversarial_accuracy(model, split.x, y, [0.0, 0.06], attack="pgd", batch_size=64, steps=2,
+                                  step_size=None, random_start=True, generator=torch.Generator().manual_seed(4))
+    assert accs["model"] == expect and clean["model"] == expect[0.0] > 0.9       # seed and options reach PGD
+    assert "[model] pgd accuracy: 0: " in (run.path / "log.txt").read_text()
+    # Two models: each measured, and a note names the model it is about.
+    monkeypatch.setattr(robustness, "rising_accuracy_note", lambda accs, attack: f"{attack} rises")
+    fgsm_cfg = AttackConfig(epsilons=[0.0, 0.06])
+    torch.manual_seed(1)
+    untrained = MLP().eval()
+    clean, accs = robustness.attack_models(run, {"std": model, "other": untrained}, split, fgsm_cfg)
+    assert set(clean) == set(accs) == {"std", "other"} and accs["std"][0.0] == clean["std"]
+    assert accs["std"] != accs["other"]
+    assert {"std model: fgsm rises", "other model: fgsm rises"} <= set(run.notes)
+
+
+def test_attack_examples_perturb_the_drawn_images_per_epsilon(trained):
+    from dllab.analysis.robustness import attack_examples
+    from dllab.analysis.settings import AttackConfig
+    from dllab.data.images import Split
+
+    model, x, y = trained
+    split = Split((x * 255).round().to(torch.uint8), y)
+    labels, out = attack_examples(model, split, AttackConfig(epsilons=[0.0, 0.1], examples=3), seed=2)
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(2))[:3]
+    assert torch.equal(labels, y[idx]) and list(out) == [0.0, 0.1]
+    clean_x, clean_pred = out[0.0]
+    assert torch.equal(clean_x, split.x[idx].float() / 255) and torch.equal(clean_pred, model(clean_x).argmax(1))
+    assert torch.equal(out[0.1][0], fgsm(model, clean_x, labels, 0.1))
+    assert attack_examples(model, split, AttackConfig(examples=0))[1] == {}

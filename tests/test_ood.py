@@ -343,3 +343,91 @@ def test_detector_names_match_the_detector_classes():
     from dllab.analysis.ood import DETECTORS
 
     assert tuple(DETECTORS) == DETECTOR_NAMES
+
+
+# ---- the pipeline Lab 4 runs: detectors from config sections, evaluated against OOD sets, ODIN searched -
+
+def _run(tmp_path):
+    from dllab.experiments.lab4 import OODExpConfig
+    from dllab.runs import Run
+
+    return Run.create("lab4.ood", OODExpConfig(), out=str(tmp_path / "run"), quiet=True)
+
+
+def _id_data_and_ood_sets(n_train=12, n_test=10):
+    from dllab.analysis.ood.datasets import OODSet
+    from dllab.data.images import ImageData, Split
+
+    def u8(n, seed, lo, hi):
+        return (255 * _images(n, seed, lo, hi, shape=(3, 6, 6))).round().to(torch.uint8)
+
+    split = lambda n, seed: Split(u8(n, seed, 0.3, 0.7), torch.arange(n) % 3)       # noqa: E731
+    data = ImageData("toy", ["a", "b", "c"], split(n_train, 1), None, split(n_test, 2), None, "generated")
+    return data, [OODSet("dark", u8(8, 3, 0.0, 0.3), "generated"), OODSet("bright", u8(6, 4, 0.7, 1.0), "generated")]
+
+
+def test_build_detectors_takes_the_sections_settings_and_checks_the_names(tmp_path):
+    from dllab.analysis.ood.evaluate import build_detectors
+    from dllab.analysis.settings import AutoencoderConfig, OdinSetting
+
+    run = _run(tmp_path)
+    ae = AutoencoderConfig(epochs=2, lr=0.01, batch_size=4, hidden=3)
+    dets = build_detectors(run, ["odin", "msp", "autoencoder", "msp"], 16, OdinSetting(2.0, 0.01), ae, seed=7,
+                           tag="m")
+    assert list(dets) == ["odin", "msp", "autoencoder"] and all(d.batch_size == 16 for d in dets.values())
+    assert (dets["odin"].T, dets["odin"].eps) == (2.0, 0.01)
+    a = dets["autoencoder"]
+    assert (a.epochs, a.lr, a.fit_batch_size, a.hidden, a.seed) == (2, 0.01, 4, 3, 7)
+    assert [d.learns for d in dets.values()] == [False, False, True]
+    a.progress(1, 0.5)
+    assert "[m] decoder epoch 1/2 reconstruction MSE 0.50000" in (run.path / "log.txt").read_text()
+    with pytest.raises(DllabError, match="ood.detectors"):
+        build_detectors(run, ["msp", "mahalanobis"], 16, OdinSetting(), ae)
+
+
+def test_evaluate_ood_fits_on_a_balanced_subset_and_saves_every_score(tmp_path):
+    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood, ood_evaluation
+    from dllab.analysis.settings import AutoencoderConfig, OdinSetting
+
+    run, (data, ood_sets) = _run(tmp_path), _id_data_and_ood_sets()
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    dets = build_detectors(run, ["msp", "energy", "autoencoder"], 4, OdinSetting(), AutoencoderConfig(epochs=1))
+    scores, metrics = evaluate_ood(run, model, dets, data, ood_sets, batch_size=4, fit_limit=6, seed=0, tag="std")
+    assert dets["autoencoder"].n_train == 6                              # fit_limit images, 2 per class
+    assert set(metrics) == {"dark", "bright"} and set(metrics["dark"]) == {"msp", "energy", "autoencoder"}
+    again, _ = ood_evaluation(model, data.test.x, {s.name: s.x for s in ood_sets}, dets, batch_size=4)
+    z = np.load(run.path / "scores_std.npz")
+    assert z["ood_sets"].tolist() == ["dark", "bright"] and z["id.labels"].tolist() == data.test.y.tolist()
+    for g in ("id", "dark", "bright"):
+        for k in ("logits", "msp", "energy", "autoencoder"):
+            np.testing.assert_array_equal(z[f"{g}.{k}"], again[g][k].numpy())
+    # Nothing learns: no training images are drawn, and the file has no tag.
+    logit_only = build_detectors(run, ["max_logit"], 4, OdinSetting(), AutoencoderConfig())
+    evaluate_ood(run, model, logit_only, data, ood_sets[:1], batch_size=4)
+    assert np.load(run.path / "scores.npz")["detectors"].tolist() == ["max_logit"]
+
+
+def test_odin_search_sets_draws_the_masks_in_order_and_records_each_set(tmp_path):
+    from dllab.analysis.ood.odin_search import odin_search, search_sets, split_mask
+    from dllab.analysis.settings import OdinGridConfig
+
+    run, (data, ood_sets) = _run(tmp_path), _id_data_and_ood_sets(n_test=12)
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    grid = OdinGridConfig(temperatures=[1.0, 10.0], epsilons=[0.0, 0.01], val_fraction=0.5)
+    keys, results = search_sets(run, model, data.test.x, ood_sets, grid, batch_size=4, seed=3)
+    g = torch.Generator().manual_seed(3)
+    id_val = split_mask(12, 0.5, g)
+    for s in ood_sets:                                   # the ID mask first, then one per set, in order
+        res, got_id, got_ood = results[s.name]
+        ood_val = split_mask(len(s), 0.5, g)
+        assert torch.equal(got_id, id_val) and torch.equal(got_ood, ood_val)
+        ref = odin_search(model, data.test.x, s.x, id_val, ood_val, grid.temperatures, grid.epsilons, 4)
+        assert keys[f"{s.name}.odin.auroc"] == ref["best_test"]["auroc"]
+        assert keys[f"{s.name}.odin.grid_auroc@T1_eps0"] == keys[f"{s.name}.msp.auroc"]
+        z = np.load(run.path / f"odin_grid_{s.name}.npz")
+        np.testing.assert_array_equal(z["scores_ood"], ref["grid_ood"])
+    one, _ = search_sets(run, model, data.test.x, ood_sets[:1], grid, batch_size=4, seed=3)
+    assert "odin.best_T" in one and not any(k.startswith("dark.") for k in one)    # one set: no prefix
+    assert not any("differs from MSP" in n for n in run.notes)

@@ -83,3 +83,15 @@ def test_reused_and_trained_here_come_back_the_same_way(tmp_path):
     with pytest.raises(DllabError, match="depth=3"):     # what is trained here passes the same checks
         CNNSource("model", "", "", "deep", 2, "classifier", "c").get(run, _data(),
                                                                      train=lambda: _save(run.path, "deep", depth=3))
+
+
+def test_ready_hands_over_the_model_in_eval_mode_on_the_run_device(tmp_path):
+    theirs = tmp_path / "theirs"
+    _save(theirs, "standard")
+    run = _run(tmp_path)
+    saved = _source(theirs).ready(run, _data(), train=lambda: pytest.fail("trained instead of reused"))
+    assert not any(m.training for m in saved.model.modules())        # load_model leaves it in training mode
+    assert {p.device for p in saved.model.parameters()} == {torch.device(run.device)}
+    assert saved.origin == str(saved.path.resolve())
+    here = _source().ready(run, _data(), train=lambda: _save(run.path, "standard"))
+    assert here.origin == "trained in this run (models/standard.pt)" and not here.model.training

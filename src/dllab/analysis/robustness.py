@@ -1,5 +1,6 @@
 """Robustness to adversarial examples, measured: the clean accuracy, the accuracy per epsilon under FGSM or
-PGD, a report line when accuracy rises with epsilon, and perturbed example images for a figure.
+PGD (of one model or several side by side), a report line when accuracy rises with epsilon, and perturbed
+example images for a figure.
 
 Images are uint8 or float in [0, 1]; epsilons are in pixel units (normalisation lives inside the model).
 """
@@ -11,6 +12,7 @@ import torch
 
 from ..data.images import Split, to_unit_float
 from .attacks import ATTACKS, adversarial_accuracy
+from .settings import AttackConfig
 
 
 def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 256) -> float:
@@ -38,20 +40,41 @@ def attack_sweep(model, split: Split, attack: str, epsilons: Sequence[float], ba
                                 **attack_options(attack, **options))
 
 
-def attack_examples(model, split: Split, n: int, attack: str, epsilons: Sequence[float], seed: int = 0,
-                    **options) -> tuple[torch.Tensor, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
-    """``n`` images of ``split`` (drawn with ``seed``) and, per epsilon, their perturbed versions and the
-    model's predictions: (true labels, {eps: (images, predictions)}); nothing when ``n`` < 1."""
-    n = min(n, len(split))
+def attack_models(run, models: dict, split: Split, attack: AttackConfig, seed: int = 0,
+                  batch_size: int = 256) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+    """Clean accuracy and accuracy per epsilon under ``attack`` of each of ``models``
+    (name -> model on its device), each logged; a note when accuracy rises with epsilon or when eps = 0 is
+    not the clean accuracy (a bug). Returns ({name: clean accuracy}, {name: {eps: accuracy}})."""
+    clean, accs = {}, {}
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        clean[name] = clean_accuracy(model, split, device, batch_size)
+        accs[name] = attack_sweep(model, split, attack.name, attack.epsilons, batch_size, steps=attack.steps,
+                                  step_size=attack.step_size, random_start=attack.random_start, seed=seed)
+        run.log(f"[{name}] {attack.name} accuracy: " + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs[name].items()))
+        who = f"{name} model: " if len(models) > 1 else ""
+        if 0 in accs[name] and accs[name][0] != clean[name]:
+            run.note(f"{who}accuracy at eps 0 ({accs[name][0]}) differs from the clean test accuracy ({clean[name]})")
+        if (note := rising_accuracy_note(accs[name], attack.name)) is not None:
+            run.note(who + note)
+    return clean, accs
+
+
+def attack_examples(model, split: Split, attack: AttackConfig, seed: int = 0
+                    ) -> tuple[torch.Tensor, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """``attack.examples`` images of ``split`` (drawn with ``seed``) and, per epsilon of ``attack``, their
+    perturbed versions and the model's predictions: (true labels, {eps: (images, predictions)}); nothing
+    when there are no examples to show."""
+    n = min(attack.examples, len(split))
     if n < 1:
         return torch.zeros(0, dtype=torch.long), {}
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     device = next(model.parameters()).device
     x, y = to_unit_float(split.x[idx], device), split.y[idx].to(device)
-    kwargs = attack_options(attack, seed=seed, **options)
+    kwargs = attack_options(attack.name, attack.steps, attack.step_size, attack.random_start, seed)
     out = {}
-    for eps in epsilons:
-        xa = x if eps == 0 else ATTACKS[attack](model, x, y, eps, **kwargs)
+    for eps in attack.epsilons:
+        xa = x if eps == 0 else ATTACKS[attack.name](model, x, y, eps, **kwargs)
         with torch.inference_mode():
             out[eps] = (xa, model(xa).argmax(1))
     return y, out

@@ -16,6 +16,17 @@ def k255(eps: float) -> str:
     return f"{eps * 255:.3g}/255"
 
 
+def classifier_table(run, models: dict[str, tuple[str, dict, float]], classes: int, test_images: int) -> None:
+    """The classifier (or, with several, one row per model): name -> (where it came from, its cnn's
+    architecture, its clean test accuracy), beside the ID data's number of classes and test images."""
+    several = len(models) > 1
+    run.add_table("Models" if several else "Classifier",
+                  [*(["model"] if several else []), "source", "architecture", "ID classes", "test images",
+                   "clean test accuracy (fp32)"],
+                  [[*([n] if several else []), source, f"cnn {arch}", classes, test_images, acc]
+                   for n, (source, arch, acc) in models.items()])
+
+
 # --- OOD detection ---------------------------------------------------------------------------------
 
 def ood_metrics_table(run, metrics: dict, title: str) -> None:
@@ -138,20 +149,23 @@ def comparison_tables(run, accs: dict, metrics: dict, attack: str, refs: dict[st
                    *[f"FPR95 {n}" for n in MODELS]], rows)
 
 
-def comparison_figures(run, accs: dict, metrics: dict, scores: dict, attack: str) -> None:
-    """accuracy_vs_eps.png, ood_auroc.png and histograms.png (max logit and MSP) of both ``MODELS``."""
+def comparison_figures(run, accs: dict, metrics: dict, scores: dict, attack: str, labels: dict[str, str]) -> None:
+    """accuracy_vs_eps.png, ood_auroc.png, histograms.png (max logit and MSP) of both ``MODELS``, then each
+    model's ROC/PR curves (<model>_roc_pr_<ood>.png)."""
     run.save_figure(plots.line_plot(list(accs["standard"]), {label: list(accs[n].values())
                                                              for n, label in MODELS.items()},
                                     "epsilon (pixel units)", "test accuracy", f"{attack.upper()}: accuracy vs epsilon"),
                     "accuracy_vs_eps.png", f"Test accuracy under {attack.upper()}, standard vs adversarially trained")
     std = metrics["standard"]
-    labels = [f"{o}: {d}" if len(std) > 1 else d for o in std for d in std[o]]
-    run.save_figure(plots.bar_chart(labels, {n: [metrics[n][o][d]["auroc"] for o in std for d in std[o]]
+    bars = [f"{o}: {d}" if len(std) > 1 else d for o in std for d in std[o]]
+    run.save_figure(plots.bar_chart(bars, {n: [metrics[n][o][d]["auroc"] for o in std for d in std[o]]
                                              for n in MODELS}, "AUROC", "OOD detection AUROC"), "ood_auroc.png",
                     "AUROC of each detector (ID test vs OOD), standard vs adversarially trained")
     panels = {f"{n}: {k}": v for n in MODELS for k, v in histogram_panels(scores[n], {}).items()}
     run.save_figure(plots.score_histograms(panels, "standard vs adversarially trained", ncols=2), "histograms.png",
                     "Max logit and max softmax probability, ID test vs OOD, for both models")
+    for n in MODELS:
+        roc_figures(run, scores[n], metrics[n], labels, f"{n}_", f"{n}: ")
 
 
 # --- ODIN grid search ------------------------------------------------------------------------------

@@ -40,6 +40,11 @@ class SavedCNN:
     def classes(self) -> list[str]:
         return list(self.blob.get("classes") or [])
 
+    @property
+    def origin(self) -> str:
+        """Where it came from, for the report and env.json: the reused file, or this run's models/<name>.pt."""
+        return str(self.path.resolve()) if self.reused else f"trained in this run (models/{self.path.name})"
+
     def describe(self) -> str:
         kw = self.kwargs
         return (f"cnn depth {kw.get('depth')}, {kw.get('base_channels')} channels, "
@@ -97,7 +102,13 @@ class CNNSource:
                      "— reused, not trained in this run")
         else:
             saved = train_and_reload(run, self.name, self.depth, train)
-        run.write_env(**{self.env_key: self.origin(saved)})
+        run.write_env(**{self.env_key: saved.origin})
+        return saved
+
+    def ready(self, run, data, train: Callable[[], Any], found: SavedCNN | None = None) -> SavedCNN:
+        """``get``, with the model in eval mode on ``run.device``: how detectors and attacks take it."""
+        saved = self.get(run, data, train, found)
+        saved.model.to(run.device).eval()
         return saved
 
     def check(self, saved: SavedCNN, data) -> None:
@@ -112,6 +123,3 @@ class CNNSource:
         if channels != data.shape[0]:
             raise DllabError(f"{saved.path}: the saved model takes {channels}-channel images, the "
                              f"{data.name} images here have {data.shape[0]}")
-
-    def origin(self, saved: SavedCNN) -> str:
-        return str(saved.path.resolve()) if saved.reused else f"trained in this run (models/{self.name}.pt)"

@@ -162,6 +162,7 @@ class Autoencoder(Detector):
     """
 
     label = "autoencoder MSE"
+    learns = True
 
     def __init__(self, epochs: int = 5, lr: float = 1e-3, fit_batch_size: int = 128, hidden: int = 32,
                  seed: int | None = None, progress: Callable[[int, float], None] | None = None,

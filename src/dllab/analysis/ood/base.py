@@ -16,6 +16,7 @@ class Detector:
     """Base detector. ``batch_size``: images per forward pass when scoring; ``label``: its name in figures."""
 
     label = "detector"
+    learns = False        # whether ``fit`` needs ID training images (the autoencoder's decoder)
 
     def __init__(self, batch_size: int = 256):
         self.batch_size = batch_size

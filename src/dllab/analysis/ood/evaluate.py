@@ -1,6 +1,6 @@
-"""Detectors against OOD sets: fit every detector, score the ID images and each OOD set (one forward pass
-serves the logit detectors), the metrics of every (OOD set, detector), flat summary keys, and the arrays
-of scores.npz. Scores follow ``analysis.ood``: larger = more likely OOD.
+"""Detectors against OOD sets: build the configured detectors, fit them, score the ID images and each OOD
+set (one forward pass serves the logit detectors), the metrics of every (OOD set, detector), flat summary
+keys, and the arrays of scores.npz. Scores follow ``analysis.ood``: larger = more likely OOD.
 """
 from __future__ import annotations
 
@@ -9,9 +9,28 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..detector_names import METRICS
-from . import logits_of
+from ...data.images import ImageData, balanced_subset
+from ..detector_names import METRICS, check_detectors
+from ..settings import AutoencoderConfig, OdinSetting
+from . import DETECTORS, logits_of
 from .base import Detector, LogitDetector
+from .datasets import OODSet
+
+
+def build_detectors(run, names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
+                    seed: int = 0, tag: str = "") -> dict[str, Detector]:
+    """The detectors ``names`` (checked), not fitted yet: build them once per model, since the autoencoder's
+    decoder belongs to the model it was fitted on. ``seed`` seeds the decoder's shuffling, whose progress
+    goes to the run's log under ``tag``."""
+    def progress(epoch: int, loss: float) -> None:
+        run.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} reconstruction MSE {loss:.5f}")
+
+    options = {"odin": {"T": odin.temperature, "eps": odin.epsilon},
+               "autoencoder": {"epochs": autoencoder.epochs, "lr": autoencoder.lr,
+                               "fit_batch_size": autoencoder.batch_size, "hidden": autoencoder.hidden,
+                               "seed": seed, "progress": progress}}
+    return {d: DETECTORS[d](batch_size=batch_size, **options.get(d, {})) for d in check_detectors(names)}
+
 
 def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
     """{"logits": (N, K), name: (N,)} for images ``x``; one forward pass serves the logit detectors."""
@@ -51,6 +70,20 @@ def fit_and_evaluate(run, model, detectors: dict[str, Detector], x_train, id_x, 
     for ood, per_det in metrics.items():
         run.log(f"{tag + ' ' if tag else ''}{ood}: "
                 + ", ".join(f"{d} AUROC {m['auroc']:.3f}" for d, m in per_det.items()))
+    return scores, metrics
+
+
+def evaluate_ood(run, model, detectors: dict[str, Detector], data: ImageData, ood_sets: Sequence[OODSet],
+                 batch_size: int = 256, fit_limit: int = 0, seed: int = 0, tag: str = "") -> tuple[dict, dict]:
+    """``fit_and_evaluate`` on ``data``'s test images vs every OOD set; the detectors that learn are fitted on
+    a class-balanced subset of ``fit_limit`` of its training images (0 = all) drawn with ``seed``. Every
+    score is saved to scores[_<tag>].npz. Returns (scores, metrics)."""
+    learns = any(det.learns for det in detectors.values())
+    x_fit = balanced_subset(data.train, fit_limit, torch.Generator().manual_seed(seed)).x if learns else None
+    scores, metrics = fit_and_evaluate(run, model, detectors, x_fit, data.test.x, {s.name: s.x for s in ood_sets},
+                                       batch_size, tag)
+    run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
+                    score_arrays(scores, data.classes, data.test.y, list(detectors)))
     return scores, metrics
 
 
