@@ -386,3 +386,70 @@ def test_features_on_real_rotten_tomatoes(tmp_path):
     assert run_features(cfg, run) == summary                        # a second call reuses the features
     assert cache.stat().st_mtime_ns == stamp
     assert "reusing features.npz" in (run.path / "log.txt").read_text()
+
+
+# A real kill -9 of the whole CLI process right after the text loop wrote its first end-of-epoch checkpoint:
+# no exception handler, no atexit, no flush runs; only what was on disk survives.
+_KILL_AFTER_FIRST_CHECKPOINT = """
+import os, signal, sys
+import dllab.text.strategies as strategies
+real_save = strategies.save_training_state
+def save_then_die(*args, **kwargs):
+    real_save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+strategies.save_training_state = save_then_die
+from dllab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+# The resumed process counts the epochs it trains: continuing from the checkpoint means 2 of 3, not 3.
+_COUNT_EPOCHS = """
+import sys
+import dllab.text.strategies as strategies
+real_epoch, trained = strategies._train_epoch, []
+def counted(*args, **kwargs):
+    trained.append(1)
+    return real_epoch(*args, **kwargs)
+strategies._train_epoch = counted
+from dllab.cli import main
+code = main(sys.argv[1:])
+print(f"epochs trained: {len(trained)}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_finetune_resumes_after_kill_9_with_identical_metrics(tiny_distilbert, tmp_path):
+    """lab2.finetune killed with SIGKILL after its first checkpoint; ``--resume`` ends with the metrics and
+    history of an uninterrupted run (CPU, one thread)."""
+    import signal
+    import subprocess
+    import sys
+    root = _write_dataset(tmp_path / "data", {"train": 32, "validation": 16, "test": 16})
+    args = ["run", "lab2.finetune", "--profile", "smoke", "--quiet", "--set", f"model.name={tiny_distilbert}",
+            "--set", f"data.root={root}", "--set", "finetune.strategies=[full]", "--set", "finetune.epochs=3",
+            "--set", "finetune.threads=1"]
+
+    def cli(*extra, code=None):
+        return subprocess.run([sys.executable, "-c", code, *extra] if code else
+                              [sys.executable, "-m", "dllab.cli", *extra], capture_output=True, text=True,
+                              timeout=300)
+
+    def summary(run_dir):
+        s = json.loads((run_dir / "metrics.json").read_text())["summary"]
+        return {k: v for k, v in s.items() if not k.endswith((".seconds", "peak_mem_mb"))}
+
+    def history(run_dir):
+        rows = (run_dir / "history.csv").read_text().splitlines()
+        col = rows[0].split(",").index("seconds") if "seconds" in rows[0].split(",") else -1
+        return [",".join(c for i, c in enumerate(r.split(",")) if i != col) for r in rows]
+
+    ref = cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    killed = cli(*args, "--out", str(tmp_path / "killed"), code=_KILL_AFTER_FIRST_CHECKPOINT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "killed" / "checkpoints" / "full.pt").is_file()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = cli("run", "--resume", str(tmp_path / "killed"), "--quiet", code=_COUNT_EPOCHS)
+    assert resumed.returncode == 0 and "epochs trained: 2" in resumed.stderr, resumed.stderr
+    assert summary(tmp_path / "killed") == summary(tmp_path / "ref")
+    assert history(tmp_path / "killed") == history(tmp_path / "ref")
+    assert not (tmp_path / "killed" / "checkpoints" / "full.pt").exists()   # removed once the result is saved
