@@ -225,7 +225,7 @@ AT_LEAST_1, AT_LEAST_0, POSITIVE = _range(1), _range(0), _range(0, lo_open=True)
 FRACTION, UNIT = _range(0, 1, hi_open=True), _range(0, 1)
 RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     **dict.fromkeys(["epochs", "batch_size", "eval_batch_size", "analysis_batch_size", "width", "base_channels",
-                     "hidden", "k", "knn_k", "max_length", "steps", "depth", "r", "lora.alpha",
+                     "hidden", "k", "knn_k", "max_length", "steps", "depth", "r", "lora.alpha", "every_steps",
                      "optim.step_size", "sgd.step_size", "adam.step_size"], AT_LEAST_1),
     **dict.fromkeys(["train_limit", "test_limit", "val_limit", "limit", "threads", "freeze_blocks", "examples",
                      "epsilon", "momentum", "weight_decay", "attack.step_size"], AT_LEAST_0),
@@ -282,11 +282,19 @@ def _leaves(cfg, prefix: str = ""):
 
 
 @dataclass
+class LogConfig:
+    """Where a run's numbers go besides its folder's files (src/dllab/tracking.py)."""
+    sinks: list[str] = field(default_factory=lambda: ["tensorboard"])   # tensorboard | mlflow | wandb
+    every_steps: int = 50               # the training loss goes to the sinks every this many steps
+
+
+@dataclass
 class RunConfig:
     """Fields every experiment config has (experiment configs subclass this)."""
     profile: str = "quick"
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | mps
+    log: LogConfig = field(default_factory=LogConfig)
 
     def cpu_threads(self) -> int:
         """torch CPU threads the run asks for (0 = torch's default, one per core): ``train.threads``.

@@ -22,6 +22,7 @@ from .env import describe_device, git_commit, resolve_device, seed_everything, v
 from .registry import Experiment, get_experiment
 from .report.render import write_report
 from .runs import Run, read_json
+from .tracking import check_sinks
 
 
 def _execute(exp: Experiment, run: Run) -> dict[str, float]:
@@ -83,6 +84,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         if device:
             cfg.device = device
         validate(cfg)
+        check_sinks(cfg.log.sinks)
         resolve_device(cfg.device)  # fail before creating a folder
         env = {"command": command, "started": now, **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
         run = Run.create(exp.name, cfg, out=out, quiet=quiet, env=env, on_created=on_start)
@@ -109,6 +111,7 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     from .train.checkpoint import check_spec, load_checkpoint
 
     run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
+    check_sinks(run.cfg.log.sinks)
     if on_start is not None:
         on_start(run.path)
     exp = get_experiment(run.experiment)

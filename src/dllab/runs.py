@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Callable
 
 from . import DllabError
 from .config import dump_yaml, load_yaml
+from .tracking import Tracker
 
 TMP_SUFFIX = ".tmp"
 
@@ -151,6 +152,7 @@ class Run:
         self.notes: list[str] = []          # lines the report prints under "Notes" (fallbacks, skips...)
         self.figures: list[tuple[str, str]] = []  # (caption, file name)
         self.tables: list[tuple[str, list[str], list[list[Any]]]] = []  # (title, header, rows)
+        self.tracker = Tracker(self.path, experiment, cfg)   # TensorBoard and the other sinks of log.sinks
         hist = self.path / "history.csv"
         if hist.exists():
             with open(hist, newline="") as f:
@@ -267,7 +269,9 @@ class Run:
 
     # --- history and results ------------------------------------------------------------------------
     def add_history(self, rows: list[dict[str, Any]], variant: str) -> None:
-        """Replace the rows of ``variant`` (a resumed variant rewrites its own rows) and save."""
+        """Replace the rows of ``variant`` (a resumed variant rewrites its own rows) and save; the epochs not
+        saved before also go to the tracking sinks (a resume does not send the earlier ones twice)."""
+        logged = {r.get("epoch") for r in self.history if r.get("variant") == variant}
         self.history = [r for r in self.history if r.get("variant") != variant] + rows
         keys: list[str] = []
         for r in self.history:
@@ -277,6 +281,18 @@ class Run:
         w.writeheader()
         w.writerows(self.history)
         atomic_write_text(self.path / "history.csv", buf.getvalue())
+        self.tracker.epoch_rows(variant, [r for r in rows if r.get("epoch") not in logged])
+
+    def log_step(self, variant: str, step: int, loss) -> None:
+        """The training loss (a tensor) of step ``step`` to the sinks, every ``log.every_steps`` steps: only
+        then is it read from the device (``.item()`` waits for it)."""
+        every = self.tracker.every_steps
+        if every and self.tracker.names and step % every == 0:
+            self.tracker.step_loss(variant, step, float(loss))
+
+    def step_logger(self, variant: str) -> Callable[[int, Any], None]:
+        """``log_step`` bound to ``variant``: what a loop that knows no run folder (text) is handed."""
+        return lambda step, loss: self.log_step(variant, step, loss)
 
     def variant_history(self, variant: str) -> list[dict[str, Any]]:
         return [r for r in self.history if r.get("variant") == variant]
@@ -313,6 +329,7 @@ class Run:
         plt.close(fig)
         self.figures = [f for f in self.figures if f[1] != name] + [(caption, name)]
         self._save_report_state()
+        self.tracker.figure(self.path / name)
         return self.path / name
 
     def save_arrays(self, name: str, arrays: dict) -> Path:
@@ -352,6 +369,7 @@ class Run:
 
     def write_metrics(self, summary: dict[str, float], **extra) -> None:
         atomic_write_json(self.path / "metrics.json", {"summary": summary, **extra})
+        self.tracker.finish(summary)   # hparams beside the final numbers; closes the event files
 
     def metrics(self) -> dict:
         return read_metrics(self.path / "metrics.json")

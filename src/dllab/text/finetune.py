@@ -58,7 +58,7 @@ def _train(run, name: str, ctx: StrategyContext, data, settings: TrainSettings) 
     run.log(f"{name}: preparing")
     try:
         out = train_and_evaluate(name, ctx, data, settings, on_epoch=lambda rows: run.add_history(rows, name),
-                                 checkpoint=run.checkpoint_path(name))
+                                 checkpoint=run.checkpoint_path(name), on_step=run.step_logger(name))
     except StrategySkipped as e:
         run.note(f"strategy {name} skipped: {e}")
         return None

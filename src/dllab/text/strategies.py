@@ -257,13 +257,15 @@ def _linear_warmup_decay(total: int, warmup: float) -> Callable[[int], float]:
 
 def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device: torch.device, name: str = "",
         on_epoch: Callable[[list[dict]], None] | None = None,
-        checkpoint: Path | None = None) -> tuple[float, int, list[dict]]:
+        checkpoint: Path | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
+        ) -> tuple[float, int, list[dict]]:
     """Train ``p.model`` in place for ``s.epochs`` (AdamW on the parameters that require grad, linear
     warm-up/decay, grad clipping, autocast + GradScaler as ``p.precision`` says), validating after each epoch and
     restoring the epoch with the best validation accuracy. Returns ``(best val acc, best epoch, history)``.
     A model that does not train is validated once (epoch 0). With ``checkpoint``, the training state is saved
     there after every epoch (trainable weights only) and a killed run continues from it with the numbers of an
-    uninterrupted one: the batch order's numpy generator and the torch RNGs are part of the state."""
+    uninterrupted one: the batch order's numpy generator and the torch RNGs are part of the state.
+    ``on_step(step, loss)`` sees every training step's loss tensor (the run's tracking sinks)."""
     model = p.model.to(device)
     if not p.train:
         acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
@@ -289,7 +291,8 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
     while epoch < s.epochs:
         epoch += 1
         t0 = time.perf_counter()
-        loss = _train_epoch(model, params, opt, sched, prec, splits["train"], s, rng, device, f"{name} epoch {epoch}")
+        loss = _train_epoch(model, params, opt, sched, prec, splits["train"], s, rng, device, f"{name} epoch {epoch}",
+                            on_step, (epoch - 1) * num_batches(splits["train"], s.batch_size))
         val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
         row = {"variant": name, "epoch": epoch, "train_loss": loss, "val_acc": val_acc, "lr": p.lr,
                "seconds": time.perf_counter() - t0}
@@ -310,8 +313,9 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
 
 
 def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSplit, s: TrainSettings,
-                 rng: np.random.Generator, device: torch.device, desc: str) -> float:
-    """One pass over ``train``; returns the mean training loss."""
+                 rng: np.random.Generator, device: torch.device, desc: str,
+                 on_step: Callable[[int, torch.Tensor], None] | None = None, first_step: int = 0) -> float:
+    """One pass over ``train``; returns the mean training loss. Steps count on from ``first_step``."""
     model.train()
     steps, scaler = 0, prec.scaler    # the scaler is a no-op unless fp16-mixed
     # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
@@ -334,6 +338,8 @@ def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSpl
         loss_sum += loss.detach()
         window += loss.detach()
         steps += 1
+        if on_step is not None:
+            on_step(first_step + steps, loss.detach())
         if not bar.disable and steps % LOG_EVERY == 0:
             bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
             window.zero_()
@@ -342,7 +348,8 @@ def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSpl
 
 def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], dict[str, TokenizedSplit]],
                        s: TrainSettings, on_epoch: Callable[[list[dict]], None] | None = None,
-                       checkpoint: Path | None = None) -> Outcome:
+                       checkpoint: Path | None = None,
+                       on_step: Callable[[int, torch.Tensor], None] | None = None) -> Outcome:
     """Prepare strategy ``name``, ``fit`` it, then test the selected epoch. ``data(tokenizer_source)`` gives
     the tokenised splits for the prepared model's tokenizer."""
     start = time.perf_counter()
@@ -350,7 +357,7 @@ def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], di
         p = STRATEGIES[name](ctx)
         splits = data(p.tokenizer_source)
         trainable = count_parameters(p.model, trainable_only=True)
-        val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch, checkpoint)
+        val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch, checkpoint, on_step)
     seconds = time.perf_counter() - start
     test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.precision, p.label_columns)
     label = p.precision.label if p.precision else "fp32"

@@ -172,6 +172,7 @@ class _Training:
             scaler.update()
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
+            self.run.log_step(self.variant, (self.epoch - 1) * len(self.batches) + i + 1, loss.detach())
             seen += len(y)
             if bar.disable is False and (i % 10 == 0 or i == len(self.batches) - 1):
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
