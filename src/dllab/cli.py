@@ -1,4 +1,4 @@
-"""``dllab list | run | report | doctor``. Errors a user can fix print one line and exit with code 2."""
+"""``dllab list | run | sweep | report | compare | doctor``. Errors a user can fix print one line and exit with code 2."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
     rep.add_argument("--force", action="store_true", help="replace report files that already exist")
+    sw = sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)")
+    sw.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
+    sw.add_argument("--profile", default="quick", choices=PROFILES)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a config key and its values (repeat for more keys; the Cartesian product runs)")
+    sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a fixed override for every point")
+    sw.add_argument("--seeds", type=_seeds, default=None, help="every point over these seeds: 0,1,2 (mean ± std)")
+    sw.add_argument("--sample", type=int, default=0, metavar="K", help="K random points of the grid instead of all")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="points at a time here (threads split)")
+    sw.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="run the points as Ray tasks: auto, ray://host:port, or local (needs dllab[ray])")
+    sw.add_argument("--metric", default=None, help="summary key the report ranks by (default: the first)")
+    sw.add_argument("--goal", default="max", choices=["max", "min"])
+    sw.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    sw.add_argument("--out", default=None, help="sweep folder; default sweeps/<exp>/<time> (the same command "
+                                                 "continues its latest sweep)")
+    sw.add_argument("--resume", default=None, metavar="SWEEP_DIR", help="continue a sweep folder")
+    sw.add_argument("--quiet", action="store_true")
+    cmp = sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", default="compare.md", help="report file (.md; the .html goes beside it)")
+    cmp.add_argument("--force", action="store_true", help="replace report files that already exist")
     doc = sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates")
     doc.add_argument("--profile", default=None, choices=PROFILES, help="also check what this profile needs")
     doc.add_argument("--data-root", default="", help="data folder (default: $DLLAB_DATA or ./data)")
@@ -78,6 +101,27 @@ def cmd_list() -> None:
     for name in names:
         exp = get_experiment(name)
         print(f"{name:<{width}}  {exp.description}  [profiles: {', '.join(p for p in PROFILES if p in exp.profiles)}]")
+
+
+def cmd_sweep(args):
+    from .sweep import SweepSpec, parse_grid, read_spec, sweep
+
+    if args.resume:
+        given = [f for f, v in (("an experiment name", args.experiment), ("--grid", args.grid), ("--set", args.sets),
+                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out)) if v]
+        if given:
+            raise DllabError(f"--resume continues a sweep exactly as it started; drop {', '.join(given)}")
+        spec, out = read_spec(args.resume), args.resume
+    else:
+        if not args.experiment:
+            raise DllabError("dllab sweep needs an experiment name (see `dllab list`) or --resume SWEEP_DIR")
+        if args.seeds is not None:
+            from .runner import check_seeds
+            check_seeds(args.seeds)
+        spec = SweepSpec(args.experiment, args.profile, parse_grid(args.grid), args.seeds, args.sets, args.sample,
+                         args.device)
+        out = args.out
+    return sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(console_summary(run.path), file=sys.stderr)
             print(run.path)
+        elif args.command == "sweep":
+            print(cmd_sweep(args))
+        elif args.command == "compare":
+            from .report.compare import compare
+
+            md, html = compare(args.runs, args.out, args.force)
+            print(md)
+            print(html)
         elif args.command == "doctor":
             from .doctor import main as doctor
 

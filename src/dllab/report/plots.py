@@ -193,3 +193,29 @@ def image_grid(rows: dict[str, "np.ndarray"], captions: dict[str, list[str]] | N
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def line_panels(panels: dict[str, dict[str, tuple[list, list]]], ylabel: str = "", title: str = "",
+                errors: dict[str, dict[str, list]] | None = None, xticks: dict[str, list[str]] | None = None,
+                logx: tuple[str, ...] = ()) -> plt.Figure:
+    """One panel per title (its x label), several named (x, y) lines in each, optional error bars: a
+    sweep's metric over each swept key, or several runs' training curves overlaid. ``xticks[panel]`` names
+    categorical positions 0..n-1; panels in ``logx`` get a log x axis."""
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(min(5.5 * n, 17), 4), squeeze=False)
+    for ax, (panel, lines) in zip(axes[0], panels.items()):
+        for name, (x, y) in lines.items():
+            err = (errors or {}).get(panel, {}).get(name)
+            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=name)
+        if xticks and panel in xticks:
+            ax.set_xticks(range(len(xticks[panel])), xticks[panel], rotation=20, ha="right")
+        if panel in logx:
+            ax.set_xscale("log")
+        ax.set(xlabel=panel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if 1 < len(lines) <= 12:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,81 @@
+"""A sweep's report: the table of points, the best one for ``--metric``, that metric against each swept key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import DllabError
+from ..runs import atomic_write, atomic_write_text
+from .render import Doc, _fmt
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def metric_figure(rows: list[dict], keys: list[str], metric: str):
+    """Per swept key: every point's metric (± std over seeds) at its value, one line per setting of the
+    other keys, so an interaction shows as lines that cross."""
+    from . import plots
+
+    panels, errors, xticks, logx = {}, {}, {}, []
+    for key in keys:
+        values = list(dict.fromkeys(r[key] for r in rows))
+        numbers = [_number(v) for v in values]
+        numeric = all(x is not None for x in numbers)
+        position = dict(zip(values, numbers if numeric else range(len(values))))
+        if not numeric:
+            xticks[key] = values
+        elif min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+            logx.append(key)
+        lines: dict[str, tuple[list, list]] = {}
+        errs: dict[str, list] = {}
+        for r in rows:
+            others = ", ".join(f"{k}={r[k]}" for k in keys if k != key) or metric
+            x, y = lines.setdefault(others, ([], []))
+            x.append(position[r[key]])
+            y.append(r[metric])
+            errs.setdefault(others, []).append(r.get(f"{metric}.std", 0.0))
+        panels[key], errors[key] = lines, errs
+    return plots.line_panels(panels, metric, errors=errors, xticks=xticks, logx=tuple(logx))
+
+
+def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None, goal: str) -> Path:
+    """report.md + report.html in the sweep folder (and sweep_<metric>.png when a point finished)."""
+    keys = list(spec.grid)
+    numbers = [k for k in (rows[0] if rows else {}) if k not in ("point", *keys) and not k.endswith(".std")]
+    if metric is None:
+        metric = numbers[0] if numbers else None
+    elif rows and metric not in numbers:
+        raise DllabError(f"--metric {metric}: not a summary key of this sweep; choose from {', '.join(numbers)}")
+    doc = Doc(folder)
+    doc.heading(f"sweep: {spec.experiment} ({spec.profile})", 1)
+    doc.bullets(["grid: " + "; ".join(f"{k} = {', '.join(v)}" for k, v in spec.grid.items()),
+                 f"seeds: {spec.seeds or 'the profile default'}; --set: {', '.join(spec.sets) or 'none'}",
+                 f"{len(rows)} finished points; every point is a run folder here (dllab report / compare read them)"])
+    if rows and metric:
+        ranked = [r for r in rows if isinstance(r.get(metric), (int, float))]
+        best = (max if goal == "max" else min)(ranked, key=lambda r: r[metric]) if ranked else None
+        if best is not None:
+            std = best.get(f"{metric}.std")
+            doc.heading(f"Best point for {metric} ({goal})", 2)
+            doc.para(f"{best['point']}: {metric} = {_fmt(best[metric])}" + (f" ± {_fmt(std)}" if std is not None else "")
+                     + " (" + ", ".join(f"{k}={best[k]}" for k in keys) + ")")
+        doc.heading("Points", 2)
+        header = ["point", *keys, *numbers]
+        doc.table(header, [[r["point"], *(r[k] for k in keys),
+                            *(_fmt(r[n]) + (f" ± {_fmt(r[n + '.std'])}" if f"{n}.std" in r else "") if n in r else "—"
+                              for n in numbers)] for r in rows])
+        import matplotlib.pyplot as plt
+
+        fig = metric_figure(rows, keys, metric)
+        png = folder / f"sweep_{metric}.png"
+        atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        doc.image(png, f"{metric} against each swept key (error bars: std over seeds)")
+    md = folder / "report.md"
+    atomic_write_text(md, doc.markdown())
+    atomic_write_text(md.with_suffix(".html"), doc.to_html(f"sweep {spec.experiment}"))
+    return md
