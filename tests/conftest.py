@@ -18,6 +18,7 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("DLLAB_CACHE", str(base / "cache"))
     monkeypatch.setenv("DLLAB_RUNS", str(base / "runs"))
+    monkeypatch.setenv("DLLAB_SWEEPS", str(base / "sweeps"))
     monkeypatch.setenv("DLLAB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(base / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

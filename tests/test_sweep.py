@@ -1,0 +1,173 @@
+"""dllab sweep (local --jobs and Ray), TensorBoard event files, dllab compare."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dllab import DllabError
+
+TINY = ["--profile", "smoke", "--set", "data.name=imagefolder"]
+
+
+def dllab(*args, cwd=None, **kw):
+    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, **kw)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_jobs_2_and_a_killed_sweep_finishes_only_what_was_missing(tmp_path, imagefolder):
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "dllab.cli", "sweep", "lab1.mlp", *TINY, "--set", f"data.root={imagefolder}",
+           "--grid", "adam.lr=1e-3,3e-3", "--grid", "width=32,64", "--seeds", "0,1", "--jobs", "2", "--out", str(out)]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(out.glob("p*/metrics.json")) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)   # the sweep and its running points, as a closed terminal would
+    first.wait()
+    finished = {p: p.read_bytes() for p in out.glob("p*/metrics.json")}
+    assert finished and len(finished) < 4, "the sweep should be killed part-way"
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(out.resolve())
+    assert f"{len(finished)} already finished" in res.stderr
+    for p, data in finished.items():   # finished points were not run again
+        assert p.read_bytes() == data and p.stat().st_mtime_ns == stamps[p]
+    points = sorted(d.name for d in out.iterdir() if d.is_dir())
+    assert points == ["p0_adam.lr=1e-3_width=32", "p1_adam.lr=1e-3_width=64", "p2_adam.lr=3e-3_width=32",
+                      "p3_adam.lr=3e-3_width=64"]
+    for p in points:
+        assert sorted(s.name for s in (out / p).glob("seed*")) == ["seed0", "seed1"]
+        assert (out / p / "seed1" / "metrics.json").exists()
+    rows = read_csv(out / "sweep.csv")
+    assert len(rows) == 4 and [r["width"] for r in rows] == ["32", "64", "32", "64"]
+    assert "adam.test_acc.std" in rows[0] and "sgd.val_acc.std" in rows[0]
+    for r in rows:   # each row is the mean over its two seeds, as the point's own metrics.json says
+        seeds = json.loads((out / r["point"] / "metrics.json").read_text())["seeds"]
+        mean = (seeds["0"]["adam.test_acc"] + seeds["1"]["adam.test_acc"]) / 2
+        assert float(r["adam.test_acc"]) == pytest.approx(mean)
+    report = (out / "report.md").read_text()
+    assert "Best point for sgd.test_acc" in report and (out / "sweep_sgd.test_acc.png").exists()
+
+
+def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkeypatch):
+    if os.environ.get("CI", "").lower() == "true":
+        import ray   # CI installs the ray extra: the Ray path must run there
+    else:
+        ray = pytest.importorskip("ray")
+    from dllab.sweep import SweepSpec, sweep
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))   # Ray keeps a token under ~/.ray unless told not to
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))   # the points' processes import this dllab
+    spec = SweepSpec("lab1.mlp", "smoke", {"adam.lr": ["1e-3", "3e-3"]}, [0, 1],
+                     ["data.name=imagefolder", f"data.root={imagefolder}"])
+    local = sweep(spec, str(tmp_path / "local"), jobs=2, quiet=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = sweep(spec, str(tmp_path / "ray"), jobs=2, ray="auto", quiet=True)
+    finally:
+        ray.shutdown()
+    assert (on_ray / "sweep.csv").read_text() == (local / "sweep.csv").read_text()
+    assert len(read_csv(on_ray / "sweep.csv")) == 2
+
+
+@pytest.mark.parametrize("grid, fragment", [
+    (["--grid", "adam.lrr=1e-3,3e-3"], "unknown config key 'adam.lrr'"),
+    (["--grid", "width=32,wide"], "width=wide: expected int"),
+    (["--grid", "width="], "lists no value"),
+    (["--grid", "width=32,32"], "lists 32 twice"),
+    (["--grid", "train.epochs=1,0"], "must be >= 1"),
+    ([], "at least one --grid"),
+])
+def test_bad_grid_is_one_line_and_leaves_nothing(grid, fragment, tmp_path):
+    res = dllab("sweep", "lab1.mlp", "--profile", "smoke", *grid, cwd=tmp_path,
+                env={**os.environ, "DLLAB_SWEEPS": str(tmp_path / "sweeps")})
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dllab: error: ") and fragment in lines[0], res.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_sample_draws_the_same_points_every_time():
+    from dllab.sweep import SweepSpec, expand
+
+    spec = SweepSpec("lab1.mlp", "smoke", {"adam.lr": ["1e-3", "3e-3", "1e-2"], "width": ["16", "32", "64"]},
+                     sample=4)
+    names = [p.name for p in expand(spec)]
+    assert len(set(names)) == 4 and names == [p.name for p in expand(spec)]
+    assert all(n.startswith("p") for n in names) and names == sorted(names)
+    with pytest.raises(DllabError, match="only 9 points"):
+        expand(SweepSpec("lab1.mlp", "smoke", spec.grid, sample=10))
+
+
+def test_grid_values_keep_lists_whole():
+    from dllab.sweep import parse_grid
+
+    assert parse_grid(["data.classes=[0,1],[2,3]", "adam.lr=1e-3, 3e-3"]) == {
+        "data.classes": ["[0,1]", "[2,3]"], "adam.lr": ["1e-3", "3e-3"]}
+
+
+def test_tensorboard_events_equal_history_csv(tmp_path, imagefolder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dllab.runner import run_experiment
+
+    run = run_experiment("lab1.mlp", "smoke", ["data.name=imagefolder", f"data.root={imagefolder}",
+                                               "train.epochs=2", "log.every_steps=1"],
+                         out=str(tmp_path / "run"), quiet=True)
+    ea = EventAccumulator(str(run.path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    history = run.history
+    assert {r["variant"] for r in history} == {"sgd", "adam"} and len(history) == 4
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        for variant in ("sgd", "adam"):
+            events = ea.Scalars(f"{variant}/{col}")
+            rows = [r for r in history if r["variant"] == variant]
+            assert [e.step for e in events] == [r["epoch"] for r in rows]
+            assert [e.value for e in events] == pytest.approx([r[col] for r in rows], rel=1e-6)
+    steps = ea.Scalars("adam/step_loss")   # every step (every_steps=1), numbered on across epochs
+    per_epoch = len(steps) // 2
+    assert per_epoch >= 1 and [e.step for e in steps] == list(range(1, 2 * per_epoch + 1))
+    summary = run.metrics()["summary"]
+    assert ea.Scalars("summary/adam.test_acc")[0].value == pytest.approx(summary["adam.test_acc"], rel=1e-6)
+    assert "curves" in tags["images"]
+    assert ea.PluginTagToContent("hparams")   # the hparams dashboard's experiment and session records
+
+
+def test_unknown_or_missing_sink_is_refused_before_a_folder(tmp_path):
+    res = dllab("run", "lab1.mlp", "--profile", "smoke", "--set", "log.sinks=[tensorboard,nosuch]",
+                "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 2 and "unknown sink 'nosuch'" in res.stderr and not (tmp_path / "r").exists()
+
+
+def test_compare_names_the_key_that_differs(tmp_path, imagefolder):
+    outs = []
+    for lr in ("1e-3", "3e-3"):
+        out = tmp_path / f"lr{lr}"
+        res = dllab("run", "lab1.mlp", *TINY, "--set", f"data.root={imagefolder}", "--set", f"adam.lr={lr}",
+                    "--out", str(out), "--quiet", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        outs.append(str(out))
+    res = dllab("compare", *outs, "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "cmp.md").read_text()
+    differ = md.split("## Config keys that differ")[1].split("## Summary")[0]
+    rows = [ln for ln in differ.splitlines() if ln.startswith("| ") and not ln.startswith("| key")]
+    assert rows == ["| adam.lr | 0.0010 | 0.0030 |"]
+    assert "adam.test_acc" in md and (tmp_path / "cmp.png").exists()
+    assert "data:image/png;base64," in (tmp_path / "cmp.html").read_text()
+    again = dllab("compare", *outs, "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
