@@ -44,7 +44,7 @@ def test_sweep_jobs_2_and_a_killed_sweep_finishes_only_what_was_missing(tmp_path
     assert f"{len(finished)} already finished" in res.stderr
     for p, data in finished.items():   # finished points were not run again
         assert p.read_bytes() == data and p.stat().st_mtime_ns == stamps[p]
-    points = sorted(d.name for d in out.iterdir() if d.is_dir())
+    points = sorted(d.name for d in out.iterdir() if d.is_dir())   # no half-made folder is left either
     assert points == ["p0_adam.lr=1e-3_width=32", "p1_adam.lr=1e-3_width=64", "p2_adam.lr=3e-3_width=32",
                       "p3_adam.lr=3e-3_width=64"]
     for p in points:
@@ -171,3 +171,32 @@ def test_compare_names_the_key_that_differs(tmp_path, imagefolder):
     assert "data:image/png;base64," in (tmp_path / "cmp.html").read_text()
     again = dllab("compare", *outs, "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_mlflow_sink_gets_the_same_numbers(tmp_path, monkeypatch):
+    # A stand-in for the mlflow module (not installed here): records what the sink calls, with mlflow's API.
+    import types
+
+    from dllab.config import RunConfig
+    from dllab.runs import Run
+
+    calls = []
+    fake = types.ModuleType("mlflow")
+    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "log_artifact",
+                 "end_run"):
+        setattr(fake, name, lambda *a, _n=name, **k: calls.append((_n, a, k)))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig()
+    cfg.log.sinks = ["mlflow"]
+    run = Run(tmp_path / "r", "lab1.mlp", cfg, quiet=True)
+    (tmp_path / "r").mkdir()
+    run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75}], "adam")
+    run.write_metrics({"adam.test_acc": 0.8})
+    assert ("set_tracking_uri", ((tmp_path / "mlruns").resolve().as_uri(),), {}) in calls
+    assert ("log_metrics", ({"adam/train_loss": 0.5, "adam/val_acc": 0.75},), {"step": 1}) in calls
+    assert ("log_metrics", ({"summary/adam.test_acc": 0.8},), {}) in calls
+    params = next(a[0] for n, a, _ in calls if n == "log_params")
+    assert params["log.sinks"] == "['mlflow']" and params["seed"] == "0"
+    assert calls[-1][0] == "end_run"

@@ -20,6 +20,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from typing import Callable
 from . import DllabError
 from .config import make_config
 from .registry import get_experiment
-from .runs import atomic_write_json, atomic_write_text, read_json, read_metrics
+from .runs import TMP_SUFFIX, atomic_write_json, atomic_write_text, read_json, read_metrics
 
 SPEC_FILE = "sweep.json"
 
@@ -140,7 +141,7 @@ def open_sweep(spec: SweepSpec, out: str | None) -> Path:
         if (path / SPEC_FILE).exists():
             if read_json(path / SPEC_FILE) != wanted:
                 raise DllabError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
-            return path
+            return _without_stale_folders(path)
         if path.exists() and any(path.iterdir()):
             raise DllabError(f"--out {out} exists and is not a sweep folder; choose a new folder")
     else:
@@ -148,7 +149,7 @@ def open_sweep(spec: SweepSpec, out: str | None) -> Path:
         for old in sorted(parent.glob("*/" + SPEC_FILE), reverse=True):
             try:
                 if read_json(old) == wanted:
-                    return old.parent
+                    return _without_stale_folders(old.parent)
             except DllabError:
                 continue   # a damaged sweep.json is another sweep's problem, not this one's
         path = parent / time.strftime("%Y%m%d-%H%M%S")
@@ -158,6 +159,15 @@ def open_sweep(spec: SweepSpec, out: str | None) -> Path:
             path = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{i}"
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path / SPEC_FILE, wanted)
+    return path
+
+
+def _without_stale_folders(path: Path) -> Path:
+    """A killed sweep may leave a point's half-made run folder (the hidden temp folder Run.create renames into
+    place): that point never started, so it is removed and the point starts afresh."""
+    for tmp in path.glob(f".p*{TMP_SUFFIX}"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
