@@ -243,6 +243,9 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
             print(msg, file=sys.stderr, flush=True)
 
     todo = [(p, point_args(spec, p, folder / p.name)) for p in points if not (folder / p.name / "metrics.json").exists()]
+    finished = [folder / p.name / "metrics.json" for p in points if (folder / p.name / "metrics.json").exists()]
+    if metric is not None and finished:   # a typo in --metric is found before hours of points, when it can be
+        check_metric(metric, read_metrics(finished[0])["summary"])
     say(f"sweep {spec.experiment} ({spec.profile}): {len(points)} points, {len(points) - len(todo)} already "
         f"finished -> {folder}")
     failed: list[str] = []
@@ -266,6 +269,12 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
         raise DllabError(f"{len(failed)} of {len(points)} points failed ({', '.join(failed)}); see their log.txt, "
                          f"then run the same command again to retry them (sweep.csv has the {len(rows)} finished)")
     return folder
+
+
+def check_metric(metric: str, summary: dict) -> None:
+    keys = [k for k in summary if not k.endswith(".std")]
+    if metric not in keys:
+        raise DllabError(f"--metric {metric}: not a summary key of this sweep; choose from {', '.join(keys)}")
 
 
 def collect(spec: SweepSpec, points: list[Point], folder: Path) -> list[dict]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import DllabError
 from ..runs import atomic_write, atomic_write_text
 from .render import Doc, _fmt
 
@@ -44,12 +43,14 @@ def metric_figure(rows: list[dict], keys: list[str], metric: str):
 
 def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None, goal: str) -> Path:
     """report.md + report.html in the sweep folder (and sweep_<metric>.png when a point finished)."""
+    from ..sweep import check_metric
+
     keys = list(spec.grid)
     numbers = [k for k in (rows[0] if rows else {}) if k not in ("point", *keys) and not k.endswith(".std")]
     if metric is None:
         metric = numbers[0] if numbers else None
-    elif rows and metric not in numbers:
-        raise DllabError(f"--metric {metric}: not a summary key of this sweep; choose from {', '.join(numbers)}")
+    elif rows:
+        check_metric(metric, rows[0])
     doc = Doc(folder)
     doc.heading(f"sweep: {spec.experiment} ({spec.profile})", 1)
     doc.bullets(["grid: " + "; ".join(f"{k} = {', '.join(v)}" for k, v in spec.grid.items()),
