@@ -163,8 +163,8 @@ class Tracker:
 
     @property
     def sinks(self) -> list:
-        if self._sinks is None:
-            hparams = flat_config(self.cfg)
+        if self._sinks is None:   # a Run without a config (benchmarks, tests) has no sinks
+            hparams = flat_config(self.cfg) if self.names else {}
             self._sinks = [SINK_CLASSES[n](self.path, self.experiment, hparams) for n in self.names]
         return self._sinks
 
