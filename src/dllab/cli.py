@@ -27,7 +27,7 @@ def choose_omp_wait_policy() -> None:
 
 choose_omp_wait_policy()
 
-from . import DllabError  # noqa: E402
+from . import DllabError, distributed  # noqa: E402
 from .config import PROFILES  # noqa: E402
 
 
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run folder (must not exist); default runs/<exp>/<time>-<profile>")
     r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    r.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel over N processes on this machine (one per GPU, or CPU processes): "
+                        "shorthand for `torchrun --standalone --nproc-per-node N -m dllab run ...`")
     rep = sub.add_parser("report", help="gather runs into one Markdown + one HTML report")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
@@ -138,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
             if args.seed is not None and args.seeds is not None:
                 raise DllabError("use either --seed N or --seeds A,B,C, not both")
+            if args.nproc is not None:
+                return _launch(args.nproc, argv)
+            distributed.init()
+            if distributed.launched() and os.environ.get(distributed.RUN_FOLDER_FILE) and distributed.is_main():
+                started = _NamedList(os.environ[distributed.RUN_FOLDER_FILE])
             run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
                                  args.out, args.resume, args.quiet, argv, on_start=started.append)
+            if not distributed.is_main():
+                return 0
             if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
                 from .report.render import console_summary
 
@@ -164,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             print(md)
             print(html)
     except DllabError as e:
-        print(f"dllab: error: {e}", file=sys.stderr)
+        if distributed.is_main() or not getattr(e, "from_main", False):   # rank 0 says it once for all
+            print(f"dllab: error: {_process()}{e}", file=sys.stderr)
         return 2
     except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
         where = f" ({e.filename})" if e.filename else ""
         hint = f"; fix that, then continue with `dllab run --resume {started[0]}`" if started else ""
-        print(f"dllab: error: {e.strerror or e}{where}{hint}", file=sys.stderr)
+        print(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if started:
@@ -177,7 +188,40 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("dllab: interrupted before a run folder was created; nothing to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0
+
+
+def _process() -> str:
+    """Under torchrun, which process an error comes from (rank 0's lines go unmarked)."""
+    return f"process {distributed.rank()} of {distributed.world_size()}: " if not distributed.is_main() else ""
+
+
+class _NamedList(list):
+    """The started-run list of rank 0 under ``dllab run --nproc``: also names the folder in a file for the
+    launcher, which says what to resume if another process dies."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def append(self, path) -> None:
+        super().append(path)
+        with open(self.file, "w") as f:
+            f.write(f"{path}\n")
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    if nproc < 1:
+        raise DllabError(f"--nproc {nproc}: give the number of processes, 1 or more")
+    if distributed.launched():
+        raise DllabError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
+    rest = list(argv)
+    # (argparse also accepts an abbreviation such as --np)
+    i = next(i for i, a in enumerate(rest) if len(a.split("=")[0]) > 3 and "--nproc".startswith(a.split("=")[0]))
+    del rest[i:i + (1 if "=" in rest[i] else 2)]
+    return distributed.launch(nproc, rest)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 With several seeds, each seed runs in ``<run>/seed<N>/`` (a complete run folder of its own) and the top
 folder gets the mean of every summary number under its plain key plus ``<key>.std``.
+
+Under torchrun every rank runs this code; rank 0 alone creates, reopens and checks the run folder (through
+``distributed.on_main``) and hands the Run to the other ranks, which then write nothing (see runs.Run).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import DllabError
+from . import DllabError, distributed
 from .config import make_config, validate
 from .env import describe_device, git_commit, resolve_device, seed_everything, versions
 from .registry import Experiment, get_experiment
@@ -34,13 +37,15 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     device = run.device
     started = time.time()
     run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
+                  world_size=distributed.world_size(), backend=distributed.backend(device),
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
                   precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
     summary = exp.run(cfg, run)
     run.write_metrics(summary)
     run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),
                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_report([run.path], run.path / "report.md")
+    if run.writes:
+        write_report([run.path], run.path / "report.md")
     return summary
 
 
@@ -72,7 +77,9 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         if given:
             raise DllabError(f"--resume continues a run exactly as it started; drop {', '.join(given)} (start a "
                              "new run to change settings)")
-        run, exp, seeds = _reopen(resume, quiet, on_start, {"command": command, "started": now})
+        run, exp_name, seeds = distributed.on_main(_reopen, resume, quiet, on_start,
+                                                   {"command": command, "started": now})
+        exp = get_experiment(exp_name)
     else:
         exp = get_experiment(name)
         cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets)
@@ -86,8 +93,9 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         validate(cfg)
         check_sinks(cfg.log.sinks)
         resolve_device(cfg.device)  # fail before creating a folder
-        env = {"command": command, "started": now, **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
-        run = Run.create(exp.name, cfg, out=out, quiet=quiet, env=env, on_created=on_start)
+        env = {"command": command, "started": now, "world_size": distributed.world_size(),
+               **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
+        run = distributed.on_main(Run.create, exp.name, cfg, out=out, quiet=quiet, env=env, on_created=on_start)
         run.log(f"{exp.name} ({cfg.profile}) -> {run.path}", echo=False)
     try:
         return _run_seeds(exp, run, seeds)
@@ -95,7 +103,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         # A new run that failed before training anything (missing data, bad setting found late) leaves
         # no half-made folder behind; a run with results or checkpoints is kept for --resume.
         trained = any(run.path.glob("**/results")) or any(run.path.glob("**/checkpoints"))
-        if not resume and not trained:
+        if not resume and not trained and run.writes:
             shutil.rmtree(run.path, ignore_errors=True)
             for parent in (() if out else (run.path.parent, run.path.parent.parent)):  # runs/<exp>/, runs/
                 try:
@@ -105,9 +113,10 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         raise
 
 
-def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run, Experiment, list[int] | None]:
-    """The run folder to continue, checked before any work: its seeds, and every checkpoint, model and result
-    (a damaged or crafted one is refused now, not after minutes of data loading and earlier variants)."""
+def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run, str, list[int] | None]:
+    """The run folder to continue, checked before any work: its seeds, its number of processes, and every
+    checkpoint, model and result (a damaged or crafted one is refused now, not after minutes of data loading
+    and earlier variants). Returns (run, experiment name, seeds)."""
     from .train.checkpoint import check_spec, load_checkpoint
 
     run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
@@ -118,6 +127,7 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     seeds = run.env.get("seeds")
     if seeds is not None and not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         raise DllabError(f"{run.path / 'env.json'} is damaged: 'seeds' is not a list of integers")
+    check_world_size(run)
     for ck in sorted(run.path.glob("**/checkpoints/*.pt")):
         load_checkpoint(ck)
     for model in sorted(run.path.glob("**/models/*.pt")):
@@ -127,7 +137,19 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     resumes = run.env.get("resumes") if isinstance(run.env.get("resumes"), list) else []
     run.write_env(resumes=[*resumes, this_resume])
     run.log(f"resuming {exp.name} in {run.path}", echo=False)
-    return run, exp, seeds
+    return run, exp.name, seeds
+
+
+def check_world_size(run: Run) -> None:
+    """A run continues with as many processes as it started with: the batches each rank took, and so the
+    numbers, depend on it (a run from before torchrun support was a single process)."""
+    started, now = run.env.get("world_size", 1), distributed.world_size()
+    if started != now:
+        how = ("without --nproc or torchrun" if started == 1 else
+               f"with `dllab run --nproc {started} --resume {run.path}` (or torchrun --nproc-per-node / --nnodes "
+               f"giving {started} processes in all)")
+        raise DllabError(f"{run.path} was started with {started} process{'es' if started != 1 else ''}, this is "
+                         f"{now}; resume it {how}")
 
 
 def check_seeds(seeds: list[int]) -> None:
@@ -152,30 +174,38 @@ def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:
     summaries = []
     started = time.time()
     for s in seeds:
-        sub_path = run.path / f"seed{s}"
-        if sub_path.exists():
-            sub = Run.open_for_resume(str(sub_path), get_experiment, quiet=run.quiet)
-        else:
-            cfg = copy.deepcopy(run.cfg)
-            cfg.seed = s
-            sub = Run.create(exp.name, cfg, out=str(sub_path), quiet=run.quiet,
-                             env={k: run.env[k] for k in ("command", "started") if k in run.env})
-        if (sub_path / "metrics.json").exists():
-            summaries.append(sub.metrics()["summary"])
+        sub, done = distributed.on_main(_seed_run, exp, run, s)
+        if done is not None:
+            summaries.append(done)
             continue
         run.log(f"--- seed {s} ---")
         summaries.append(_execute(exp, sub))
     summary = aggregate(summaries)
     run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)})
     # The top-level report shows the first seed's plots and tables beside the aggregated numbers.
-    first = Run.open_for_resume(str(run.path / f"seed{seeds[0]}"), get_experiment, quiet=True)
+    first = distributed.on_main(Run.open_for_resume, str(run.path / f"seed{seeds[0]}"), get_experiment, quiet=True)
     run.notes, run.tables = list(first.notes), first.tables
     run.figures = [(cap, f"seed{seeds[0]}/{f}") for cap, f in first.figures]
     run.note(f"numbers are mean ± std over seeds {seeds}; plots and tables are from seed {seeds[0]}")
     run.write_env(seconds=round(time.time() - started, 1), device=first.env.get("device"),
                   precision=first.env.get("precision"), data=first.env.get("data"))
-    write_report([run.path], run.path / "report.md")
+    if run.writes:
+        write_report([run.path], run.path / "report.md")
     return run
+
+
+def _seed_run(exp: Experiment, run: Run, seed: int) -> tuple[Run, dict | None]:
+    """Seed ``seed``'s run folder inside ``run`` (created, or reopened to continue it) and its summary if it
+    has finished."""
+    sub_path = run.path / f"seed{seed}"
+    if sub_path.exists():
+        sub = Run.open_for_resume(str(sub_path), get_experiment, quiet=run.quiet)
+    else:
+        cfg = copy.deepcopy(run.cfg)
+        cfg.seed = seed
+        sub = Run.create(exp.name, cfg, out=str(sub_path), quiet=run.quiet,
+                         env={k: run.env[k] for k in ("command", "started", "world_size") if k in run.env})
+    return sub, (sub.metrics()["summary"] if (sub_path / "metrics.json").exists() else None)
 
 
 def report(run_dirs: list[str], out: str | None, force: bool = False) -> tuple[Path, Path]:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import DllabError
+from . import DllabError, distributed
 from .config import dump_yaml, load_yaml
 from .tracking import Tracker
 
@@ -139,7 +139,13 @@ def default_runs_root() -> Path:
 
 
 class Run:
-    """A run folder plus the bookkeeping experiments do in it."""
+    """A run folder plus the bookkeeping experiments do in it.
+
+    Under torchrun every rank holds a Run (rank 0's, broadcast by the runner), but only rank 0 touches the
+    folder: on the other ranks the writing methods update the in-memory state and write nothing (so hooks
+    added to them inherit that), ``log`` prints nothing, and what is read (a finished variant's result, a
+    cached array) is read by rank 0 and handed to the others.
+    """
 
     def __init__(self, path: Path, experiment: str, cfg, quiet: bool = False):
         self.path = Path(path)
@@ -163,11 +169,17 @@ class Run:
 
     @property
     def device(self):
-        """The torch.device of this run (``cfg.device`` resolved once); experiments and loops use it."""
+        """The torch.device of this run (``cfg.device`` resolved once; under torchrun on CUDA, this rank's
+        GPU); experiments and loops use it."""
         if self._device is None:
             from .env import resolve_device
-            self._device = resolve_device(self.cfg.device)
+            self._device = distributed.device_for(resolve_device(self.cfg.device))
         return self._device
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder: always, except on torchrun's ranks other than 0."""
+        return distributed.is_main()
 
     # --- creation -----------------------------------------------------------------------------------
     @classmethod
@@ -251,10 +263,13 @@ class Run:
 
     def write_env(self, **extra) -> None:
         self.env.update(extra)
-        atomic_write_json(self.path / "env.json", self.env)
+        if self.writes:
+            atomic_write_json(self.path / "env.json", self.env)
 
     # --- logging ------------------------------------------------------------------------------------
     def log(self, msg: str, echo: bool = True) -> None:
+        if not self.writes:
+            return
         if echo and not self.quiet:
             print(msg, file=sys.stderr, flush=True)
         with open(self.path / "log.txt", "a") as f:
@@ -273,6 +288,8 @@ class Run:
         saved before also go to the tracking sinks (a resume does not send the earlier ones twice)."""
         logged = {r.get("epoch") for r in self.history if r.get("variant") == variant}
         self.history = [r for r in self.history if r.get("variant") != variant] + rows
+        if not self.writes:
+            return
         keys: list[str] = []
         for r in self.history:
             keys += [k for k in r if k not in keys]
@@ -287,7 +304,7 @@ class Run:
         """The training loss (a tensor) of step ``step`` to the sinks, every ``log.every_steps`` steps: only
         then is it read from the device (``.item()`` waits for it)."""
         every = self.tracker.every_steps
-        if every and self.tracker.names and step % every == 0:
+        if every and self.tracker.names and step % every == 0 and self.writes:
             self.tracker.step_loss(variant, step, float(loss))
 
     def step_logger(self, variant: str) -> Callable[[int, Any], None]:
@@ -299,10 +316,12 @@ class Run:
 
     def result(self, variant: str) -> dict | None:
         p = self.path / "results" / f"{variant}.json"
-        return read_json(p, f"; delete it to train {variant} again") if p.exists() else None
+        return distributed.on_main(lambda: read_json(p, f"; delete it to train {variant} again")
+                                   if p.exists() else None)
 
     def save_result(self, variant: str, result: dict) -> None:
-        atomic_write_json(self.path / "results" / f"{variant}.json", result)
+        if self.writes:
+            atomic_write_json(self.path / "results" / f"{variant}.json", result)
 
     def checkpoint_path(self, variant: str) -> Path:
         return self.path / "checkpoints" / f"{variant}.pt"
@@ -319,17 +338,20 @@ class Run:
         result = compute()
         if result is not None:
             self.save_result(name, result if key is None else {"key": key, **result})
-            self.checkpoint_path(name).unlink(missing_ok=True)
+            if self.writes:
+                self.checkpoint_path(name).unlink(missing_ok=True)
         return result, False
 
     # --- artefacts ----------------------------------------------------------------------------------
     def save_figure(self, fig, name: str, caption: str) -> Path:
         import matplotlib.pyplot as plt
-        atomic_write(self.path / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        if self.writes:
+            atomic_write(self.path / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
         self.figures = [f for f in self.figures if f[1] != name] + [(caption, name)]
         self._save_report_state()
-        self.tracker.figure(self.path / name)
+        if self.writes:
+            self.tracker.figure(self.path / name)
         return self.path / name
 
     def save_arrays(self, name: str, arrays: dict) -> Path:
@@ -337,13 +359,17 @@ class Run:
         file): the numbers behind a figure, so it can be redrawn without rerunning."""
         import numpy as np
 
-        atomic_write(self.path / name, lambda f: np.savez_compressed(f, **arrays))
+        if self.writes:
+            atomic_write(self.path / name, lambda f: np.savez_compressed(f, **arrays))
         return self.path / name
 
     def cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """``name`` (.npz) in the run folder: ``compute()``'s arrays, computed once and reused while ``key``
         (a string that changes with whatever they depend on) matches; a stale or damaged file is computed
-        again, with a note. Returns (arrays, reused)."""
+        again, with a note. Returns (arrays, reused). Under torchrun rank 0 reads or computes them."""
+        return distributed.on_main(self._cached_arrays, name, key, compute)
+
+    def _cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         import numpy as np
 
         path = self.path / name
@@ -364,15 +390,18 @@ class Run:
         self._save_report_state()
 
     def _save_report_state(self) -> None:
-        atomic_write_json(self.path / "report_state.json",
+        if self.writes:
+            atomic_write_json(self.path / "report_state.json",
                           {"notes": self.notes, "tables": self.tables, "figures": self.figures})
 
     def write_metrics(self, summary: dict[str, float], **extra) -> None:
+        if not self.writes:
+            return
         atomic_write_json(self.path / "metrics.json", {"summary": summary, **extra})
         self.tracker.finish(summary)   # hparams beside the final numbers; closes the event files
 
     def metrics(self) -> dict:
-        return read_metrics(self.path / "metrics.json")
+        return distributed.on_main(read_metrics, self.path / "metrics.json")
 
 
 def config_digest(text: str) -> str:

@@ -444,26 +444,46 @@ class Batches:
 
     The uint8 split moves to the device once. Each epoch's order and augmentation come from a generator
     seeded with (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+
+    ``part=(rank, world)`` (torchrun): this process iterates its shard of the epoch's order
+    (``distributed.shard``; padded to equal length with ``pad``, as DistributedSampler does, unpadded for
+    evaluation, where each row must count once), in batches of ``batch_size`` (the per-rank share of the
+    global batch). The order comes from the same (seed, epoch) generator on every rank; the augmentation from
+    one seeded by (seed, epoch, rank), so ranks do not crop and flip their rows alike.
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0):
+                 augment: bool = False, seed: int = 0, part: tuple[int, int] = (0, 1), pad: bool = True):
         self.x = split.x.to(device, non_blocking=True)
         self.y = split.y.to(device, non_blocking=True)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.epoch = seed, 0
+        self.rank, self.world = part
+        self.pad = pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    def _rows(self) -> int:
+        """Rows this process iterates per epoch."""
         n = len(self.y)
-        return -(-n // self.batch_size)
+        if self.world == 1:
+            return n
+        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
+
+    def __len__(self) -> int:
+        return -(-self._rows() // self.batch_size)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.y)
         order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
+        if self.world > 1:
+            from ..distributed import shard
+            whole = order if order is not None else torch.arange(n, device=self.x.device)
+            order, n = shard(whole, self.rank, self.world, self.pad), self._rows()
+            # (a single process keeps augmenting from ``g``: its numbers stay what they always were)
+            g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl

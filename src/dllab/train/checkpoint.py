@@ -5,6 +5,9 @@ come back, so a crafted file (a pickle whose ``__reduce__`` runs a command, say:
 download) is refused instead of executed. Everything dllab saves is made of those types (``plain``
 converts numpy scalars on the way out). A file that is not such a file, is damaged, or does not have the
 structure dllab wrote is a one-line ``DllabError`` naming it.
+
+Under torchrun, rank 0 alone writes and reads these files; a file read is handed to the other ranks (which
+hold the same weights, so they have nothing of their own to save).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .. import DllabError
+from .. import DllabError, distributed
 from ..runs import atomic_write
 
 # Model constructor arguments a saved spec may carry: plain values only (a spec is rebuilt with them).
@@ -36,12 +39,17 @@ def plain(obj: Any) -> Any:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    if not distributed.is_main():
+        return
     state = plain(state)
     atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    path = Path(path)
+    return distributed.on_main(_load_checkpoint, Path(path))
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

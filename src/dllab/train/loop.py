@@ -9,6 +9,14 @@
     RNG states are saved with the weights;
   - optionally records per-layer gradient norms (``train.grad_norms``).
 A custom ``loss_fn(model, x, y) -> (loss, logits)`` plugs in other objectives (adversarial training).
+
+Under torchrun (see dllab.distributed) the model trains in DistributedDataParallel: ``train.batch_size`` is
+the global batch, each rank takes its 1/N share of every batch of the same (seed, epoch) order, and the
+averaged gradients make a step what one process with the whole batch would take (BatchNorm excepted: its
+batch statistics are per rank unless ``train.sync_bn``). The epoch's training loss and accuracy, and the
+validation and test loss and accuracy, are sums all-reduced over the ranks (each rank evaluates every N-th
+row), so every rank holds the same history and picks the same best epoch. Rank 0 alone writes the history,
+checkpoints and models.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError
+from .. import DllabError, distributed
 from ..config import OptimConfig, TrainConfig
 from ..data.images import Batches, ImageData, Split
 from ..env import seconds_since_process_start
@@ -70,16 +78,18 @@ def set_train_mode(model: nn.Module) -> None:
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024,
              precision: Precision | None = None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on a split (in fp32 unless ``precision`` says otherwise)."""
+    """(mean cross-entropy, accuracy) of ``model`` on a split (in fp32 unless ``precision`` says otherwise).
+    Under torchrun each rank scores every N-th row and the sums are all-reduced."""
     model.eval()
     precision = precision or Precision("fp32", device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in Batches(split, batch_size, device):
+    for x, y in Batches(split, batch_size, device, part=distributed.part(), pad=False):
         with precision.autocast():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+    distributed.all_reduce_sum(loss_sum, correct)
     n = max(len(split), 1)
     return loss_sum.item() / n, correct.item() / n
 
@@ -129,8 +139,10 @@ class _Training:
         self.prec = resolve_precision(train.precision, device, model_kind(model))
         log_precision(run, self.prec, variant)
         self.grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
-        self.step_model = torch.compile(model) if train.compile else model
-        self.batches = Batches(data.train, train.batch_size, device, shuffle=True, augment=augment, seed=seed)
+        step_model = distributed.wrap(model, device, train.sync_bn)
+        self.step_model = torch.compile(step_model) if train.compile else step_model
+        self.batches = Batches(data.train, distributed.per_rank_batch(train.batch_size), device, shuffle=True,
+                               augment=augment, seed=seed, part=distributed.part())
         self.ckpt = run.checkpoint_path(variant)
         self.history: list[dict] = []
         self.grad_history: list[list[float]] = []
@@ -139,7 +151,7 @@ class _Training:
 
     def restore(self) -> None:
         """Continue from the end-of-epoch checkpoint a killed run left, if any."""
-        if not self.ckpt.exists():
+        if not distributed.on_main(self.ckpt.exists):
             return
         self.epoch, progress = restore_training_state(self.ckpt, self.model, self.opt, self.sched, self.prec)
         try:
@@ -178,6 +190,9 @@ class _Training:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
             bar.update()
         bar.close()
+        seen = torch.tensor(seen, device=self.device)
+        distributed.all_reduce_sum(loss_sum, correct, seen)
+        seen = seen.item()
         row = {"variant": self.variant, "epoch": self.epoch, "train_loss": loss_sum.item() / seen,
                "train_acc": correct.item() / seen}
         if not math.isfinite(row["train_loss"]):

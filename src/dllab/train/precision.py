@@ -252,7 +252,8 @@ def resolve_precision(setting: str, device: torch.device, model_kind: str = "con
         if setting == "auto":
             return Precision("fp32", device, f"auto: fp32 on {dev} (see dllab.train.precision)")
         return Precision(setting, device, "explicit setting")
-    figs, _ = cpu_figures()
+    from .. import distributed
+    figs, _ = distributed.on_main(cpu_figures)   # under torchrun: rank 0's probe decides for every rank
     speedup = figs[model_kind]["speedup"]
     measured = f"probe: {model_kind} bf16 {speedup:.2f}x fp32's speed on {torch.backends.cpu.get_cpu_capability()}"
     if setting == "auto":

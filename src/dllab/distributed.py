@@ -1,0 +1,244 @@
+"""Data-parallel runs on PyTorch's own engine: torchrun starts the processes, torch.distributed joins them.
+
+``torchrun --nproc-per-node N -m dllab run EXP`` (or ``dllab run --nproc N EXP``, see ``launch``) starts N
+copies of dllab; each reads its rank from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*),
+and ``init`` joins them into one process group: NCCL for CUDA tensors, gloo for CPU ones. Without torchrun
+(or with one process) nothing here does anything: ``world_size()`` is 1, ``is_main()`` is True, the helpers
+call straight through, and a run is exactly what it was before.
+
+Who does what:
+  - every rank runs the experiment's code; the training loops wrap the model in DDP and each rank takes its
+    shard of the epoch's batch order (``shard``);
+  - rank 0 alone reads and writes the run folder (``runs.Run`` and ``train.checkpoint`` gate on
+    ``is_main``) and alone runs what must not run N times (feature extraction, attacks, OOD scoring): those
+    functions go through ``on_main``, which runs them on rank 0 and hands the result to the other ranks, so
+    all ranks continue with the same values and take the same path through the code.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+# A collective that waits this long means a peer is gone without its connection closing (a hung node):
+# the job then ends instead of waiting forever. Long enough for rank 0's slowest solo step (an OOD search).
+TIMEOUT = timedelta(minutes=60)
+
+_inside_on_main = False
+
+
+def launched() -> bool:
+    """Started by torchrun (or another launcher setting its variables) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """A process group of more than one process has been joined, and this code runs on every rank (inside
+    ``on_main`` rank 0 works alone: its collectives are no-ops)."""
+    if not launched() or _inside_on_main:
+        return False
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Join torchrun's process group (once; a no-op without torchrun). CUDA tensors talk over NCCL and CPU
+    tensors over gloo, so a run on --device cpu works on a GPU machine too."""
+    if not launched() or active():
+        return
+    import torch
+    import torch.distributed as dist
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+
+
+def part() -> tuple[int, int]:
+    """(rank, world size) of the ranks sharing the work here: (0, 1) for a single process, and inside
+    ``on_main``."""
+    return (rank(), world_size()) if active() else (0, 1)
+
+
+def backend(device) -> str | None:
+    """The backend this run's tensors use (None for a single process)."""
+    if not active():
+        return None
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def device_for(device):
+    """The device of this rank: its own GPU (``cuda:LOCAL_RANK``) when the run is on CUDA."""
+    import torch
+    if launched() and device.type == "cuda":
+        return torch.device("cuda", local_rank())
+    return device
+
+
+def teardown() -> None:
+    if not launched():      # (and `dllab list` does not import torch)
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def all_reduce_sum(*tensors) -> None:
+    """Sum each tensor over the ranks, in place (one call per tensor; they are scalars or small)."""
+    if active():
+        import torch.distributed as dist
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank. Picklable Python values travel between dllab's own processes only
+    (never from a file)."""
+    if not active():
+        return obj
+    import torch.distributed as dist
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _Failed:
+    """An exception raised on rank 0 inside ``on_main``, carried to the other ranks."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` run on rank 0 only; every rank returns its result (or raises its
+    exception, a ``DllabError`` included, so all ranks stop together). Calls nested inside run directly."""
+    global _inside_on_main
+    if not active() or _inside_on_main:
+        return fn(*args, **kwargs)
+    result: Any = None
+    if is_main():
+        _inside_on_main = True
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:
+            result = _Failed(e)
+        finally:
+            _inside_on_main = False
+    result = broadcast(result)
+    if isinstance(result, _Failed):
+        result.error.from_main = True      # the same error is printed once, by rank 0 (cli)
+        raise result.error
+    return result
+
+
+def main_only(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: ``fn`` runs through ``on_main`` (rank 0 computes, the others wait and get the result)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return on_main(fn, *args, **kwargs)
+    return wrapper
+
+
+def shard(order, rank: int, world: int, pad: bool = True):
+    """This rank's share of ``order`` (a 1-d tensor of indices), as ``DistributedSampler`` takes it: padded
+    with its own first indices to a multiple of ``world`` (``pad``; every rank then has as many), then every
+    ``world``-th index from ``rank``. Rank r's i-th batch of b/world then holds the r-th, (r+world)-th, ...
+    rows of the single-process batch i of b: together the ranks see exactly the batches one process would."""
+    import torch
+    if pad and len(order) % world:
+        extra = world - len(order) % world
+        reps = -(-extra // max(len(order), 1))
+        order = torch.cat([order, order.repeat(reps)[:extra]])
+    return order[rank::world]
+
+
+def wrap(model, device, sync_bn: bool = False):
+    """``model`` in DistributedDataParallel (the same object back for a single process). ``sync_bn``:
+    BatchNorm layers become SyncBatchNorm (statistics over the global batch, not each rank's share)."""
+    if not active():
+        return model
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index if device.index is not None else local_rank()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def per_rank_batch(batch_size: int, what: str = "train.batch_size") -> int:
+    """The share of a global batch that one rank takes."""
+    from . import DllabError
+    n = part()[1]
+    if batch_size % n:
+        raise DllabError(f"{what}={batch_size} is the global batch and must divide evenly over the {n} "
+                         f"processes; choose a multiple of {n}")
+    return batch_size // n
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``dllab run --nproc N ...``: torchrun's single-machine form (``--standalone --nproc-per-node N -m dllab
+    ...``), started through torchrun's own ``run``. Returns the exit code: a rank's one-line error was
+    printed by that rank; a rank that died (killed, crashed) is named here in one line, with the command
+    that continues the run."""
+    import logging
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if "OMP_NUM_THREADS" not in os.environ:   # the cores split between the processes (torchrun would say 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    # torchrun's agent logs its rendezvous and a multi-line report per failure; the line below says it.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="dllab-launch-") as tmp:
+        folder_file = Path(tmp) / "run_folder"
+        os.environ[RUN_FOLDER_FILE] = str(folder_file)
+        args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dllab", *argv])
+        try:
+            run(args)
+            return 0
+        except ChildFailedError as e:
+            failures = sorted(e.failures.items())
+            if any(f.exitcode in (2, 130) for _, f in failures):
+                return failures[0][1].exitcode     # that rank said why in one line already
+            r, f = failures[0]
+            how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
+            folder = folder_file.read_text().strip() if folder_file.exists() else ""
+            hint = (f"; continue with `dllab run --nproc {nproc} --resume {folder}`" if folder
+                    else "; no run folder was created yet")
+            print(f"dllab: error: process {r} of {nproc} {how}{hint}", file=sys.stderr)
+            return 1
+        finally:
+            os.environ.pop(RUN_FOLDER_FILE, None)
+
+
+# Where rank 0 names its run folder for ``launch`` (so the line about a dead rank can say what to resume).
+RUN_FOLDER_FILE = "DLLAB_LAUNCH_RUN_FOLDER_FILE"
