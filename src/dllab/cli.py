@@ -182,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; fix that, then continue with `dllab run --resume {started[0]}`" if started else ""
         print(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not distributed.peer_lost(e):
+            raise
+        # Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher
+        # says which process and what to resume, so this one keeps quiet.
+        if not os.environ.get(distributed.RUN_FOLDER_FILE):
+            resume = f"; continue the run with --resume {started[0]} and as many processes" if started else ""
+            print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
+                  f"({type(e).__name__}){resume}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if started:
             print(f"dllab: interrupted; continue with `dllab run --resume {started[0]}`", file=sys.stderr)

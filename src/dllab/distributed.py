@@ -201,12 +201,24 @@ def per_rank_batch(batch_size: int, what: str = "train.batch_size") -> int:
     return batch_size // n
 
 
+def peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process of the job is gone (killed, crashed,
+    its machine down): gloo reports it as a RuntimeError naming its transport, NCCL as a DistError."""
+    if not launched():
+        return False
+    import torch.distributed as dist
+    text = str(error)
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (
+        "gloo" in text or "NCCL" in text or "Connection reset by peer" in text or "Connection closed" in text))
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """``dllab run --nproc N ...``: torchrun's single-machine form (``--standalone --nproc-per-node N -m dllab
     ...``), started through torchrun's own ``run``. Returns the exit code: a rank's one-line error was
     printed by that rank; a rank that died (killed, crashed) is named here in one line, with the command
     that continues the run."""
     import logging
+    import signal
     import sys
     import tempfile
     from pathlib import Path
@@ -229,7 +241,8 @@ def launch(nproc: int, argv: list[str]) -> int:
             failures = sorted(e.failures.items())
             if any(f.exitcode in (2, 130) for _, f in failures):
                 return failures[0][1].exitcode     # that rank said why in one line already
-            r, f = failures[0]
+            # the root cause: not a process torchrun itself stopped (SIGTERM) once another had failed
+            r, f = min(failures, key=lambda rf: (rf[1].exitcode == -signal.SIGTERM, rf[1].timestamp))
             how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
             folder = folder_file.read_text().strip() if folder_file.exists() else ""
             hint = (f"; continue with `dllab run --nproc {nproc} --resume {folder}`" if folder

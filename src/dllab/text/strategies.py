@@ -7,6 +7,14 @@ not from five slightly different loops.
 
 ``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2.py``): it has ``lr.<strategy>``,
 ``amp``, ``lora.{r,alpha,dropout,target_modules}`` and ``pretrained_model``.
+
+Under torchrun (see dllab.distributed) every strategy that trains does so data-parallel, in PyTorch's
+DistributedDataParallel: every rank draws the same batch order from the same generator and takes every N-th
+row of each batch (a batch whose rows do not divide by N repeats its first rows, as DistributedSampler pads),
+so ``batch_size`` stays the global batch. Validation and test counts are all-reduced (each rank predicts every
+N-th batch). Raw DDP rather than ``accelerate``: the loop already owns what ``Accelerator.prepare`` would take
+over (its length-grouped batching with a checkpointed generator, autocast and the GradScaler), so
+``accelerate`` would only add a second way of doing each.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError
+from .. import DllabError, distributed
 from ..data.text import TokenizedSplit, iterate_batches, num_batches
 from ..env import to_device
 from ..models.common import count_parameters
@@ -205,12 +213,17 @@ class PeakMemory:
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device,
-            precision: Precision | None = None, label_columns: list[int] | None = None) -> np.ndarray:
-    """Predicted dataset class per row, in the split's order."""
+            precision: Precision | None = None, label_columns: list[int] | None = None,
+            part: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Predicted dataset class per row, in the split's order. ``part=(rank, world)``: only every world-th
+    batch from the rank-th is predicted; the other rows stay -1."""
     model.eval()
     precision = precision or Precision("fp32", device)
-    preds = np.zeros(len(split), dtype=np.int64)
-    for idx, batch in iterate_batches(split, batch_size):
+    rank, world = part
+    preds = np.zeros(len(split), dtype=np.int64) if world == 1 else np.full(len(split), -1, dtype=np.int64)
+    for b, (idx, batch) in enumerate(iterate_batches(split, batch_size)):
+        if b % world != rank:
+            continue
         with precision.autocast():
             logits = model(input_ids=to_device(batch["input_ids"], device),
                            attention_mask=to_device(batch["attention_mask"], device)).logits
@@ -221,7 +234,14 @@ def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: to
 
 
 def accuracy(model, split: TokenizedSplit, batch_size: int, device, precision=None, label_columns=None) -> float:
-    return float((predict(model, split, batch_size, device, precision, label_columns) == split.labels).mean())
+    """Fraction of rows predicted right; under torchrun the ranks share the batches and add their counts."""
+    part = distributed.part()
+    right = predict(model, split, batch_size, device, precision, label_columns, part) == split.labels
+    if part[1] == 1:
+        return float(right.mean())
+    count = torch.tensor(int(right.sum()), device=device)
+    distributed.all_reduce_sum(count)
+    return count.item() / len(split)
 
 
 @dataclass
@@ -284,15 +304,16 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
     state = {"history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None,
              "rng": np.random.default_rng(s.seed).bit_generator.state}
     epoch = 0
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and distributed.on_main(checkpoint.exists):
         epoch, state = restore_training_state(checkpoint, model, opt, sched, prec)
+    step_model = distributed.wrap(model, device)
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     while epoch < s.epochs:
         epoch += 1
         t0 = time.perf_counter()
-        loss = _train_epoch(model, params, opt, sched, prec, splits["train"], s, rng, device, f"{name} epoch {epoch}",
-                            on_step, (epoch - 1) * num_batches(splits["train"], s.batch_size))
+        loss = _train_epoch(step_model, params, opt, sched, prec, splits["train"], s, rng, device,
+                            f"{name} epoch {epoch}", on_step, (epoch - 1) * num_batches(splits["train"], s.batch_size))
         val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
         row = {"variant": name, "epoch": epoch, "train_loss": loss, "val_acc": val_acc, "lr": p.lr,
                "seconds": time.perf_counter() - t0}
@@ -315,8 +336,10 @@ def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device
 def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSplit, s: TrainSettings,
                  rng: np.random.Generator, device: torch.device, desc: str,
                  on_step: Callable[[int, torch.Tensor], None] | None = None, first_step: int = 0) -> float:
-    """One pass over ``train``; returns the mean training loss. Steps count on from ``first_step``."""
+    """One pass over ``train``; returns the mean training loss (over the ranks, under torchrun). Steps count on
+    from ``first_step``."""
     model.train()
+    rank, world = distributed.part()
     steps, scaler = 0, prec.scaler    # the scaler is a no-op unless fp16-mixed
     # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
     loss_sum = torch.zeros((), device=device)
@@ -324,6 +347,8 @@ def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSpl
     bar = progress_bar(iterate_batches(train, s.batch_size, rng, s.group_by_length),
                        num_batches(train, s.batch_size), desc, s.progress)
     for _, batch in bar:
+        if world > 1:
+            batch = _rank_rows(batch, rank, world)
         with prec.autocast():
             logits = model(input_ids=to_device(batch["input_ids"], device),
                            attention_mask=to_device(batch["attention_mask"], device)).logits
@@ -343,7 +368,17 @@ def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSpl
         if not bar.disable and steps % LOG_EVERY == 0:
             bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
             window.zero_()
+    if world > 1:
+        distributed.all_reduce_sum(loss_sum)
+        loss_sum /= world
     return loss_sum.item() / max(steps, 1)
+
+
+def _rank_rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    """This rank's rows of a global batch: every ``world``-th from ``rank``, after the batch is padded with
+    its own first rows to a multiple of ``world`` (so every rank has rows, and as many)."""
+    rows = distributed.shard(torch.arange(len(batch["labels"])), rank, world)
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], dict[str, TokenizedSplit]],
