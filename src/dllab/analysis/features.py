@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .. import DllabError
+from .. import DllabError, distributed
 
 CLASSIFIERS = ("svm", "logreg", "knn")
 
@@ -63,6 +63,7 @@ def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[st
     return out
 
 
+@distributed.main_only     # under torchrun: fitted once, on rank 0
 def cached_classifiers(run, feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5,
                        seed: int = 0) -> dict[str, dict[str, float]]:
     """``fit_classifiers`` on ``feats["train"]``, scored on val/test -> {name: {"val": acc, "test": acc,

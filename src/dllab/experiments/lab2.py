@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import DllabError
+from .. import DllabError, distributed
 from ..config import RunConfig
 from ..registry import register_experiment
 from ..runs import Run
@@ -154,6 +154,11 @@ SST2_NOTE = ("SST-2 is built from the same Rotten Tomatoes review snippets (Pang
     notes="Spec: DistilBERT's last-layer [CLS] embedding + SVM reaches 82%, logistic regression 83%, "
           "k-NN 74% validation accuracy.")
 def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
+    # Nothing here trains: under torchrun rank 0 extracts and fits alone, the other ranks wait for its summary.
+    return distributed.on_main(_features, cfg, run)
+
+
+def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..analysis.features import fit_classifiers
     from ..analysis.text_features import cached_features
     from ..data.text import load_text_splits

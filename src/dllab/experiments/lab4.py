@@ -11,6 +11,10 @@ are in pixel units. OOD sets: ``ood.names`` (``analysis.ood.datasets.OOD_SETS``)
 ``<detector>.<metric>`` with one OOD set, else prefixed by its name (``mnist.energy.fpr95``; lab4.adv-train
 puts the model first: ``adv.mnist.msp.auroc``).
 
+Under torchrun the classifiers train data-parallel on every rank; each experiment's analysis after them
+(detectors, attacks, the ODIN search, tables and figures) runs on rank 0 alone (``distributed.on_main``),
+and the other ranks wait for its summary.
+
 Profiles: ``paper`` = the spec (64 channels, all of CIFAR-10, Adam 1e-3; where it is silent: 30 epochs,
 batch 128, crop+flip, 10% validation, OOD = cifar100-20). ``quick`` = minutes on 2 CPU cores, ID = CIFAR-10
 classes 0-5 everywhere, so ``heldout`` (6-9) exists and one quick model serves all four (see _QUICK_TRAIN).
@@ -21,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import distributed
 from ..analysis.detector_names import check_detectors
 from ..analysis.settings import AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
@@ -160,11 +165,15 @@ def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: s
           "extractor as the encoder, a trained decoder) are used to tell whether a test image is OOD. The "
           "spec shows these as plots only, no numbers.")
 def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
+    data, ood_sets, cnn = _inputs(cfg, run)
+    return distributed.on_main(_ood_analysis, cfg, run, data, ood_sets, cnn)
+
+
+def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
     from ..analysis.ood.evaluate import metric_keys
     from ..analysis.robustness import clean_accuracy
     from ..report import robustness as report
 
-    data, ood_sets, cnn = _inputs(cfg, run)
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
     summary.update(metric_keys(metrics))
@@ -192,10 +201,14 @@ def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
           "9.68% at 0.05, then about 5-6% (at or below chance) for 0.1-0.3; performance degrades as eps "
           "increases.")
 def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
+    data, _, cnn = _inputs(cfg, run, with_ood=False)
+    return distributed.on_main(_fgsm_analysis, cfg, run, data, cnn)
+
+
+def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict[str, float]:
     from ..analysis.robustness import attack_examples, attack_models
     from ..report import robustness as report
 
-    data, _, cnn = _inputs(cfg, run, with_ood=False)
     clean, accs = attack_models(run, {"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size)
     a = cfg.attack.name
     report.attack_accuracy(run, accs["standard"], a, _FGSM_REF if a == "fgsm" else {})
@@ -220,10 +233,6 @@ def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
           "OOD pipeline of Ex. 1 (the spec shows those as plots only).")
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.attacks import make_fgsm_loss
-    from ..analysis.ood.evaluate import metric_keys
-    from ..analysis.robustness import attack_examples, attack_models
-    from ..report import robustness as report
-    from ..report.variants import curves_figure
     from ..train.reuse import train_and_reload
     from ..train.variants import Variant, train_variants
 
@@ -234,8 +243,17 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     adv = Variant("adv", "cnn", dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
                   meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
     adv_cnn = train_and_reload(run, "adv", 5, lambda: train_variants(cfg, run, data, [adv]))
-    models = {"standard": std.model, "adv": adv_cnn.model.to(run.device).eval()}
+    return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, adv_cnn, adv.meta["loss"])
 
+
+def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODSet], std: SavedCNN,
+                  adv_cnn: SavedCNN, adv_loss: str) -> dict[str, float]:
+    from ..analysis.ood.evaluate import metric_keys
+    from ..analysis.robustness import attack_examples, attack_models
+    from ..report import robustness as report
+    from ..report.variants import curves_figure
+
+    models = {"standard": std.model, "adv": adv_cnn.model.to(run.device).eval()}
     clean, accs = attack_models(run, models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size)
     summary, scores, metrics = {}, {}, {}
     for n, model in models.items():
@@ -245,7 +263,7 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     a = cfg.attack.name
     report.comparison_tables(run, accs, metrics, a, {"standard": _FGSM_REF, "adv": _ADV_REF} if a == "fgsm" else {})
     report.classifier_table(run, {"standard": (std.origin, std.arch, clean["standard"]),
-                                  "adv": (f"{adv_cnn.origin}, {adv.meta['loss']}", adv_cnn.arch, clean["adv"])},
+                                  "adv": (f"{adv_cnn.origin}, {adv_loss}", adv_cnn.arch, clean["adv"])},
                             len(data.classes), len(data.test))
     curves_figure(run, [n for n in models if run.variant_history(n)], "curves.png", "Loss and accuracy per epoch, "
                   "standard vs FGSM adversarial training (dashed: validation; the adv training loss is the mixed "
@@ -272,11 +290,15 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     notes="Grid search over T in {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} and eps in {0, ..., 0.004}: the best "
           "values are T = 100 and eps = 0, with AUROC 0.66 (CIFAR-10 vs the 20 CIFAR-100 classes).")
 def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
+    data, ood_sets, cnn = _inputs(cfg, run)
+    return distributed.on_main(_odin_analysis, cfg, run, data, ood_sets, cnn)
+
+
+def _odin_analysis(cfg: ODINConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
     from ..analysis.ood.odin_search import msp_cell, search_sets
     from ..analysis.robustness import clean_accuracy
     from ..report import robustness as report
 
-    data, ood_sets, cnn = _inputs(cfg, run)
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     keys, searches = search_sets(run, cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed)
     for name, (res, id_val, ood_val) in searches.items():
