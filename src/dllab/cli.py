@@ -174,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             print(md)
             print(html)
     except DllabError as e:
-        if distributed.is_main() or not getattr(e, "from_main", False):   # rank 0 says it once for all
+        if _speaks(e):
             print(f"dllab: error: {_process()}{e}", file=sys.stderr)
         return 2
     except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
         where = f" ({e.filename})" if e.filename else ""
-        hint = f"; fix that, then continue with `dllab run --resume {started[0]}`" if started else ""
-        print(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}", file=sys.stderr)
+        hint = f"; fix that, then continue with `{_resume(started[0])}`" if started else ""
+        if _speaks(e):
+            print(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}", file=sys.stderr)
         return 2
     except Exception as e:
         if not distributed.peer_lost(e):
@@ -188,19 +189,35 @@ def main(argv: list[str] | None = None) -> int:
         # Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher
         # says which process and what to resume, so this one keeps quiet.
         if not os.environ.get(distributed.RUN_FOLDER_FILE):
-            resume = f"; continue the run with --resume {started[0]} and as many processes" if started else ""
+            resume = f"; continue with `{_resume(started[0])}`" if started else ""
             print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
                   f"({type(e).__name__}){resume}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
+            return 130
         if started:
-            print(f"dllab: interrupted; continue with `dllab run --resume {started[0]}`", file=sys.stderr)
+            print(f"dllab: interrupted; continue with `{_resume(started[0])}`", file=sys.stderr)
         else:
             print("dllab: interrupted before a run folder was created; nothing to resume", file=sys.stderr)
         return 130
     finally:
         distributed.teardown()
     return 0
+
+
+def _resume(path) -> str:
+    """The command that continues the run in ``path`` (with as many processes as this one has)."""
+    n = distributed.world_size()
+    return f"dllab run --resume {path}" if n == 1 else f"dllab run --nproc {n} --resume {path}` (or torchrun " \
+        f"with {n} processes in all: `... -m dllab run --resume {path}"
+
+
+def _speaks(error: BaseException) -> bool:
+    """Under torchrun, whether this process prints ``error``: rank 0 does; another rank only if it is the
+    first of its machine and the error is its own (not rank 0's, handed over by ``distributed.on_main``):
+    the processes of one machine mostly fail alike (one line for them), another machine's may not (its data)."""
+    return distributed.is_main() or (distributed.local_rank() == 0 and not getattr(error, "from_main", False))
 
 
 def _process() -> str:

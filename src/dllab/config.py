@@ -54,7 +54,7 @@ class TrainConfig:
     grad_norms: bool = False            # record per-layer gradient norms every epoch
     deterministic: bool = False         # bit-repeatable CPU runs (torch.use_deterministic_algorithms)
     threads: int = 0                    # torch.set_num_threads; 0 = torch's default
-    sync_bn: bool = False               # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 def _type_name(tp) -> str:

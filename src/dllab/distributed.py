@@ -23,9 +23,10 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-# A collective that waits this long means a peer is gone without its connection closing (a hung node):
-# the job then ends instead of waiting forever. Long enough for rank 0's slowest solo step (an OOD search).
-TIMEOUT = timedelta(minutes=60)
+# A collective that waits this long means a peer is gone without its connection closing (a hung node): the
+# job then ends instead of waiting forever. (A process that dies closes its connections, and torchrun stops
+# the job at once.) Long enough for the other ranks to wait out rank 0's solo analysis of a paper profile.
+TIMEOUT = timedelta(hours=6)
 
 _inside_on_main = False
 
@@ -185,6 +186,10 @@ def wrap(model, device, sync_bn: bool = False):
         return model
     import torch
     from torch.nn.parallel import DistributedDataParallel
+    if sync_bn and device.type != "cuda":
+        from . import DllabError
+        raise DllabError(f"train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
+                         f"{device.type}); leave it off: each rank's BatchNorm then uses its share of the batch")
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index if device.index is not None else local_rank()] if device.type == "cuda" else None
@@ -223,13 +228,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     import tempfile
     from pathlib import Path
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     if "OMP_NUM_THREADS" not in os.environ:   # the cores split between the processes (torchrun would say 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    # torchrun's agent logs its rendezvous and a multi-line report per failure; the line below says it.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torchrun's agent logs its rendezvous, signals and a multi-line report per failure; the processes and
+    # the line below say what matters.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="dllab-launch-") as tmp:
         folder_file = Path(tmp) / "run_folder"
         os.environ[RUN_FOLDER_FILE] = str(folder_file)
@@ -237,6 +245,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         try:
             run(args)
             return 0
+        except SignalException:     # Ctrl-C: the processes got it too, and rank 0 said how to continue
+            return 130
         except ChildFailedError as e:
             failures = sorted(e.failures.items())
             if any(f.exitcode in (2, 130) for _, f in failures):
