@@ -89,6 +89,9 @@ def main() -> None:
         return worker(args)
 
     import torch
+
+    from dllab.cli import choose_omp_wait_policy
+    choose_omp_wait_policy()   # as `dllab run` does: passive waiting on a busy machine (the processes inherit it)
     if args.device == "cuda":
         gpus = torch.cuda.device_count()
         if gpus < 1:
@@ -98,7 +101,8 @@ def main() -> None:
     else:
         n, cores = args.nproc or 2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"CPU: {cores} cores; comparing 1 process x {cores} threads and {n} processes x {max(1, cores // n)}")
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(OpenMP default)')}")
     rates: dict[int, list[float]] = {1: [], n: []}
     for _ in range(args.repeats):
         for k in (1, n):

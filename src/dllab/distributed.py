@@ -69,7 +69,7 @@ def init() -> None:
     import torch
     import torch.distributed as dist
     backend = "gloo"
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
@@ -92,6 +92,10 @@ def device_for(device):
     """The device of this rank: its own GPU (``cuda:LOCAL_RANK``) when the run is on CUDA."""
     import torch
     if launched() and device.type == "cuda":
+        if local_rank() >= torch.cuda.device_count():
+            from . import DllabError
+            raise DllabError(f"process {local_rank()} of this machine needs GPU {local_rank()}, but "
+                             f"{torch.cuda.device_count()} are visible; start at most one process per GPU")
         return torch.device("cuda", local_rank())
     return device
 
