@@ -93,6 +93,13 @@ def test_nproc_errors_are_one_line(monkeypatch):
     assert main(["run", "lab1.mlp", "--nproc", "2"]) == 2
 
 
+@pytest.mark.parametrize("argv", [["run", "--nproc", "2", "lab1.mlp"], ["run", "--nproc=2", "lab1.mlp"],
+                                  ["run", "--np", "2", "lab1.mlp"], ["run", "lab1.mlp", "--nproc", "2"]])
+def test_the_launcher_passes_on_everything_but_nproc(argv):
+    from dllab.launch import without_nproc
+    assert without_nproc(argv) == ["run", "lab1.mlp"]
+
+
 def test_global_batch_must_divide_over_ranks(monkeypatch):
     from dllab import distributed
     monkeypatch.setattr(distributed, "part", lambda: (0, 3))

@@ -28,6 +28,7 @@ def choose_omp_wait_policy() -> None:
 choose_omp_wait_policy()
 
 from . import DllabError, distributed  # noqa: E402
+from .launch import FolderNote, under_launcher  # noqa: E402
 from .config import PROFILES  # noqa: E402
 
 
@@ -142,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.seed is not None and args.seeds is not None:
                 raise DllabError("use either --seed N or --seeds A,B,C, not both")
             if args.nproc is not None:
-                return _launch(args.nproc, argv)
+                from .launch import launch
+
+                return launch(args.nproc, argv)
             distributed.init()
-            if distributed.launched() and os.environ.get(distributed.RUN_FOLDER_FILE) and distributed.is_main():
-                started = _NamedList(os.environ[distributed.RUN_FOLDER_FILE])
+            if distributed.is_main() and under_launcher():
+                started = FolderNote()
             run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
                                  args.out, args.resume, args.quiet, argv, on_start=started.append)
             if not distributed.is_main():
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher
         # says which process and what to resume, so this one keeps quiet.
-        if not os.environ.get(distributed.RUN_FOLDER_FILE):
+        if not under_launcher():
             resume = f"; continue with `{_resume(started[0])}`" if started else ""
             print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
                   f"({type(e).__name__}){resume}", file=sys.stderr)
@@ -224,31 +227,6 @@ def _process() -> str:
     """Under torchrun, which process an error comes from (rank 0's lines go unmarked)."""
     return f"process {distributed.rank()} of {distributed.world_size()}: " if not distributed.is_main() else ""
 
-
-class _NamedList(list):
-    """The started-run list of rank 0 under ``dllab run --nproc``: also names the folder in a file for the
-    launcher, which says what to resume if another process dies."""
-
-    def __init__(self, file: str):
-        super().__init__()
-        self.file = file
-
-    def append(self, path) -> None:
-        super().append(path)
-        with open(self.file, "w") as f:
-            f.write(f"{path}\n")
-
-
-def _launch(nproc: int, argv: list[str]) -> int:
-    if nproc < 1:
-        raise DllabError(f"--nproc {nproc}: give the number of processes, 1 or more")
-    if distributed.launched():
-        raise DllabError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
-    rest = list(argv)
-    # (argparse also accepts an abbreviation such as --np)
-    i = next(i for i, a in enumerate(rest) if len(a.split("=")[0]) > 3 and "--nproc".startswith(a.split("=")[0]))
-    del rest[i:i + (1 if "=" in rest[i] else 2)]
-    return distributed.launch(nproc, rest)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Data-parallel runs on PyTorch's own engine: torchrun starts the processes, torch.distributed joins them.
 
-``torchrun --nproc-per-node N -m dllab run EXP`` (or ``dllab run --nproc N EXP``, see ``launch``) starts N
+``torchrun --nproc-per-node N -m dllab run EXP`` (or ``dllab run --nproc N EXP``, see dllab.launch) starts N
 copies of dllab; each reads its rank from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*),
 and ``init`` joins them into one process group: NCCL for CUDA tensors, gloo for CPU ones. Without torchrun
 (or with one process) nothing here does anything: ``world_size()`` is 1, ``is_main()`` is True, the helpers
@@ -219,53 +219,3 @@ def peer_lost(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (
         "gloo" in text or "NCCL" in text or "Connection reset by peer" in text or "Connection closed" in text))
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """``dllab run --nproc N ...``: torchrun's single-machine form (``--standalone --nproc-per-node N -m dllab
-    ...``), started through torchrun's own ``run``. Returns the exit code: a rank's one-line error was
-    printed by that rank; a rank that died (killed, crashed) is named here in one line, with the command
-    that continues the run."""
-    import logging
-    import signal
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    if "OMP_NUM_THREADS" not in os.environ:   # the cores split between the processes (torchrun would say 1)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    # torchrun's agent logs its rendezvous, signals and a multi-line report per failure; the processes and
-    # the line below say what matters.
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    with tempfile.TemporaryDirectory(prefix="dllab-launch-") as tmp:
-        folder_file = Path(tmp) / "run_folder"
-        os.environ[RUN_FOLDER_FILE] = str(folder_file)
-        args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dllab", *argv])
-        try:
-            run(args)
-            return 0
-        except SignalException:     # Ctrl-C: the processes got it too, and rank 0 said how to continue
-            return 130
-        except ChildFailedError as e:
-            failures = sorted(e.failures.items())
-            if any(f.exitcode in (2, 130) for _, f in failures):
-                return failures[0][1].exitcode     # that rank said why in one line already
-            # the root cause: not a process torchrun itself stopped (SIGTERM) once another had failed
-            r, f = min(failures, key=lambda rf: (rf[1].exitcode == -signal.SIGTERM, rf[1].timestamp))
-            how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
-            folder = folder_file.read_text().strip() if folder_file.exists() else ""
-            hint = (f"; continue with `dllab run --nproc {nproc} --resume {folder}`" if folder
-                    else "; no run folder was created yet")
-            print(f"dllab: error: process {r} of {nproc} {how}{hint}", file=sys.stderr)
-            return 1
-        finally:
-            os.environ.pop(RUN_FOLDER_FILE, None)
-
-
-# Where rank 0 names its run folder for ``launch`` (so the line about a dead rank can say what to resume).
-RUN_FOLDER_FILE = "DLLAB_LAUNCH_RUN_FOLDER_FILE"
