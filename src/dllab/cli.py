@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
         where = f" ({e.filename})" if e.filename else ""
-        hint = f"; fix that, then continue with `{_resume(started[0])}`" if started else ""
+        hint = f"; fix that, then continue with {_resume(started[0])}" if started else ""
         if _speaks(e):
             print(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}", file=sys.stderr)
         return 2
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         # Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher
         # says which process and what to resume, so this one keeps quiet.
         if not under_launcher():
-            resume = f"; continue with `{_resume(started[0])}`" if started else ""
+            resume = f"; continue with {_resume(started[0])}" if started else ""
             print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
                   f"({type(e).__name__}){resume}", file=sys.stderr)
         return 1
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
             return 130
         if started:
-            print(f"dllab: interrupted; continue with `{_resume(started[0])}`", file=sys.stderr)
+            print(f"dllab: interrupted; continue with {_resume(started[0])}", file=sys.stderr)
         else:
             print("dllab: interrupted before a run folder was created; nothing to resume", file=sys.stderr)
         return 130
@@ -210,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resume(path) -> str:
-    """The command that continues the run in ``path`` (with as many processes as this one has)."""
+    """The command that continues the run in ``path`` (with as many processes as this one has), quoted."""
     n = distributed.world_size()
-    return f"dllab run --resume {path}" if n == 1 else f"dllab run --nproc {n} --resume {path}` (or torchrun " \
-        f"with {n} processes in all: `... -m dllab run --resume {path}"
+    if n == 1:
+        return f"`dllab run --resume {path}`"
+    return f"`dllab run --nproc {n} --resume {path}` (or torchrun with {n} processes in all: `... -m dllab run " \
+           f"--resume {path}`)"
 
 
 def _speaks(error: BaseException) -> bool:
@@ -226,7 +228,6 @@ def _speaks(error: BaseException) -> bool:
 def _process() -> str:
     """Under torchrun, which process an error comes from (rank 0's lines go unmarked)."""
     return f"process {distributed.rank()} of {distributed.world_size()}: " if not distributed.is_main() else ""
-
 
 
 if __name__ == "__main__":
