@@ -37,7 +37,9 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    """The run folder's files; TensorBoard's event file as a pattern (its name holds the time, host and pid)."""
+    names = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    return {"events.out.tfevents.*" if n.startswith("events.out.tfevents.") else n for n in names}
 
 
 def history(folder: Path) -> list[dict]:
