@@ -201,7 +201,9 @@ def test_a_killed_rank_ends_the_job_in_one_line_and_the_run_resumes(tmp_path):
     os.kill(_worker_pid(launcher, 1), signal.SIGKILL)
     stdout, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode != 0, stderr
-    lines = stderr.strip().splitlines()
+    # The surviving process may abort inside gloo when its peer vanishes mid-collective; the C++ runtime then
+    # prints this line itself before dllab can say anything (seen under load). Every other line is dllab's.
+    lines = [ln for ln in stderr.strip().splitlines() if ln != "terminate called without an active exception"]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("dllab: error: process 1 of 2 was killed by SIGKILL")
     assert f"--nproc 2 --resume {killed}" in lines[0]

@@ -194,16 +194,21 @@ def dump_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def load_yaml(config_cls, text: str, origin: str = "config.yaml"):
-    cfg = config_cls()
+def flat_yaml(text: str, origin: str = "config.yaml") -> dict[str, Any]:
+    """A saved config.yaml's keys, flat and dotted; invalid YAML or a non-mapping is a one-line error."""
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise DllabError(f"{origin} is not valid YAML ({e.__class__.__name__}); restore it or start a new run") from None
     if not isinstance(data, dict):
         raise DllabError(f"{origin} is damaged: expected a mapping of config keys, found "
                          f"{type(data).__name__}; restore it or start a new run")
-    apply_overrides(cfg, _flatten(data), f"{origin}:")
+    return _flatten(data)
+
+
+def load_yaml(config_cls, text: str, origin: str = "config.yaml"):
+    cfg = config_cls()
+    apply_overrides(cfg, flat_yaml(text, origin), f"{origin}:")
     validate(cfg, f"{origin}: ")
     return cfg
 

@@ -71,8 +71,10 @@ def launch(nproc: int, argv: list[str]) -> int:
             said = [f.exitcode for f in e.failures.values() if f.exitcode in (2, 130)]
             if said:
                 return said[0]      # that process said why in one line already
-            # the root cause: not a process torchrun itself stopped (SIGTERM) once another had failed
-            r, f = min(e.failures.items(), key=lambda rf: (rf[1].exitcode == -signal.SIGTERM, rf[1].timestamp))
+            # the root cause: not a process torchrun stopped (SIGTERM) once another had failed, nor one that
+            # aborted (SIGABRT) because its peer vanished in the middle of a collective
+            r, f = min(e.failures.items(), key=lambda rf: (rf[1].exitcode in (-signal.SIGTERM, -signal.SIGABRT),
+                                                           rf[1].timestamp))
             how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
             folder = folder_file.read_text().strip() if folder_file.exists() else ""
             hint = (f"; continue with `dllab run --nproc {nproc} --resume {folder}`" if folder

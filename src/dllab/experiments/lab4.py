@@ -9,16 +9,12 @@ or trained here as variant ``standard`` (models/standard.pt, for the next Lab 4 
 must be trained on the ID data's classes. Detectors and attacks run in fp32 on images in [0, 1]; epsilons
 are in pixel units. OOD sets: ``ood.names`` (``analysis.ood.datasets.OOD_SETS``). Summary keys:
 ``<detector>.<metric>`` with one OOD set, else prefixed by its name (``mnist.energy.fpr95``; lab4.adv-train
-puts the model first: ``adv.mnist.msp.auroc``).
+puts the model first: ``adv.mnist.msp.auroc``). Under torchrun the classifiers train on every rank and the
+analysis after them runs on rank 0 alone (``distributed.on_main``).
 
-Under torchrun the classifiers train data-parallel on every rank; each experiment's analysis after them
-(detectors, attacks, the ODIN search, tables and figures) runs on rank 0 alone (``distributed.on_main``),
-and the other ranks wait for its summary.
-
-Profiles: ``paper`` = the spec (64 channels, all of CIFAR-10, Adam 1e-3; where it is silent: 30 epochs,
-batch 128, crop+flip, 10% validation, OOD = cifar100-20). ``quick`` = minutes on 2 CPU cores, ID = CIFAR-10
-classes 0-5 everywhere, so ``heldout`` (6-9) exists and one quick model serves all four (see _QUICK_TRAIN).
-``smoke`` = seconds, for tests.
+Profiles: ``paper`` = the spec (64 channels, all of CIFAR-10, Adam 1e-3; where it is silent: 30 epochs, batch
+128, crop+flip, 10% validation, OOD = cifar100-20). ``quick``: ID = CIFAR-10 classes 0-5, so ``heldout`` (6-9)
+exists and one quick model serves all four (see _QUICK_TRAIN). ``smoke`` = seconds, for tests.
 """
 from __future__ import annotations
 
@@ -36,8 +32,7 @@ if TYPE_CHECKING:
     from ..data.images import ImageData
     from ..train.reuse import SavedCNN
 
-# torch, the data, the detectors and the report are imported inside the functions below: registering the
-# experiments (``dllab list``) must not pay for them.
+# Heavy modules are imported inside the functions below: registering (``dllab list``) must not pay for them.
 
 QUICK_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]   # CIFAR-10 classes 0-5
 
@@ -115,6 +110,12 @@ _ADV_REF = {"acc@0": 0.8681, "acc@0.01": 0.7638, "acc@0.05": 0.3000, "acc@0.1": 
 
 # --- wiring shared by the experiments --------------------------------------------------------------
 
+def _analysed(analysis, cfg, run) -> dict[str, float]:
+    """The inputs on every process (training is data-parallel under torchrun), then ``analysis`` on rank 0."""
+    data, ood_sets, cnn = _inputs(cfg, run)
+    return distributed.on_main(analysis, cfg, run, data, ood_sets, cnn)
+
+
 def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], SavedCNN]:
     """The ID data, the OOD sets (none for lab4.fgsm), then the classifier (so a bad OOD set or detector name
     fails before any training): ``model.run``'s cnn or trained here, in eval mode on the run's device."""
@@ -165,8 +166,7 @@ def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: s
           "extractor as the encoder, a trained decoder) are used to tell whether a test image is OOD. The "
           "spec shows these as plots only, no numbers.")
 def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
-    data, ood_sets, cnn = _inputs(cfg, run)
-    return distributed.on_main(_ood_analysis, cfg, run, data, ood_sets, cnn)
+    return _analysed(_ood_analysis, cfg, run)
 
 
 def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
@@ -290,8 +290,7 @@ def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODS
     notes="Grid search over T in {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} and eps in {0, ..., 0.004}: the best "
           "values are T = 100 and eps = 0, with AUROC 0.66 (CIFAR-10 vs the 20 CIFAR-100 classes).")
 def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
-    data, ood_sets, cnn = _inputs(cfg, run)
-    return distributed.on_main(_odin_analysis, cfg, run, data, ood_sets, cnn)
+    return _analysed(_odin_analysis, cfg, run)
 
 
 def _odin_analysis(cfg: ODINConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:

@@ -10,34 +10,22 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import DllabError
+from ..config import flat_yaml
 from ..runs import _parse_row, atomic_write, atomic_write_text
 from .render import Doc, _fmt, read_run
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def read_config(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        text = (path / "config.yaml").read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DllabError(f"{path / 'config.yaml'} is missing; compare needs run folders made by `dllab run`") from None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise DllabError(f"{path / 'config.yaml'} is not valid YAML") from None
-    if not isinstance(data, dict):
-        raise DllabError(f"{path / 'config.yaml'} is damaged: expected a mapping of config keys")
-    return _flat(data)
+    except UnicodeDecodeError:
+        raise DllabError(f"{path / 'config.yaml'} is not valid YAML (not UTF-8 text)") from None
+    return flat_yaml(text, str(path / "config.yaml"))
 
 
 def read_history(path: Path, env: dict) -> list[dict]:
