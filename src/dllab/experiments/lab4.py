@@ -117,28 +117,28 @@ def _analysed(analysis, cfg, run) -> dict[str, float]:
 
 
 def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], SavedCNN]:
-    """The ID data, the OOD sets (none for lab4.fgsm), then the classifier (so a bad OOD set or detector name
-    fails before any training): ``model.run``'s cnn or trained here, in eval mode on the run's device."""
+    """The ID data, the OOD sets (none for lab4.fgsm), the classifier (``model.run``'s cnn, checked first, or
+    trained here last, after every name was checked), in eval mode on the run's device."""
     from ..analysis.ood.datasets import build_ood_sets
     from ..data import data_root
     from ..train.reuse import CNNSource
     from ..train.variants import Variant, train_variants
     from .common import load_data
 
+    ref = CNNSource("model", cfg.model.run, cfg.model.variant, "standard", 5, "classifier", "classifier_standard",
+                    same_classes=True)
+    found = ref.find()   # a wrong or crafted model.run fails before any data is loaded
     data = load_data(cfg, run)
     if cfg.profile != "paper":
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
                  f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
-    ood_sets = []
     if with_ood:
         check_detectors(cfg.ood.detectors)
-        ood_sets = build_ood_sets(run, cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root), cfg.ood.limit,
-                                  cfg.data.allow_fallback and cfg.profile != "paper")
+    ood_sets = build_ood_sets(run, cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root), cfg.ood.limit,
+                              cfg.data.allow_fallback and cfg.profile != "paper") if with_ood else []
     arch = {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
-    ref = CNNSource("model", cfg.model.run, cfg.model.variant, "standard", 5, "classifier", "classifier_standard",
-                    same_classes=True)
-    cnn = ref.ready(run, data, lambda: train_variants(cfg, run, data, [Variant("standard", "cnn", arch)]))
+    cnn = ref.ready(run, data, lambda: train_variants(cfg, run, data, [Variant("standard", "cnn", arch)]), found)
     return data, ood_sets, cnn
 
 
