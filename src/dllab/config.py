@@ -163,13 +163,14 @@ def apply_overrides(cfg, overrides: dict[str, Any] | list[str], origin: str = "-
         set_key(cfg, k.strip(), v.strip(), origin)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A saved config.yaml's nested mapping as the flat dotted keys profiles and --set use."""
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping (config.yaml's, or ``to_dict``'s) as the flat dotted keys profiles and --set
+    use."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else k
         if isinstance(v, dict):
-            out.update(_flatten(v, key))
+            out.update(flatten(v, key))
         else:
             out[key] = v
     return out
@@ -203,7 +204,7 @@ def flat_yaml(text: str, origin: str = "config.yaml") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DllabError(f"{origin} is damaged: expected a mapping of config keys, found "
                          f"{type(data).__name__}; restore it or start a new run")
-    return _flatten(data)
+    return flatten(data)
 
 
 def load_yaml(config_cls, text: str, origin: str = "config.yaml"):

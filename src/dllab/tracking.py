@@ -42,19 +42,9 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def flat_config(cfg) -> dict[str, Any]:
     """Every config key (dotted) with a value the sinks accept as a hyperparameter (lists as text)."""
-    import dataclasses
+    from .config import flatten, to_dict
 
-    out: dict[str, Any] = {}
-
-    def walk(obj, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if dataclasses.is_dataclass(v):
-                walk(v, f"{prefix}{f.name}.")
-            else:
-                out[f"{prefix}{f.name}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    walk(cfg, "")
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(to_dict(cfg)).items()}
 
 
 class TensorBoardSink:
