@@ -69,6 +69,8 @@ def main() -> None:
         child(args.images, args.batch_size)
         return
 
+    from dllab import cpus   # torch-free: the parent must not load OpenMP before its children choose a policy
+
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for load in ("idle", "one busy process"):
@@ -84,7 +86,7 @@ def main() -> None:
                 if hog:
                     stop.set()
                     hog.join()
-    print(f"CNN step (16 ch, depth 5, batch {args.batch_size}, bf16), {os.cpu_count()} CPUs, images/s, "
+    print(f"CNN step (16 ch, depth 5, batch {args.batch_size}, bf16), {cpus.usable()} CPUs, images/s, "
           f"median of {args.repeats}")
     for load in ("idle", "one busy process"):
         d, pa = (statistics.median(results[(load, k)]) for k in ("default", "PASSIVE"))

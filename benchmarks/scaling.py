@@ -90,18 +90,19 @@ def main() -> None:
 
     import torch
 
+    from dllab import cpus
     from dllab.cli import choose_omp_wait_policy
     choose_omp_wait_policy()   # as `dllab run` does: passive waiting on a busy machine (the processes inherit it)
     if args.device == "cuda":
         gpus = torch.cuda.device_count()
         if gpus < 1:
             sys.exit("no CUDA device is visible")
-        n, cores = args.nproc or gpus, os.cpu_count() or 1
+        n, cores = args.nproc or gpus, cpus.usable()
         print(f"CUDA: {torch.cuda.get_device_name(0)} x {gpus}; comparing 1 and {n} processes (one GPU each)")
     else:
-        n, cores = args.nproc or 2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n, cores = args.nproc or 2, cpus.usable()
         print(f"CPU: {cores} cores; comparing 1 process x {cores} threads and {n} processes x {max(1, cores // n)}")
-    print(f"load average before: {os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY="
+    print(f"before: {cpus.describe_load()}; OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', '(OpenMP default)')}")
     rates: dict[int, list[float]] = {1: [], n: []}
     for _ in range(args.repeats):
@@ -110,7 +111,7 @@ def main() -> None:
             rates[k].append(rate)
             print(f"  {k} process(es) x {threads} threads: {rate:.0f} images/s", flush=True)
     one, many = statistics.median(rates[1]), statistics.median(rates[n])
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"after: {cpus.describe_load()}")
     print(f"median images/s: 1 process {one:.0f}, {n} processes {many:.0f}"
           + (f" ({many / n:.0f} per GPU)" if args.device == "cuda" else ""))
     print(f"speed-up {n} vs 1: {many / one:.2f}x" + (f" (scaling efficiency {many / one / n:.0%})"

@@ -145,6 +145,6 @@ def test_omp_wait_policy_follows_the_load(monkeypatch, load, user, expected):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     if user:
         monkeypatch.setenv("OMP_WAIT_POLICY", user)
-    monkeypatch.setattr(cli.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(cli.cpus.os, "getloadavg", lambda: (load, load, load))
     cli.choose_omp_wait_policy()
     assert os.environ.get("OMP_WAIT_POLICY") == expected

@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from . import cpus  # torch-free
+
 
 def choose_omp_wait_policy() -> None:
     """Set OMP_WAIT_POLICY=PASSIVE when the CPU is already busy; leave OpenMP's default when it is idle.
@@ -17,11 +19,7 @@ def choose_omp_wait_policy() -> None:
     """
     if "OMP_WAIT_POLICY" in os.environ:
         return
-    try:
-        busy = os.getloadavg()[0] >= 1.0
-    except OSError:  # no load average on this platform
-        busy = False
-    if busy:
+    if (cpus.load() or 0.0) >= 1.0:    # no load average on this platform: treated as idle
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import DllabError
+from . import DllabError, cpus
 
 # README "Numbers from the quick profiles" (wall time, seconds), the model kind that dominates each run and
 # the precision it trained in there: "auto" (what auto picked for that kind) or "fp32" (Lab 2: inference, and
@@ -111,11 +111,7 @@ def estimate_quick(figures: dict, resolved: dict[str, str]) -> dict[str, float]:
 
 def _omp_policy() -> str:
     policy = os.environ.get("OMP_WAIT_POLICY")
-    try:
-        load = f"1-min load {os.getloadavg()[0]:.2f}"
-    except OSError:
-        load = "no load average"
-    return f"{policy or 'OpenMP default (active spinning)'} ({load}; cli.choose_omp_wait_policy)"
+    return f"{policy or 'OpenMP default (active spinning)'} ({cpus.describe_load()}; cli.choose_omp_wait_policy)"
 
 
 def collect(profile: str | None = None, data_root: str = "") -> dict:

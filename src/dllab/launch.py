@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import DllabError, distributed
+from . import DllabError, cpus, distributed
 
 # Where rank 0 names its run folder for the launcher (so the line about a dead process can say what to resume).
 RUN_FOLDER_FILE = "DLLAB_LAUNCH_RUN_FOLDER_FILE"
@@ -52,7 +52,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     if "OMP_NUM_THREADS" not in os.environ:   # the cores split between the processes (torchrun would say 1)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cpus.usable() // nproc))
     # torchrun's agent logs its rendezvous, signals and a multi-line report per failure; the processes and
     # the line below say what matters.
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:

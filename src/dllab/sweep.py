@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import DllabError
+from . import DllabError, cpus
 from .config import make_config
 from .registry import get_experiment
 from .runs import TMP_SUFFIX, atomic_write_json, atomic_write_text, read_json, read_metrics
@@ -207,13 +207,6 @@ def run_point(args: list[str], threads: int) -> tuple[int, str]:
     return p.returncode, (lines[-1] if lines else "")
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # macOS
-        return os.cpu_count() or 1
-
-
 def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done: Callable) -> None:
     """``jobs`` points at a time on this machine, each with ``threads`` threads."""
     pool = ThreadPoolExecutor(max_workers=jobs)
@@ -257,7 +250,7 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
             failed.append(point.name)
         say(f"[{next(count)}/{len(todo)}] {point.name} {status}")
 
-    threads = max(1, cpu_count() // jobs)
+    threads = max(1, cpus.usable() // jobs)
     if ray:
         from .sweep_ray import run_on_ray
         run_on_ray(todo, ray, threads, done)

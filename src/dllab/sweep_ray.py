@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import DllabError
+from . import DllabError, cpus
 
 
 def _ray():
@@ -24,14 +24,14 @@ def _ray():
 def run_on_ray(todo: list, address: str, threads: int, done: Callable) -> None:
     """Every (point, args) of ``todo`` as a Ray task; ``done(point, code, last error line)`` as each ends.
     A Ray instance already initialised in this process (a test's ``ray.init(num_cpus=2)``) is used as is."""
-    from .sweep import cpu_count, run_point
+    from .sweep import run_point
 
     ray = _ray()
     started = not ray.is_initialized()
     if started:
         try:
             if address == "local":
-                ray.init(num_cpus=cpu_count(), include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=cpus.usable(), include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:

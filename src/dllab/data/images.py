@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import DllabError
+from .. import DllabError, cpus
 from . import cache_dir, class_quotas, data_root
 from ..env import to_device
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
@@ -155,7 +155,7 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
             return Split(x, y), classes
 
     # PIL releases the GIL while decoding, so threads use both cores.
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=cpus.usable()) as pool:
         try:
             arrays = list(pool.map(decode_image, [f for f, _ in files]))
         except DllabError:  # a bad file: say so now, not after decoding the rest of the tree
