@@ -159,10 +159,7 @@ class Run:
         self.figures: list[tuple[str, str]] = []  # (caption, file name)
         self.tables: list[tuple[str, list[str], list[list[Any]]]] = []  # (title, header, rows)
         self.tracker = Tracker(self.path, experiment, cfg)   # TensorBoard and the other sinks of log.sinks
-        hist = self.path / "history.csv"
-        if hist.exists():
-            with open(hist, newline="") as f:
-                self.history = [_parse_row(r) for r in csv.DictReader(f)]
+        self.history = read_history(self.path / "history.csv")
         state = self.path / "report_state.json"
         if state.exists():
             self.notes, self.tables, self.figures = read_report_state(state)
@@ -423,6 +420,14 @@ def read_report_state(path: Path) -> tuple[list[str], list[tuple], list[tuple]]:
         raise DllabError(f"{path} is damaged (expected notes, tables and figures lists); delete it to rebuild "
                          "the report from a resumed run")
     return list(notes), [tuple(t) for t in tables], [tuple(f) for f in figures]
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """A history.csv as rows of numbers (strings where a cell is not one; empty cells left out); [] if absent."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [_parse_row(r) for r in csv.DictReader(f)]
 
 
 def _parse_row(row: dict[str, str]) -> dict[str, Any]:

@@ -6,13 +6,12 @@ history column. A run with several seeds shows its first seed's curves, as its o
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
-from .. import DllabError
+from .. import DllabError, runs
 from ..config import flat_yaml
-from ..runs import _parse_row, atomic_write, atomic_write_text
+from ..runs import atomic_write, atomic_write_text
 from .render import Doc, _fmt, read_run
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -33,10 +32,7 @@ def read_history(path: Path, env: dict) -> list[dict]:
     hist = path / "history.csv"
     if not hist.exists() and isinstance(seeds, list) and seeds:
         hist = path / f"seed{seeds[0]}" / "history.csv"
-    if not hist.exists():
-        return []
-    with open(hist, newline="") as f:
-        return [_parse_row(r) for r in csv.DictReader(f)]
+    return runs.read_history(hist)
 
 
 def labels(paths: list[Path]) -> list[str]:
