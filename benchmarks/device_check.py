@@ -16,7 +16,6 @@ lab1.transfer's fine-tuning variants are timed as full training of the same CNN 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import torch
 
 from dllab.config import make_config
 from dllab.env import describe_device, resolve_device, seed_everything
-from dllab.registry import build_model, get_experiment
+from dllab.registry import get_experiment
 from dllab.runs import Run
 
 # Full training-set sizes (before the validation split) of the datasets the paper profiles use.
