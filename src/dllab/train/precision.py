@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import DllabError
+from .. import DllabError, cpus
 
 NAMES = ("fp32", "bf16-mixed", "fp16-mixed")
 SETTINGS = ("auto", *NAMES)
@@ -131,15 +131,22 @@ def _step_seconds(net: nn.Module, x: torch.Tensor, bf16: bool) -> float:
     return time.perf_counter() - t
 
 
-def probe_cpu(budget_s: float = 0.1, max_repeats: int = 5) -> dict[str, dict[str, float]]:
+def probe_cpu(budget_s: float | None = None, max_repeats: int | None = None) -> dict[str, dict]:
     """Seconds per forward + backward step of each workload in fp32 and bf16 autocast on this CPU.
 
     One thread, and the fastest of interleaved repeats: what is measured is the kernels' speed, not how
     busy the other cores are (on a shared 2-core machine a 2-thread probe mostly times the scheduler).
     After one warm-up step each, fp32/bf16 alternate until ``budget_s`` per workload is spent (at least 2
     repeats; 1 when bf16 is already more than 3x slower), so the probe stays under a second even where bf16
-    is 10x slower.
+    is 10x slower. On a busy machine (``cpus.busy``) every step risks being cut by another process, so the
+    default budget grows from 0.1 s / 5 repeats to 0.5 s / 25: more chances of a step that ran undisturbed.
+    ``measured_at`` records the load, so a cache entry taken while busy can be measured again later.
     """
+    busy = _busy()
+    if budget_s is None:
+        budget_s = 0.5 if busy else 0.1
+    if max_repeats is None:
+        max_repeats = 25 if busy else 5
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rng = torch.get_rng_state()
@@ -160,7 +167,18 @@ def probe_cpu(budget_s: float = 0.1, max_repeats: int = 5) -> dict[str, dict[str
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
+    out["measured_at"] = {"load": cpus.load(), "cpus": cpus.usable(), "busy": busy}
     return out
+
+
+def _busy() -> bool:
+    """Every CPU this process may use already has a runnable process: the probe's one thread shares a core."""
+    load = cpus.load()
+    return load is not None and load >= cpus.usable()
+
+
+def _measured_busy(figures: dict) -> bool:
+    return bool((figures.get("measured_at") or {}).get("busy"))
 
 
 def _cpu_model() -> str:
@@ -196,9 +214,14 @@ def _valid(figures) -> bool:
 _memo: dict[str, dict] = {}
 
 
-def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict[str, float]], bool]:
+def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict], bool]:
     """This machine's probe figures: from the cache when its key matches, else measured (and cached).
-    Returns (figures, cached). A damaged or foreign cache file is measured again and replaced."""
+    Returns (figures, cached). A damaged or foreign cache file is measured again and replaced.
+
+    Figures measured on a busy machine are used, but measured again by the first run that finds the
+    machine quiet (a busy probe can see bf16 below its margin where it is faster: a heavily loaded first
+    run must not fix the choice for good). Busy figures found while still busy are kept: every run then
+    makes the same choice until the machine calms down."""
     from ..runs import atomic_write_json
 
     key = json.dumps(machine_key(), sort_keys=True)
@@ -213,7 +236,7 @@ def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict[s
     except (OSError, ValueError):
         entries = {}
     figures, cached = entries.get(key), True
-    if not _valid(figures):
+    if not _valid(figures) or (_measured_busy(figures) and not _busy()):
         figures, cached = probe(), False
         entries = {k: v for k, v in entries.items() if _valid(v)}
         entries[key] = figures
@@ -225,9 +248,18 @@ def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict[s
     return figures, cached
 
 
-def describe_figures(figures: dict[str, dict[str, float]], kinds=MODEL_KINDS) -> str:
+def describe_figures(figures: dict[str, dict], kinds=MODEL_KINDS) -> str:
     return ", ".join(f"{k} bf16 {figures[k]['speedup']:.2f}x fp32's speed ({1e3 * figures[k]['fp32']:.1f} vs "
-                     f"{1e3 * figures[k]['bf16']:.1f} ms/step)" for k in kinds)
+                     f"{1e3 * figures[k]['bf16']:.1f} ms/step)" for k in kinds) + busy_note(figures)
+
+
+def busy_note(figures: dict) -> str:
+    """'' for figures taken on a quiet machine; else the load they were taken at (shown beside the choice)."""
+    if not _measured_busy(figures):
+        return ""
+    at = figures["measured_at"]
+    return (f" [measured while busy: 1-min load {at['load']:.1f} on {at['cpus']} CPUs; measured again by the "
+            f"first run on a quieter machine]")
 
 
 # --- the resolver -----------------------------------------------------------------------------------
@@ -255,7 +287,8 @@ def resolve_precision(setting: str, device: torch.device, model_kind: str = "con
     from .. import distributed
     figs, _ = distributed.on_main(cpu_figures)   # under torchrun: rank 0's probe decides for every rank
     speedup = figs[model_kind]["speedup"]
-    measured = f"probe: {model_kind} bf16 {speedup:.2f}x fp32's speed on {torch.backends.cpu.get_cpu_capability()}"
+    measured = (f"probe: {model_kind} bf16 {speedup:.2f}x fp32's speed on {torch.backends.cpu.get_cpu_capability()}"
+                + busy_note(figs))
     if setting == "auto":
         name = "bf16-mixed" if speedup >= MIN_SPEEDUP else "fp32"
         return Precision(name, device, f"auto: {measured}")
