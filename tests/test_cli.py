@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -134,17 +135,34 @@ def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("load, user, expected", [
-    (0.3, None, None),            # idle: OpenMP's default (spinning) is faster
-    (1.7, None, "PASSIVE"),       # busy: spinning workers would fight the other processes
-    (1.7, "ACTIVE", "ACTIVE"),    # the user's choice wins
+@pytest.mark.parametrize("others, load, user, expected", [
+    (0.1, 1.7, None, None),          # idle now (a finished run's load average lingers): OpenMP's spinning
+    (1.0, 0.3, None, "PASSIVE"),     # another process busy now: spinning workers would fight it
+    (1.0, 1.7, "ACTIVE", "ACTIVE"),  # the user's choice wins
+    (None, 0.3, None, None),         # no /proc/stat: the 1-minute load average decides
+    (None, 1.7, None, "PASSIVE"),
 ])
-def test_omp_wait_policy_follows_the_load(monkeypatch, load, user, expected):
+def test_omp_wait_policy_follows_what_other_processes_do_now(monkeypatch, others, load, user, expected):
     from dllab import cli
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     if user:
         monkeypatch.setenv("OMP_WAIT_POLICY", user)
+    monkeypatch.setattr(cli.cpus, "others_busy", lambda: others)
     monkeypatch.setattr(cli.cpus.os, "getloadavg", lambda: (load, load, load))
     cli.choose_omp_wait_policy()
     assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_others_busy_sees_a_spinning_process():
+    from dllab import cpus
+
+    if cpus.others_busy() is None:
+        pytest.skip("no /proc/stat on this platform")
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
+    try:
+        time.sleep(0.5)
+        assert cpus.others_busy(0.3) >= 0.5          # one process spinning = about one CPU's worth
+    finally:
+        spinner.kill()
+        spinner.wait()

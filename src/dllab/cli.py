@@ -12,14 +12,18 @@ def choose_omp_wait_policy() -> None:
     """Set OMP_WAIT_POLICY=PASSIVE when the CPU is already busy; leave OpenMP's default when it is idle.
 
     Must run before torch (and its OpenMP runtime) loads. OpenMP's worker threads spin while they wait:
-    faster on an idle machine, but beside another busy process the spinning threads fight it for the
-    cores (measured with benchmarks/omp_wait_policy.py; figures in the README). "Busy" = a 1-minute load
-    average of at least one core's worth.
+    faster on an idle machine (for small MLP steps 2.5-3.5x), but beside another busy process the spinning
+    threads fight it for the cores (measured with benchmarks/omp_wait_policy.py; figures in the README).
+    "Busy" = other processes using at least half a CPU right now (``cpus.others_busy``, 0.1 s of /proc/stat);
+    where that cannot be read, a 1-minute load average of at least one core's worth. Not the load average
+    first: it lingers for minutes after a run ends, and the next run would wait passively on an idle machine.
     An OMP_WAIT_POLICY set by the user wins. The run records the policy in env.json.
     """
     if "OMP_WAIT_POLICY" in os.environ:
         return
-    if (cpus.load() or 0.0) >= 1.0:    # no load average on this platform: treated as idle
+    now = cpus.others_busy()
+    busy = now >= 0.5 if now is not None else (cpus.load() or 0.0) >= 1.0   # no load average: idle
+    if busy:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 
 def usable() -> int:
@@ -24,3 +25,27 @@ def load() -> float | None:
 def describe_load() -> str:
     now = load()
     return "no load average" if now is None else f"1-min load {now:.2f} on {usable()} CPUs"
+
+
+def _stat_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine since boot, from /proc/stat's first line (Linux)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]   # user nice system idle iowait irq softirq steal
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def others_busy(window_s: float = 0.1) -> float | None:
+    """CPUs' worth of work other processes are doing right now: the machine's busy time over ``window_s``
+    (this process sleeps meanwhile, so it is all theirs). None where /proc/stat is missing (not Linux).
+
+    Unlike the load average this is not smoothed over a minute: the run started right after another one
+    finished sees an idle machine, not the previous run's lingering load."""
+    try:
+        busy0, total0 = _stat_jiffies()
+        time.sleep(window_s)
+        busy1, total1 = _stat_jiffies()
+    except (OSError, ValueError):
+        return None
+    if total1 <= total0:
+        return None
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
