@@ -3,7 +3,6 @@ Lab 2's full_amp skip/force, the fp16 + GradScaler path, and `dllab doctor`."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -132,7 +131,9 @@ def test_probe_cache_is_json_keyed_by_machine_and_survives_damage(monkeypatch, t
         assert json.loads(path.read_text())                               # rewritten as valid JSON
 
 
-def _load(monkeypatch, load: float, usable: int = 2) -> None:
+def _load(monkeypatch, others: float | None, usable: int = 2, load: float = 0.5) -> None:
+    """Other processes use ``others`` CPUs now (None: no /proc/stat, the 1-minute ``load`` decides)."""
+    monkeypatch.setattr(P.cpus, "others_busy", lambda: others)
     monkeypatch.setattr(P.cpus, "load", lambda: load)
     monkeypatch.setattr(P.cpus, "usable", lambda: usable)
 
@@ -144,43 +145,48 @@ def test_figures_probed_on_a_busy_machine_are_measured_again_once_it_is_quiet(mo
 
     def fake():
         calls.append(1)
-        return {**_figures(next(speedups)), "measured_at": {"load": P.cpus.load(), "cpus": 2, "busy": P._busy()}}
+        busy, others = P._busy()
+        return {**_figures(next(speedups)), "measured_at": {"others": others, "load": 3.0, "cpus": 2, "busy": busy}}
 
     def fresh():
         monkeypatch.setattr(P, "_memo", {})     # a new process: only the file is shared
         return P.cpu_figures(fake)
 
-    _load(monkeypatch, 6.0)                        # 6 runnable processes on 2 CPUs
+    _load(monkeypatch, 1.9, load=0.4)              # others use both CPUs now (the 1-min average lags)
     figs, cached = fresh()
     assert not cached and figs["conv"]["speedup"] == 0.9
     busy_reason = P.resolve_precision("auto", CPU, "conv").reason
-    assert "measured while busy: 1-min load 6.0 on 2 CPUs" in busy_reason
+    assert "measured while busy: other processes used 1.9 of 2 CPUs" in busy_reason
     assert fresh() == (figs, True) and len(calls) == 1   # still busy: every run makes the same choice
-    _load(monkeypatch, 0.5)                        # quiet now: measured again, and the cache replaced
+    _load(monkeypatch, 0.2, load=3.0)              # quiet now (a finished run's load average lingers):
+                                                   # measured again, and the cache replaced
     figs, cached = fresh()
     assert not cached and figs["conv"]["speedup"] == 0.95 and len(calls) == 2
     _load(monkeypatch, 0.3)                        # that quiet measurement is kept, even ...
     assert fresh()[0]["conv"]["speedup"] == 0.95 and len(calls) == 2
-    _load(monkeypatch, 8.0)                        # ... when the machine is busy again
+    _load(monkeypatch, 2.0)                        # ... when the machine is busy again
     assert fresh()[0]["conv"]["speedup"] == 0.95 and len(calls) == 2
     monkeypatch.setattr(P, "_memo", {})
     assert "busy" not in P.resolve_precision("auto", CPU, "conv").reason
 
 
 def test_the_probe_records_the_load_and_takes_more_repeats_when_busy(monkeypatch):
-    _load(monkeypatch, 4.0, usable=2)
     steps = []
     real_step = P._step_seconds
     monkeypatch.setattr(P, "_step_seconds", lambda *a: steps.append(1) or real_step(*a))
+    _load(monkeypatch, 1.8, usable=2)              # less than one CPU free: the probe would share a core
     figs = P.probe_cpu()
-    assert figs["measured_at"] == {"load": 4.0, "cpus": 2, "busy": True}
+    assert figs["measured_at"] == {"others": 1.8, "load": 0.5, "cpus": 2, "busy": True}
     busy_steps = len(steps)
-    _load(monkeypatch, 1.9, usable=2)              # one other process on 2 CPUs: the probe's core is its own
+    _load(monkeypatch, 1.0, usable=2, load=4.0)    # one other process on 2 CPUs: the probe's core is its own
     steps.clear()
     figs = P.probe_cpu()
     assert figs["measured_at"]["busy"] is False
     assert busy_steps > len(steps)                 # (idle: at most 5 pairs per kind after the warm-up)
     assert len(steps) <= len(P.PROBES) * 2 * (1 + 5)
+    _load(monkeypatch, None, usable=2, load=4.0)   # no /proc/stat: the 1-minute load average decides
+    assert P._busy() == (True, None)
+    assert "1-min load 4.0 on 2 CPUs" in P.busy_note(P.probe_cpu())
 
 
 def test_the_real_probe_measures_every_kind_quickly():

@@ -138,11 +138,11 @@ def probe_cpu(budget_s: float | None = None, max_repeats: int | None = None) -> 
     busy the other cores are (on a shared 2-core machine a 2-thread probe mostly times the scheduler).
     After one warm-up step each, fp32/bf16 alternate until ``budget_s`` per workload is spent (at least 2
     repeats; 1 when bf16 is already more than 3x slower), so the probe stays under a second even where bf16
-    is 10x slower. On a busy machine (``cpus.busy``) every step risks being cut by another process, so the
+    is 10x slower. On a busy machine (``_busy``) every step risks being cut by another process, so the
     default budget grows from 0.1 s / 5 repeats to 0.5 s / 25: more chances of a step that ran undisturbed.
-    ``measured_at`` records the load, so a cache entry taken while busy can be measured again later.
+    ``measured_at`` records how busy the machine was, so an entry taken while busy can be measured again.
     """
-    busy = _busy()
+    busy, others = _busy()
     if budget_s is None:
         budget_s = 0.5 if busy else 0.1
     if max_repeats is None:
@@ -167,14 +167,19 @@ def probe_cpu(budget_s: float | None = None, max_repeats: int | None = None) -> 
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
-    out["measured_at"] = {"load": cpus.load(), "cpus": cpus.usable(), "busy": busy}
+    out["measured_at"] = {"others": others, "load": cpus.load(), "cpus": cpus.usable(), "busy": busy}
     return out
 
 
-def _busy() -> bool:
-    """Every CPU this process may use already has a runnable process: the probe's one thread shares a core."""
+def _busy() -> tuple[bool, float | None]:
+    """(busy, CPUs other processes use now): busy when they leave less than one CPU free, so the probe's one
+    thread would share a core. Measured now (``cpus.others_busy``), not from the 1-minute load average, which
+    a run that just ended keeps high; where /proc/stat is missing, the load average decides."""
+    others = cpus.others_busy()
+    if others is not None:
+        return others > cpus.usable() - 0.5, others
     load = cpus.load()
-    return load is not None and load >= cpus.usable()
+    return load is not None and load >= cpus.usable(), None
 
 
 def _measured_busy(figures: dict) -> bool:
@@ -236,7 +241,7 @@ def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict],
     except (OSError, ValueError):
         entries = {}
     figures, cached = entries.get(key), True
-    if not _valid(figures) or (_measured_busy(figures) and not _busy()):
+    if not _valid(figures) or (_measured_busy(figures) and not _busy()[0]):
         figures, cached = probe(), False
         entries = {k: v for k, v in entries.items() if _valid(v)}
         entries[key] = figures
@@ -258,8 +263,9 @@ def busy_note(figures: dict) -> str:
     if not _measured_busy(figures):
         return ""
     at = figures["measured_at"]
-    return (f" [measured while busy: 1-min load {at['load']:.1f} on {at['cpus']} CPUs; measured again by the "
-            f"first run on a quieter machine]")
+    how = (f"other processes used {at['others']:.1f} of {at['cpus']} CPUs" if at.get("others") is not None
+           else f"1-min load {at['load']:.1f} on {at['cpus']} CPUs")
+    return f" [measured while busy: {how}; measured again by the first run on a quieter machine]"
 
 
 # --- the resolver -----------------------------------------------------------------------------------
