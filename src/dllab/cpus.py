@@ -23,8 +23,10 @@ def load() -> float | None:
 
 
 def describe_load() -> str:
-    now = load()
-    return "no load average" if now is None else f"1-min load {now:.2f} on {usable()} CPUs"
+    """'other processes use 0.1 CPUs now, 1-min load 0.67, 2 usable CPUs' (what the OpenMP rule and the probe read)."""
+    others, avg = others_busy(), load()
+    return ", ".join([*([f"other processes use {others:.1f} CPUs now"] if others is not None else []),
+                      f"1-min load {avg:.2f}" if avg is not None else "no load average", f"{usable()} usable CPUs"])
 
 
 def _stat_jiffies() -> tuple[int, int]:
