@@ -22,14 +22,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import dllab.cli  # noqa: F401  (first: picks OMP_WAIT_POLICY before torch loads, as `dllab run` does)
-import numpy as np
-import torch
+from dllab.cli import choose_omp_wait_policy
 
-from dllab.config import make_config
-from dllab.env import describe_device, resolve_device, seed_everything
-from dllab.registry import get_experiment
-from dllab.runs import Run
+choose_omp_wait_policy()   # before torch loads, as `dllab run` does
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dllab.config import make_config  # noqa: E402
+from dllab.env import describe_device, resolve_device, seed_everything  # noqa: E402
+from dllab.registry import get_experiment  # noqa: E402
+from dllab.runs import Run  # noqa: E402
 
 # Full training-set sizes (before the validation split) of the datasets the paper profiles use.
 TRAIN_SIZES = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}

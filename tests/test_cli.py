@@ -154,6 +154,20 @@ def test_omp_wait_policy_follows_what_other_processes_do_now(monkeypatch, others
     assert os.environ.get("OMP_WAIT_POLICY") == expected
 
 
+def test_the_wait_policy_is_chosen_before_torch_loads_and_only_by_commands_that_compute(tmp_path):
+    """`dllab doctor` (as run and sweep) picks the policy before torch loads; `dllab list` does not sample."""
+    script = ("import os, sys\nfrom dllab import cpus\ncpus.others_busy = lambda *a: 2.0   # another job on 2 CPUs\n"
+              "from dllab.cli import main\nmain(sys.argv[1:])\n"
+              "print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    listed = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert listed.stdout.splitlines()[-1] == "policy None False"
+    doctor = subprocess.run([sys.executable, "-c", script, "doctor", "--data-root", str(tmp_path)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert "OpenMP wait policy: PASSIVE" in doctor.stdout and doctor.stdout.splitlines()[-1] == "policy PASSIVE True"
+
+
 def test_others_busy_sees_a_spinning_process():
     from dllab import cpus
 

@@ -5,7 +5,9 @@ import argparse
 import os
 import sys
 
-from . import cpus  # torch-free
+from . import DllabError, cpus, distributed  # torch-free, as everything imported here: torch loads in main
+from .config import PROFILES
+from .launch import FolderNote, under_launcher
 
 
 def choose_omp_wait_policy() -> None:
@@ -17,7 +19,9 @@ def choose_omp_wait_policy() -> None:
     "Busy" = other processes using at least half a CPU right now (``cpus.others_busy``, 0.1 s of /proc/stat);
     where that cannot be read, a 1-minute load average of at least one core's worth. Not the load average
     first: it lingers for minutes after a run ends, and the next run would wait passively on an idle machine.
-    An OMP_WAIT_POLICY set by the user wins. The run records the policy in env.json.
+    An OMP_WAIT_POLICY set by the user wins. The run records the policy in env.json. ``main`` calls it for
+    the commands that train or time (run, sweep, whose runs inherit it, doctor), not at import: the 0.1 s
+    sample would slow `dllab list` and every other command for nothing.
     """
     if "OMP_WAIT_POLICY" in os.environ:
         return
@@ -25,13 +29,6 @@ def choose_omp_wait_policy() -> None:
     busy = now >= 0.5 if now is not None else (cpus.load() or 0.0) >= 1.0   # no load average: idle
     if busy:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-choose_omp_wait_policy()
-
-from . import DllabError, distributed  # noqa: E402
-from .launch import FolderNote, under_launcher  # noqa: E402
-from .config import PROFILES  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     started: list = []   # the run folder, once it exists: named by the Ctrl-C and disk-error messages
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("run", "sweep", "doctor") and "torch" not in sys.modules:
+            choose_omp_wait_policy()   # before torch loads (once it has, the policy no longer applies here)
         if args.command == "list":
             cmd_list()
         elif args.command == "run":
