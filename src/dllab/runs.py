@@ -287,14 +287,7 @@ class Run:
         self.history = [r for r in self.history if r.get("variant") != variant] + rows
         if not self.writes:
             return
-        keys: list[str] = []
-        for r in self.history:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(self.history)
-        atomic_write_text(self.path / "history.csv", buf.getvalue())
+        write_csv(self.path / "history.csv", self.history)
         self.tracker.epoch_rows(variant, [r for r in rows if r.get("epoch") not in logged])
 
     def log_step(self, variant: str, step: int, loss) -> None:
@@ -420,6 +413,19 @@ def read_report_state(path: Path) -> tuple[list[str], list[tuple], list[tuple]]:
         raise DllabError(f"{path} is damaged (expected notes, tables and figures lists); delete it to rebuild "
                          "the report from a resumed run")
     return list(notes), [tuple(t) for t in tables], [tuple(f) for f in figures]
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], empty_header: list[str] | tuple = ()) -> None:
+    """``rows`` as a CSV file (atomically): the columns are every key of the rows, in first-seen order (a row
+    without a key leaves its cell empty); ``empty_header`` heads a file with no rows."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys or list(empty_header))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:

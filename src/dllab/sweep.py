@@ -14,8 +14,6 @@ split between them, or as Ray tasks (sweep_ray.py). A point whose folder exists 
 """
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import os
 import random
@@ -32,7 +30,7 @@ from typing import Callable
 from . import DllabError, cpus
 from .config import make_config
 from .registry import get_experiment
-from .runs import TMP_SUFFIX, atomic_write_json, atomic_write_text, read_json, read_metrics
+from .runs import TMP_SUFFIX, atomic_write_json, read_json, read_metrics, write_csv
 
 SPEC_FILE = "sweep.json"
 
@@ -278,12 +276,5 @@ def collect(spec: SweepSpec, points: list[Point], folder: Path) -> list[dict]:
         metrics = folder / p.name / "metrics.json"
         if metrics.exists():
             rows.append({"point": p.name, **p.values, **read_metrics(metrics)["summary"]})
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys or ["point", *spec.grid])
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(folder / "sweep.csv", buf.getvalue())
+    write_csv(folder / "sweep.csv", rows, empty_header=["point", *spec.grid])
     return rows
