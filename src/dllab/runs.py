@@ -122,6 +122,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def save_png(fig, path: Path) -> Path:
+    """A matplotlib figure as a PNG at the reports' resolution, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+    return path
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
@@ -334,10 +345,11 @@ class Run:
 
     # --- artefacts ----------------------------------------------------------------------------------
     def save_figure(self, fig, name: str, caption: str) -> Path:
-        import matplotlib.pyplot as plt
         if self.writes:
-            atomic_write(self.path / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+            save_png(fig, self.path / name)
+        else:
+            import matplotlib.pyplot as plt
+            plt.close(fig)
         self.figures = [f for f in self.figures if f[1] != name] + [(caption, name)]
         self._save_report_state()
         if self.writes:

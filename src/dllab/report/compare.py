@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import DllabError, runs
 from ..config import flat_yaml
-from ..runs import atomic_write, atomic_write_text
+from ..runs import atomic_write_text, save_png
 from .render import Doc, _fmt, read_run
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -95,11 +95,7 @@ def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, P
     doc.table(["metric", *names], [[k, *(_cell(r["summary"], k) for r in runs)] for k in keys])
     fig = curves_figure({n: read_history(r["path"], r["env"]) for n, r in zip(names, runs)})
     if fig is not None:
-        import matplotlib.pyplot as plt
-
-        png = md.with_suffix(".png")
-        atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+        png = save_png(fig, md.with_suffix(".png"))
         doc.heading("Training curves", 2)
         doc.image(png.resolve(), "every run's history overlaid (first seed of a multi-seed run)")
     atomic_write_text(md, doc.markdown())

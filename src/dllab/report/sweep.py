@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs import atomic_write, atomic_write_text
+from ..runs import atomic_write_text, save_png
 from .render import Doc, _fmt
 
 
@@ -69,12 +69,7 @@ def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None,
         doc.table(header, [[r["point"], *(r[k] for k in keys),
                             *(_fmt(r[n]) + (f" ± {_fmt(r[n + '.std'])}" if f"{n}.std" in r else "") if n in r else "—"
                               for n in numbers)] for r in rows])
-        import matplotlib.pyplot as plt
-
-        fig = metric_figure(rows, keys, metric)
-        png = folder / f"sweep_{metric}.png"
-        atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+        png = save_png(metric_figure(rows, keys, metric), folder / f"sweep_{metric}.png")
         doc.image(png, f"{metric} against each swept key (error bars: std over seeds)")
     md = folder / "report.md"
     atomic_write_text(md, doc.markdown())
