@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import DllabError, cpus, distributed  # torch-free, as everything imported here: torch loads in main
+from . import DllabError, cpus, distributed, untrusted  # torch-free, as everything imported here: torch loads in main
 from .config import PROFILES
 from .launch import FolderNote, under_launcher
 
@@ -179,24 +179,28 @@ def main(argv: list[str] | None = None) -> int:
             print(html)
     except DllabError as e:
         if _speaks(e):
-            print(f"dllab: error: {_process()}{e}", file=sys.stderr)
+            print(f"dllab: error: {_process()}{untrusted.printable(e)}", file=sys.stderr)
         return 2
     except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
         where = f" ({e.filename})" if e.filename else ""
         hint = f"; fix that, then continue with {_resume(started[0])}" if started else ""
         if _speaks(e):
-            print(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}", file=sys.stderr)
+            print(untrusted.printable(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}"), file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:   # torch's allocators raise RuntimeErrors (CUDA's OutOfMemoryError)
+        if not _out_of_memory(e):
+            if distributed.peer_lost(e):
+                return _peer_lost(e, started)
+            raise
+        hint = f"; then continue with {_resume(started[0])}" if started else ""
+        if _speaks(e):
+            print(f"dllab: error: {_process()}out of memory ({type(e).__name__}); free memory, or lower "
+                  f"train.batch_size or the data limits{hint}", file=sys.stderr)
         return 2
     except Exception as e:
         if not distributed.peer_lost(e):
             raise
-        # Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher
-        # says which process and what to resume, so this one keeps quiet.
-        if not under_launcher():
-            resume = f"; continue with {_resume(started[0])}" if started else ""
-            print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
-                  f"({type(e).__name__}){resume}", file=sys.stderr)
-        return 1
+        return _peer_lost(e, started)
     except KeyboardInterrupt:
         if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
             return 130
@@ -208,6 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed.teardown()
     return 0
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e)
+
+
+def _peer_lost(e: BaseException, started: list) -> int:
+    """Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher says
+    which process and what to resume, so this one keeps quiet."""
+    if not under_launcher():
+        resume = f"; continue with {_resume(started[0])}" if started else ""
+        print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
+              f"({type(e).__name__}){resume}", file=sys.stderr)
+    return 1
 
 
 def _resume(path) -> str:

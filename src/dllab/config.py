@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import DllabError
+from . import DllabError, untrusted
 
 PROFILES = ("smoke", "quick", "paper")
 
@@ -95,14 +95,23 @@ def _coerce(text: str, tp, key: str, origin: str = "--set"):
             raise DllabError(f"{origin} {key}={text}: expected {tp.__name__}") from None
         return value
     if tp is str:
-        return text
+        return _one_line(text, key, origin)
     raise DllabError(f"{origin} {key}: fields of type {_type_name(tp)} cannot be set from text")
+
+
+def _one_line(text: str, key: str, origin: str) -> str:
+    """Config strings (paths, names) are single-line text: a newline or terminal escape in one could plant a
+    line in log.txt or a report, so it is refused wherever the value comes from."""
+    if untrusted.has_control(text):
+        raise DllabError(f"{origin} {key}={untrusted.printable(text)}: contains a control character (newline, tab, "
+                         "escape, ...); config values are single-line text")
+    return text
 
 
 def _check_value(value, tp, key: str, origin: str = "--set"):
     """Check (and lightly coerce) a Python value from a profile or a saved config.yaml."""
     if isinstance(value, str):
-        return _coerce(value, tp, key, origin) if tp is not str else value
+        return _coerce(value, tp, key, origin)
     kind = typing.get_origin(tp)
     if kind in (list, tuple) and isinstance(value, (list, tuple)):
         elem = (typing.get_args(tp) or (str,))[0]
@@ -197,10 +206,7 @@ def dump_yaml(cfg) -> str:
 
 def flat_yaml(text: str, origin: str = "config.yaml") -> dict[str, Any]:
     """A saved config.yaml's keys, flat and dotted; invalid YAML or a non-mapping is a one-line error."""
-    try:
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DllabError(f"{origin} is not valid YAML ({e.__class__.__name__}); restore it or start a new run") from None
+    data = untrusted.load_yaml(text, origin)
     if not isinstance(data, dict):
         raise DllabError(f"{origin} is damaged: expected a mapping of config keys, found "
                          f"{type(data).__name__}; restore it or start a new run")

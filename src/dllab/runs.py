@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import DllabError, distributed
+from . import DllabError, distributed, untrusted
 from .config import dump_yaml, load_yaml
 from .tracking import Tracker
 
@@ -71,13 +71,48 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         try:
             os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as f:
+            with io.BufferedWriter(_WholeWrites(fd, "wb")) as f:
                 write(f)
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        except BaseException as e:
+            _unlink(tmp)
+            cause = _os_error(e)
+            if cause is not None and cause.filename is None:   # name the file (disk full, size limit)
+                raise OSError(cause.errno, cause.strerror, str(path)) from e
+            if cause is not None and cause is not e:
+                raise cause from e   # e.g. torch.save's RuntimeError raised while closing after the OSError
             raise
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e``: itself, or one a library's own error was raised while handling."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__context__ or e.__cause__, seen + 1
+    return None
+
+
+def _unlink(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+class _WholeWrites(io.FileIO):
+    """A file that writes all it is given or raises. At a file-size limit (``ulimit -f``) or on a full disk the
+    system first writes part of a buffer; FileIO reports that short count, which torch.save and zipfile take
+    for a damaged stream (a RuntimeError: "unexpected pos"). Writing the rest turns it into the OSError that
+    says what ran out (EFBIG, ENOSPC)."""
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        done = 0
+        while done < len(view):
+            done += super().write(view[done:])
+        return done
 
 
 def remove_stale_temp_files(folder: Path) -> None:
@@ -88,15 +123,9 @@ def remove_stale_temp_files(folder: Path) -> None:
 
 
 def read_json(path: Path, what: str = "") -> dict[str, Any]:
-    """A JSON object dllab wrote; a missing, invalid or non-object file is a one-line error (``what`` is
-    appended to it: what the user can do about it)."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DllabError(f"{path} is missing{what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DllabError(f"{path} is not valid JSON{what}") from None
+    """A JSON object dllab wrote, read with bounds (``untrusted.read_json``); a missing, invalid or non-object
+    file is a one-line error (``what`` is appended to it: what the user can do about it)."""
+    obj = untrusted.read_json(path, what)
     if not isinstance(obj, dict):
         raise DllabError(f"{path} is damaged: expected a JSON object, found {type(obj).__name__}{what}")
     return obj
@@ -120,6 +149,14 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` without following a symlink (a crafted run folder's log.txt linked to
+    ~/.bashrc must not receive it), creating the file with the umask's mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def save_png(fig, path: Path) -> Path:
@@ -238,15 +275,16 @@ class Run:
         p = Path(path)
         if not p.is_dir():
             raise DllabError(f"--resume {path}: no such folder; pass a run folder that `dllab run` created")
+        untrusted.check_tree(p)   # a link inside could send this run's writes (log.txt, models/) elsewhere
         if not (p / "config.yaml").is_file() or not (p / "env.json").is_file():
             raise DllabError(f"--resume {path}: not a run folder (no config.yaml/env.json); "
                              "pass a folder that `dllab run` created")
         env = read_env(p / "env.json", "; the run cannot be resumed")
         exp = registry_lookup(env["experiment"])
         try:
-            text = (p / "config.yaml").read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DllabError(f"{p / 'config.yaml'} is not a text file; the run cannot be resumed") from None
+            text = untrusted.read_text(p / "config.yaml")
+        except DllabError as e:
+            raise DllabError(f"{e}; the run cannot be resumed") from None
         recorded = env.get("config_sha256")
         if recorded and recorded != config_digest(text):
             raise DllabError(f"{p / 'config.yaml'} was edited after the run started, so it no longer describes "
@@ -278,10 +316,10 @@ class Run:
     def log(self, msg: str, echo: bool = True) -> None:
         if not self.writes:
             return
+        msg = untrusted.printable(msg)    # one line, whatever a config value or file name holds
         if echo and not self.quiet:
             print(msg, file=sys.stderr, flush=True)
-        with open(self.path / "log.txt", "a") as f:
-            f.write(msg + "\n")
+        append_line(self.path / "log.txt", msg)
 
     def note(self, msg: str) -> None:
         """A line for the report (and the console): fallbacks, skipped variants, substitutions."""
@@ -444,8 +482,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     """A history.csv as rows of numbers (strings where a cell is not one; empty cells left out); [] if absent."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return [_parse_row(r) for r in csv.DictReader(f)]
+    return [_parse_row(r) for r in untrusted.read_csv(path)]
 
 
 def _parse_row(row: dict[str, str]) -> dict[str, Any]:
@@ -454,7 +491,7 @@ def _parse_row(row: dict[str, str]) -> dict[str, Any]:
         if v == "":
             continue
         try:
-            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-        except ValueError:
+            out[k] = int(v) if v.lstrip("-").isdigit() and len(v) < 20 else float(v)
+        except ValueError:   # a word (the variant's name); a number too long for int() stays its float
             out[k] = v
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import DllabError, runs
+from .. import DllabError, runs, untrusted
 from ..config import flat_yaml
 from ..runs import atomic_write_text, save_png
 from .render import Doc, _fmt, read_run
@@ -18,19 +18,17 @@ CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    try:
-        text = (path / "config.yaml").read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DllabError(f"{path / 'config.yaml'} is missing; compare needs run folders made by `dllab run`") from None
-    except UnicodeDecodeError:
-        raise DllabError(f"{path / 'config.yaml'} is not valid YAML (not UTF-8 text)") from None
-    return flat_yaml(text, str(path / "config.yaml"))
+    if not (path / "config.yaml").exists():
+        raise DllabError(f"{path / 'config.yaml'} is missing; compare needs run folders made by `dllab run`")
+    return flat_yaml(untrusted.read_text(path / "config.yaml"), str(path / "config.yaml"))
 
 
 def read_history(path: Path, env: dict) -> list[dict]:
     seeds = env.get("seeds")
     hist = path / "history.csv"
     if not hist.exists() and isinstance(seeds, list) and seeds:
+        if not all(type(s) is int and s >= 0 for s in seeds):   # a path made of it must stay in the folder
+            raise DllabError(f"{path / 'env.json'} is damaged: 'seeds' is not a list of seed numbers")
         hist = path / f"seed{seeds[0]}" / "history.csv"
     return runs.read_history(hist)
 

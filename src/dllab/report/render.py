@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import DllabError
+from .. import DllabError, untrusted
 
 RunInfo = dict[str, Any]
 
@@ -21,6 +21,8 @@ def read_run(path: Path) -> RunInfo:
     from ..runs import read_env, read_metrics, read_report_state
 
     path = Path(path).resolve()
+    if path.is_dir():
+        untrusted.check_tree(path)   # a link inside could copy another file of the user's into the report
     if not (path / "env.json").is_file() or not (path / "metrics.json").is_file():
         raise DllabError(f"{path} is not a finished run folder (env.json and metrics.json are needed)")
     env = read_env(path / "env.json")
@@ -83,15 +85,20 @@ class Doc:
         self.md: list[str] = []
         self.html: list[str] = []
 
+    # Text from a run folder (a command line, a config value, a note) is shown with its control characters
+    # escaped: a newline in it must not start a Markdown line of its own.
     def heading(self, text: str, level: int = 2):
+        text = untrusted.printable(text)
         self.md.append(f"{'#' * level} {text}\n")
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def para(self, text: str):
+        text = untrusted.printable(text)
         self.md.append(text + "\n")
         self.html.append(f"<p>{html.escape(text)}</p>")
 
     def bullets(self, items: list[str]):
+        items = [untrusted.printable(i) for i in items]
         if items:
             self.md.append("\n".join(f"- {i}" for i in items) + "\n")
             self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
@@ -108,7 +115,7 @@ class Doc:
         rel = Path(os.path.relpath(file, self.root)).as_posix()
         self.md.append(f"![{caption}]({rel})\n\n*{caption}*\n")
         if file.exists():
-            data = base64.b64encode(file.read_bytes()).decode()
+            data = base64.b64encode(untrusted.read_bytes(file, 64 * untrusted.MiB)).decode()
             self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from .. import DllabError, distributed
+from .. import DllabError, distributed, untrusted
 from ..runs import atomic_write
 
+CHECKPOINT_LIMIT = 16 * 2**30   # far above any model the labs train; a bound on what a crafted file can make us read
 # Model constructor arguments a saved spec may carry: plain values only (a spec is rebuilt with them).
 _SPEC_VALUE_TYPES = (int, float, str, bool, type(None))
 
@@ -50,12 +51,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.exists() and not path.is_symlink():
+        raise DllabError(f"checkpoint {path} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DllabError(f"checkpoint {path} does not exist") from None
-    except IsADirectoryError:
-        raise DllabError(f"{path} is a folder, not a checkpoint file") from None
+        with untrusted.open_regular(path, CHECKPOINT_LIMIT) as f:
+            blob = torch.load(f, map_location="cpu", weights_only=True)
+    except DllabError:
+        raise
     except Exception as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
@@ -169,6 +171,8 @@ def load_weights(path: Path, model: torch.nn.Module, state: Any) -> None:
 def find_run_model(run_dir: str | Path, variant: str = "", prefer: tuple[str, ...] = ()) -> Path:
     """The saved model of a finished run: ``variant`` if given, else the run's only model, else the first
     name of ``prefer`` that the run has (so a lab1.cnn-depth run can serve as the depth-5 CNN)."""
+    if Path(run_dir).is_dir():
+        untrusted.check_tree(Path(run_dir))   # another run's folder: its models/ must not lead elsewhere
     models = Path(run_dir) / "models"
     available = sorted(p.stem for p in models.glob("*.pt")) if models.is_dir() else []
     if not available:
