@@ -200,3 +200,45 @@ def test_mlflow_sink_gets_the_same_numbers(tmp_path, monkeypatch):
     params = next(a[0] for n, a, _ in calls if n == "log_params")
     assert params["log.sinks"] == "['mlflow']" and params["seed"] == "0"
     assert calls[-1][0] == "end_run"
+
+
+def test_a_sink_listed_twice_is_refused_before_a_folder(tmp_path):
+    res = dllab("run", "lab1.mlp", "--profile", "smoke", "--set", "log.sinks=[tensorboard,tensorboard]",
+                "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 2 and "lists 'tensorboard' twice" in res.stderr and not (tmp_path / "r").exists()
+
+
+def test_report_numbers_stay_readable_when_huge_or_tiny():
+    from dllab.report.render import _fmt
+
+    assert [_fmt(v) for v in (1e308, -1.5e-7, float("inf"), 10**400, 123456789.0)] == [
+        "1e+308", "-1.5e-07", "inf", "1.000e+400", "1.235e+08"]
+    # the usual range prints as it always did
+    assert [_fmt(v) for v in (0.001, 0.5, 0.0, 1234.56, 7, True)] == ["0.0010", "0.5000", "0.0000", "1234.6", "7",
+                                                                      "True"]
+
+
+def _crafted_run(path, width: int, summary: dict) -> str:
+    """A finished run folder as compare reads it, written by hand (no training)."""
+    path.mkdir(parents=True)
+    (path / "env.json").write_text(json.dumps({"experiment": "lab1.mlp", "profile": "smoke"}))
+    (path / "metrics.json").write_text(json.dumps({"summary": summary}))
+    (path / "config.yaml").write_text(f"width: {width}\n")
+    (path / "history.csv").write_text("variant,epoch,train_loss,val_loss,train_acc,val_acc\n"
+                                      "adam,1,0.9,0.8,0.5,0.6\nadam,2,0.5,0.6,0.7,0.7\n")
+    return str(path)
+
+
+def test_compare_keeps_tables_and_links_whole_for_odd_names_and_numbers(tmp_path):
+    runs = [_crafted_run(tmp_path / "run a|b", 8, {"adam.test_acc": 1e308}),
+            _crafted_run(tmp_path / "run\nc", 16, {"adam.test_acc": 0.5})]
+    res = dllab("compare", *runs, "--out", str(tmp_path / "my compare.md"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "my compare.md").read_text()
+    assert "1e+308" in md and "0" * 20 not in md
+    assert "| key | run a\\|b | run\\nc |" in md and "| width | 8 | 16 |" in md
+    tables = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert all(ln.replace("\\|", "").count("|") == 4 for ln in tables), tables   # 3 columns each
+    bullets = [ln for ln in md.splitlines() if ln.startswith("- ")]
+    assert len(bullets) == 2 and "run\\nc" in bullets[1]
+    assert "](my%20compare.png)" in md and (tmp_path / "my compare.png").exists()

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a fixed override for every point")
     sw.add_argument("--seeds", type=_seeds, default=None, help="every point over these seeds: 0,1,2 (mean ± std)")
-    sw.add_argument("--sample", type=int, default=0, metavar="K", help="K random points of the grid instead of all")
+    sw.add_argument("--sample", type=int, default=None, metavar="K",
+                    help="K >= 1 random points of the grid instead of all")
     sw.add_argument("--jobs", type=int, default=1, metavar="N", help="points at a time here (threads split)")
     sw.add_argument("--ray", default=None, metavar="ADDRESS",
                     help="run the points as Ray tasks: auto, ray://host:port, or local (needs dllab[ray])")
@@ -107,8 +108,10 @@ def cmd_list() -> None:
 
 
 def cmd_sweep(args):
-    from .sweep import SweepSpec, parse_grid, read_spec, sweep
+    from .sweep import new_spec, parse_grid, read_spec, sweep
 
+    if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
+        raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")
     if args.resume:
         given = [f for f, v in (("an experiment name", args.experiment), ("--grid", args.grid), ("--set", args.sets),
                                 ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out)) if v]
@@ -118,11 +121,8 @@ def cmd_sweep(args):
     else:
         if not args.experiment:
             raise DllabError("dllab sweep needs an experiment name (see `dllab list`) or --resume SWEEP_DIR")
-        if args.seeds is not None:
-            from .runner import check_seeds
-            check_seeds(args.seeds)
-        spec = SweepSpec(args.experiment, args.profile, parse_grid(args.grid), args.seeds, args.sets, args.sample,
-                         args.device)
+        spec = new_spec(experiment=args.experiment, profile=args.profile, grid=parse_grid(args.grid),
+                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device)
         out = args.out
     return sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet)
 

@@ -45,6 +45,11 @@ class Experiment:
     run: Callable                          # run(cfg, run_dir: runs.Run) -> summary dict
     reference: dict[str, Any]              # spec numbers shown beside the run's, keyed like the summary
     notes: str = ""                        # the spec's claims, quoted in the report
+    # metrics(cfg) -> the summary keys a run of ``cfg`` reports, in the summary's order, computed from the
+    # config alone (cheap, torch-free): `dllab sweep` checks --metric against them before any point runs.
+    # A key may be listed that a run leaves out for a reason only the run finds (a strategy skipped on this
+    # machine); None: the experiment does not say, and the sweep learns its keys from the finished points.
+    metrics: Callable[[Any], list[str]] | None = None
 
 
 def check_profiles(name: str, config_cls: type, profiles: dict) -> None:
@@ -59,11 +64,12 @@ def check_profiles(name: str, config_cls: type, profiles: dict) -> None:
 
 
 def register_experiment(name: str, description: str, config_cls: type, profiles: dict,
-                        reference: dict | None = None, notes: str = ""):
+                        reference: dict | None = None, notes: str = "",
+                        metrics: Callable[[Any], list[str]] | None = None):
     check_profiles(name, config_cls, profiles)
 
     def deco(fn):
-        EXPERIMENTS[name] = Experiment(name, description, config_cls, profiles, fn, reference or {}, notes)
+        EXPERIMENTS[name] = Experiment(name, description, config_cls, profiles, fn, reference or {}, notes, metrics)
         return fn
     return deco
 

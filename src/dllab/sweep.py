@@ -11,119 +11,90 @@ Every point runs as its own `dllab run` process (the runner's checks, atomic fol
 a point's numbers are those of the same `dllab run` typed by hand), ``--jobs N`` at a time with the cores
 split between them, or as Ray tasks (sweep_ray.py). A point whose folder exists but holds no metrics.json
 (killed) continues with ``dllab run --resume``; a finished one is skipped.
+
+Nothing is written until the whole input has passed: the spec (sweep_spec.py's schema and limits, then every
+grid value as ``--set`` checks it), ``--metric`` against the summary keys every point will report (each
+experiment declares them: registry.Experiment.metrics) and, with ``--ray``, the connection. The folder then
+appears whole (a temp folder holding sweep.json, renamed into place) and the driver holds its lock
+(dllab.lock), so the same sweep started twice runs once: the second exits naming the first.
 """
 from __future__ import annotations
 
-import itertools
+import contextlib
+import copy
+import difflib
+import errno
 import os
-import random
-import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import DllabError, cpus
-from .config import make_config
-from .registry import get_experiment
-from .runs import TMP_SUFFIX, atomic_write_json, read_json, read_metrics, write_csv
-
-SPEC_FILE = "sweep.json"
-
-
-@dataclass
-class SweepSpec:
-    """What a sweep computes; equal specs mean the same sweep (a rerun continues it)."""
-    experiment: str
-    profile: str
-    grid: dict[str, list[str]]           # key -> the values as typed, in the order given
-    seeds: list[int] | None = None
-    sets: list[str] = field(default_factory=list)
-    sample: int = 0                      # 0 = the whole Cartesian product; K = K points drawn with seed 0
-    device: str | None = None
+from . import DllabError, cpus, lock
+from .config import apply_overrides, make_config, validate
+from .registry import Experiment, get_experiment
+from .runs import DIR_MODE, TMP_SUFFIX, atomic_write_json, read_metrics, write_csv
+from .sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
+                         parse_grid, read_spec, split_values)
+from .tracking import check_sinks
 
 
-@dataclass
-class Point:
-    name: str
-    values: dict[str, str]
-
-
-def split_values(text: str) -> list[str]:
-    """``1e-3,3e-3`` -> two values; commas inside brackets stay (``[0,1],[2,3]`` -> two lists)."""
-    values, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            values.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    values.append(cur.strip())
-    return [v for v in values if v]
-
-
-def parse_grid(items: list[str]) -> dict[str, list[str]]:
-    """``--grid KEY=V1,V2`` options -> {key: [values]}; malformed, empty or repeated ones are one-line errors."""
-    if not items:
-        raise DllabError("dllab sweep needs at least one --grid KEY=V1,V2 (e.g. --grid adam.lr=1e-3,3e-3)")
-    grid: dict[str, list[str]] = {}
-    for item in items:
-        if "=" not in item:
-            raise DllabError(f"--grid {item}: expected KEY=V1,V2,..., e.g. --grid adam.lr=1e-3,3e-3")
-        key, text = (s.strip() for s in item.split("=", 1))
-        values = split_values(text)
-        if not values:
-            raise DllabError(f"--grid {item}: lists no value; give one or more comma-separated values")
-        if key in grid:
-            raise DllabError(f"--grid {key} is given twice; list all its values in one --grid")
-        dup = sorted({v for v in values if values.count(v) > 1})
-        if dup:
-            raise DllabError(f"--grid {key} lists {dup[0]} twice")
-        grid[key] = values
-    return grid
-
-
-def check_spec(spec: SweepSpec) -> None:
+def check_spec(spec: SweepSpec):
     """Every value of the grid checked as `dllab run --set` would check it (unknown key, wrong type, a value
-    outside its range), before any point runs."""
+    outside its range), and the seeds and sinks as `dllab run` checks them, before anything runs or is
+    written. Returns the config every point starts from (the profile and --set applied)."""
     exp = get_experiment(spec.experiment)
+    check_size(spec)
+    base = make_config(exp.config_cls, exp.profiles, spec.profile, spec.sets)
+    check_sinks(base.log.sinks)
+    if spec.seeds is not None:
+        from .runner import check_seeds
+        check_seeds(spec.seeds)
     overridden = {s.split("=", 1)[0].strip() for s in spec.sets}
     for key, values in spec.grid.items():
         if key in overridden:
             raise DllabError(f"--grid {key} is also given with --set; keep one of them")
         if key in ("seed", "profile"):
             raise DllabError(f"--grid {key}: use --seeds / --profile instead")
-        for v in values:
-            try:
-                make_config(exp.config_cls, exp.profiles, spec.profile, [*spec.sets, f"{key}={v}"])
-            except DllabError as e:
-                raise DllabError(f"--grid {key}={v}: {str(e).removeprefix('--set ')}") from None
-    if spec.sample < 0:
-        raise DllabError(f"--sample {spec.sample}: must be >= 1")
+        for v in values:   # on a copy of the base config: the profile and --set are not parsed again per value
+            cfg = copy.deepcopy(base)
+            apply_overrides(cfg, [f"{key}={v}"], "--grid")
+            validate(cfg, "--grid ")
+            check_sinks(cfg.log.sinks)
+    return base
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=+-]+", "-", text).strip("-")
+def summary_keys(exp: Experiment, base, points: list[Point]) -> list[str] | None:
+    """The summary keys every point reports (the experiment's ``metrics`` of each point's config), in the
+    first point's order; None when the experiment does not declare its keys."""
+    if exp.metrics is None:
+        return None
+    common: list[str] | None = None
+    for p in points:
+        cfg = copy.deepcopy(base)   # each value passed check_spec, so the point's config is valid
+        apply_overrides(cfg, [f"{k}={v}" for k, v in p.values.items()], "--grid")
+        keys = list(dict.fromkeys(exp.metrics(cfg)))
+        reported = set(keys)
+        common = keys if common is None else [k for k in common if k in reported]
+    return common or []
 
 
-def expand(spec: SweepSpec) -> list[Point]:
-    """The Cartesian product of the grid in the order given (or ``sample`` of its points, always the same
-    ones for the same grid). Names are p<index in the full grid>_key=value_...: unique and sortable."""
-    keys = list(spec.grid)
-    combos = list(itertools.product(*(spec.grid[k] for k in keys)))
-    index = list(range(len(combos)))
-    if spec.sample:
-        if spec.sample > len(combos):
-            raise DllabError(f"--sample {spec.sample}: the grid has only {len(combos)} points")
-        index = sorted(random.Random(0).sample(index, spec.sample))
-    width = len(str(len(combos) - 1))
-    return [Point(f"p{i:0{width}d}_" + "_".join(_safe(f"{k}={v}") for k, v in zip(keys, combos[i])),
-                  dict(zip(keys, combos[i]))) for i in index]
+def choose_metric(metric: str | None, keys: list[str], what: str) -> str | None:
+    """``--metric``, checked against the summary keys ``keys`` of ``what`` (a misspelt one gets the nearest
+    key suggested), or by default the first key (None when there is none)."""
+    if metric is None:
+        return keys[0] if keys else None
+    if metric not in keys:
+        close = difflib.get_close_matches(metric, keys, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DllabError(f"--metric {metric}: not a summary key of {what}{hint}; choose from "
+                         f"{', '.join(keys) or 'none (it reports no number)'}")
+    return metric
 
 
 def sweeps_root() -> Path:
@@ -131,33 +102,74 @@ def sweeps_root() -> Path:
 
 
 def open_sweep(spec: SweepSpec, out: str | None) -> Path:
-    """The folder of this sweep: ``out``, else the newest folder of an equal spec under sweeps/<experiment>/
-    (so the same command continues it), else a new sweeps/<experiment>/<timestamp>/."""
-    wanted = asdict(spec)
+    """The folder of this sweep, with this process holding its lock (a second driver of it exits naming this
+    one): ``out``, else the newest folder of an equal spec under sweeps/<experiment>/ (so the same command
+    continues it), else a new sweeps/<experiment>/<timestamp>/. A new folder appears whole, sweep.json in it."""
     if out is not None:
         path = Path(out)
-        if (path / SPEC_FILE).exists():
-            if read_json(path / SPEC_FILE) != wanted:
-                raise DllabError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
-            return _without_stale_folders(path)
-        if path.exists() and any(path.iterdir()):
-            raise DllabError(f"--out {out} exists and is not a sweep folder; choose a new folder")
+        while not _holds(path, spec, out):
+            if _create(path, spec):
+                break
     else:
-        parent = sweeps_root() / spec.experiment
-        for old in sorted(parent.glob("*/" + SPEC_FILE), reverse=True):
-            try:
-                if read_json(old) == wanted:
-                    return _without_stale_folders(old.parent)
-            except DllabError:
-                continue   # a damaged sweep.json is another sweep's problem, not this one's
-        path = parent / time.strftime("%Y%m%d-%H%M%S")
-        i = 1
-        while path.exists():
-            i += 1
-            path = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{i}"
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / SPEC_FILE, wanted)
-    return path
+        path = _latest(spec) or _new_folder(spec)
+    lock.hold(path, "sweep folder")
+    return _without_stale_folders(path)
+
+
+def _holds(path: Path, spec: SweepSpec, out: str) -> bool:
+    """Whether ``path`` (``--out``) is this sweep's folder; False when it does not exist yet (or is empty)."""
+    spec_file = path / SPEC_FILE
+    if spec_file.exists() or spec_file.is_symlink():
+        if load_spec(spec_file) != spec:
+            raise DllabError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
+        return True
+    if path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
+        raise DllabError(f"--out {out} exists and is not a sweep folder; choose a new folder")
+    return False
+
+
+def _latest(spec: SweepSpec) -> Path | None:
+    for old in sorted((sweeps_root() / spec.experiment).glob("*/" + SPEC_FILE), reverse=True):
+        if old.parent.name.startswith("."):   # a temp folder _create left when it was killed
+            continue
+        try:
+            if load_spec(old) == spec:
+                return old.parent
+        except DllabError:
+            continue   # a damaged sweep.json is another sweep's problem, not this one's
+    return None
+
+
+def _new_folder(spec: SweepSpec) -> Path:
+    parent, stamp = sweeps_root() / spec.experiment, time.strftime("%Y%m%d-%H%M%S")
+    path, i = parent / stamp, 1
+    while True:
+        if not (path.exists() or path.is_symlink()) and _create(path, spec):
+            return path
+        if (path / SPEC_FILE).is_file() and load_spec(path / SPEC_FILE) == spec:
+            return path   # the same sweep, started at the same moment: the lock decides which one runs
+        i += 1
+        path = parent / f"{stamp}-{i}"
+
+
+def _create(path: Path, spec: SweepSpec) -> bool:
+    """``path`` with its sweep.json, made in a temp folder and renamed into place; False when something
+    appeared at ``path`` meanwhile (another sweep made it first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
+    try:
+        os.chmod(tmp, DIR_MODE)
+        atomic_write_json(tmp / SPEC_FILE, asdict(spec))
+        os.rename(tmp, path)   # onto nothing or an empty folder; fails if a folder with files is there
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            return False
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
 
 
 def _without_stale_folders(path: Path) -> Path:
@@ -167,19 +179,6 @@ def _without_stale_folders(path: Path) -> Path:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def read_spec(folder: str) -> SweepSpec:
-    path = Path(folder) / SPEC_FILE
-    if not path.is_file():
-        raise DllabError(f"--resume {folder}: not a sweep folder (no {SPEC_FILE})")
-    try:
-        spec = SweepSpec(**read_json(path))
-    except TypeError:
-        raise DllabError(f"{path} is damaged (unexpected fields); start a new sweep") from None
-    if not isinstance(spec.grid, dict) or not all(isinstance(v, list) for v in spec.grid.values()):
-        raise DllabError(f"{path} is damaged: 'grid' is not a mapping of lists; start a new sweep")
-    return spec
 
 
 def point_args(spec: SweepSpec, point: Point, folder: Path) -> list[str]:
@@ -218,25 +217,60 @@ def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done
 
 def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | None = None,
           metric: str | None = None, goal: str = "max", quiet: bool = False) -> Path:
-    """Run (or continue) the sweep; returns its folder, with sweep.csv and the report written."""
+    """Run (or continue) the sweep; returns its folder, with sweep.csv and the report written. Everything is
+    checked before the folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a
+    sweep refused for its input leaves no file behind."""
     from .report.sweep import write_sweep_report
 
+    points, metric, declared = _checked(spec, jobs, goal, metric)
+    with _ray_session(ray):
+        folder = open_sweep(spec, out).resolve()
+        try:
+            failed = _run_points(spec, points, folder, jobs, ray, quiet)
+            rows = collect(spec, points, folder)
+            if declared is None and rows:   # the experiment does not declare its keys: its finished points do
+                metric = choose_metric(metric, _row_keys(rows, spec), f"this {spec.experiment} sweep")
+            write_sweep_report(folder, spec, rows, metric, goal)
+        finally:
+            lock.release(folder)
+    if failed:
+        raise DllabError(f"{len(failed)} of {len(points)} points failed ({', '.join(failed)}); see their log.txt, "
+                         f"then run the same command again to retry them (sweep.csv has the {len(rows)} finished)")
+    return folder
+
+
+def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple[list[Point], str | None,
+                                                                                 list[str] | None]:
+    """The options and the spec checked: (the points, the metric the report ranks by, the summary keys every
+    point reports, or None when the experiment does not declare them)."""
     if jobs < 1:
         raise DllabError(f"--jobs {jobs}: must be >= 1")
     if goal not in ("max", "min"):
         raise DllabError(f"--goal {goal}: choose max or min")
-    check_spec(spec)
+    base = check_spec(spec)
     points = expand(spec)
-    folder = open_sweep(spec, out).resolve()
+    declared = summary_keys(get_experiment(spec.experiment), base, points)
+    if declared is not None:   # a typo in --metric is found now, not after hours of points
+        metric = choose_metric(metric, declared, f"every point of this {spec.experiment} sweep")
+    return points, metric, declared
 
+
+def _ray_session(address: str | None):
+    if not address:
+        return contextlib.nullcontext()
+    from .sweep_ray import connected
+    return connected(address)
+
+
+def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, ray: str | None,
+                quiet: bool) -> list[str]:
+    """Every point without a metrics.json, ``jobs`` at a time or as Ray tasks; returns the failed ones' names."""
     def say(msg: str) -> None:
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    todo = [(p, point_args(spec, p, folder / p.name)) for p in points if not (folder / p.name / "metrics.json").exists()]
-    finished = [folder / p.name / "metrics.json" for p in points if (folder / p.name / "metrics.json").exists()]
-    if metric is not None and finished:   # a typo in --metric is found before hours of points, when it can be
-        check_metric(metric, read_metrics(finished[0])["summary"])
+    todo = [(p, point_args(spec, p, folder / p.name)) for p in points
+            if not (folder / p.name / "metrics.json").exists()]
     say(f"sweep {spec.experiment} ({spec.profile}): {len(points)} points, {len(points) - len(todo)} already "
         f"finished -> {folder}")
     failed: list[str] = []
@@ -251,21 +285,16 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
     threads = max(1, cpus.usable() // jobs)
     if ray:
         from .sweep_ray import run_on_ray
-        run_on_ray(todo, ray, threads, done)
+        run_on_ray(todo, threads, done)
     elif todo:
         run_local(todo, jobs, threads, done)
-    rows = collect(spec, points, folder)
-    write_sweep_report(folder, spec, rows, metric, goal)
-    if failed:
-        raise DllabError(f"{len(failed)} of {len(points)} points failed ({', '.join(failed)}); see their log.txt, "
-                         f"then run the same command again to retry them (sweep.csv has the {len(rows)} finished)")
-    return folder
+    return failed
 
 
-def check_metric(metric: str, summary: dict) -> None:
-    keys = [k for k in summary if not k.endswith(".std")]
-    if metric not in keys:
-        raise DllabError(f"--metric {metric}: not a summary key of this sweep; choose from {', '.join(keys)}")
+def _row_keys(rows: list[dict], spec: SweepSpec) -> list[str]:
+    """The summary keys every finished point reported (not the .std ones), in the first row's order."""
+    keys = [k for k in rows[0] if k not in ("point", *spec.grid) and not k.endswith(".std")]
+    return [k for k in keys if all(k in r for r in rows)]
 
 
 def collect(spec: SweepSpec, points: list[Point], folder: Path) -> list[dict]:

@@ -8,6 +8,7 @@ file system: the tasks write their run folders at the sweep folder's path.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 from . import DllabError, cpus
@@ -21,11 +22,11 @@ def _ray():
     return ray
 
 
-def run_on_ray(todo: list, address: str, threads: int, done: Callable) -> None:
-    """Every (point, args) of ``todo`` as a Ray task; ``done(point, code, last error line)`` as each ends.
-    A Ray instance already initialised in this process (a test's ``ray.init(num_cpus=2)``) is used as is."""
-    from .sweep import run_point
-
+@contextmanager
+def connected(address: str):
+    """Ray, connected for ``address`` for the ``with`` block (the sweep makes its folder inside it, so a
+    failed connection leaves nothing behind), then shut down. A Ray instance already initialised in this
+    process (a test's ``ray.init(num_cpus=2)``) is used as is, and left running."""
     ray = _ray()
     started = not ray.is_initialized()
     if started:
@@ -37,17 +38,26 @@ def run_on_ray(todo: list, address: str, threads: int, done: Callable) -> None:
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise DllabError(f"--ray {address}: cannot connect ({str(e).splitlines()[0]})") from None
     try:
-        task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
-        pending = {task.remote(args, threads): point for point, args in todo}
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    done(pending.pop(ref), *ray.get(ref))
-        except BaseException:   # Ctrl-C: the points not finished stop too (rerun the command to continue)
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
+        yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+def run_on_ray(todo: list, threads: int, done: Callable) -> None:
+    """Every (point, args) of ``todo`` as a Ray task on the Ray ``connected`` reached; ``done(point, code,
+    last error line)`` as each ends."""
+    from .sweep import run_point
+
+    ray = _ray()
+    task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
+    pending = {task.remote(args, threads): point for point, args in todo}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                done(pending.pop(ref), *ray.get(ref))
+    except BaseException:   # Ctrl-C: the points not finished stop too (rerun the command to continue)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise

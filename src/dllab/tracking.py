@@ -21,7 +21,11 @@ SINKS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}   #
 
 
 def check_sinks(sinks: list[str]) -> None:
-    """Refuse, before a run folder exists, a sink dllab does not know or whose library is not installed."""
+    """Refuse, before a run folder exists, a sink dllab does not know, one listed twice (it would get every
+    number twice), or one whose library is not installed."""
+    dup = sorted({s for s in sinks if sinks.count(s) > 1})
+    if dup:
+        raise DllabError(f"--set log.sinks lists '{dup[0]}' twice; name each sink once")
     for s in sinks:
         if s not in SINKS:
             raise DllabError(f"--set log.sinks: unknown sink '{s}'; choose from {', '.join(SINKS)}")

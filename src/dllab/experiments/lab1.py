@@ -31,13 +31,24 @@ class MLPConfig(RunConfig):
     adam: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
 
 
+def _accuracy_keys(variants: list[str], with_val: bool) -> list[str]:
+    """``<variant>.test_acc`` (and ``.val_acc`` when there is a validation split) per variant, in order."""
+    return [f"{v}.{k}" for v in variants for k in ("test_acc", "val_acc")[:1 + with_val]]
+
+
+def mlp_metrics(cfg: MLPConfig) -> list[str]:
+    """run_mlp's summary keys: test (and validation) accuracy of sgd, then adam."""
+    return _accuracy_keys(["sgd", "adam"], cfg.data.val_fraction > 0)
+
+
 @register_experiment(
     "lab1.mlp", "BasicMLP (784-64-64-10) on MNIST: SGD lr 0.1 vs Adam lr 1e-3 (spec Ex. 1.1)", MLPConfig,
     profiles={"paper": {"data.allow_fallback": False},
               "quick": {"train.epochs": 10},
               "smoke": {"train.epochs": 1, "data.train_limit": 2000, "data.test_limit": 500}},
     notes="SGD (lr 0.1) and Adam (lr 1e-3) both fit MNIST over 50 epochs; Adam is the default optimiser "
-          "for the later experiments. The spec shows curves only, no test numbers.")
+          "for the later experiments. The spec shows curves only, no test numbers.",
+    metrics=mlp_metrics)
 def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
     from ..report.variants import accuracy_table, curves_figure
     from ..train.variants import Variant, train_variants
@@ -73,6 +84,18 @@ def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs)
              for d in residual])
 
 
+def _depth_names(plain: list[int], residual: list[int]) -> list[str]:
+    """The variant names _depth_variants gives (a depth listed twice is one variant)."""
+    return list(dict.fromkeys([f"plain_d{d}" for d in plain] + [f"res_d{d}" for d in residual]))
+
+
+def mlp_depth_metrics(cfg: MLPDepthConfig) -> list[str]:
+    """run_mlp_depth's summary keys: per variant its test accuracy, then its gradient ratio when
+    train.grad_norms records the norms."""
+    return [f"{v}.{k}" for v in _depth_names(cfg.plain_depths, cfg.residual_depths)
+            for k in ("test_acc", "grad_ratio")[:1 + cfg.train.grad_norms]]
+
+
 @register_experiment(
     "lab1.mlp-depth", "Deep MLPs on MNIST, plain (10/20/30 blocks) vs residual (5/10/15), gradient norms "
                       "(spec Ex. 1.2)", MLPDepthConfig,
@@ -84,7 +107,8 @@ def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs)
                         "plain_depths": [2, 6], "residual_depths": [2, 3]}},
     notes="Without residual connections deeper MLPs suffer from vanishing gradients and struggle to "
           "converge; with residual connections even deeper MLPs learn well (gradient signal reaches the "
-          "first layers).")
+          "first layers).",
+    metrics=mlp_depth_metrics)
 def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
     from ..report.variants import plain_vs_residual
     from ..train.gradients import block_grad_ratio
@@ -120,6 +144,13 @@ class CNNDepthConfig(RunConfig):
     residual_depths: list[int] = field(default_factory=lambda: [5, 10, 15])
 
 
+def cnn_depth_metrics(cfg: CNNDepthConfig) -> list[str]:
+    """run_cnn_depth's summary keys: every variant's test accuracy, then every variant's validation accuracy
+    (when there is a validation split)."""
+    names = _depth_names(cfg.plain_depths, cfg.residual_depths)
+    return [f"{v}.{k}" for k in ("test_acc", "val_acc")[:1 + (cfg.data.val_fraction > 0)] for v in names]
+
+
 @register_experiment(
     "lab1.cnn-depth", "CNNs on CIFAR-10 at depths 5/10/15, plain vs residual (spec Ex. 1.3)", CNNDepthConfig,
     profiles={"paper": {},
@@ -134,7 +165,8 @@ class CNNDepthConfig(RunConfig):
                         "data.train_limit": 600, "data.test_limit": 200, "data.augment": True,
                         "train.epochs": 1}},
     notes="With residual connections accuracy increases with depth (gradient signal is preserved); without "
-          "them accuracy decreases with depth (training difficulties, vanishing gradients).")
+          "them accuracy decreases with depth (training difficulties, vanishing gradients).",
+    metrics=cnn_depth_metrics)
 def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
     from ..report.variants import accuracy_vs_depth, plain_vs_residual
     from ..train.variants import train_variants

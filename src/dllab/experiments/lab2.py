@@ -147,12 +147,18 @@ SST2_NOTE = ("SST-2 is built from the same Rotten Tomatoes review snippets (Pang
 
 # --- lab2.features --------------------------------------------------------------------------------------
 
+def features_metrics(cfg: FeaturesConfig) -> list[str]:
+    """_features' summary keys: each classifier's validation and test accuracy."""
+    return [f"{clf}.{split}_acc" for clf in dict.fromkeys(cfg.features.classifiers) for split in ("val", "test")]
+
+
 @register_experiment(
     "lab2.features",
     "Rotten Tomatoes: last-layer [CLS] embeddings of a pretrained transformer + LinearSVC / LogReg / k-NN",
     FeaturesConfig, FEATURES_PROFILES, reference=FEATURES_REFERENCE,
     notes="Spec: DistilBERT's last-layer [CLS] embedding + SVM reaches 82%, logistic regression 83%, "
-          "k-NN 74% validation accuracy.")
+          "k-NN 74% validation accuracy.",
+    metrics=features_metrics)
 def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     # Nothing here trains: under torchrun rank 0 extracts and fits alone, the other ranks wait for its summary.
     return distributed.on_main(_features, cfg, run)
@@ -184,13 +190,26 @@ def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
 
 # --- lab2.finetune --------------------------------------------------------------------------------------
 
+# text.finetune.SUMMARY_KEYS, which imports torch; tests/test_sweep_input.py checks that the two agree.
+FINETUNE_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
+
+
+def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
+    """run_finetune's summary keys: FINETUNE_KEYS per strategy (a strategy this machine cannot run, such as
+    full_amp without fast bf16, is skipped by the run and so missing from its summary)."""
+    ft = cfg.finetune
+    strategies = [s for s in dict.fromkeys(ft.strategies) if s != "pretrained" or ft.pretrained_model]
+    return [f"{s}.{k}" for s in strategies for k in FINETUNE_KEYS]
+
+
 @register_experiment(
     "lab2.finetune",
     "Rotten Tomatoes: fine-tuning strategies (none, full, head+last layer, mixed precision, LoRA, SST-2 model)",
     FinetuneConfig, FINETUNE_PROFILES, reference=FINETUNE_REFERENCE,
     notes="Spec (DistilBERT, 3 epochs, validation accuracy, wall time): baseline 50%; full 83.96% 8:46; "
           "head + last layer 85.27% 8:59; full with AMP 85.08% 3:30; LoRA 83.20% 7:12; "
-          "pretrained SST-2 model 90.53% 0:11.")
+          "pretrained SST-2 model 90.53% 0:11.",
+    metrics=finetune_metrics)
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..data.text import load_text_splits
     from ..report.text import strategies_report

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import distributed
-from ..analysis.detector_names import check_detectors
+from ..analysis.detector_names import METRICS, check_detectors
 from ..analysis.settings import AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from ..registry import register_experiment
@@ -152,6 +152,43 @@ def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: s
                                     cfg.autoencoder.train_limit, cfg.seed, tag)
 
 
+# --- summary keys, from the config alone (registry.Experiment.metrics) -----------------------------
+
+def _ood_keys(cfg: OODSetsConfig, prefix: str = "", which=METRICS) -> list[str]:
+    """analysis.ood.evaluate.metric_keys' names for the configured OOD sets and detectors (each listed once)."""
+    sets = list(dict.fromkeys(cfg.ood.names))
+    return [".".join(p for p in (prefix, ood if len(sets) > 1 else "", d, m) if p)
+            for ood in sets for d in dict.fromkeys(cfg.ood.detectors) for m in which]
+
+
+def _attack_keys(cfg: FGSMConfig, model: str) -> list[str]:
+    """``<model>.acc@<eps>`` per epsilon of the attack (an epsilon listed twice is one key)."""
+    return list(dict.fromkeys(f"{model}.acc@{e:g}" for e in cfg.attack.epsilons))
+
+
+def ood_metrics(cfg: OODExpConfig) -> list[str]:
+    return ["model.test_acc", *_ood_keys(cfg)]
+
+
+def fgsm_metrics(cfg: FGSMConfig) -> list[str]:
+    return ["model.test_acc", *_attack_keys(cfg, cfg.attack.name)]
+
+
+def adv_train_metrics(cfg: AdvTrainConfig) -> list[str]:
+    return [k for n in ("standard", "adv")
+            for k in (f"{n}.test_acc", *_attack_keys(cfg, n), *_ood_keys(cfg, n, ("auroc", "fpr95")))]
+
+
+def odin_metrics(cfg: ODINConfig) -> list[str]:
+    """analysis.ood.odin_search.search_summary's keys per OOD set (prefixed by its name when there are
+    several); the (T=1, eps=0) cell only when the grid has it."""
+    sets = list(dict.fromkeys(cfg.ood.names))
+    cell = ["odin.grid_auroc@T1_eps0"] if 1.0 in cfg.odin.temperatures and 0.0 in cfg.odin.epsilons else []
+    per_set = ["odin.best_T", "odin.best_eps", "odin.val_auroc", "odin.auroc", "odin.fpr95", "msp.auroc",
+               "msp.fpr95", *cell]
+    return ["model.test_acc", *(f"{s}.{k}" if len(sets) > 1 else k for s in sets for k in per_set)]
+
+
 # --- Ex. 1.1-1.2: OOD detection --------------------------------------------------------------------
 
 @register_experiment(
@@ -164,7 +201,8 @@ def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: s
           "OOD; the depth-5 CNN of Lab 1 is the classifier. Logit and max-softmax histograms, ROC and "
           "precision-recall curves and the reconstruction error of an autoencoder (the CNN's feature "
           "extractor as the encoder, a trained decoder) are used to tell whether a test image is OOD. The "
-          "spec shows these as plots only, no numbers.")
+          "spec shows these as plots only, no numbers.",
+    metrics=ood_metrics)
 def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
     return _analysed(_ood_analysis, cfg, run)
 
@@ -199,7 +237,8 @@ def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet
     reference={f"fgsm.{k}": v for k, v in _FGSM_REF.items()},
     notes="FGSM adversarial examples of the CIFAR-10 test images: accuracy 84.73% at eps 0, 47.53% at 0.01, "
           "9.68% at 0.05, then about 5-6% (at or below chance) for 0.1-0.3; performance degrades as eps "
-          "increases.")
+          "increases.",
+    metrics=fgsm_metrics)
 def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
     data, _, cnn = _inputs(cfg, run, with_ood=False)
     return distributed.on_main(_fgsm_analysis, cfg, run, data, cnn)
@@ -230,7 +269,8 @@ def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict
     notes="Training on L = alpha L(x, y) + (1 - alpha) L(x + eps sign(grad_x L), y) with eps = 0.01 raises FGSM "
           "accuracy at eps 0.01 from 47.53% to 76.38%, and at 0.05 and 0.1 too (9.68% -> 30.00%, 5.83% -> "
           "9.39%); clean accuracy 84.73% -> 86.81%. The adversarially trained model is then run through the "
-          "OOD pipeline of Ex. 1 (the spec shows those as plots only).")
+          "OOD pipeline of Ex. 1 (the spec shows those as plots only).",
+    metrics=adv_train_metrics)
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
     from ..analysis.attacks import make_fgsm_loss
     from ..train.reuse import train_and_reload
@@ -288,7 +328,8 @@ def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODS
                         "odin.epsilons": [0.0, 0.002]}},
     reference={"odin.best_T": 100, "odin.best_eps": 0.0, "odin.auroc": 0.66},
     notes="Grid search over T in {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000} and eps in {0, ..., 0.004}: the best "
-          "values are T = 100 and eps = 0, with AUROC 0.66 (CIFAR-10 vs the 20 CIFAR-100 classes).")
+          "values are T = 100 and eps = 0, with AUROC 0.66 (CIFAR-10 vs the 20 CIFAR-100 classes).",
+    metrics=odin_metrics)
 def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
     return _analysed(_odin_analysis, cfg, run)
 

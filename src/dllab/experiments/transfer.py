@@ -113,11 +113,23 @@ def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData
     return source, target, src_data
 
 
+def transfer_metrics(cfg: TransferConfig) -> list[str]:
+    """run_transfer's summary keys: the source's accuracies (when trained here, only with a validation split;
+    a reused source reports what its run saved, which a run with a validation split does), then the
+    classifiers' and the variants', with validation accuracies where the target data has a validation split."""
+    target_val = cfg.data.val_fraction > 0
+    source = ["source.val_acc", "source.test_acc"] if cfg.source.run or cfg.source.data.val_fraction > 0 else []
+    classical = [f"{n}.{split}_acc" for n in dict.fromkeys(cfg.classifiers)
+                 for split in ("val", "test")[1 - target_val:]]
+    tuned = [f"{v}.{k}" for v in dict.fromkeys(cfg.variants) for k in ("val_acc", "test_acc")[1 - target_val:]]
+    return source + classical + tuned
+
+
 @register_experiment(
     "lab1.transfer", "Depth-5 CIFAR-10 CNN as a frozen feature extractor (LinearSVC, k-NN) and fine-tuned "
                      "(head / full Adam / full SGD / partial) on CIFAR-100, against training from scratch "
                      "(spec Ex. 2.1)", TransferConfig,
-    profiles=PROFILES, reference=REFERENCE, notes=NOTES)
+    profiles=PROFILES, reference=REFERENCE, notes=NOTES, metrics=transfer_metrics)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
     from ..analysis.features import check_classifiers
     from ..analysis.image_features import classical_probe

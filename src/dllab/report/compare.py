@@ -12,7 +12,7 @@ from typing import Any
 from .. import DllabError, runs, untrusted
 from ..config import flat_yaml
 from ..runs import atomic_write_text, save_png
-from .render import Doc, _fmt, read_run
+from .render import Doc, md_text, read_run, with_std
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
@@ -81,7 +81,7 @@ def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, P
 
     doc = Doc(md.parent.resolve())
     doc.heading("dllab compare", 1)
-    doc.bullets([f"{n}: {r['env']['experiment']} ({r['env'].get('profile')}), `{r['path']}`"
+    doc.bullets([md_text(f"{n}: {r['env']['experiment']} ({r['env'].get('profile')}), `{r['path']}`")
                  for n, r in zip(names, runs)])
     doc.heading("Config keys that differ", 2)
     if diff:
@@ -90,7 +90,7 @@ def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, P
         doc.para("none: the runs have the same config")
     doc.heading("Summary", 2)
     keys = list(dict.fromkeys(k for r in runs for k in r["summary"] if not k.endswith(".std")))
-    doc.table(["metric", *names], [[k, *(_cell(r["summary"], k) for r in runs)] for k in keys])
+    doc.table(["metric", *names], [[k, *(with_std(r["summary"], k) for r in runs)] for k in keys])
     fig = curves_figure({n: read_history(r["path"], r["env"]) for n, r in zip(names, runs)})
     if fig is not None:
         png = save_png(fig, md.with_suffix(".png"))
@@ -100,9 +100,3 @@ def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, P
     atomic_write_text(md.with_suffix(".html"), doc.to_html("dllab compare"))
     return md, md.with_suffix(".html")
 
-
-def _cell(summary: dict, key: str) -> str:
-    if key not in summary:
-        return "—"
-    std = summary.get(f"{key}.std")
-    return _fmt(summary[key]) + (f" ± {_fmt(std)}" if std is not None else "")

@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .. import DllabError, untrusted
 
@@ -33,11 +36,36 @@ def read_run(path: Path) -> RunInfo:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if v != v:
-            return "nan"
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
-    return str(v)
+    """A value as reports print it: 4 decimals (1 from 1000 on); a number too large or too small for that
+    in scientific form (1e+308, not 309 digits; 1.5e-07, not 0.0000)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):   # str() of a huge int is hundreds of digits (and refused past 4,300)
+        return str(v) if abs(v) < 10**15 else format(Decimal(v), ".4g")
+    if v != v:
+        return "nan"
+    if v != 0 and not 1e-4 <= abs(v) < 1e6:
+        return f"{v:.4g}"
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+
+
+def with_std(numbers: dict, key: str) -> str:
+    """``numbers[key]`` with `` ± <key>.std`` (the std over seeds) when there is one; — when it is missing."""
+    if key not in numbers:
+        return "—"
+    std = numbers.get(f"{key}.std")
+    return _fmt(numbers[key]) + (f" ± {_fmt(std)}" if std is not None else "")
+
+
+def md_text(text: str) -> str:
+    """``text`` on one Markdown line: a control character (a newline from a folder name or a config value)
+    shown as its escape (``\\n``), not breaking the list or table it is in."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+
+
+def md_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: ``|`` escaped too, so it does not start another column."""
+    return md_text(text).replace("|", "\\|")
 
 
 def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[list[str]]:
@@ -46,9 +74,7 @@ def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[l
     for k, v in summary.items():
         if k.endswith(".std"):
             continue
-        std = summary.get(f"{k}.std")
-        value = _fmt(v) + (f" ± {_fmt(std)}" if std is not None else "")
-        rows.append([k, value, _fmt(reference[k]) if k in reference else ""])
+        rows.append([k, with_std(summary, k), _fmt(reference[k]) if k in reference else ""])
     rows += [[k, "—", _fmt(v)] for k, v in reference.items() if k not in summary]
     return rows
 
@@ -105,14 +131,15 @@ class Doc:
 
     def table(self, header: list[str], rows: list[list[Any]]):
         cells = [[_fmt(c) for c in r] for r in rows]
-        self.md.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-                       + "".join("| " + " | ".join(r) + " |\n" for r in cells))
+        self.md.append("| " + " | ".join(map(md_cell, header)) + " |\n|" + "---|" * len(header) + "\n"
+                       + "".join("| " + " | ".join(map(md_cell, r)) + " |\n" for r in cells))
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def image(self, file: Path, caption: str):
-        rel = Path(os.path.relpath(file, self.root)).as_posix()
+        # Percent-encoded: a space, parenthesis or newline in a folder name would end the link early.
+        rel = quote(Path(os.path.relpath(file, self.root)).as_posix(), safe="/=@+,")
         self.md.append(f"![{caption}]({rel})\n\n*{caption}*\n")
         if file.exists():
             data = base64.b64encode(untrusted.read_bytes(file, 64 * untrusted.MiB)).decode()

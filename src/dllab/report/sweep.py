@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runs import atomic_write_text, save_png
-from .render import Doc, _fmt
+from .render import Doc, md_text, with_std
 
 
 def _number(text: str) -> float | None:
@@ -42,36 +42,32 @@ def metric_figure(rows: list[dict], keys: list[str], metric: str):
 
 
 def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None, goal: str) -> Path:
-    """report.md + report.html in the sweep folder (and sweep_<metric>.png when a point finished)."""
-    from ..sweep import check_metric
-
+    """report.md + report.html in the sweep folder (and sweep_<metric>.png when a finished point reports
+    ``metric``, the key the sweep checked before its points ran; None: nothing is ranked)."""
     keys = list(spec.grid)
-    numbers = [k for k in (rows[0] if rows else {}) if k not in ("point", *keys) and not k.endswith(".std")]
-    if metric is None:
-        metric = numbers[0] if numbers else None
-    elif rows:
-        check_metric(metric, rows[0])
+    numbers = list(dict.fromkeys(k for r in rows for k in r if k not in ("point", *keys) and not k.endswith(".std")))
     doc = Doc(folder)
     doc.heading(f"sweep: {spec.experiment} ({spec.profile})", 1)
-    doc.bullets(["grid: " + "; ".join(f"{k} = {', '.join(v)}" for k, v in spec.grid.items()),
-                 f"seeds: {spec.seeds or 'the profile default'}; --set: {', '.join(spec.sets) or 'none'}",
+    doc.bullets([md_text("grid: " + "; ".join(f"{k} = {', '.join(v)}" for k, v in spec.grid.items())),
+                 md_text(f"seeds: {spec.seeds or 'the profile default'}; --set: {', '.join(spec.sets) or 'none'}"),
                  f"{len(rows)} finished points; every point is a run folder here (dllab report / compare read them)"])
-    if rows and metric:
-        ranked = [r for r in rows if isinstance(r.get(metric), (int, float))]
-        best = (max if goal == "max" else min)(ranked, key=lambda r: r[metric]) if ranked else None
-        if best is not None:
-            std = best.get(f"{metric}.std")
-            doc.heading(f"Best point for {metric} ({goal})", 2)
-            doc.para(f"{best['point']}: {metric} = {_fmt(best[metric])}" + (f" ± {_fmt(std)}" if std is not None else "")
-                     + " (" + ", ".join(f"{k}={best[k]}" for k in keys) + ")")
+    ranked = [r for r in rows if isinstance(r.get(metric), (int, float))] if metric else []
+    if ranked:
+        best = (max if goal == "max" else min)(ranked, key=lambda r: r[metric])
+        doc.heading(f"Best point for {metric} ({goal})", 2)
+        doc.para(f"{best['point']}: {metric} = {with_std(best, metric)} ("
+                 + ", ".join(f"{k}={best[k]}" for k in keys) + ")")
+    elif rows and metric:
+        doc.para(f"No finished point reports {metric}, so none is ranked.")
+    if rows:
         doc.heading("Points", 2)
-        header = ["point", *keys, *numbers]
-        doc.table(header, [[r["point"], *(r[k] for k in keys),
-                            *(_fmt(r[n]) + (f" ± {_fmt(r[n + '.std'])}" if f"{n}.std" in r else "") if n in r else "—"
-                              for n in numbers)] for r in rows])
-        png = save_png(metric_figure(rows, keys, metric), folder / f"sweep_{metric}.png")
+        doc.table(["point", *keys, *numbers], [[r["point"], *(r[k] for k in keys), *(with_std(r, n) for n in numbers)]
+                                               for r in rows])
+    if ranked:
+        png = save_png(metric_figure(ranked, keys, metric), folder / f"sweep_{metric}.png")
         doc.image(png, f"{metric} against each swept key (error bars: std over seeds)")
     md = folder / "report.md"
     atomic_write_text(md, doc.markdown())
     atomic_write_text(md.with_suffix(".html"), doc.to_html(f"sweep {spec.experiment}"))
     return md
+
