@@ -84,7 +84,7 @@ def test_a_huge_sweep_json_is_refused_unread(tmp_path):
     from dllab.sweep_spec import MAX_FILE_BYTES
 
     folder = sweep_folder(tmp_path, {**VALID, "sets": ["x" * (MAX_FILE_BYTES + 1)]})
-    with pytest.raises(DllabError, match="sweep.json is larger than 4,194,304 bytes"):
+    with pytest.raises(DllabError, match="sweep.json is 4.0 MiB, more than the 4 MiB"):
         read_spec(folder)
 
 
@@ -100,7 +100,7 @@ def test_a_linked_or_special_sweep_json_is_refused(tmp_path):
     fifo = tmp_path / "fifo"
     fifo.mkdir()
     os.mkfifo(fifo / "sweep.json")   # opened without blocking: refused at once, no hang
-    with pytest.raises(DllabError, match="sweep.json is not a regular file"):
+    with pytest.raises(DllabError, match="sweep.json is a FIFO, not a regular file"):
         read_spec(str(fifo))
 
 

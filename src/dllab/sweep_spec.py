@@ -10,13 +10,10 @@ runs for minutes first. Torch-free.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import math
-import os
 import random
 import re
-import stat
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from . import DllabError
+from . import DllabError, untrusted
 from .config import PROFILES
 
 SPEC_FILE = "sweep.json"
@@ -96,33 +93,15 @@ def read_spec(folder: str) -> SweepSpec:
 
 def load_spec(path: Path) -> SweepSpec:
     """sweep.json at ``path``, read bounded and checked against the schema and the size limits."""
+    data = untrusted.read_bytes(path, MAX_FILE_BYTES)   # its errors name the file already
     try:
-        spec = _SCHEMA.validate_json(read_bounded(path, MAX_FILE_BYTES), strict=True)
+        spec = _SCHEMA.validate_json(data, strict=True)
         check_size(spec)
     except ValidationError as e:
         raise DllabError(f"{path} is not a valid sweep file: {_problem(e)}; fix it or start a new sweep") from None
     except DllabError as e:
         raise DllabError(f"{path} is not a valid sweep file: {e}") from None
     return spec
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of ``path``: a regular file (not a FIFO or device: no hang, no endless read) of at most
-    ``limit`` bytes, opened without following a symbolic link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise DllabError(f"{path} is a symbolic link; dllab reads only regular files (replace the link "
-                             "with the file)") from None
-        raise DllabError(f"cannot read {path}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DllabError(f"{path} is not a regular file")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise DllabError(f"{path} is larger than {limit:,} bytes; that is no file dllab wrote")
-    return data
 
 
 def check_size(spec: SweepSpec) -> int:
