@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import DllabError, distributed
+from . import DllabError, distributed, lock
 from .config import make_config, validate
 from .env import describe_device, git_commit, resolve_device, seed_everything, versions
 from .registry import Experiment, get_experiment
@@ -111,6 +111,8 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
                 except OSError:
                     break
         raise
+    finally:
+        lock.release(run.path)   # this process has finished writing the folder
 
 
 def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run, str, list[int] | None]:
