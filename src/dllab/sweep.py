@@ -29,6 +29,7 @@ from typing import Callable
 
 from . import DllabError, cpus
 from .config import make_config
+from .launch import child_env
 from .registry import get_experiment
 from .runs import TMP_SUFFIX, atomic_write_json, read_json, read_metrics, write_csv
 
@@ -197,8 +198,9 @@ def point_args(spec: SweepSpec, point: Point, folder: Path) -> list[str]:
 
 
 def run_point(args: list[str], threads: int) -> tuple[int, str]:
-    """One `dllab run` in a child process with ``threads`` intra-op threads; (exit code, its last error line)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    """One `dllab run` in a child process with ``threads`` intra-op threads; (exit code, its last error line).
+    The child dies with this process, however it ends (``launch.child_env``)."""
+    env = child_env({**os.environ, "OMP_NUM_THREADS": str(threads)})
     p = subprocess.run([sys.executable, "-m", "dllab.cli", *args], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
