@@ -7,7 +7,7 @@ import sys
 
 from . import DllabError, cpus, distributed, untrusted  # torch-free, as everything imported here: torch loads in main
 from .config import PROFILES
-from .launch import FolderNote, under_launcher
+from .launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
 
 
 def choose_omp_wait_policy() -> None:
@@ -129,6 +129,7 @@ def cmd_sweep(args):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()    # a process the launcher or a sweep started ends with it (first: before any work)
     started: list = []   # the run folder, once it exists: named by the Ctrl-C and disk-error messages
     try:
         args = build_parser().parse_args(argv)
@@ -204,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
             return 130
-        if started:
-            print(f"dllab: interrupted; continue with {_resume(started[0])}", file=sys.stderr)
-        else:
-            print("dllab: interrupted before a run folder was created; nothing to resume", file=sys.stderr)
+        print(interrupted(started[0] if started else None, distributed.world_size()), file=sys.stderr)
         return 130
     finally:
         distributed.teardown()
@@ -230,11 +228,7 @@ def _peer_lost(e: BaseException, started: list) -> int:
 
 def _resume(path) -> str:
     """The command that continues the run in ``path`` (with as many processes as this one has), quoted."""
-    n = distributed.world_size()
-    if n == 1:
-        return f"`dllab run --resume {path}`"
-    return f"`dllab run --nproc {n} --resume {path}` (or torchrun with {n} processes in all: `... -m dllab run " \
-           f"--resume {path}`)"
+    return resume_command(path, distributed.world_size())
 
 
 def _speaks(error: BaseException) -> bool:

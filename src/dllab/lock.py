@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 from pathlib import Path
 
 from . import DllabError
@@ -21,20 +22,17 @@ _held: dict[str, int] = {}   # resolved folder -> descriptor of its lock file, k
 
 def hold(folder: Path, what: str = "run folder") -> None:
     """Take the writer's lock of ``folder`` for the rest of this process (idempotent). Another live process
-    holding it: one-line ``DllabError`` naming its PID. ``what`` names the folder's kind in that line."""
+    holding it: one-line ``DllabError`` naming its PID. ``what`` names the folder's kind in that line.
+
+    A folder inside one this process already holds is covered by that lock (a multi-seed run's ``seed<N>/``
+    folders): it takes no lock of its own, so the sub-folders carry no lock file and a writer never waits
+    on itself."""
     from filelock import lock_descriptor
 
     key = str(Path(folder).resolve())
-    if key in _held:
+    if _covered(key):
         return
-    path = Path(key) / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise DllabError(f"{path} is a symbolic link; a {what} may hold only regular files and folders "
-                             "(remove the link)") from e
-        raise
+    fd = _open(Path(key) / LOCK_NAME, what)
     try:
         if not lock_descriptor(fd, blocking=False):
             raise DllabError(f"{folder} is being written by {holder(fd)}; wait for it to finish (or stop it), "
@@ -45,6 +43,28 @@ def hold(folder: Path, what: str = "run folder") -> None:
         os.close(fd)
         raise
     _held[key] = fd
+
+
+def _open(path: Path, what: str) -> int:
+    """The lock file, created if missing; a link, folder or FIFO in its place (a crafted or damaged folder)
+    is a one-line error, never followed or waited on."""
+    not_regular = DllabError(f"{path} is not a regular file; a {what} may hold only regular files and folders "
+                             f"(remove {path.name})")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise not_regular from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise not_regular
+    return fd
+
+
+def _covered(key: str) -> bool:
+    """``key`` (a resolved folder) or a folder above it is held by this process."""
+    return key in _held or any(str(parent) in _held for parent in Path(key).parents)
 
 
 def holder(fd: int) -> str:

@@ -9,6 +9,7 @@ Under torchrun every rank runs this code; rank 0 alone creates, reopens and chec
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import shlex
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from . import DllabError, distributed
-from .config import make_config, validate
+from . import DllabError, distributed, lock
+from .config import TrainConfig, make_config, validate
 from .env import describe_device, git_commit, resolve_device, seed_everything, versions
 from .registry import Experiment, get_experiment
 from .report.render import write_report
@@ -91,6 +92,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         if device:
             cfg.device = device
         validate(cfg)
+        check_global_batches(cfg)
         check_sinks(cfg.log.sinks)
         resolve_device(cfg.device)  # fail before creating a folder
         env = {"command": command, "started": now, "world_size": distributed.world_size(),
@@ -111,6 +113,8 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
                 except OSError:
                     break
         raise
+    finally:
+        lock.release(run.path)   # this process has finished writing the folder
 
 
 def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run, str, list[int] | None]:
@@ -150,6 +154,24 @@ def check_world_size(run: Run) -> None:
                f"giving {started} processes in all)")
         raise DllabError(f"{run.path} was started with {started} process{'es' if started != 1 else ''}, this is "
                          f"{now}; resume it {how}")
+
+
+def check_global_batches(cfg) -> None:
+    """Each training section's global batch (``train.batch_size``, ``source.train.batch_size``...) divides
+    over the processes: checked before the folder is made and the data loaded, not when training starts
+    (the training loop splits it with the same ``distributed.per_rank_batch``)."""
+    for key, train in _train_sections(cfg):
+        distributed.per_rank_batch(train.batch_size, f"{key}.batch_size")
+
+
+def _train_sections(cfg, prefix: str = ""):
+    """(dotted key, section) for every TrainConfig in the config tree."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, TrainConfig):
+            yield f"{prefix}{f.name}", value
+        elif dataclasses.is_dataclass(value):
+            yield from _train_sections(value, f"{prefix}{f.name}.")
 
 
 def check_seeds(seeds: list[int]) -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import DllabError, distributed, untrusted
+from . import DllabError, distributed, lock, untrusted
 from .config import dump_yaml, load_yaml
 from .tracking import Tracker
 
@@ -182,6 +182,13 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _hold_as_writer(path: Path) -> None:
+    """The writer's lock of a run folder, taken by the process that writes it: rank 0 under torchrun (the
+    other ranks write nothing). A second writer gets a one-line error naming the holder's PID."""
+    if distributed.is_main():
+        lock.hold(path, "run folder")
+
+
 def default_runs_root() -> Path:
     return Path(os.environ.get("DLLAB_RUNS", "runs"))
 
@@ -232,7 +239,8 @@ class Run:
                env: dict[str, Any] | None = None, on_created: Callable[[Path], Any] | None = None) -> "Run":
         """A new run folder holding config.yaml and env.json from its first moment: both are written into a
         hidden temp folder that is then renamed into place, so a folder that exists can always be resumed.
-        ``on_created(path)`` runs right after the rename, before a Ctrl-C can interrupt."""
+        The creating process holds the folder's writer lock (``dllab.lock``) from the rename on, and
+        ``on_created(path)`` runs right after it, before a Ctrl-C can interrupt."""
         if out is not None:
             if not out.strip():
                 raise DllabError("--out is empty; give a folder name, or leave --out out for runs/<experiment>/")
@@ -261,6 +269,7 @@ class Run:
             atomic_write_json(tmp / "env.json", env)
             with _sigint_deferred():
                 os.rename(tmp, path)   # atomic; fails if something appeared at ``path`` meanwhile
+                _hold_as_writer(path)
                 if on_created is not None:
                     on_created(path)
         except BaseException:
@@ -279,6 +288,7 @@ class Run:
         if not (p / "config.yaml").is_file() or not (p / "env.json").is_file():
             raise DllabError(f"--resume {path}: not a run folder (no config.yaml/env.json); "
                              "pass a folder that `dllab run` created")
+        _hold_as_writer(p)   # before anything here is read for the resume or changed (the stale temp files)
         env = read_env(p / "env.json", "; the run cannot be resumed")
         exp = registry_lookup(env["experiment"])
         try:

@@ -37,6 +37,7 @@ from typing import Callable
 
 from . import DllabError, cpus, lock
 from .config import apply_overrides, make_config, validate
+from .launch import child_env
 from .registry import Experiment, get_experiment
 from .runs import DIR_MODE, TMP_SUFFIX, atomic_write_json, read_metrics, write_csv
 from .sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
@@ -196,8 +197,9 @@ def point_args(spec: SweepSpec, point: Point, folder: Path) -> list[str]:
 
 
 def run_point(args: list[str], threads: int) -> tuple[int, str]:
-    """One `dllab run` in a child process with ``threads`` intra-op threads; (exit code, its last error line)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    """One `dllab run` in a child process with ``threads`` intra-op threads; (exit code, its last error line).
+    The child dies with this process, however it ends (``launch.child_env``)."""
+    env = child_env({**os.environ, "OMP_NUM_THREADS": str(threads)})
     p = subprocess.run([sys.executable, "-m", "dllab.cli", *args], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
