@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import DllabError, distributed
+from . import DllabError, distributed, environ
 from .config import dump_yaml, load_yaml
 from .tracking import Tracker
 
@@ -146,7 +146,7 @@ def _json_default(o):
 
 
 def default_runs_root() -> Path:
-    return Path(os.environ.get("DLLAB_RUNS", "runs"))
+    return environ.runs_root()
 
 
 class Run:

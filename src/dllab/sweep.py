@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import DllabError, cpus
+from . import DllabError, cpus, environ
 from .config import make_config
 from .registry import get_experiment
 from .runs import TMP_SUFFIX, atomic_write_json, read_json, read_metrics, write_csv
@@ -127,7 +127,7 @@ def expand(spec: SweepSpec) -> list[Point]:
 
 
 def sweeps_root() -> Path:
-    return Path(os.environ.get("DLLAB_SWEEPS", "sweeps"))
+    return environ.sweeps_root()
 
 
 def open_sweep(spec: SweepSpec, out: str | None) -> Path:
