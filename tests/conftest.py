@@ -13,16 +13,28 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _isolate(mp: pytest.MonkeyPatch, base: Path) -> None:
+    mp.setenv("DLLAB_CACHE", str(base / "cache"))
+    mp.setenv("DLLAB_RUNS", str(base / "runs"))
+    mp.setenv("DLLAB_SWEEPS", str(base / "sweeps"))
+    mp.setenv("DLLAB_OFFLINE", "1")
+    mp.setenv("HF_HOME", str(base / "hf"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory):
+    """The same for module-scoped fixtures (e.g. test_hostile's finished run), which are set up before the
+    per-test environment below: without it their runs would cache in the user's cache folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.getbasetemp())
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
-    base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("DLLAB_CACHE", str(base / "cache"))
-    monkeypatch.setenv("DLLAB_RUNS", str(base / "runs"))
-    monkeypatch.setenv("DLLAB_SWEEPS", str(base / "sweeps"))
-    monkeypatch.setenv("DLLAB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(base / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    _isolate(monkeypatch, tmp_path_factory.getbasetemp())
 
 
 def find_shared_data() -> Path | None:

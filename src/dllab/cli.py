@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import DllabError, cpus, distributed, untrusted  # torch-free, as everything imported here: torch loads in main
+from . import DllabError, cpus, distributed, environ, untrusted  # torch-free, as everything imported here: torch loads in main
 from .config import PROFILES
 from .launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
 
@@ -19,12 +19,19 @@ def choose_omp_wait_policy() -> None:
     "Busy" = other processes using at least half a CPU right now (``cpus.others_busy``, 0.1 s of /proc/stat);
     where that cannot be read, a 1-minute load average of at least one core's worth. Not the load average
     first: it lingers for minutes after a run ends, and the next run would wait passively on an idle machine.
-    An OMP_WAIT_POLICY set by the user wins. The run records the policy in env.json. ``main`` calls it for
-    the commands that train or time (run, sweep, whose runs inherit it, doctor), not at import: the 0.1 s
-    sample would slow `dllab list` and every other command for nothing.
+    An OMP_WAIT_POLICY set by the user wins, written as libgomp reads it (ACTIVE/PASSIVE): one it would
+    reject is one warning line and removed, so that libgomp does not complain in turn and env.json records
+    the policy OpenMP really uses. The run records the policy in env.json. ``main`` calls it for the
+    commands that train or time (run, sweep, whose runs inherit it, doctor), not at import: the 0.1 s sample
+    would slow `dllab list` and every other command for nothing.
     """
-    if "OMP_WAIT_POLICY" in os.environ:
+    policy, problem = environ.omp_wait_policy()
+    if problem:
+        environ.warn(problem)
+    if policy:
+        os.environ["OMP_WAIT_POLICY"] = policy
         return
+    os.environ.pop("OMP_WAIT_POLICY", None)    # (empty or rejected: OpenMP's default, unless busy below)
     now = cpus.others_busy()
     busy = now >= 0.5 if now is not None else (cpus.load() or 0.0) >= 1.0   # no load average: idle
     if busy:
@@ -133,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     started: list = []   # the run folder, once it exists: named by the Ctrl-C and disk-error messages
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("run", "sweep", "doctor") and "torch" not in sys.modules:
-            choose_omp_wait_policy()   # before torch loads (once it has, the policy no longer applies here)
+        if args.command in ("run", "sweep", "doctor"):
+            environ.check(distributed=args.command in ("run", "sweep"))   # one line before any folder exists
+            if "torch" not in sys.modules:
+                choose_omp_wait_policy()   # before torch loads (once it has, the policy no longer applies here)
         if args.command == "list":
             cmd_list()
         elif args.command == "run":
@@ -188,15 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         if _speaks(e):
             print(untrusted.printable(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}"), file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:   # torch's allocators raise RuntimeErrors (CUDA's OutOfMemoryError)
+    except (MemoryError, RuntimeError, ImportError, SystemError) as e:   # torch's allocators raise RuntimeErrors
         if not _out_of_memory(e):
             if distributed.peer_lost(e):
                 return _peer_lost(e, started)
             raise
-        hint = f"; then continue with {_resume(started[0])}" if started else ""
         if _speaks(e):
-            print(f"dllab: error: {_process()}out of memory ({type(e).__name__}); free memory, or lower "
-                  f"train.batch_size or the data limits{hint}", file=sys.stderr)
+            print(f"dllab: error: {_process()}{_memory_message(e, started)}", file=sys.stderr)
         return 2
     except Exception as e:
         if not distributed.peer_lost(e):
@@ -212,8 +219,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e)
+def _out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, torch's allocators failing (a RuntimeError, CUDA's OutOfMemoryError), or PyTorch's
+    libraries failing to load under an address-space limit (``ulimit -v``): the loader's "failed to map
+    segment", or a SystemError from an extension whose allocation failed."""
+    if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, RuntimeError):
+        return "out of memory" in str(error) or "can't allocate memory" in str(error)
+    if environ.memory_limit() is None or isinstance(error, ModuleNotFoundError):
+        return False
+    return isinstance(error, SystemError) or "failed to map segment" in str(error)
+
+
+def _memory_message(error: BaseException, started: list) -> str:
+    """'out of memory ...': the limit that was hit when one is set, and what to do next."""
+    limit = environ.memory_limit()
+    what = (f"out of memory ({type(error).__name__}); free memory, or lower train.batch_size or the data limits"
+            if limit is None else
+            f"out of memory under the virtual memory limit of {limit / 2**30:.1f} GiB (ulimit -v {limit // 1024}); "
+            f"PyTorch alone maps a few GiB: raise the limit (e.g. `ulimit -v unlimited`)")
+    return what + (f"; then continue with {_resume(started[0])}" if started else "")
 
 
 def _peer_lost(e: BaseException, started: list) -> int:

@@ -13,13 +13,19 @@ Who does what:
     ``is_main``) and alone runs what must not run N times (feature extraction, attacks, OOD scoring): those
     functions go through ``on_main``, which runs them on rank 0 and hands the result to the other ranks, so
     all ranks continue with the same values and take the same path through the code.
+
+torchrun's variables are read in ``environ.launch_info``: they count only in a process torchrun started (it
+sets ``TORCHELASTIC_RUN_ID``). Leftovers in a plain shell (``WORLD_SIZE=2 RANK=0 MASTER_ADDR=...``) would
+make ``init`` wait hours for peers that never come: ``check``, which `dllab run` and `dllab sweep` call first,
+refuses them in one line; everywhere else they read as a single process.
 """
 from __future__ import annotations
 
 import functools
-import os
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
+
+from . import environ
 
 T = TypeVar("T")
 
@@ -31,9 +37,14 @@ TIMEOUT = timedelta(hours=6)
 _inside_on_main = False
 
 
+def check() -> None:
+    """torchrun's variables, when set, are valid and come from torchrun: else one ``DllabError`` line."""
+    environ.launch_info(strict=True)
+
+
 def launched() -> bool:
-    """Started by torchrun (or another launcher setting its variables) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Started by torchrun with more than one process."""
+    return environ.launch_info().world_size > 1
 
 
 def active() -> bool:
@@ -46,15 +57,15 @@ def active() -> bool:
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
+    return environ.launch_info().world_size
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0")) if launched() else 0
+    return environ.launch_info().rank
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if launched() else 0
+    return environ.launch_info().local_rank
 
 
 def is_main() -> bool:

@@ -9,13 +9,12 @@ when something is missing.
 from __future__ import annotations
 
 import importlib.util
-import os
 import platform
 from dataclasses import dataclass
 
 import torch
 
-from . import DllabError, cpus
+from . import DllabError, cpus, environ
 
 # README "Numbers from the quick profiles" (wall time, seconds), the model kind that dominates each run and
 # the precision it trained in there: "auto" (what auto picked for that kind) or "fp32" (Lab 2: inference, and
@@ -110,7 +109,7 @@ def estimate_quick(figures: dict, resolved: dict[str, str]) -> dict[str, float]:
 
 
 def _omp_policy() -> str:
-    policy = os.environ.get("OMP_WAIT_POLICY")
+    policy, _ = environ.omp_wait_policy()
     return f"{policy or 'OpenMP default (active spinning)'} ({cpus.describe_load()}; cli.choose_omp_wait_policy)"
 
 
@@ -165,6 +164,7 @@ def main(profile: str | None = None, data_root: str = "") -> int:
     info = collect(profile, data_root)
     print(render(info))
     if info["missing"]:
+        from .data import data_root as root
         raise DllabError(f"profile {profile} needs {', '.join(info['missing'])}, not found here (data root: "
-                         f"{data_root or os.environ.get('DLLAB_DATA') or './data'}; see the lines above)")
+                         f"{root(data_root)}; see the lines above)")
     return 0

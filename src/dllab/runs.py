@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import DllabError, distributed, lock, untrusted
+from . import DllabError, distributed, environ, lock, untrusted
 from .config import dump_yaml, load_yaml
 from .tracking import Tracker
 
@@ -190,7 +190,7 @@ def _hold_as_writer(path: Path) -> None:
 
 
 def default_runs_root() -> Path:
-    return Path(os.environ.get("DLLAB_RUNS", "runs"))
+    return environ.runs_root()
 
 
 class Run:

@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import DllabError, cpus, lock
+from . import DllabError, cpus, environ, lock
 from .config import apply_overrides, make_config, validate
 from .launch import child_env
 from .registry import Experiment, get_experiment
@@ -99,7 +99,7 @@ def choose_metric(metric: str | None, keys: list[str], what: str) -> str | None:
 
 
 def sweeps_root() -> Path:
-    return Path(os.environ.get("DLLAB_SWEEPS", "sweeps"))
+    return environ.sweeps_root()
 
 
 def open_sweep(spec: SweepSpec, out: str | None) -> Path:

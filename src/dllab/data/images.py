@@ -14,8 +14,8 @@ Sources, by ``data.name``:
   imagefolder any ``<root>/{train,test}/<class>/`` tree.
 torchvision only downloads; dllab reads the files itself (``formats``), checking them, so a damaged file is
 one error line naming it (not "not found"), and a crafted pickle cannot run code.
-Decoded ImageFolder trees are cached as tensors (``$DLLAB_CACHE``, default ``./.cache/dllab``), so the
-second run does not decode 50,000 JPEGs again.
+Decoded ImageFolder trees are cached as tensors (``environ.cache_dir()``: ``$DLLAB_CACHE``, else the user's
+cache folder), so the second run does not decode 50,000 JPEGs again.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import DllabError, cpus
+from .. import DllabError, cpus, environ
 from . import cache_dir, class_quotas, data_root
 from ..env import to_device
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
@@ -320,7 +320,7 @@ def read_dataset(name: str, root: Path, allow_fallback: bool = False):
     if name not in ("mnist", "cifar10", "cifar100"):
         raise DllabError(f"unknown dataset '{name}'; choose mnist, cifar10, cifar100 or imagefolder")
     # DLLAB_OFFLINE=1 skips download attempts (tests, air-gapped machines): fail or fall back at once.
-    download = os.environ.get("DLLAB_OFFLINE", "") in ("", "0")
+    download = not environ.offline()
     try:
         return (*(_mnist(root, download) if name == "mnist" else _cifar(name, root, download)), [])
     except _Absent as e:

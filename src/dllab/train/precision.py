@@ -17,15 +17,20 @@ training loop is written once, without precision branches::
     one small workload per ``model_kind`` (see ``PROBES``), and the model's kind picks the figure.
   - MPS: fp32. Apple GPUs run these small models about as fast in fp32, and autocast on MPS is recent
     (bf16 needs macOS 14); fp32 is the choice that is correct on every Mac.
-The probe's figures are cached per machine under ``$DLLAB_CACHE`` (a JSON file keyed by everything that
-changes which kernels run: torch version, CPU model and capability, ``ATEN_CPU_CAPABILITY``,
-``ONEDNN_MAX_CPU_ISA``, thread count), so every run on a machine makes the same choice.
+The probe's figures are cached per machine in the user's cache folder (``environ.cache_dir()``: a JSON file
+keyed by everything that changes which kernels run: torch version, CPU model and capability,
+``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, thread count), so every run on a machine makes the same
+choice. The file is data from outside the run, and checked as such (``_read_cache``, ``entry_problem``):
+a regular file of bounded size, read without blocking; an entry with the expected keys and plausible,
+finite numbers. Anything else is one warning line and a new measurement, never a crash or a hang.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import stat
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -35,7 +40,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import DllabError, cpus
+from .. import DllabError, cpus, environ
 
 NAMES = ("fp32", "bf16-mixed", "fp16-mixed")
 SETTINGS = ("auto", *NAMES)
@@ -45,6 +50,14 @@ MODEL_KINDS = ("conv", "mlp", "transformer")
 # and over what a measured speed-up of a few percent would not repay (bf16's lower accuracy).
 MIN_SPEEDUP = 1.1
 PROBE_VERSION = 1        # bump when PROBES change: older cached figures are then measured again
+CACHE_FILE = "precision_probe.json"
+# An entry is about 400 bytes: a file over this holds something else (and is not read into memory whole).
+MAX_CACHE_BYTES = 1 << 20
+# What a probe can plausibly measure: a step of these tiny workloads takes microseconds to a second, and bf16
+# is at most a few times faster or slower than fp32. A figure outside is not a measurement.
+SPEEDUP_RANGE = (0.01, 100.0)
+STEP_SECONDS_RANGE = (1e-7, 60.0)
+MAX_CPUS = 1 << 16
 
 
 @dataclass
@@ -201,19 +214,87 @@ def machine_key() -> dict[str, str]:
     """What decides which CPU kernels run (the probe's cache key)."""
     return {"probe_version": str(PROBE_VERSION), "torch": torch.__version__, "cpu": _cpu_model(),
             "capability": torch.backends.cpu.get_cpu_capability(),
-            "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""),
-            "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+            "ATEN_CPU_CAPABILITY": environ.text("ATEN_CPU_CAPABILITY"),
+            "ONEDNN_MAX_CPU_ISA": environ.text("ONEDNN_MAX_CPU_ISA"),
             "threads": str(torch.get_num_threads())}
 
 
 def cache_path() -> Path:
-    return Path(os.environ.get("DLLAB_CACHE") or Path(".cache") / "dllab") / "precision_probe.json"
+    return environ.cache_dir() / CACHE_FILE
 
 
-def _valid(figures) -> bool:
-    return (isinstance(figures, dict) and all(
-        isinstance(figures.get(k), dict) and all(isinstance(figures[k].get(f), (int, float)) and figures[k][f] > 0
-                                                 for f in ("fp32", "bf16", "speedup")) for k in PROBES))
+# --- the cache file: data from outside, checked -------------------------------------------------------
+
+def _read_cache(path: Path) -> tuple[dict, str]:
+    """(entries, problem): the cache file's entries; ``({}, "")`` when there is no file; ``({}, why)`` when
+    the file cannot be used. Opened without following a link and without blocking (a FIFO would wait for a
+    writer forever), and read only when it is a regular file of at most ``MAX_CACHE_BYTES``."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as e:
+        return {}, "is a symbolic link" if os.path.islink(path) else f"cannot be read ({e.strerror})"
+    try:
+        data, problem = _read_regular_file(fd)
+    finally:
+        os.close(fd)
+    if problem:
+        return {}, problem
+    try:
+        entries = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):      # (not UTF-8, not JSON, nested too deep)
+        return {}, "is not valid JSON"
+    if not isinstance(entries, dict):
+        return {}, "is not a JSON object"
+    return entries, ""
+
+
+def _read_regular_file(fd: int) -> tuple[bytes, str]:
+    """(contents, problem) of the open ``fd``: a regular file of at most ``MAX_CACHE_BYTES``, else a problem."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return b"", "is not a regular file"
+    data = b""
+    while len(data) <= MAX_CACHE_BYTES:       # (the size fstat gives may change while reading)
+        chunk = os.read(fd, MAX_CACHE_BYTES + 1 - len(data))
+        if not chunk:
+            return data, ""
+        data += chunk
+    return b"", f"is larger than {MAX_CACHE_BYTES} bytes"
+
+
+def _in_range(value, low: float, high: float) -> bool:
+    """A JSON number (not true/false, not NaN or Infinity) within [low, high]."""
+    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+
+
+def entry_problem(figures) -> str:
+    """'' when ``figures`` is a well-formed probe entry, else what is wrong with it: for every model kind
+    exactly fp32 and bf16 (seconds per step) and speedup (their ratio), plausible and finite, plus
+    ``measured_at`` (how busy the machine was)."""
+    if not isinstance(figures, dict) or set(figures) != {*PROBES, "measured_at"}:
+        return f"expected the keys {', '.join(PROBES)} and measured_at"
+    for kind in PROBES:
+        f = figures[kind]
+        if not isinstance(f, dict) or set(f) != {"fp32", "bf16", "speedup"}:
+            return f"{kind}: expected the keys fp32, bf16 and speedup"
+        if not (_in_range(f["fp32"], *STEP_SECONDS_RANGE) and _in_range(f["bf16"], *STEP_SECONDS_RANGE)):
+            low, high = STEP_SECONDS_RANGE
+            return f"{kind}: fp32 and bf16 must be seconds per step, {low:g} to {high:g}"
+        if not (_in_range(f["speedup"], *SPEEDUP_RANGE) and math.isclose(f["speedup"], f["fp32"] / f["bf16"],
+                                                                          rel_tol=1e-6)):
+            return f"{kind}: speedup must be fp32 / bf16, {SPEEDUP_RANGE[0]:g} to {SPEEDUP_RANGE[1]:g}"
+    return _measured_at_problem(figures["measured_at"])
+
+
+def _measured_at_problem(at) -> str:
+    """'' when ``at`` is what ``probe_cpu`` records: busy (true/false), cpus (a count), others and load
+    (CPUs' worth of work, or null where the machine does not say)."""
+    ok = (isinstance(at, dict) and set(at) == {"others", "load", "cpus", "busy"} and type(at["busy"]) is bool
+          and type(at["cpus"]) is int and 1 <= at["cpus"] <= MAX_CPUS
+          and all(at[k] is None or _in_range(at[k], 0, 1e6) for k in ("others", "load")))
+    return "" if ok else "measured_at must be {busy: true/false, cpus: a count, others and load: a number or null}"
 
 
 _memo: dict[str, dict] = {}
@@ -221,36 +302,39 @@ _memo: dict[str, dict] = {}
 
 def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict], bool]:
     """This machine's probe figures: from the cache when its key matches, else measured (and cached).
-    Returns (figures, cached). A damaged or foreign cache file is measured again and replaced.
+    Returns (figures, cached). A cache file that is not what dllab writes (``_read_cache``; an entry
+    ``entry_problem`` refuses) is ignored whole with one warning line, measured again and replaced; its
+    well-formed entries for other machines are kept.
 
     Figures measured on a busy machine are used, but measured again by the first run that finds the
     machine quiet (a busy probe can see bf16 below its margin where it is faster: a heavily loaded first
     run must not fix the choice for good). Busy figures found while still busy are kept: every run then
     makes the same choice until the machine calms down."""
-    from ..runs import atomic_write_json
-
     key = json.dumps(machine_key(), sort_keys=True)
     path = cache_path()
     if key in _memo and _memo[key]["path"] == str(path):
         return _memo[key]["figures"], True
-    entries: dict = {}
-    try:
-        entries = json.loads(path.read_text())
-        if not isinstance(entries, dict):
-            entries = {}
-    except (OSError, ValueError):
-        entries = {}
-    figures, cached = entries.get(key), True
-    if not _valid(figures) or (_measured_busy(figures) and not _busy()[0]):
+    entries, problem = _read_cache(path)
+    damage = next((p for p in map(entry_problem, entries.values()) if p), "")
+    problem = problem or (damage and f"has a damaged entry ({damage})")
+    if problem:
+        environ.warn(f"the precision probe's cache {path} {problem}; ignored, measuring again")
+    figures = None if problem else entries.get(key)
+    cached = figures is not None
+    if not cached or (_measured_busy(figures) and not _busy()[0]):
         figures, cached = probe(), False
-        entries = {k: v for k, v in entries.items() if _valid(v)}
-        entries[key] = figures
-        try:
-            atomic_write_json(path, entries)
-        except OSError:
-            pass   # a read-only cache only costs a probe per process
+        kept = {k: v for k, v in entries.items() if k != key and not entry_problem(v)}
+        _save_cache(path, {**kept, key: figures} if not entry_problem(figures) else kept)
     _memo[key] = {"path": str(path), "figures": figures}
     return figures, cached
+
+
+def _save_cache(path: Path, entries: dict) -> None:
+    from ..runs import atomic_write_json
+    try:
+        atomic_write_json(path, entries)      # (a temp file renamed over ``path``: a link there is replaced)
+    except OSError:
+        pass   # a read-only cache only costs a probe per process
 
 
 def describe_figures(figures: dict[str, dict], kinds=MODEL_KINDS) -> str:
