@@ -217,12 +217,12 @@ def _crafted_elsewhere(path, key) -> bytes:
 
 
 FILE_DAMAGE = {
-    "not JSON": (lambda p, k: p.write_bytes(b"\x80\x04not json"), "is not valid JSON"),
+    "not JSON": (lambda p, k: p.write_bytes(b"\x80\x04not json"), "is not UTF-8 text"),
     "not an object": (lambda p, k: p.write_text("[]"), "is not a JSON object"),
-    "nested 100,000 deep": (lambda p, k: p.write_text("[" * 100_000 + "]" * 100_000), "is not valid JSON"),
-    "over 1 MiB": (lambda p, k: p.write_text(json.dumps({"pad": "x" * P.MAX_CACHE_BYTES})), "is larger than"),
-    "a directory": (lambda p, k: p.mkdir(), "is not a regular file"),
-    "a FIFO": (lambda p, k: os.mkfifo(p), "is not a regular file"),
+    "nested 100,000 deep": (lambda p, k: p.write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    "over 1 MiB": (lambda p, k: p.write_text(json.dumps({"pad": "x" * P.MAX_CACHE_BYTES})), "more than the 1 MiB"),
+    "a directory": (lambda p, k: p.mkdir(), "is a folder, not a regular file"),
+    "a FIFO": (lambda p, k: os.mkfifo(p), "is a FIFO, not a regular file"),
     "a symbolic link": (_crafted_elsewhere, "is a symbolic link"),
 }
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from . import DllabError
+from . import DllabError, untrusted
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
@@ -39,7 +39,7 @@ SHOWN_CHARS = 60          # a value longer than this is cut in messages (a messa
 
 def shown(value: str) -> str:
     """``value`` as a message shows it: control characters escaped (a message stays one line), cut when long."""
-    text = value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+    text = untrusted.printable(value)
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 

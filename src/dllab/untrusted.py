@@ -73,16 +73,15 @@ def open_regular(path: Path, limit: int) -> BinaryIO:
         if os.path.islink(path):
             raise DllabError(f"{path} is a symbolic link; dllab reads only regular files there") from None
         raise DllabError(f"{path} cannot be read: {e.strerror}") from None
-    f = os.fdopen(fd, "rb")
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-        f.close()
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DllabError(f"{path} is {'a folder' if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)}, "
                              "not a regular file")
         raise DllabError(f"{path} is {st.st_size / MiB:.1f} MiB, more than the {limit / MiB:.0f} MiB such a "
                          "file can be; it is not a file dllab wrote")
-    return f
+    return os.fdopen(fd, "rb")
 
 
 def read_bytes(path: Path, limit: int) -> bytes:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import stat
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import DllabError, cpus, environ
+from .. import DllabError, cpus, environ, untrusted
 
 NAMES = ("fp32", "bf16-mixed", "fp16-mixed")
 SETTINGS = ("auto", *NAMES)
@@ -227,41 +226,16 @@ def cache_path() -> Path:
 
 def _read_cache(path: Path) -> tuple[dict, str]:
     """(entries, problem): the cache file's entries; ``({}, "")`` when there is no file; ``({}, why)`` when
-    the file cannot be used. Opened without following a link and without blocking (a FIFO would wait for a
-    writer forever), and read only when it is a regular file of at most ``MAX_CACHE_BYTES``."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
+    the file cannot be used (a link, a FIFO, too large, not a JSON object: ``untrusted.read_json``'s checks)."""
+    if not path.exists() and not path.is_symlink():
         return {}, ""
-    except OSError as e:
-        return {}, "is a symbolic link" if os.path.islink(path) else f"cannot be read ({e.strerror})"
     try:
-        data, problem = _read_regular_file(fd)
-    finally:
-        os.close(fd)
-    if problem:
-        return {}, problem
-    try:
-        entries = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):      # (not UTF-8, not JSON, nested too deep)
-        return {}, "is not valid JSON"
+        entries = untrusted.read_json(path, limit=MAX_CACHE_BYTES)
+    except DllabError as e:
+        return {}, str(e).removeprefix(f"{path} ")
     if not isinstance(entries, dict):
         return {}, "is not a JSON object"
     return entries, ""
-
-
-def _read_regular_file(fd: int) -> tuple[bytes, str]:
-    """(contents, problem) of the open ``fd``: a regular file of at most ``MAX_CACHE_BYTES``, else a problem."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        return b"", "is not a regular file"
-    data = b""
-    while len(data) <= MAX_CACHE_BYTES:       # (the size fstat gives may change while reading)
-        chunk = os.read(fd, MAX_CACHE_BYTES + 1 - len(data))
-        if not chunk:
-            return data, ""
-        data += chunk
-    return b"", f"is larger than {MAX_CACHE_BYTES} bytes"
 
 
 def _in_range(value, low: float, high: float) -> bool:
