@@ -221,3 +221,20 @@ def test_out_of_memory_is_one_line(error, monkeypatch, capsys):
     assert cli.main(["run", "lab1.mlp", "--profile", "smoke", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out of memory" in err[0]
+
+
+def test_a_sweep_folder_with_a_linked_point_is_refused(tmp_path):
+    """A point folder linked elsewhere would be resumed (written) there."""
+    sweep = tmp_path / "sw"
+    args = ["sweep", "lab1.mlp", "--profile", "smoke", "--grid", "adam.lr=1e-3,3e-3", "--out", str(sweep)]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sweep.mkdir()
+    from dllab.sweep_spec import new_spec  # the sweep.json a real sweep of these options writes
+    from dllab.runs import atomic_write_json
+    import dataclasses
+    spec = new_spec(experiment="lab1.mlp", profile="smoke", grid={"adam.lr": ["1e-3", "3e-3"]})
+    atomic_write_json(sweep / "sweep.json", dataclasses.asdict(spec))
+    (sweep / "p0_adam.lr=1e-3").symlink_to(elsewhere, target_is_directory=True)
+    one_line_error(dllab(*args), "p0_adam.lr=1e-3", "symbolic link")
+    assert list(elsewhere.iterdir()) == []

@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import DllabError, cpus, environ, lock
+from . import DllabError, cpus, environ, lock, untrusted
 from .config import apply_overrides, make_config, validate
 from .launch import child_env
 from .registry import Experiment, get_experiment
@@ -114,6 +114,7 @@ def open_sweep(spec: SweepSpec, out: str | None) -> Path:
     else:
         path = _latest(spec) or _new_folder(spec)
     lock.hold(path, "sweep folder")
+    untrusted.check_tree(path, "sweep folder")   # a point folder linked elsewhere would be resumed there
     return _without_stale_folders(path)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import DllabError, cpus, environ
+from .. import DllabError, cpus, environ, untrusted
 from . import cache_dir, class_quotas, data_root
 from ..env import to_device
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
@@ -72,6 +72,7 @@ class ImageData:
 
 # --- readers: each returns (train Split, test Split, class names, source) --------------------------
 
+CACHE_LIMIT = 64 * 2**30   # a decoded dataset's cache file; a bound on what a planted file can make us read
 CACHE_FORMAT = 2   # part of the cache key: bump it when the same files would decode to other tensors
 
 
@@ -131,7 +132,8 @@ def _load_cached_images(path: Path, y: torch.Tensor) -> torch.Tensor | None:
     """The cached uint8 images when ``path`` holds a well-formed cache for labels ``y``, else None: a damaged,
     truncated or foreign file is rebuilt, never trusted (and read as tensors only, never unpickled)."""
     try:
-        blob = torch.load(path, weights_only=True, map_location="cpu")
+        with untrusted.open_regular(path, CACHE_LIMIT) as f:   # a FIFO or link planted there is rebuilt, not read
+            blob = torch.load(f, weights_only=True, map_location="cpu")
         x = blob["x"]
         if (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3
                 and len(x) == len(y) and torch.equal(blob["y"], y)):
