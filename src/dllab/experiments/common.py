@@ -1,9 +1,18 @@
-"""What image experiments share: load the data into the run (where the pixels came from goes in env.json)."""
+"""What experiments share: the wiring between a run folder and the layers below it.
+
+The layers below know no run: they return values and say what they must while they work through a
+``dllab.events.Reporter`` (a ``Run`` is one). Here their results are recorded in the run (env.json, the report's
+notes, log.txt; a resumed run refuses data from another source) and cached in its folder (features.npz,
+results/classical.json), so a resumed run reuses them.
+"""
 from __future__ import annotations
 
+from ..analysis.ood.datasets import OODSet
 from ..config import DataConfig
 from ..data.images import ImageData, load_images
 
+
+# --- image data and the models built on it ----------------------------------------------------------
 
 def load_data(cfg, run, data_cfg: DataConfig | None = None, key: str = "data") -> ImageData:
     """Load ``cfg.data`` (or ``data_cfg``, the config section ``key``) and record where the pixels came from
@@ -24,3 +33,15 @@ def describe_data(data: ImageData) -> str:
     n_val = len(data.val) if data.val is not None else 0
     return (f"{data.source}; classes {data.classes if len(data.classes) <= 10 else len(data.classes)}; "
             f"train {len(data.train)} / val {n_val} / test {len(data.test)}")
+
+
+def record_ood_sets(run, sets: list[OODSet]) -> list[OODSet]:
+    """``sets`` recorded in the run: each one's warnings as notes, its source checked against a resumed run's
+    and, with its size, in env.json and the log."""
+    for s in sets:
+        for w in s.warnings:
+            run.note(f"OOD set {s.name}: {w}")
+        run.check_source(f"ood.{s.name}", s.source)
+        run.log(f"OOD set {s.name}: {s.source}; {len(s)} images")
+    run.write_env(ood={s.name: f"{s.source}; {len(s)} images" for s in sets})
+    return sets
