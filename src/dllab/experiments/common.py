@@ -7,9 +7,12 @@ results/classical.json), so a resumed run reuses them.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ..analysis.ood.datasets import OODSet
 from ..config import DataConfig
 from ..data.images import ImageData, load_images
+from ..train.reuse import CNNSource, SavedCNN
 
 
 # --- image data and the models built on it ----------------------------------------------------------
@@ -33,6 +36,15 @@ def describe_data(data: ImageData) -> str:
     n_val = len(data.val) if data.val is not None else 0
     return (f"{data.source}; classes {data.classes if len(data.classes) <= 10 else len(data.classes)}; "
             f"train {len(data.train)} / val {n_val} / test {len(data.test)}")
+
+
+def get_cnn(run, source: CNNSource, data: ImageData, train: Callable[[], Any],
+            found: SavedCNN | None = None) -> SavedCNN:
+    """``source.get`` in this run: trained here into its models/ folder, else reused (a report note); env.json
+    records where it came from under ``source.env_key``."""
+    saved = source.get(data, run.path / "models", train, found, reporter=run)
+    run.write_env(**{source.env_key: saved.origin})
+    return saved
 
 
 def record_ood_sets(run, sets: list[OODSet]) -> list[OODSet]:
