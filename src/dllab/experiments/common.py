@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+import torch
+
+from .. import distributed
+from ..analysis.features import probe, probe_key
+from ..analysis.image_features import extract_splits, feature_splits, fingerprint
 from ..analysis.ood.datasets import OODSet
 from ..config import DataConfig
 from ..data.images import ImageData, load_images
+from ..train.precision import log_precision, model_kind, resolve_precision
 from ..train.reuse import CNNSource, SavedCNN
+
+FEATURES_FILE = "features.npz"      # frozen features of the run's data, image or text
+Features = dict[str, tuple[np.ndarray, np.ndarray]]   # {split: (features, labels)}
 
 
 # --- image data and the models built on it ----------------------------------------------------------
@@ -57,3 +67,36 @@ def record_ood_sets(run, sets: list[OODSet]) -> list[OODSet]:
         run.log(f"OOD set {s.name}: {s.source}; {len(s)} images")
     run.write_env(ood={s.name: f"{s.source}; {len(s)} images" for s in sets})
     return sets
+
+
+# --- frozen features and the classical classifiers on them ------------------------------------------
+
+def cached_features(run, key: str, extract: Callable[[], dict[str, np.ndarray]],
+                    splits) -> tuple[Features, bool]:
+    """``extract()``'s ``{"<split>_x", "<split>_y"}`` arrays, kept in the run's features.npz and reused while
+    ``key`` matches, as {split: (features, labels)} for each of ``splits``. Returns (features, reused)."""
+    arrays, reused = run.cached_arrays(FEATURES_FILE, key, extract)
+    return {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in splits}, reused
+
+
+@distributed.main_only     # under torchrun: fitted once, on rank 0
+def cached_probe(run, feats: Features, names, k: int, seed: int) -> dict[str, dict[str, float]]:
+    """``analysis.features.probe`` kept in the run's results/classical.json with the features' key, so a
+    resumed run does not fit the classifiers again."""
+    fit = lambda: {"classifiers": probe(feats, names, k, seed)}     # noqa: E731
+    return run.reuse_or_run("classical", fit, probe_key(feats, names, k, seed))[0]["classifiers"]
+
+
+def classical_probe(run, model: torch.nn.Module, data: ImageData, device: torch.device, precision: str,
+                    batch_size: int, names: list[str], k: int, seed: int) -> tuple[dict[str, dict], int]:
+    """LinearSVC / k-NN / logistic regression (``names``) on the frozen, cached ``model.features`` of ``data``:
+    ``({name: {"val": acc, "test": acc, "seconds": s}}, feature width)``, both kept in the run folder.
+    ``precision`` is the setting (auto | fp32 | ...), resolved for ``model`` on ``device``."""
+    prec = resolve_precision(precision, device, model_kind(model))
+    log_precision(run, prec, "features")
+    splits = feature_splits(data)
+    feats, reused = cached_features(run, fingerprint(model, splits, prec.name),
+                                    lambda: extract_splits(model, splits, device, batch_size, prec.name), splits)
+    dim = feats["train"][0].shape[1]
+    run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
+    return cached_probe(run, feats, names, k, seed), dim

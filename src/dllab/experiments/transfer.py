@@ -132,10 +132,10 @@ def transfer_metrics(cfg: TransferConfig) -> list[str]:
     profiles=PROFILES, reference=REFERENCE, notes=NOTES, metrics=transfer_metrics)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
     from ..analysis.features import check_classifiers
-    from ..analysis.image_features import classical_probe
     from ..report import transfer as report
     from ..train.transfer import check_variants, target_variants
     from ..train.variants import train_variants
+    from .common import classical_probe
 
     check_variants(cfg.variants)
     check_classifiers(cfg.classifiers)
