@@ -16,8 +16,11 @@ from .. import distributed
 from ..analysis.features import probe, probe_key
 from ..analysis.image_features import extract_splits, feature_splits, fingerprint
 from ..analysis.ood.datasets import OODSet
+from ..analysis.text_features import embed_splits, features_key
 from ..config import DataConfig
 from ..data.images import ImageData, load_images
+from ..data.text import TextSplit, load_text_splits, text_source
+from ..text import hf
 from ..train.precision import log_precision, model_kind, resolve_precision
 from ..train.reuse import CNNSource, SavedCNN
 
@@ -100,3 +103,37 @@ def classical_probe(run, model: torch.nn.Module, data: ImageData, device: torch.
     dim = feats["train"][0].shape[1]
     run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
     return cached_probe(run, feats, names, k, seed), dim
+
+
+# --- text: the pretrained model, the splits, their embeddings ---------------------------------------
+
+def open_text_model(run, name: str, fallback: str = "") -> tuple[str, str]:
+    """``hf.open_model`` in this run: env.json records the model (a resumed run refuses another) and the report
+    describes it. Returns (name used, folder or hub id)."""
+    name, source = hf.open_model(name, fallback, reporter=run)
+    run.check_source("model", f"{name} ({source})")
+    run.write_env(text_model=name, text_model_source=source)
+    run.note(f"model: {hf.describe(name, hf.load_config(source))}")
+    return name, source
+
+
+def load_text_data(run, dcfg, seed: int) -> dict[str, TextSplit]:
+    """``load_text_splits``, with where they came from (a resumed run refuses another source) and their sizes
+    in env.json."""
+    splits = load_text_splits(dcfg, seed)
+    where = text_source(dcfg)
+    run.check_source("data", where)
+    run.write_env(data=f"{where}; " + " / ".join(f"{s} {len(v)}" for s, v in splits.items()))
+    return splits
+
+
+def text_features(run, source: str, splits: dict[str, TextSplit], pooling: str, max_length: int,
+                  batch_size: int, seed: int, device: torch.device) -> Features:
+    """The sentence embeddings of every split (``embed_splits``, a progress bar unless the run is quiet), kept
+    in the run's features.npz."""
+    feats, reused = cached_features(
+        run, features_key(source, splits, pooling, max_length, seed),
+        lambda: embed_splits(source, splits, pooling, max_length, batch_size, device, not run.quiet, run), splits)
+    if reused:
+        run.log(f"features: reusing {FEATURES_FILE}")
+    return feats
