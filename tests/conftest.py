@@ -80,3 +80,20 @@ def make_imagefolder(root: Path, classes=("a", "b", "c"), n_train=30, n_test=12,
 @pytest.fixture
 def imagefolder(tmp_path) -> Path:
     return make_imagefolder(tmp_path / "tiny")
+
+
+class Recorder:
+    """A ``dllab.events.Reporter`` that keeps what it is told: how a test calls a lower layer with no run."""
+
+    def __init__(self):
+        self.logs: list[str] = []
+        self.notes: list[str] = []
+        self.lines: list[str] = []     # both, in order, notes as the run's log shows them ("note: ...")
+
+    def log(self, msg: str) -> None:
+        self.logs.append(msg)
+        self.lines.append(msg)
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+        self.lines.append(f"note: {msg}")

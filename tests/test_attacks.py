@@ -216,36 +216,32 @@ def test_attacks_work_when_called_under_inference_mode():
 
 # ---- attacks measured over models (analysis.robustness), as Lab 4 runs them -----------------------
 
-def _lab4_run(tmp_path):
-    from dllab.experiments.lab4 import AdvTrainConfig
-    from dllab.runs import Run
-
-    return Run.create("lab4.adv-train", AdvTrainConfig(), out=str(tmp_path / "run"), quiet=True)
-
-
-def test_attack_models_measures_each_model_as_adversarial_accuracy_does(trained, tmp_path, monkeypatch):
+def test_attack_models_measures_each_model_as_adversarial_accuracy_does(trained, monkeypatch):
+    from conftest import Recorder
     from dllab.analysis import robustness
     from dllab.analysis.settings import AttackConfig
     from dllab.data.images import Split
 
     model, x, y = trained
     split = Split((x * 255).round().to(torch.uint8), y)
-    run = _lab4_run(tmp_path)
+    reporter = Recorder()
     pgd_cfg = AttackConfig(name="pgd", epsilons=[0.0, 0.06], steps=2)
-    clean, accs = robustness.attack_models(run, {"model": model}, split, pgd_cfg, seed=4, batch_size=64)
+    clean, accs = robustness.attack_models({"model": model}, split, pgd_cfg, seed=4, batch_size=64,
+                                           reporter=reporter)
     expect = adversarial_accuracy(model, split.x, y, [0.0, 0.06], attack="pgd", batch_size=64, steps=2,
                                   step_size=None, random_start=True, generator=torch.Generator().manual_seed(4))
     assert accs["model"] == expect and clean["model"] == expect[0.0] > 0.9       # seed and options reach PGD
-    assert "[model] pgd accuracy: 0: " in (run.path / "log.txt").read_text()
+    assert reporter.logs == [f"[model] pgd accuracy: 0: {expect[0.0]:.4f}, 0.06: {expect[0.06]:.4f}"]
     # Two models: each measured, and a note names the model it is about.
     monkeypatch.setattr(robustness, "rising_accuracy_note", lambda accs, attack: f"{attack} rises")
     fgsm_cfg = AttackConfig(epsilons=[0.0, 0.06])
     torch.manual_seed(1)
     untrained = MLP().eval()
-    clean, accs = robustness.attack_models(run, {"std": model, "other": untrained}, split, fgsm_cfg)
+    clean, accs = robustness.attack_models({"std": model, "other": untrained}, split, fgsm_cfg, reporter=reporter)
     assert set(clean) == set(accs) == {"std", "other"} and accs["std"][0.0] == clean["std"]
     assert accs["std"] != accs["other"]
-    assert {"std model: fgsm rises", "other model: fgsm rises"} <= set(run.notes)
+    assert {"std model: fgsm rises", "other model: fgsm rises"} <= set(reporter.notes)
+    assert robustness.attack_models({"std": model}, split, fgsm_cfg)[1]["std"] == accs["std"]   # QUIET: no run
 
 
 def test_attack_examples_perturb_the_drawn_images_per_epsilon(trained):

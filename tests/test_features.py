@@ -58,3 +58,18 @@ def test_unknown_classifier_is_a_one_line_error():
     with pytest.raises(DllabError) as e:
         fit_classifiers(x, y, {"v": (x, y)}, names=["svm", "forest"])
     assert "'forest'" in str(e.value) and "logreg" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_probe_scores_val_and_test_and_its_key_follows_the_inputs():
+    """What an experiment caches (results/classical.json): computed from arrays alone, no run folder."""
+    from dllab.analysis.features import probe, probe_key
+
+    feats = {"train": _blobs(200, 4, 3.0, 0), "val": _blobs(50, 4, 3.0, 1), "test": _blobs(50, 4, 3.0, 2)}
+    out = probe(feats, names=["logreg", "knn"], k=3)
+    assert set(out) == {"logreg", "knn"} and all(set(a) == {"val", "test", "seconds"} for a in out.values())
+    assert out["logreg"]["val"] == fit_classifiers(*feats["train"], {"val": feats["val"]}, ["logreg"])["logreg"]["val"]
+    key = probe_key(feats, ["logreg", "knn"], k=3)
+    assert key == probe_key(feats, ["logreg", "knn"], k=3)
+    moved = {**feats, "test": (feats["test"][0] + 1, feats["test"][1])}
+    assert len({key, probe_key(feats, ["knn"], k=3), probe_key(feats, ["logreg", "knn"], k=5),
+                probe_key(feats, ["logreg", "knn"], k=3, seed=1), probe_key(moved, ["logreg", "knn"], k=3)}) == 5

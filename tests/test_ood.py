@@ -347,13 +347,6 @@ def test_detector_names_match_the_detector_classes():
 
 # ---- the pipeline Lab 4 runs: detectors from config sections, evaluated against OOD sets, ODIN searched -
 
-def _run(tmp_path):
-    from dllab.experiments.lab4 import OODExpConfig
-    from dllab.runs import Run
-
-    return Run.create("lab4.ood", OODExpConfig(), out=str(tmp_path / "run"), quiet=True)
-
-
 def _id_data_and_ood_sets(n_train=12, n_test=10):
     from dllab.analysis.ood.datasets import OODSet
     from dllab.data.images import ImageData, Split
@@ -366,57 +359,80 @@ def _id_data_and_ood_sets(n_train=12, n_test=10):
     return data, [OODSet("dark", u8(8, 3, 0.0, 0.3), "generated"), OODSet("bright", u8(6, 4, 0.7, 1.0), "generated")]
 
 
-def test_build_detectors_takes_the_sections_settings_and_checks_the_names(tmp_path):
+def test_build_detectors_takes_the_sections_settings_and_checks_the_names():
+    from conftest import Recorder
     from dllab.analysis.ood.evaluate import build_detectors
     from dllab.analysis.settings import AutoencoderConfig, OdinSetting
 
-    run = _run(tmp_path)
+    reporter = Recorder()
     ae = AutoencoderConfig(epochs=2, lr=0.01, batch_size=4, hidden=3)
-    dets = build_detectors(run, ["odin", "msp", "autoencoder", "msp"], 16, OdinSetting(2.0, 0.01), ae, seed=7,
-                           tag="m")
+    dets = build_detectors(["odin", "msp", "autoencoder", "msp"], 16, OdinSetting(2.0, 0.01), ae, seed=7,
+                           tag="m", reporter=reporter)
     assert list(dets) == ["odin", "msp", "autoencoder"] and all(d.batch_size == 16 for d in dets.values())
     assert (dets["odin"].T, dets["odin"].eps) == (2.0, 0.01)
     a = dets["autoencoder"]
     assert (a.epochs, a.lr, a.fit_batch_size, a.hidden, a.seed) == (2, 0.01, 4, 3, 7)
     assert [d.learns for d in dets.values()] == [False, False, True]
     a.progress(1, 0.5)
-    assert "[m] decoder epoch 1/2 reconstruction MSE 0.50000" in (run.path / "log.txt").read_text()
+    assert reporter.logs == ["[m] decoder epoch 1/2 reconstruction MSE 0.50000"]
     with pytest.raises(DllabError, match="ood.detectors"):
-        build_detectors(run, ["msp", "mahalanobis"], 16, OdinSetting(), ae)
+        build_detectors(["msp", "mahalanobis"], 16, OdinSetting(), ae)
 
 
-def test_evaluate_ood_fits_on_a_balanced_subset_and_saves_every_score(tmp_path):
-    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood, ood_evaluation
+def test_evaluate_ood_fits_on_a_balanced_subset_and_scores_every_image():
+    """No run folder: evaluate_ood returns the scores (and says nothing, QUIET); score_arrays holds them all."""
+    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood, ood_evaluation, score_arrays
     from dllab.analysis.settings import AutoencoderConfig, OdinSetting
 
-    run, (data, ood_sets) = _run(tmp_path), _id_data_and_ood_sets()
+    data, ood_sets = _id_data_and_ood_sets()
     torch.manual_seed(0)
     model = TinyCNN().eval()
-    dets = build_detectors(run, ["msp", "energy", "autoencoder"], 4, OdinSetting(), AutoencoderConfig(epochs=1))
-    scores, metrics = evaluate_ood(run, model, dets, data, ood_sets, batch_size=4, fit_limit=6, seed=0, tag="std")
+    dets = build_detectors(["msp", "energy", "autoencoder"], 4, OdinSetting(), AutoencoderConfig(epochs=1))
+    scores, metrics = evaluate_ood(model, dets, data, ood_sets, batch_size=4, fit_limit=6, seed=0, tag="std")
     assert dets["autoencoder"].n_train == 6                              # fit_limit images, 2 per class
     assert set(metrics) == {"dark", "bright"} and set(metrics["dark"]) == {"msp", "energy", "autoencoder"}
     again, _ = ood_evaluation(model, data.test.x, {s.name: s.x for s in ood_sets}, dets, batch_size=4)
-    z = np.load(run.path / "scores_std.npz")
+    z = score_arrays(scores, data.classes, data.test.y, list(dets))
     assert z["ood_sets"].tolist() == ["dark", "bright"] and z["id.labels"].tolist() == data.test.y.tolist()
     for g in ("id", "dark", "bright"):
         for k in ("logits", "msp", "energy", "autoencoder"):
             np.testing.assert_array_equal(z[f"{g}.{k}"], again[g][k].numpy())
-    # Nothing learns: no training images are drawn, and the file has no tag.
-    logit_only = build_detectors(run, ["max_logit"], 4, OdinSetting(), AutoencoderConfig())
-    evaluate_ood(run, model, logit_only, data, ood_sets[:1], batch_size=4)
-    assert np.load(run.path / "scores.npz")["detectors"].tolist() == ["max_logit"]
+    # Nothing learns: no training images are drawn.
+    logit_only = build_detectors(["max_logit"], 4, OdinSetting(), AutoencoderConfig())
+    scores, _ = evaluate_ood(model, logit_only, data, ood_sets[:1], batch_size=4)
+    assert score_arrays(scores, data.classes, data.test.y, ["max_logit"])["detectors"].tolist() == ["max_logit"]
 
 
-def test_odin_search_sets_draws_the_masks_in_order_and_records_each_set(tmp_path):
-    from dllab.analysis.ood.odin_search import odin_search, search_sets, split_mask
+def test_evaluate_ood_reports_each_fit_note_after_its_fit_then_the_aurocs():
+    """What a run's log shows, in this order: the decoder's epochs, its fit note, one AUROC line per OOD set."""
+    from conftest import Recorder
+    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood
+    from dllab.analysis.settings import AutoencoderConfig, OdinSetting
+
+    data, ood_sets = _id_data_and_ood_sets()
+    torch.manual_seed(0)
+    model, reporter = TinyCNN().eval(), Recorder()
+    dets = build_detectors(["autoencoder", "msp"], 4, OdinSetting(), AutoencoderConfig(epochs=2), tag="std",
+                           reporter=reporter)
+    _, metrics = evaluate_ood(model, dets, data, ood_sets, batch_size=4, tag="std", reporter=reporter)
+    assert [line.split(" reconstruction")[0] for line in reporter.lines[:2]] == [
+        "[std] decoder epoch 1/2", "[std] decoder epoch 2/2"]
+    assert reporter.notes == [f"autoencoder detector (std): {dets['autoencoder'].fit_note()}"]
+    assert reporter.lines[2] == f"note: {reporter.notes[0]}"
+    assert reporter.lines[3:] == [f"std {o}: autoencoder AUROC {metrics[o]['autoencoder']['auroc']:.3f}, "
+                                  f"msp AUROC {metrics[o]['msp']['auroc']:.3f}" for o in ("dark", "bright")]
+
+
+def test_odin_search_sets_draws_the_masks_in_order_and_reports_each_set():
+    from conftest import Recorder
+    from dllab.analysis.ood.odin_search import odin_search, search_arrays, search_sets, split_mask
     from dllab.analysis.settings import OdinGridConfig
 
-    run, (data, ood_sets) = _run(tmp_path), _id_data_and_ood_sets(n_test=12)
+    data, ood_sets = _id_data_and_ood_sets(n_test=12)
     torch.manual_seed(0)
-    model = TinyCNN().eval()
+    model, reporter = TinyCNN().eval(), Recorder()
     grid = OdinGridConfig(temperatures=[1.0, 10.0], epsilons=[0.0, 0.01], val_fraction=0.5)
-    keys, results = search_sets(run, model, data.test.x, ood_sets, grid, batch_size=4, seed=3)
+    keys, results = search_sets(model, data.test.x, ood_sets, grid, batch_size=4, seed=3, reporter=reporter)
     g = torch.Generator().manual_seed(3)
     id_val = split_mask(12, 0.5, g)
     for s in ood_sets:                                   # the ID mask first, then one per set, in order
@@ -426,8 +442,9 @@ def test_odin_search_sets_draws_the_masks_in_order_and_records_each_set(tmp_path
         ref = odin_search(model, data.test.x, s.x, id_val, ood_val, grid.temperatures, grid.epsilons, 4)
         assert keys[f"{s.name}.odin.auroc"] == ref["best_test"]["auroc"]
         assert keys[f"{s.name}.odin.grid_auroc@T1_eps0"] == keys[f"{s.name}.msp.auroc"]
-        z = np.load(run.path / f"odin_grid_{s.name}.npz")
+        z = search_arrays(res, got_id, got_ood)
         np.testing.assert_array_equal(z["scores_ood"], ref["grid_ood"])
-    one, _ = search_sets(run, model, data.test.x, ood_sets[:1], grid, batch_size=4, seed=3)
+    assert [line.split(":")[0] for line in reporter.logs] == ["dark", "bright"]      # the chosen cell, per set
+    one, _ = search_sets(model, data.test.x, ood_sets[:1], grid, batch_size=4, seed=3)
     assert "odin.best_T" in one and not any(k.startswith("dark.") for k in one)    # one set: no prefix
-    assert not any("differs from MSP" in n for n in run.notes)
+    assert not reporter.notes                                # the (T=1, eps=0) cell is MSP exactly

@@ -1,12 +1,15 @@
 """train.reuse: which saved cnn a finished run serves, the checks it passes, and trained-here models coming
-back through the same loader. Tiny generated models in temp folders; no dataset, no training."""
+back through the same loader (no run needed); experiments.common.get_cnn records where it came from in a run.
+Tiny generated models in temp folders; no dataset, no training."""
 import json
 
 import pytest
 import torch
 
 from dllab import DllabError
+from conftest import Recorder
 from dllab.data.images import ImageData, Split
+from dllab.experiments.common import get_cnn
 from dllab.experiments.transfer import TransferConfig
 from dllab.registry import build_model
 from dllab.runs import Run
@@ -54,44 +57,56 @@ def test_a_variant_without_a_run_folder_is_refused_unless_it_is_trained_here():
     assert _source(variant="standard").find() is None
 
 
+def _not_trained():
+    pytest.fail("trained instead of reused")
+
+
 def test_reused_model_must_fit_the_data_in_one_line(tmp_path):
-    theirs = tmp_path / "theirs"
+    theirs, here = tmp_path / "theirs", tmp_path / "here" / "models"
     _save(theirs, "standard", in_channels=1)
-    run = _run(tmp_path)
     with pytest.raises(DllabError, match="1-channel") as e:
-        _source(theirs).get(run, _data(channels=3), train=lambda: pytest.fail("trained instead of reused"))
+        _source(theirs).get(_data(channels=3), here, train=_not_trained)
     assert "\n" not in str(e.value)
     _save(theirs, "standard", classes=["a", "b", "z"])
     with pytest.raises(DllabError, match="trained on 3 classes"):
-        _source(theirs, same_classes=True).get(run, _data(), train=lambda: None)
-    assert _source(theirs).get(run, _data(), train=lambda: None).classes == ["a", "b", "z"]   # no class check
+        _source(theirs, same_classes=True).get(_data(), here, train=lambda: None)
+    assert _source(theirs).get(_data(), here, train=lambda: None).classes == ["a", "b", "z"]   # no class check
 
 
-def test_reused_and_trained_here_come_back_the_same_way(tmp_path):
-    theirs = tmp_path / "theirs"
+def test_reused_and_trained_here_come_back_the_same_way_with_no_run(tmp_path):
+    theirs, here = tmp_path / "theirs", tmp_path / "here"
     original = _save(theirs, "standard")
-    run = _run(tmp_path)
-    reused = _source(theirs).get(run, _data(), train=lambda: pytest.fail("trained instead of reused"))
+    reporter = Recorder()
+    reused = _source(theirs).get(_data(), here / "models", train=_not_trained, reporter=reporter)
     assert reused.reused and all(torch.equal(original.state_dict()[k], v) for k, v in reused.model.state_dict().items())
-    assert json.loads((run.path / "env.json").read_text())["classifier_standard"] == str(reused.path.resolve())
-    assert any("reused" in n for n in run.notes)
+    assert reused.origin == str(reused.path.resolve()) and len(reporter.notes) == 1 and "reused" in reporter.notes[0]
 
-    trained = _source().get(run, _data(), train=lambda: _save(run.path, "standard"))
-    assert not trained.reused and trained.path == run.path / "models" / "standard.pt"
+    trained = _source().get(_data(), here / "models", train=lambda: _save(here, "standard"), reporter=reporter)
+    assert not trained.reused and trained.path == here / "models" / "standard.pt" and len(reporter.notes) == 1
     assert trained.arch == reused.arch == {"depth": 2, "base_channels": 4, "residual": True}
-    assert json.loads((run.path / "env.json").read_text())["classifier_standard"].startswith("trained in this run")
+    assert trained.origin == "trained in this run (models/standard.pt)"
     with pytest.raises(DllabError, match="depth=3"):     # what is trained here passes the same checks
-        CNNSource("model", "", "", "deep", 2, "classifier", "c").get(run, _data(),
-                                                                     train=lambda: _save(run.path, "deep", depth=3))
+        CNNSource("model", "", "", "deep", 2, "classifier", "c").get(_data(), here / "models",
+                                                                     train=lambda: _save(here, "deep", depth=3))
 
 
-def test_ready_hands_over_the_model_in_eval_mode_on_the_run_device(tmp_path):
+def test_get_cnn_records_where_the_model_came_from_in_the_run(tmp_path):
     theirs = tmp_path / "theirs"
     _save(theirs, "standard")
     run = _run(tmp_path)
-    saved = _source(theirs).ready(run, _data(), train=lambda: pytest.fail("trained instead of reused"))
+    reused = get_cnn(run, _source(theirs), _data(), train=_not_trained)
+    assert json.loads((run.path / "env.json").read_text())["classifier_standard"] == str(reused.path.resolve())
+    assert any("reused" in n for n in run.notes)
+    trained = get_cnn(run, _source(), _data(), train=lambda: _save(run.path, "standard"))
+    assert trained.path == run.path / "models" / "standard.pt"
+    assert json.loads((run.path / "env.json").read_text())["classifier_standard"].startswith("trained in this run")
+
+
+def test_ready_hands_over_the_model_in_eval_mode_on_the_device(tmp_path):
+    theirs = tmp_path / "theirs"
+    _save(theirs, "standard")
+    saved = _source(theirs).find()
+    device = torch.device("cpu")
+    assert saved.ready(device) is saved
     assert not any(m.training for m in saved.model.modules())        # load_model leaves it in training mode
-    assert {p.device for p in saved.model.parameters()} == {torch.device(run.device)}
-    assert saved.origin == str(saved.path.resolve())
-    here = _source().ready(run, _data(), train=lambda: _save(run.path, "standard"))
-    assert here.origin == "trained in this run (models/standard.pt)" and not here.model.training
+    assert {p.device for p in saved.model.parameters()} == {device}

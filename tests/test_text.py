@@ -143,6 +143,36 @@ def test_text_loader_errors_are_one_line(tmp_path):
         load_text_dataset("rotten_tomatoes", str(tmp_path))
 
 
+def test_text_splits_load_without_a_run_and_the_experiment_records_their_source(tmp_path):
+    from dllab.data.text import load_text_splits, text_source
+    from dllab.experiments.common import load_text_data
+    from dllab.experiments.lab2 import FeaturesConfig, TextDataConfig
+    from dllab.runs import Run
+    root = _write_dataset(tmp_path / "data")
+    dcfg = TextDataConfig(root=str(root), train_limit=8, test_limit=4)
+    splits = load_text_splits(dcfg, seed=0)
+    assert {s: len(v) for s, v in splits.items()} == {"train": 8, "validation": 16, "test": 4}
+    assert text_source(dcfg) == f"rotten_tomatoes from {root / 'rotten_tomatoes'}"
+    run = Run.create("lab2.features", FeaturesConfig(), out=str(tmp_path / "run"), quiet=True)
+    recorded = load_text_data(run, dcfg, seed=0)
+    assert all(recorded[s].texts == splits[s].texts for s in splits)
+    env = json.loads((run.path / "env.json").read_text())
+    assert env["data"] == f"{text_source(dcfg)}; train 8 / validation 16 / test 4"
+    assert env["data_sources"]["data"] == text_source(dcfg)
+
+
+def test_open_model_falls_back_with_a_note_and_needs_no_run():
+    from conftest import Recorder
+    from dllab.text.hf import open_model, resolve_model
+    reporter, minilm = Recorder(), resolve_model("minilm")
+    assert open_model("minilm", "./no/such/folder", reporter) == ("minilm", minilm) and not reporter.notes
+    assert open_model("./no/such/folder", "minilm", reporter) == ("minilm", minilm)
+    assert len(reporter.notes) == 1 and reporter.notes[0].startswith("./no/such/folder is not available (model ")
+    assert reporter.notes[0].endswith("; using minilm instead")
+    with pytest.raises(DllabError, match="no such folder"):
+        open_model("./no/such/folder")                    # no fallback: the error itself
+
+
 def test_dynamic_padding_and_length_grouping(tiny_distilbert, tmp_path):
     from dllab.data.text import iterate_batches
     train = _tokenized(tiny_distilbert, _write_dataset(tmp_path))["train"]

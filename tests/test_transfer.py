@@ -14,6 +14,7 @@ from dllab.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData, Split
 from dllab.analysis import image_features
 from dllab.experiments import transfer
+from dllab.experiments.common import FEATURES_FILE, cached_features
 from dllab.train.transfer import fine_tune_variant, frozen_prefixes
 from dllab.train.variants import build_for
 from dllab.registry import build_model
@@ -88,7 +89,7 @@ def test_features_are_extracted_once_and_reused_on_resume(image_root, tmp_path, 
     out = tmp_path / "t"
     run_transfer(image_root, out, "variants=[head]")
     assert len(calls) == 3                                  # train, val, test: once each
-    cache = out / image_features.FEATURES_FILE
+    cache = out / FEATURES_FILE
     mtime, first = cache.stat().st_mtime_ns, summary(out)
     for key in ("svm.val_acc", "svm.test_acc", "knn.val_acc", "knn.test_acc", "head.val_acc", "head.test_acc"):
         assert key in first
@@ -104,9 +105,14 @@ def test_features_are_extracted_once_and_reused_on_resume(image_root, tmp_path, 
     source, _ = load_model(out / "models" / "source.pt")
     data = ImageData("gen", ["a", "b"], Split(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])),
                      None, Split(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1])), None, "gen")
-    feats, reused = image_features.cached_features(run, source, data, torch.device("cpu"))
+    splits = image_features.feature_splits(data)
+
+    def cached():
+        return cached_features(run, image_features.fingerprint(source, splits, "fp32"),
+                               lambda: image_features.extract_splits(source, splits, torch.device("cpu")), splits)
+    feats, reused = cached()
     assert not reused and feats["train"][0].shape == (4, 8) and len(calls) == 5
-    assert image_features.cached_features(run, source, data, torch.device("cpu"))[1] is True and len(calls) == 5
+    assert cached()[1] is True and len(calls) == 5
 
 
 # ---- frozen layers ----------------------------------------------------------------------------

@@ -6,11 +6,12 @@ LinearSVC, logistic regression and Euclidean k-NN all need to treat every dimens
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
 
-from .. import DllabError, distributed
+from .. import DllabError
 
 CLASSIFIERS = ("svm", "logreg", "knn")
 
@@ -63,21 +64,18 @@ def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[st
     return out
 
 
-@distributed.main_only     # under torchrun: fitted once, on rank 0
-def cached_classifiers(run, feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5,
-                       seed: int = 0) -> dict[str, dict[str, float]]:
-    """``fit_classifiers`` on ``feats["train"]``, scored on val/test -> {name: {"val": acc, "test": acc,
-    "seconds": s}}. Kept in the run's results/classical.json with the features' key, so a resumed run does
-    not fit them again."""
-    import hashlib
-
-    key = f"{list(names)}|k={k}|seed={seed}|" + hashlib.sha1(
+def probe_key(feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5, seed: int = 0) -> str:
+    """A string that changes with whatever ``probe``'s accuracies depend on: the classifiers, k, the seed and
+    the features."""
+    return f"{list(names)}|k={k}|seed={seed}|" + hashlib.sha1(
         b"".join(np.ascontiguousarray(feats[n][0]).tobytes() for n in sorted(feats))).hexdigest()
-    def fit() -> dict:
-        timings: dict[str, float] = {}
-        acc = fit_classifiers(*feats["train"], {n: feats[n] for n in ("val", "test") if n in feats},
-                              names=list(names), k=k, seed=seed, timings=timings)
-        return {"classifiers": {name: {**a, "seconds": round(timings.get(name, float("nan")), 2)}
-                                for name, a in acc.items()}}
 
-    return run.reuse_or_run("classical", fit, key)[0]["classifiers"]
+
+def probe(feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5,
+          seed: int = 0) -> dict[str, dict[str, float]]:
+    """``fit_classifiers`` on ``feats["train"]``, scored on val/test -> {name: {"val": acc, "test": acc,
+    "seconds": s}}."""
+    timings: dict[str, float] = {}
+    acc = fit_classifiers(*feats["train"], {n: feats[n] for n in ("val", "test") if n in feats},
+                          names=list(names), k=k, seed=seed, timings=timings)
+    return {name: {**a, "seconds": round(timings.get(name, float("nan")), 2)} for name, a in acc.items()}

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from ..data.images import Split, to_unit_float
+from ..events import QUIET, Reporter
 from .attacks import ATTACKS, adversarial_accuracy
 from .settings import AttackConfig
 
@@ -40,23 +41,25 @@ def attack_sweep(model, split: Split, attack: str, epsilons: Sequence[float], ba
                                 **attack_options(attack, **options))
 
 
-def attack_models(run, models: dict, split: Split, attack: AttackConfig, seed: int = 0,
-                  batch_size: int = 256) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+def attack_models(models: dict, split: Split, attack: AttackConfig, seed: int = 0, batch_size: int = 256,
+                  reporter: Reporter = QUIET) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
     """Clean accuracy and accuracy per epsilon under ``attack`` of each of ``models``
-    (name -> model on its device), each logged; a note when accuracy rises with epsilon or when eps = 0 is
-    not the clean accuracy (a bug). Returns ({name: clean accuracy}, {name: {eps: accuracy}})."""
+    (name -> model on its device), each logged to ``reporter``; a note when accuracy rises with epsilon or when
+    eps = 0 is not the clean accuracy (a bug). Returns ({name: clean accuracy}, {name: {eps: accuracy}})."""
     clean, accs = {}, {}
     for name, model in models.items():
         device = next(model.parameters()).device
         clean[name] = clean_accuracy(model, split, device, batch_size)
         accs[name] = attack_sweep(model, split, attack.name, attack.epsilons, batch_size, steps=attack.steps,
                                   step_size=attack.step_size, random_start=attack.random_start, seed=seed)
-        run.log(f"[{name}] {attack.name} accuracy: " + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs[name].items()))
+        reporter.log(f"[{name}] {attack.name} accuracy: "
+                     + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs[name].items()))
         who = f"{name} model: " if len(models) > 1 else ""
         if 0 in accs[name] and accs[name][0] != clean[name]:
-            run.note(f"{who}accuracy at eps 0 ({accs[name][0]}) differs from the clean test accuracy ({clean[name]})")
+            reporter.note(f"{who}accuracy at eps 0 ({accs[name][0]}) differs from the clean test accuracy "
+                          f"({clean[name]})")
         if (note := rising_accuracy_note(accs[name], attack.name)) is not None:
-            run.note(who + note)
+            reporter.note(who + note)
     return clean, accs
 
 

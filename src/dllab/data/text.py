@@ -114,16 +114,17 @@ def balanced_subset(split: TextSplit, limit: int, seed: int) -> TextSplit:
     return split.subset(np.sort(idx))
 
 
-def load_text_splits(dcfg, seed: int, run) -> dict[str, TextSplit]:
-    """The splits of ``dcfg.name`` (a text data config: name, root, train/val/test limits), subset as configured;
-    env.json records where they came from (a resumed run refuses another source) and their sizes."""
+def load_text_splits(dcfg, seed: int) -> dict[str, TextSplit]:
+    """The splits of ``dcfg.name`` (a text data config: name, root, train/val/test limits), subset as configured.
+    ``text_source(dcfg)`` says where they came from."""
     splits = load_text_dataset(dcfg.name, dcfg.root)
     limits = {"train": dcfg.train_limit, "validation": dcfg.val_limit, "test": dcfg.test_limit}
-    splits = {s: balanced_subset(splits[s], limits[s], seed) for s in splits}
-    where = f"{dcfg.name} from {local_folder(dcfg.name, dcfg.root) or 'the HF hub'}"
-    run.check_source("data", where)
-    run.write_env(data=f"{where}; " + " / ".join(f"{s} {len(v)}" for s, v in splits.items()))
-    return splits
+    return {s: balanced_subset(splits[s], limits[s], seed) for s in splits}
+
+
+def text_source(dcfg) -> str:
+    """Where ``load_text_splits(dcfg, ...)`` reads from: the local folder, else the HF hub."""
+    return f"{dcfg.name} from {local_folder(dcfg.name, dcfg.root) or 'the HF hub'}"
 
 
 # --- tokenisation and batching ------------------------------------------------------------------------

