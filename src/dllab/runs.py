@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Callable
 
 from . import DllabError, distributed, environ, lock, untrusted
 from .config import dump_yaml, load_yaml
+from .report.items import Figure, Item, Note, Table
 from .tracking import Tracker
 
 TMP_SUFFIX = ".tmp"
@@ -333,10 +334,7 @@ class Run:
 
     def note(self, msg: str) -> None:
         """A line for the report (and the console): fallbacks, skipped variants, substitutions."""
-        if msg not in self.notes:
-            self.notes.append(msg)
-            self.log(f"note: {msg}")
-            self._save_report_state()
+        self.add(Note(msg))
 
     # --- history and results ------------------------------------------------------------------------
     def add_history(self, rows: list[dict[str, Any]], variant: str) -> None:
@@ -392,17 +390,42 @@ class Run:
         return result, False
 
     # --- artefacts ----------------------------------------------------------------------------------
-    def save_figure(self, fig, name: str, caption: str) -> Path:
+    def add(self, *items: Item) -> None:
+        """Put the report functions' items into the report, in order: a note is logged once (a repeated
+        one is dropped), a table or figure replaces the one with the same title or file name, a figure is
+        saved as a PNG and sent to the tracking sinks."""
+        changed = False
+        for item in items:
+            if isinstance(item, Note):
+                changed |= self._add_note(item.text)
+            elif isinstance(item, Table):
+                self.tables = [t for t in self.tables if t[0] != item.title] + [(item.title, item.header, item.rows)]
+                changed = True
+            elif isinstance(item, Figure):
+                self._add_figure(item)
+                changed = True
+            else:
+                raise TypeError(f"not a report item (Table, Figure or Note): {type(item).__name__}")
+        if changed:
+            self._save_report_state()
+
+    def _add_note(self, msg: str) -> bool:
+        if msg in self.notes:
+            return False
+        self.notes.append(msg)
+        self.log(f"note: {msg}")
+        return True
+
+    def _add_figure(self, figure: Figure) -> None:
+        path = self.path / figure.file
         if self.writes:
-            save_png(fig, self.path / name)
+            save_png(figure.fig, path)
         else:
             import matplotlib.pyplot as plt
-            plt.close(fig)
-        self.figures = [f for f in self.figures if f[1] != name] + [(caption, name)]
-        self._save_report_state()
+            plt.close(figure.fig)
+        self.figures = [f for f in self.figures if f[1] != figure.file] + [(figure.caption, figure.file)]
         if self.writes:
-            self.tracker.figure(self.path / name)
-        return self.path / name
+            self.tracker.figure(path)
 
     def save_arrays(self, name: str, arrays: dict) -> Path:
         """``name`` (.npz) in the run folder, compressed and written atomically (a reader never sees half a
@@ -434,10 +457,6 @@ class Run:
         arrays = compute()
         atomic_write(path, lambda f: np.savez(f, key=np.array(key), **arrays))
         return arrays, False
-
-    def add_table(self, title: str, header: list[str], rows: list[list[Any]]) -> None:
-        self.tables = [t for t in self.tables if t[0] != title] + [(title, header, rows)]
-        self._save_report_state()
 
     def _save_report_state(self) -> None:
         if self.writes:
