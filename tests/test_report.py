@@ -196,3 +196,24 @@ def test_only_the_writing_rank_writes_what_is_added(tmp_path, monkeypatch):
     run.add(Table("T", ["a"], [[1]]), Note("n"), Figure(fig, "f.png", "c"))
     assert list(tmp_path.iterdir()) == [] and not plt.fignum_exists(fig.number)
     assert run.tables == [("T", ["a"], [[1]])] and run.notes == ["n"] and run.figures == [("c", "f.png")]
+
+
+def test_run_is_a_facade_over_its_folder_records_and_checkpoints(tmp_path):
+    run = Run(tmp_path, "x", None, quiet=True, env={"experiment": "x"})
+    run.write_env(device="cpu")
+    assert json.loads((tmp_path / "env.json").read_text()) == {"experiment": "x", "device": "cpu"}
+    assert run.env is run.folder.env and run.path == run.folder.path == run.records.path
+    run.add_history([{"variant": "v", "epoch": 1, "train_loss": 0.5}], "v")
+    assert run.records.variant_history("v") == run.history and (tmp_path / "history.csv").is_file()
+    assert run.checkpoint_path("v") == run.checkpoints.checkpoint("v") == tmp_path / "checkpoints" / "v.pt"
+    assert run.checkpoints.model("v") == tmp_path / "models" / "v.pt"
+
+
+def test_importing_the_run_modules_leaves_the_umask_alone():
+    """The umask is read when the first file is written, not at import (reading it sets it for a moment)."""
+    code = ("import os; calls = []; real = os.umask\n"
+            "os.umask = lambda m: calls.append(m) or real(m)\n"
+            "import dllab.runs, dllab.run_folder, dllab.run_records, dllab.sweep\n"
+            "print(calls)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
