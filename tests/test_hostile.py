@@ -289,7 +289,7 @@ def test_disk_full_is_one_line(run_copy, monkeypatch, capsys):
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "env.json"))
 
-    monkeypatch.setattr("dllab.runs.atomic_write", full)
+    monkeypatch.setattr("dllab.run_folder.atomic_write", full)
     assert cli.main(["run", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and f"--resume {run}" in err[0]
