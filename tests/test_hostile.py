@@ -289,7 +289,7 @@ def test_disk_full_is_one_line(run_copy, monkeypatch, capsys):
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "env.json"))
 
-    monkeypatch.setattr("dllab.runs.atomic_write", full)
+    monkeypatch.setattr("dllab.run_folder.atomic_write", full)
     assert cli.main(["run", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and f"--resume {run}" in err[0]
@@ -358,7 +358,7 @@ def _umask() -> int:
 def test_a_folder_is_never_left_half_made(tmp_path, monkeypatch):
     """Run.create writes config.yaml and env.json in a hidden folder renamed into place: interrupted in
     between, the target does not exist (so --out can be used again) rather than existing without env.json."""
-    from dllab import runs
+    from dllab import run_folder, runs
     from dllab.registry import get_experiment
     from dllab.config import make_config
 
@@ -368,7 +368,7 @@ def test_a_folder_is_never_left_half_made(tmp_path, monkeypatch):
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "atomic_write_json", interrupted)
+    monkeypatch.setattr(run_folder, "atomic_write_json", interrupted)
     with pytest.raises(KeyboardInterrupt):
         runs.Run.create("lab1.mlp", cfg, out=str(tmp_path / "r"))
     assert list(tmp_path.iterdir()) == []

@@ -205,7 +205,7 @@ def test_a_full_disk_in_a_write_names_the_file(tmp_path, monkeypatch):
     def full(self, b):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("dllab.runs._WholeWrites.write", full)
+    monkeypatch.setattr("dllab.run_folder._WholeWrites.write", full)
     with pytest.raises(OSError) as e:
         atomic_write_text(tmp_path / "x.json", "{}")
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "x.json")

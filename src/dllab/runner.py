@@ -206,8 +206,7 @@ def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:
     run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)})
     # The top-level report shows the first seed's plots and tables beside the aggregated numbers.
     first = distributed.on_main(Run.open_for_resume, str(run.path / f"seed{seeds[0]}"), get_experiment, quiet=True)
-    run.notes, run.tables = list(first.notes), first.tables
-    run.figures = [(cap, f"seed{seeds[0]}/{f}") for cap, f in first.figures]
+    run.records.copy_report(first.records, f"seed{seeds[0]}/")
     run.note(f"numbers are mean ± std over seeds {seeds}; plots and tables are from seed {seeds[0]}")
     run.write_env(seconds=round(time.time() - started, 1), device=first.env.get("device"),
                   precision=first.env.get("precision"), data=first.env.get("data"))

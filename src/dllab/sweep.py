@@ -39,7 +39,7 @@ from . import DllabError, cpus, environ, lock, untrusted
 from .config import apply_overrides, make_config, validate
 from .launch import child_env
 from .registry import Experiment, get_experiment
-from .runs import DIR_MODE, TMP_SUFFIX, atomic_write_json, read_metrics, write_csv
+from .runs import TMP_SUFFIX, atomic_write_json, dir_mode, read_metrics, write_csv
 from .sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
                          parse_grid, read_spec, split_values)
 from .tracking import check_sinks
@@ -160,7 +160,7 @@ def _create(path: Path, spec: SweepSpec) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
     try:
-        os.chmod(tmp, DIR_MODE)
+        os.chmod(tmp, dir_mode())
         atomic_write_json(tmp / SPEC_FILE, asdict(spec))
         os.rename(tmp, path)   # onto nothing or an empty folder; fails if a folder with files is there
     except OSError as e:

@@ -1,7 +1,7 @@
 """Tracking sinks: a run's numbers and figures, also sent to TensorBoard (always) and MLflow / W&B (optional).
 
-``runs.Run`` owns one ``Tracker`` and feeds it from the methods experiments already call (history rows,
-figures, metrics), so no experiment knows about it; the two training loops add the loss every
+``runs.Run`` owns one ``Tracker``, which its records (``run_records``) feed with what they record (history
+rows, figures, metrics), so no experiment knows about it; the two training loops add the loss every
 ``log.every_steps`` steps. Every sink works offline: TensorBoard event files in the run folder (so
 ``tensorboard --logdir runs/`` shows every run), MLflow in a local ``./mlruns`` store (unless
 ``MLFLOW_TRACKING_URI`` says otherwise), W&B in offline mode (``wandb sync`` uploads later, if ever).
@@ -169,6 +169,12 @@ class Tracker:
             for s in self.sinks:
                 s.scalars(values, int(row.get("epoch", 0)))
         self.flush()
+
+    def step(self, variant: str, step: int, loss) -> None:
+        """The training loss (a tensor) of step ``step``, every ``log.every_steps`` steps: only then is it
+        read from the device (``float()`` waits for it)."""
+        if self.every_steps and self.names and step % self.every_steps == 0:
+            self.step_loss(variant, step, float(loss))
 
     def step_loss(self, variant: str, step: int, loss: float) -> None:
         for s in self.sinks:

@@ -58,8 +58,9 @@ def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
     variants = [Variant(name, "basic_mlp", {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
                 for name, opt in (("sgd", cfg.sgd), ("adam", cfg.adam))]
     results = train_variants(cfg, run, data, variants)
-    accuracy_table(run, results, variants)
-    curves_figure(run, ["sgd", "adam"], "curves.png", "Loss and accuracy per epoch, SGD vs Adam (dashed: validation)")
+    run.add(*accuracy_table(results, variants),
+            *curves_figure(run.history, ["sgd", "adam"], "curves.png",
+                           "Loss and accuracy per epoch, SGD vs Adam (dashed: validation)"))
     return {f"{n}.{k}": results[n][k] for n in ("sgd", "adam") for k in ("test_acc", "val_acc") if k in results[n]}
 
 
@@ -126,7 +127,7 @@ def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
         if gn and gn["per_epoch"]:
             summary[f"{v.name}.grad_ratio"] = block_grad_ratio(gn["layers"], gn["per_epoch"][0])
             v.meta["grad ratio (first/last block, epoch 1)"] = f"{summary[f'{v.name}.grad_ratio']:.3g}"
-    plain_vs_residual(run, results, variants, "MLPs")
+    run.add(*plain_vs_residual(run.history, results, variants, "MLPs"))
     return summary
 
 
@@ -175,8 +176,8 @@ def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
     data = load_data(cfg, run)
     variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
     results = train_variants(cfg, run, data, variants)
-    plain_vs_residual(run, results, variants, "CNNs")
-    accuracy_vs_depth(run, results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths)))
+    run.add(*plain_vs_residual(run.history, results, variants, "CNNs"),
+            *accuracy_vs_depth(results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths))))
     summary = {f"{v.name}.test_acc": results[v.name]["test_acc"] for v in variants}
     summary.update({f"{v.name}.val_acc": results[v.name]["val_acc"] for v in variants if "val_acc" in results[v.name]})
     return summary

@@ -181,7 +181,7 @@ def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
                           names=fc.classifiers, k=fc.k, seed=cfg.seed, timings=timings)
     for clf, a in acc.items():
         run.log(f"{clf}: val {a['validation']:.4f} test {a['test']:.4f}")
-    classifiers_report(run, acc, timings, FEATURES_REFERENCE, name, fc.pooling, fc.k, len(feats["train"][1]))
+    run.add(*classifiers_report(acc, timings, FEATURES_REFERENCE, name, fc.pooling, fc.k, len(feats["train"][1])))
     return {f"{clf}.{split}_acc": a[long] for clf, a in acc.items()
             for split, long in (("val", "validation"), ("test", "test"))}
 
@@ -227,7 +227,7 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     results = run_strategies(run, ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
                              tokenized_by(splits, cfg.data.max_length), settings)
     if results:
-        strategies_report(run, results, FINETUNE_REFERENCE, name,
-                          f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "
-                          f"max_length {cfg.data.max_length}")
+        run.add(*strategies_report(results, FINETUNE_REFERENCE, name,
+                                   f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "
+                                   f"max_length {cfg.data.max_length}"))
     return {f"{strategy}.{k}": r[k] for strategy, r in results.items() for k in SUMMARY_KEYS}

@@ -220,15 +220,15 @@ def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
     summary.update(metric_keys(metrics))
-    report.ood_metrics_table(run, metrics, "OOD detection (ID test vs each OOD set; larger score = more OOD)")
-    report.classifier_table(run, {"standard": (cnn.origin, cnn.arch, summary["model.test_acc"])},
-                            len(data.classes), len(data.test))
     labels = {d: det.label for d, det in detectors.items()}
-    report.ood_histograms(run, scores, labels)
-    report.roc_figures(run, scores, metrics, labels)
     ae = detectors.get("autoencoder")
-    report.ood_examples(run, {"id": data.test.x, **{s.name: s.x for s in ood_sets}}, scores,
-                        (lambda x: ae.reconstruct(cnn.model, x)) if ae is not None else None)
+    run.add(*report.ood_metrics_table(metrics, "OOD detection (ID test vs each OOD set; larger score = more OOD)"),
+            *report.classifier_table({"standard": (cnn.origin, cnn.arch, summary["model.test_acc"])},
+                                     len(data.classes), len(data.test)),
+            *report.ood_histograms(scores, labels),
+            *report.roc_figures(scores, metrics, labels),
+            *report.ood_examples({"id": data.test.x, **{s.name: s.x for s in ood_sets}}, scores,
+                                 (lambda x: ae.reconstruct(cnn.model, x)) if ae is not None else None))
     run.note("scores.npz holds every image's logits and detector scores (ID test and each OOD set), so the "
              "plots can be redrawn without rerunning: np.load(run/'scores.npz')['id.msp'] etc.")
     return summary
@@ -256,10 +256,10 @@ def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict
     clean, accs = attack_models({"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size,
                                 reporter=run)
     a = cfg.attack.name
-    report.attack_accuracy(run, accs["standard"], a, _FGSM_REF if a == "fgsm" else {})
-    report.classifier_table(run, {"standard": (cnn.origin, cnn.arch, clean["standard"])}, len(data.classes),
-                            len(data.test))
-    report.attack_examples(run, *attack_examples(cnn.model, data.test, cfg.attack, cfg.seed), data.classes, a)
+    run.add(*report.attack_accuracy(accs["standard"], a, _FGSM_REF if a == "fgsm" else {}),
+            *report.classifier_table({"standard": (cnn.origin, cnn.arch, clean["standard"])}, len(data.classes),
+                                     len(data.test)),
+            *report.attack_examples(*attack_examples(cnn.model, data.test, cfg.attack, cfg.seed), data.classes, a))
     return {"model.test_acc": clean["standard"], **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
 
 
@@ -307,16 +307,17 @@ def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODS
         detectors, scores[n], metrics[n] = _ood_scores(cfg, run, model, data, ood_sets, n)
         summary.update(metric_keys(metrics[n], n, which=("auroc", "fpr95")))
     a = cfg.attack.name
-    report.comparison_tables(run, accs, metrics, a, {"standard": _FGSM_REF, "adv": _ADV_REF} if a == "fgsm" else {})
-    report.classifier_table(run, {"standard": (std.origin, std.arch, clean["standard"]),
-                                  "adv": (f"{adv_cnn.origin}, {adv_loss}", adv_cnn.arch, clean["adv"])},
-                            len(data.classes), len(data.test))
-    curves_figure(run, [n for n in models if run.variant_history(n)], "curves.png", "Loss and accuracy per epoch, "
-                  "standard vs FGSM adversarial training (dashed: validation; the adv training loss is the mixed "
-                  "clean/adversarial objective)")
-    report.comparison_figures(run, accs, metrics, scores, a, {d: det.label for d, det in detectors.items()})
-    report.attack_examples(run, *attack_examples(models["adv"], data.test, cfg.attack, cfg.seed), data.classes, a,
-                           "examples_adv.png", f"{a.upper()} on the adversarially trained model")
+    run.add(*report.comparison_tables(accs, metrics, a,
+                                      {"standard": _FGSM_REF, "adv": _ADV_REF} if a == "fgsm" else {}),
+            *report.classifier_table({"standard": (std.origin, std.arch, clean["standard"]),
+                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", adv_cnn.arch, clean["adv"])},
+                                     len(data.classes), len(data.test)),
+            *curves_figure(run.history, [n for n in models if run.variant_history(n)], "curves.png",
+                           "Loss and accuracy per epoch, standard vs FGSM adversarial training (dashed: validation; "
+                           "the adv training loss is the mixed clean/adversarial objective)"),
+            *report.comparison_figures(accs, metrics, scores, a, {d: det.label for d, det in detectors.items()}))
+    run.add(*report.attack_examples(*attack_examples(models["adv"], data.test, cfg.attack, cfg.seed), data.classes,
+                                    a, "examples_adv.png", f"{a.upper()} on the adversarially trained model"))
     return summary
 
 
@@ -350,7 +351,7 @@ def _odin_analysis(cfg: ODINConfig, run, data: ImageData, ood_sets: list[OODSet]
                                  reporter=run)
     for name, (res, id_val, ood_val) in searches.items():
         run.save_arrays(f"odin_grid_{name}.npz", search_arrays(res, id_val, ood_val))
-        report.odin_search_report(run, res, id_val, ood_val, name, msp_cell(res))
+        run.add(*report.odin_search_report(res, id_val, ood_val, name, msp_cell(res)))
     run.note("odin_grid_<ood>.npz holds every image's ODIN score for every (T, eps) (scores_id/scores_ood "
              "[T, eps, N]), the validation masks and the AUROC/FPR95 grids, so the heat map can be redrawn")
     return {**summary, **keys}

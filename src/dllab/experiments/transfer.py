@@ -142,23 +142,24 @@ def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
     source, target, src_data = get_source(cfg, run)
     tuned = target_variants(cfg.variants, source, cfg.optim, cfg.sgd, cfg.freeze_blocks)  # fails before training
     spec_setting = cfg.data.name == "cifar100" and not cfg.data.classes
-    report.note_classes(run, source, target, spec_setting)
+    run.add(*report.note_classes(source, target, spec_setting))
     result = source.blob.get("result") or {}
     summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
     if cfg.classifiers:
         accs, dim = classical_probe(run, source.model, target, run.device, cfg.train.precision,
                                     cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed)
-        report.classical_table(run, accs, dim, cfg.knn_k)
+        run.add(*report.classical_table(accs, dim, cfg.knn_k))
         summary.update({f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a})
     if "head" in cfg.variants:
-        report.note_head(run, source.model.num_features, target.num_classes)
+        run.add(*report.note_head(source.model.num_features, target.num_classes))
     results = train_variants(cfg, run, target, tuned)
     for name, res in results.items():
         if "val_acc" in res:
             summary[f"{name}.val_acc"] = res["val_acc"]
         summary[f"{name}.test_acc"] = res.get("best_test_acc", res["test_acc"])
-    report.variants_report(run, results, tuned, src_data)
-    report.accuracy_figure(run, summary, list(cfg.classifiers) + list(cfg.variants),
-                           f"target: {cfg.data.name}, {target.num_classes} classes", REFERENCE if spec_setting else None)
-    report.closing_notes(run, results, summary, target)
+    run.add(*report.variants_report(run.history, results, tuned, src_data),
+            *report.accuracy_figure(summary, list(cfg.classifiers) + list(cfg.variants),
+                                    f"target: {cfg.data.name}, {target.num_classes} classes",
+                                    REFERENCE if spec_setting else None),
+            *report.closing_notes(results, summary, target))
     return summary

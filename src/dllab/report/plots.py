@@ -1,4 +1,5 @@
-"""Figures shared by every experiment. Each function returns a matplotlib Figure; ``Run.save_figure`` saves it."""
+"""Figures shared by every experiment. Each function returns a matplotlib Figure; the report functions wrap it
+in a ``report.items.Figure``, which ``Run.add`` saves."""
 from __future__ import annotations
 
 import matplotlib

@@ -1,5 +1,6 @@
-"""Lab 4's tables and figures, built from arrays (scores, metrics, accuracies, ODIN grids) and saved into a
-run folder; ``report.plots`` draws the primitives. ``labels`` maps a detector's name to its label in figures.
+"""Lab 4's tables and figures, built from arrays (scores, metrics, accuracies, ODIN grids); ``report.plots``
+draws the primitives. Each function returns its report items (``report.items``) for ``run.add``. ``labels``
+maps a detector's name to its label in figures.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from . import plots
+from .items import Figure, Item, Table
 
 
 def k255(eps: float) -> str:
@@ -16,23 +18,23 @@ def k255(eps: float) -> str:
     return f"{eps * 255:.3g}/255"
 
 
-def classifier_table(run, models: dict[str, tuple[str, dict, float]], classes: int, test_images: int) -> None:
+def classifier_table(models: dict[str, tuple[str, dict, float]], classes: int, test_images: int) -> list[Item]:
     """The classifier (or, with several, one row per model): name -> (where it came from, its cnn's
     architecture, its clean test accuracy), beside the ID data's number of classes and test images."""
     several = len(models) > 1
-    run.add_table("Models" if several else "Classifier",
+    return [Table("Models" if several else "Classifier",
                   [*(["model"] if several else []), "source", "architecture", "ID classes", "test images",
                    "clean test accuracy (fp32)"],
                   [[*([n] if several else []), source, f"cnn {arch}", classes, test_images, acc]
-                   for n, (source, arch, acc) in models.items()])
+                   for n, (source, arch, acc) in models.items()])]
 
 
 # --- OOD detection ---------------------------------------------------------------------------------
 
-def ood_metrics_table(run, metrics: dict, title: str) -> None:
+def ood_metrics_table(metrics: dict, title: str) -> list[Item]:
     rows = [[ood, d, m["auroc"], m["aupr_in"], m["aupr_out"], m["fpr95"]]
             for ood, per_det in metrics.items() for d, m in per_det.items()]
-    run.add_table(title, ["OOD set", "detector", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"], rows)
+    return [Table(title, ["OOD set", "detector", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"], rows)]
 
 
 def histogram_panels(scores: dict, labels: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
@@ -48,30 +50,32 @@ def histogram_panels(scores: dict, labels: dict[str, str]) -> dict[str, dict[str
     return panels
 
 
-def ood_histograms(run, scores: dict, labels: dict[str, str]) -> None:
-    run.save_figure(plots.score_histograms(histogram_panels(scores, labels), "ID test vs OOD"), "histograms.png",
-                    "Histograms of the max logit, the max softmax probability and the other detectors' scores "
-                    "(larger score = more OOD), ID test images vs each OOD set")
+def ood_histograms(scores: dict, labels: dict[str, str]) -> list[Item]:
+    return [Figure(plots.score_histograms(histogram_panels(scores, labels), "ID test vs OOD"), "histograms.png",
+                   "Histograms of the max logit, the max softmax probability and the other detectors' scores "
+                   "(larger score = more OOD), ID test images vs each OOD set")]
 
 
-def roc_figures(run, scores: dict, metrics: dict, labels: dict[str, str], file_prefix: str = "",
-                caption_prefix: str = "") -> None:
+def roc_figures(scores: dict, metrics: dict, labels: dict[str, str], file_prefix: str = "",
+                caption_prefix: str = "") -> list[Item]:
     """roc_pr_<ood>.png per OOD set: every detector's ROC and precision-recall curve."""
     from ..analysis.ood.metrics import roc_pr_curves
 
+    figures: list[Item] = []
     for ood, per_det in metrics.items():
         curves = {}
         for d, m in per_det.items():
             c = roc_pr_curves(scores["id"][d], scores[ood][d])
             curves[labels[d]] = {**c, "auroc": m["auroc"], "aupr": m["aupr_out"]}
-        run.save_figure(plots.roc_pr_figure(curves, f"{caption_prefix}ID test vs OOD {ood}"),
-                        f"{file_prefix}roc_pr_{ood}.png",
-                        f"{caption_prefix}ROC and precision-recall curves (OOD = positive) of every detector, "
-                        f"ID test vs {ood}")
+        figures.append(Figure(plots.roc_pr_figure(curves, f"{caption_prefix}ID test vs OOD {ood}"),
+                              f"{file_prefix}roc_pr_{ood}.png",
+                              f"{caption_prefix}ROC and precision-recall curves (OOD = positive) of every detector, "
+                              f"ID test vs {ood}"))
+    return figures
 
 
-def ood_examples(run, images: dict[str, torch.Tensor], scores: dict,
-                 reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None, n: int = 8) -> None:
+def ood_examples(images: dict[str, torch.Tensor], scores: dict,
+                 reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None, n: int = 8) -> list[Item]:
     """examples.png: a few images of each group ("id" and every OOD set) with their MSP, and the autoencoder's
     reconstructions (``reconstruct``) with their reconstruction error when it ran."""
     rows, captions = {}, {}
@@ -84,35 +88,35 @@ def ood_examples(run, images: dict[str, torch.Tensor], scores: dict,
         if reconstruct is not None:
             rows[f"{label} recon."] = reconstruct(x[idx])
             captions[f"{label} recon."] = [f"mse={v:.4f}" for v in scores[g]["autoencoder"][idx].tolist()]
-    run.save_figure(plots.image_grid(rows, captions, title="ID and OOD examples (p = max softmax probability)"),
-                    "examples.png", "ID and OOD test images with the classifier's max softmax probability"
-                    + (", and their autoencoder reconstructions with the reconstruction error"
-                       if reconstruct else ""))
+    return [Figure(plots.image_grid(rows, captions, title="ID and OOD examples (p = max softmax probability)"),
+                   "examples.png", "ID and OOD test images with the classifier's max softmax probability"
+                   + (", and their autoencoder reconstructions with the reconstruction error"
+                      if reconstruct else ""))]
 
 
 # --- attacks ---------------------------------------------------------------------------------------
 
-def attack_accuracy(run, accs: dict[float, float], attack: str, ref: dict[str, float]) -> None:
+def attack_accuracy(accs: dict[float, float], attack: str, ref: dict[str, float]) -> list[Item]:
     """The accuracy-per-epsilon table and accuracy_vs_eps.png, with the spec's numbers (``ref``,
     keyed ``acc@<eps>``) where it has them."""
-    run.add_table(f"{attack.upper()} accuracy per epsilon (pixel units of [0, 1] images)",
+    table = Table(f"{attack.upper()} accuracy per epsilon (pixel units of [0, 1] images)",
                   ["epsilon", "epsilon x 255", "test accuracy", "spec"],
                   [[f"{e:g}", k255(e), v, ref.get(f"acc@{e:g}", "")] for e, v in accs.items()])
     series = {f"this run ({attack})": list(accs.values())}
     if ref and all(f"acc@{e:g}" in ref for e in accs):
         series["spec"] = [ref[f"acc@{e:g}"] for e in accs]
-    run.save_figure(plots.line_plot(list(accs), series, "epsilon (pixel units)", "test accuracy",
-                                    f"{attack.upper()}: accuracy vs epsilon"), "accuracy_vs_eps.png",
-                    f"Test accuracy under {attack.upper()} against epsilon"
-                    + (" (with the spec's numbers)" if "spec" in series else ""))
+    return [table, Figure(plots.line_plot(list(accs), series, "epsilon (pixel units)", "test accuracy",
+                                          f"{attack.upper()}: accuracy vs epsilon"), "accuracy_vs_eps.png",
+                          f"Test accuracy under {attack.upper()} against epsilon"
+                          + (" (with the spec's numbers)" if "spec" in series else ""))]
 
 
-def attack_examples(run, y: torch.Tensor, examples: dict, classes: list[str], attack: str,
-                    file: str = "examples.png", title: str = "") -> None:
+def attack_examples(y: torch.Tensor, examples: dict, classes: list[str], attack: str,
+                    file: str = "examples.png", title: str = "") -> list[Item]:
     """A grid of clean images (with the true class) and their perturbed versions per epsilon, captioned with
     the model's prediction (green = right, red = wrong); ``examples`` = {eps: (images, predictions)}."""
     if not examples:
-        return
+        return []
     rows, captions, colors = {}, {}, {}
     truth = y.tolist()
     for eps, (xa, pred) in examples.items():
@@ -122,9 +126,9 @@ def attack_examples(run, y: torch.Tensor, examples: dict, classes: list[str], at
         if eps == 0:
             captions[key] = [f"{c}\n(true: {classes[t][:10]})" for c, t in zip(captions[key], truth)]
         colors[key] = ["tab:green" if p == t else "tab:red" for p, t in zip(pred.tolist(), truth)]
-    run.save_figure(plots.image_grid(rows, captions, colors, title or f"{attack.upper()} examples"), file,
-                    f"{title or attack.upper()}: test images (clean, with the true class) and their perturbed "
-                    "versions per epsilon, with the model's prediction (green = right, red = wrong)")
+    return [Figure(plots.image_grid(rows, captions, colors, title or f"{attack.upper()} examples"), file,
+                   f"{title or attack.upper()}: test images (clean, with the true class) and their perturbed "
+                   "versions per epsilon, with the model's prediction (green = right, red = wrong)")]
 
 
 # --- adversarial training: the standard model vs the adversarially trained one ---------------------
@@ -132,64 +136,64 @@ def attack_examples(run, y: torch.Tensor, examples: dict, classes: list[str], at
 MODELS = {"standard": "standard", "adv": "adversarially trained"}   # key in accs/metrics/scores -> legend
 
 
-def comparison_tables(run, accs: dict, metrics: dict, attack: str, refs: dict[str, dict]) -> None:
+def comparison_tables(accs: dict, metrics: dict, attack: str, refs: dict[str, dict]) -> list[Item]:
     """Accuracy per epsilon and OOD detection (AUROC, FPR95) of both ``MODELS`` side by side (``accs``,
     ``metrics`` and ``refs``, the spec's numbers keyed ``acc@<eps>``, are keyed by model)."""
     eps_list = list(accs["standard"])
-    run.add_table(f"{attack.upper()} accuracy per epsilon, standard vs adversarially trained",
-                  ["epsilon", "epsilon x 255", *MODELS, *[f"spec {n}" for n in MODELS]],
-                  [[f"{e:g}", k255(e), *[accs[n][e] for n in MODELS],
-                    *[refs.get(n, {}).get(f"acc@{e:g}", "") for n in MODELS]] for e in eps_list])
+    attack_table = Table(f"{attack.upper()} accuracy per epsilon, standard vs adversarially trained",
+                         ["epsilon", "epsilon x 255", *MODELS, *[f"spec {n}" for n in MODELS]],
+                         [[f"{e:g}", k255(e), *[accs[n][e] for n in MODELS],
+                           *[refs.get(n, {}).get(f"acc@{e:g}", "") for n in MODELS]] for e in eps_list])
     std = metrics["standard"]
     several = len(std) > 1
     rows = [[*([o] if several else []), d, *[metrics[n][o][d]["auroc"] for n in MODELS],
              *[metrics[n][o][d]["fpr95"] for n in MODELS]] for o in std for d in std[o]]
-    run.add_table("OOD detection, standard vs adversarially trained (ID test vs OOD)",
-                  [*(["OOD set"] if several else []), "detector", *[f"AUROC {n}" for n in MODELS],
-                   *[f"FPR95 {n}" for n in MODELS]], rows)
+    return [attack_table, Table("OOD detection, standard vs adversarially trained (ID test vs OOD)",
+                                [*(["OOD set"] if several else []), "detector", *[f"AUROC {n}" for n in MODELS],
+                                 *[f"FPR95 {n}" for n in MODELS]], rows)]
 
 
-def comparison_figures(run, accs: dict, metrics: dict, scores: dict, attack: str, labels: dict[str, str]) -> None:
+def comparison_figures(accs: dict, metrics: dict, scores: dict, attack: str, labels: dict[str, str]) -> list[Item]:
     """accuracy_vs_eps.png, ood_auroc.png, histograms.png (max logit and MSP) of both ``MODELS``, then each
     model's ROC/PR curves (<model>_roc_pr_<ood>.png)."""
-    run.save_figure(plots.line_plot(list(accs["standard"]), {label: list(accs[n].values())
-                                                             for n, label in MODELS.items()},
-                                    "epsilon (pixel units)", "test accuracy", f"{attack.upper()}: accuracy vs epsilon"),
-                    "accuracy_vs_eps.png", f"Test accuracy under {attack.upper()}, standard vs adversarially trained")
+    curves = {label: list(accs[n].values()) for n, label in MODELS.items()}
+    accuracy = Figure(plots.line_plot(list(accs["standard"]), curves, "epsilon (pixel units)", "test accuracy",
+                                      f"{attack.upper()}: accuracy vs epsilon"),
+                      "accuracy_vs_eps.png", f"Test accuracy under {attack.upper()}, standard vs adversarially trained")
     std = metrics["standard"]
     bars = [f"{o}: {d}" if len(std) > 1 else d for o in std for d in std[o]]
-    run.save_figure(plots.bar_chart(bars, {n: [metrics[n][o][d]["auroc"] for o in std for d in std[o]]
-                                             for n in MODELS}, "AUROC", "OOD detection AUROC"), "ood_auroc.png",
-                    "AUROC of each detector (ID test vs OOD), standard vs adversarially trained")
+    auroc = Figure(plots.bar_chart(bars, {n: [metrics[n][o][d]["auroc"] for o in std for d in std[o]]
+                                          for n in MODELS}, "AUROC", "OOD detection AUROC"), "ood_auroc.png",
+                   "AUROC of each detector (ID test vs OOD), standard vs adversarially trained")
     panels = {f"{n}: {k}": v for n in MODELS for k, v in histogram_panels(scores[n], {}).items()}
-    run.save_figure(plots.score_histograms(panels, "standard vs adversarially trained", ncols=2), "histograms.png",
-                    "Max logit and max softmax probability, ID test vs OOD, for both models")
-    for n in MODELS:
-        roc_figures(run, scores[n], metrics[n], labels, f"{n}_", f"{n}: ")
+    histograms = Figure(plots.score_histograms(panels, "standard vs adversarially trained", ncols=2),
+                        "histograms.png", "Max logit and max softmax probability, ID test vs OOD, for both models")
+    return [accuracy, auroc, histograms,
+            *[f for n in MODELS for f in roc_figures(scores[n], metrics[n], labels, f"{n}_", f"{n}: ")]]
 
 
 # --- ODIN grid search ------------------------------------------------------------------------------
 
-def odin_search_report(run, res: dict, id_val: torch.Tensor, ood_val: torch.Tensor, ood: str,
-                       cell: dict | None) -> None:
+def odin_search_report(res: dict, id_val: torch.Tensor, ood_val: torch.Tensor, ood: str,
+                       cell: dict | None) -> list[Item]:
     """odin_heatmap_<ood>.png (validation and test AUROC over the grid, the chosen cell marked) and the
     table of ODIN's chosen setting vs MSP vs the grid's (T=1, eps=0) cell (``cell``) on the test part."""
     T, E, (bi, bj) = res["T"], res["eps"], res["best"]
     n_id, n_ood = int(id_val.sum()), int(ood_val.sum())
-    run.save_figure(plots.heatmap({f"validation AUROC ({n_id} ID + {n_ood} OOD)": res["val_auroc"],
-                                   f"test AUROC ({len(id_val) - n_id} ID + {len(ood_val) - n_ood} OOD)":
-                                   res["test_auroc"]},
-                                  [f"{t:g}" for t in T], [f"{e:g}" for e in E], "epsilon", "temperature T",
-                                  f"ODIN AUROC, ID test vs {ood}", mark=(bi, bj)),
-                    f"odin_heatmap_{ood}.png",
-                    f"ODIN AUROC over the (T, eps) grid, ID vs {ood}: validation part (selects the red cell) and "
-                    "test part")
+    heatmap = Figure(plots.heatmap({f"validation AUROC ({n_id} ID + {n_ood} OOD)": res["val_auroc"],
+                                    f"test AUROC ({len(id_val) - n_id} ID + {len(ood_val) - n_ood} OOD)":
+                                    res["test_auroc"]},
+                                   [f"{t:g}" for t in T], [f"{e:g}" for e in E], "epsilon", "temperature T",
+                                   f"ODIN AUROC, ID test vs {ood}", mark=(bi, bj)),
+                     f"odin_heatmap_{ood}.png",
+                     f"ODIN AUROC over the (T, eps) grid, ID vs {ood}: validation part (selects the red cell) and "
+                     "test part")
     bt, mt = res["best_test"], res["msp_test"]
     cell = cell or {"auroc": float("nan"), "fpr95": float("nan")}
-    run.add_table(f"ODIN vs MSP on the test part, ID vs {ood}",
-                  ["detector", "T", "epsilon", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"],
-                  [["ODIN, best on validation", f"{T[bi]:g}", f"{E[bj]:g}", bt["auroc"], bt["aupr_in"],
-                    bt["aupr_out"], bt["fpr95"]],
-                   ["MSP (logits_of + msp_scores)", "", "", mt["auroc"], mt["aupr_in"], mt["aupr_out"],
-                    mt["fpr95"]],
-                   ["ODIN grid cell T=1, eps=0", "1", "0", cell["auroc"], "", "", cell["fpr95"]]])
+    return [heatmap, Table(f"ODIN vs MSP on the test part, ID vs {ood}",
+                           ["detector", "T", "epsilon", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"],
+                           [["ODIN, best on validation", f"{T[bi]:g}", f"{E[bj]:g}", bt["auroc"], bt["aupr_in"],
+                             bt["aupr_out"], bt["fpr95"]],
+                            ["MSP (logits_of + msp_scores)", "", "", mt["auroc"], mt["aupr_in"], mt["aupr_out"],
+                             mt["fpr95"]],
+                            ["ODIN grid cell T=1, eps=0", "1", "0", cell["auroc"], "", "", cell["fpr95"]]])]
