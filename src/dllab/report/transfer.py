@@ -71,13 +71,15 @@ def variants_report(run, results: dict[str, dict], tuned: list[Variant], src_dat
                       f"Source model on {src_data.name} ({src_data.num_classes} classes): loss and accuracy per epoch")
 
 
-def closing_notes(run, results: dict[str, dict], summary: dict[str, float], target: ImageData) -> None:
-    """Whether pretraining beat scratch by more than sampling noise, frozen features against fine-tuning,
-    and which weights test_acc measures."""
+def closing_notes(run, results: dict[str, dict], summary: dict[str, float], target: ImageData,
+                  spec_verdict: str = "") -> None:
+    """Whether pretraining beat scratch by more than sampling noise (and ``spec_verdict``, the spec's answer),
+    frozen features against fine-tuning, and which weights test_acc measures."""
     from ..analysis.significance import pretraining_verdict
 
     n_eval = len(target.val) if target.val is not None else len(target.test)
-    if sentence := pretraining_verdict(results, n_eval, "val" if target.val is not None else "test"):
+    if sentence := pretraining_verdict(results, n_eval, "val" if target.val is not None else "test",
+                                       spec_verdict):
         run.note(sentence)
     if "svm.val_acc" in summary and "full_adam.val_acc" in summary:
         run.note(f"frozen features vs fine-tuning: LinearSVC {summary['svm.val_acc']:.4f}"

@@ -9,27 +9,29 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ...data.images import ImageData, balanced_subset
-from ..detector_names import METRICS, check_detectors
-from ..settings import AutoencoderConfig, OdinSetting
-from . import DETECTORS, logits_of
+from ... import registry
+from ...data.images import ImageData, Split, balanced_subset
+from ..settings import METRICS, AutoencoderConfig, OdinSetting
+from . import logits_of
 from .base import Detector, LogitDetector
 from .datasets import OODSet
 
 
 def build_detectors(run, names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
                     seed: int = 0, tag: str = "") -> dict[str, Detector]:
-    """The detectors ``names`` (checked), not fitted yet: build them once per model, since the autoencoder's
-    decoder belongs to the model it was fitted on. ``seed`` seeds the decoder's shuffling, whose progress
-    goes to the run's log under ``tag``."""
+    """The registered detectors ``names`` (each once), not fitted yet: build them once per model, since the
+    autoencoder's decoder belongs to the model it was fitted on. Each takes what it needs of the settings
+    (``Detector.from_settings``): ``odin``, ``autoencoder``, ``seed`` (the decoder's shuffling) and
+    ``progress``, which sends a fitting detector's epochs to the run's log under ``tag``."""
     def progress(epoch: int, loss: float) -> None:
         run.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} reconstruction MSE {loss:.5f}")
 
-    options = {"odin": {"T": odin.temperature, "eps": odin.epsilon},
-               "autoencoder": {"epochs": autoencoder.epochs, "lr": autoencoder.lr,
-                               "fit_batch_size": autoencoder.batch_size, "hidden": autoencoder.hidden,
-                               "seed": seed, "progress": progress}}
-    return {d: DETECTORS[d](batch_size=batch_size, **options.get(d, {})) for d in check_detectors(names)}
+    settings = {"odin": odin, "autoencoder": autoencoder, "seed": seed, "progress": progress}
+    detectors = {d: registry.get("detector", d).from_settings(batch_size=batch_size, **settings)
+                 for d in dict.fromkeys(names)}
+    for name, det in detectors.items():
+        det.label = det.label or name   # figures name a detector that has no label of its own by its name
+    return detectors
 
 
 def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -58,12 +60,12 @@ def ood_evaluation(model, id_x, ood_sets: dict[str, torch.Tensor], detectors: di
     return scores, metrics
 
 
-def fit_and_evaluate(run, model, detectors: dict[str, Detector], x_train, id_x, ood_sets: dict[str, torch.Tensor],
-                     batch_size: int = 256, tag: str = ""):
-    """Fit every detector on ``x_train`` (ID training images), then ``ood_evaluation``; what fitting did
-    and each OOD set's AUROCs go to the run's notes and log (``tag`` names the model when there are two)."""
+def fit_and_evaluate(run, model, detectors: dict[str, Detector], train: Split, id_x,
+                     ood_sets: dict[str, torch.Tensor], batch_size: int = 256, tag: str = ""):
+    """Fit every detector on ``train`` (ID training images and labels), then ``ood_evaluation``; what fitting
+    did and each OOD set's AUROCs go to the run's notes and log (``tag`` names the model when there are two)."""
     for name, det in detectors.items():
-        det.fit(model, x_train)
+        det.fit(model, train.x, train.y)
         if note := det.fit_note():
             run.note(f"{name} detector{' (' + tag + ')' if tag else ''}: {note}")
     scores, metrics = ood_evaluation(model, id_x, ood_sets, detectors, batch_size)
@@ -75,12 +77,12 @@ def fit_and_evaluate(run, model, detectors: dict[str, Detector], x_train, id_x, 
 
 def evaluate_ood(run, model, detectors: dict[str, Detector], data: ImageData, ood_sets: Sequence[OODSet],
                  batch_size: int = 256, fit_limit: int = 0, seed: int = 0, tag: str = "") -> tuple[dict, dict]:
-    """``fit_and_evaluate`` on ``data``'s test images vs every OOD set; the detectors that learn are fitted on
-    a class-balanced subset of ``fit_limit`` of its training images (0 = all) drawn with ``seed``. Every
-    score is saved to scores[_<tag>].npz. Returns (scores, metrics)."""
-    learns = any(det.learns for det in detectors.values())
-    x_fit = balanced_subset(data.train, fit_limit, torch.Generator().manual_seed(seed)).x if learns else None
-    scores, metrics = fit_and_evaluate(run, model, detectors, x_fit, data.test.x, {s.name: s.x for s in ood_sets},
+    """``fit_and_evaluate`` on ``data``'s test images vs every OOD set; the detectors are fitted on a
+    class-balanced subset of ``fit_limit`` of its training images and labels (0 = all), drawn with ``seed``
+    (from a generator of its own: the draw changes no other random number). Every score is saved to
+    scores[_<tag>].npz. Returns (scores, metrics)."""
+    fit_on = balanced_subset(data.train, fit_limit, torch.Generator().manual_seed(seed))
+    scores, metrics = fit_and_evaluate(run, model, detectors, fit_on, data.test.x, {s.name: s.x for s in ood_sets},
                                        batch_size, tag)
     run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
                     score_arrays(scores, data.classes, data.test.y, list(detectors)))
