@@ -19,7 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from dllab.cli import choose_omp_wait_policy
@@ -117,7 +117,7 @@ def time_image_job(job: Job, steps: int, device: torch.device) -> tuple[float, s
     n = steps * job.train.batch_size
     data = _synthetic_images(job, n)
     model = build_for(data, Variant(job.variant, job.model, job.kwargs), 0)
-    train = replace(job.train, epochs=2)
+    train = job.train.model_copy(update={"epochs": 2})   # a config section (pydantic)
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(Path(tmp), job.experiment, None, quiet=True)
         fit(model, data, train, job.optim, run, job.variant, device, loss_fn=loss_fn)

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dllab import DllabError
+from dllab import DllabError, registry
 from dllab.analysis.ood import msp_scores
-from dllab.analysis.ood.datasets import (CIFAR100_20, OOD_SETS, build_ood_set, complement_split, fit_to_shape,
-                                         noise_images)
+from dllab.analysis.ood.datasets import CIFAR100_20, build_ood_set, complement_split, fit_to_shape, noise_images
 from dllab.analysis.ood.metrics import ood_metrics
 from dllab.cli import main
 from dllab.config import DataConfig
@@ -135,7 +134,7 @@ def test_cifar100_20_selects_exactly_the_twenty_classes(tmp_path):
     ood = build_ood_set("cifar100-20", data, tmp_path)
     assert sorted(ood.classes) == sorted(CIFAR100_20) and len(ood) == 20
     assert sorted(ood.x[:, 0, 0, 0].tolist()) == sorted(names.index(c) for c in CIFAR100_20)
-    assert set(OOD_SETS) == {"heldout", "cifar100-20", "mnist", "noise"}
+    assert registry.names("ood_set") == ["cifar100-20", "heldout", "mnist", "noise"]
     with pytest.raises(DllabError, match="unknown OOD set"):
         build_ood_set("svhn", data, tmp_path)
     # No CIFAR-100 under the root and no download (DLLAB_OFFLINE=1, set by conftest): read_dataset's error.

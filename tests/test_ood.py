@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from dllab import DllabError
-from dllab.analysis.ood import DETECTORS, LogitDetector, logits_of
+from dllab import registry
+from dllab.analysis.ood import LogitDetector, logits_of
 from dllab.analysis.ood.autoencoder import Autoencoder, reconstruct, reconstruction_scores, train_autoencoder
 from dllab.analysis.ood.energy import Energy, energy_scores
 from dllab.analysis.ood.max_logit import MaxLogit, max_logit_scores
@@ -101,28 +102,33 @@ def test_energy_values_temperature_and_ordering():
         energy_scores(torch.tensor([[1.0, 2.0]]), T=0.0)
 
 
+DETECTORS = ("autoencoder", "energy", "max_logit", "msp", "odin")
+
+
 def test_detectors_registry_and_bad_logits():
-    assert set(DETECTORS) == {"msp", "max_logit", "energy", "odin", "autoencoder"}
-    logit_only = {n for n, cls in DETECTORS.items() if issubclass(cls, LogitDetector)}
+    assert registry.names("detector") == list(DETECTORS)
+    logit_only = {n for n in DETECTORS if issubclass(registry.get("detector", n), LogitDetector)}
     assert logit_only == {"msp", "max_logit", "energy"}
     logits = torch.randn(5, 4)
     for n in logit_only:
-        assert DETECTORS[n]().score_logits(logits).shape == (5,)
+        assert registry.get("detector", n)().score_logits(logits).shape == (5,)
     with pytest.raises(DllabError):
         msp_scores(torch.randn(5))
 
 
-# ---- detector objects: fit(model, x_train) -> self, score(model, x) -> (N,) CPU float32 -------
+# ---- detector objects: fit(model, x, y) -> self, score(model, x) -> (N,) CPU float32 -------
 
-@pytest.mark.parametrize("name", list(DETECTORS))
+@pytest.mark.parametrize("name", DETECTORS)
 def test_every_detector_follows_the_object_contract(name):
     torch.manual_seed(0)
-    model, x_train, x = TinyCNN(), _images(8, seed=1), _images(5, seed=2)
-    det = DETECTORS[name](batch_size=2)
-    assert det.fit(model, x_train) is det
+    model, x_train, y_train, x = TinyCNN(), _images(8, seed=1), torch.arange(8) % 2, _images(5, seed=2)
+    cls = registry.get("detector", name)
+    det = cls.from_settings(batch_size=2)
+    assert det.batch_size == 2
+    assert det.fit(model, x_train, y_train) is det
     s = det.score(model, x)
     assert s.shape == (5,) and s.dtype == torch.float32 and s.device.type == "cpu"
-    doc = " ".join(DETECTORS[name].__doc__.split())
+    doc = " ".join(cls.__doc__.split())
     assert "larger = more OOD" in doc and "https://arxiv.org/" in doc        # the formula's sign and the paper
     assert det.label
 
@@ -252,8 +258,7 @@ def test_odin_runs_in_eval_mode_and_leaves_no_param_grads():
 # ---- autoencoder ----------------------------------------------------------------------------
 
 def test_conv_decoder_is_registered_and_outputs_images():
-    from dllab.registry import MODELS
-    assert MODELS["conv_decoder"] is conv_decoder
+    assert registry.get("model", "conv_decoder") is conv_decoder
     out = conv_decoder(in_channels=8, hidden=4)(torch.randn(2, 8, 6, 6))
     assert out.shape == (2, 3, 6, 6) and out.min() >= 0 and out.max() <= 1
 
@@ -337,14 +342,6 @@ def test_roc_pr_curves_shapes():
     assert c["fpr"][0] == 0 and c["tpr"][-1] == 1
 
 
-def test_detector_names_match_the_detector_classes():
-    """The torch-free names configs are checked against (analysis.detector_names) are the registry's."""
-    from dllab.analysis.detector_names import DETECTOR_NAMES
-    from dllab.analysis.ood import DETECTORS
-
-    assert tuple(DETECTORS) == DETECTOR_NAMES
-
-
 # ---- the pipeline Lab 4 runs: detectors from config sections, evaluated against OOD sets, ODIN searched -
 
 def _id_data_and_ood_sets(n_train=12, n_test=10):
@@ -366,16 +363,16 @@ def test_build_detectors_takes_the_sections_settings_and_checks_the_names():
 
     reporter = Recorder()
     ae = AutoencoderConfig(epochs=2, lr=0.01, batch_size=4, hidden=3)
-    dets = build_detectors(["odin", "msp", "autoencoder", "msp"], 16, OdinSetting(2.0, 0.01), ae, seed=7,
-                           tag="m", reporter=reporter)
+    dets = build_detectors(["odin", "msp", "autoencoder", "msp"], 16, OdinSetting(temperature=2.0, epsilon=0.01),
+                           ae, seed=7, tag="m", reporter=reporter)
     assert list(dets) == ["odin", "msp", "autoencoder"] and all(d.batch_size == 16 for d in dets.values())
     assert (dets["odin"].T, dets["odin"].eps) == (2.0, 0.01)
     a = dets["autoencoder"]
     assert (a.epochs, a.lr, a.fit_batch_size, a.hidden, a.seed) == (2, 0.01, 4, 3, 7)
-    assert [d.learns for d in dets.values()] == [False, False, True]
+    assert [d.label for d in dets.values()] == ["ODIN (T=2, eps=0.01)", "MSP", "autoencoder MSE"]
     a.progress(1, 0.5)
     assert reporter.logs == ["[m] decoder epoch 1/2 reconstruction MSE 0.50000"]
-    with pytest.raises(DllabError, match="ood.detectors"):
+    with pytest.raises(DllabError, match="unknown detector 'mahalanobis'; known: autoencoder, energy"):
         build_detectors(["msp", "mahalanobis"], 16, OdinSetting(), ae)
 
 
@@ -397,10 +394,32 @@ def test_evaluate_ood_fits_on_a_balanced_subset_and_scores_every_image():
     for g in ("id", "dark", "bright"):
         for k in ("logits", "msp", "energy", "autoencoder"):
             np.testing.assert_array_equal(z[f"{g}.{k}"], again[g][k].numpy())
-    # Nothing learns: no training images are drawn.
+    # Logit detectors alone: the arrays name them.
     logit_only = build_detectors(["max_logit"], 4, OdinSetting(), AutoencoderConfig())
     scores, _ = evaluate_ood(model, logit_only, data, ood_sets[:1], batch_size=4)
     assert score_arrays(scores, data.classes, data.test.y, ["max_logit"])["detectors"].tolist() == ["max_logit"]
+
+
+def test_detectors_are_fitted_on_id_training_images_with_their_labels():
+    """As pytorch-ood's detectors: fit(model, x, y) sees the ID training data with its labels (the balanced
+    subset of fit_limit images), so a detector such as Mahalanobis can learn per-class statistics."""
+    from dllab.analysis.ood.evaluate import evaluate_ood
+
+    class Seen(LogitDetector):
+        def fit(self, model, x=None, y=None):
+            self.seen = (x, y)
+            return self
+
+        def score_logits(self, logits):
+            return -logits.amax(1)
+
+    data, ood_sets = _id_data_and_ood_sets()
+    det = Seen(batch_size=4)
+    evaluate_ood(TinyCNN().eval(), {"seen": det}, data, ood_sets, batch_size=4, fit_limit=6, seed=0)
+    x, y = det.seen
+    assert len(x) == len(y) == 6 and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+    rows = {bytes(xi.flatten().tolist()): int(yi) for xi, yi in zip(data.train.x, data.train.y)}
+    assert all(rows[bytes(xi.flatten().tolist())] == int(yi) for xi, yi in zip(x, y))   # each image's own label
 
 
 def test_evaluate_ood_reports_each_fit_note_after_its_fit_then_the_aurocs():

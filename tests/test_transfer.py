@@ -207,7 +207,7 @@ def test_experiment_saves_target_sized_models_and_reports(image_root, tmp_path):
 
 
 def test_unknown_variants_are_refused(image_root, tmp_path):
-    with pytest.raises(DllabError, match="variants: unknown 'fine'"):
+    with pytest.raises(DllabError, match=r"variants=\[head,fine\]: value 2 \(fine\): choose one of head, full_adam"):
         run_transfer(image_root, tmp_path / "bad", "variants=[head,fine]")
 
 

@@ -5,8 +5,8 @@ import argparse
 import os
 import sys
 
-from . import DllabError, cpus, distributed, environ, untrusted  # torch-free, as everything imported here: torch loads in main
-from .config import PROFILES
+from . import DllabError, cpus, distributed, environ, registry, untrusted  # torch-free, as everything imported here: torch loads in main
+from .config import PROFILES, run_config
 from .launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
 
 
@@ -53,7 +53,7 @@ def _seeds(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dllab", description="Run, reproduce and report deep-learning lab experiments.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="every experiment with its description and profiles")
+    sub.add_parser("list", help="every experiment with its description, then every other plug-in by kind")
     r = sub.add_parser("run", help="run an experiment")
     r.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
     r.add_argument("--profile", default=None, choices=PROFILES,
@@ -105,13 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> None:
-    from .registry import experiment_names, get_experiment
+    """The experiments (name and description), then each other kind's names; a plug-in from another package
+    is marked with its package. Read from the registry's static index: nothing is imported."""
+    experiments = registry.entries("experiment")
+    width = max((len(e.name) for e in experiments), default=0)
+    print(f"experiments (profiles: {', '.join(PROFILES)}):")
+    for e in experiments:
+        print(f"  {e.name:<{width}}  {e.description}{_from_plugin(e)}")
+    for kind, label in registry.KINDS.items():
+        if kind != "experiment":
+            plural = "strategies" if kind == "strategy" else f"{label}s"
+            print(f"{plural}: " + ", ".join(e.name + _from_plugin(e) for e in registry.entries(kind)))
 
-    names = experiment_names()
-    width = max(len(n) for n in names)
-    for name in names:
-        exp = get_experiment(name)
-        print(f"{name:<{width}}  {exp.description}  [profiles: {', '.join(p for p in PROFILES if p in exp.profiles)}]")
+
+def _from_plugin(entry: registry.Entry) -> str:
+    return f" [plug-in: {entry.origin}]" if entry.plugin else ""
 
 
 def cmd_sweep(args):
@@ -147,12 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             cmd_list()
         elif args.command == "run":
-            from .runner import run_experiment
-
             if not args.experiment and not args.resume:
                 raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
             if args.seed is not None and args.seeds is not None:
                 raise DllabError("use either --seed N or --seeds A,B,C, not both")
+            if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
+                run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
+            from .runner import run_experiment
+
             if args.nproc is not None:
                 from .launch import launch
 

@@ -9,7 +9,6 @@ Under torchrun every rank runs this code; rank 0 alone creates, reopens and chec
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import shlex
@@ -21,12 +20,11 @@ from pathlib import Path
 import torch
 
 from . import DllabError, distributed, lock
-from .config import TrainConfig, make_config, validate
+from .config import TrainConfig, make_config, sections
 from .env import describe_device, git_commit, resolve_device, seed_everything, versions
 from .registry import Experiment, get_experiment
 from .report.render import write_report
 from .runs import Run, read_json
-from .tracking import check_sinks
 
 
 def _execute(exp: Experiment, run: Run) -> dict[str, float]:
@@ -83,17 +81,12 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         exp = get_experiment(exp_name)
     else:
         exp = get_experiment(name)
-        cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets)
         if seeds is not None:
             check_seeds(seeds)
-            cfg.seed = seeds[0]
-        if seed is not None:
-            cfg.seed = seed
-        if device:
-            cfg.device = device
-        validate(cfg)
+        # The whole config (profile, --set, the flags) is checked here, before any data loads or folder exists.
+        cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets,
+                          {"seed": seeds[0] if seeds is not None else seed, "device": device or None})
         check_global_batches(cfg)
-        check_sinks(cfg.log.sinks)
         resolve_device(cfg.device)  # fail before creating a folder
         env = {"command": command, "started": now, "world_size": distributed.world_size(),
                **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
@@ -123,8 +116,7 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     and earlier variants). Returns (run, experiment name, seeds)."""
     from .train.checkpoint import check_spec, load_checkpoint
 
-    run = Run.open_for_resume(resume, get_experiment, quiet=quiet)
-    check_sinks(run.cfg.log.sinks)
+    run = Run.open_for_resume(resume, get_experiment, quiet=quiet)   # config.yaml checked whole as it is read
     if on_start is not None:
         on_start(run.path)
     exp = get_experiment(run.experiment)
@@ -166,12 +158,9 @@ def check_global_batches(cfg) -> None:
 
 def _train_sections(cfg, prefix: str = ""):
     """(dotted key, section) for every TrainConfig in the config tree."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, TrainConfig):
-            yield f"{prefix}{f.name}", value
-        elif dataclasses.is_dataclass(value):
-            yield from _train_sections(value, f"{prefix}{f.name}.")
+    for key, section in sections(cfg, prefix):
+        if isinstance(section, TrainConfig):
+            yield key, section
 
 
 def check_seeds(seeds: list[int]) -> None:

@@ -36,23 +36,22 @@ from pathlib import Path
 from typing import Callable
 
 from . import DllabError, cpus, environ, lock, untrusted
-from .config import apply_overrides, make_config, validate
+from .config import apply_overrides, make_config
 from .launch import child_env
 from .registry import Experiment, get_experiment
 from .runs import TMP_SUFFIX, atomic_write_json, dir_mode, read_metrics, write_csv
 from .sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
                          parse_grid, read_spec, split_values)
-from .tracking import check_sinks
 
 
 def check_spec(spec: SweepSpec):
     """Every value of the grid checked as `dllab run --set` would check it (unknown key, wrong type, a value
-    outside its range), and the seeds and sinks as `dllab run` checks them, before anything runs or is
-    written. Returns the config every point starts from (the profile and --set applied)."""
+    outside its range or its choices, an unknown plug-in name), and the seeds as `dllab run` checks them,
+    before anything runs or is written. Returns the config every point starts from (the profile and --set
+    applied)."""
     exp = get_experiment(spec.experiment)
     check_size(spec)
     base = make_config(exp.config_cls, exp.profiles, spec.profile, spec.sets)
-    check_sinks(base.log.sinks)
     if spec.seeds is not None:
         from .runner import check_seeds
         check_seeds(spec.seeds)
@@ -65,8 +64,6 @@ def check_spec(spec: SweepSpec):
         for v in values:   # on a copy of the base config: the profile and --set are not parsed again per value
             cfg = copy.deepcopy(base)
             apply_overrides(cfg, [f"{key}={v}"], "--grid")
-            validate(cfg, "--grid ")
-            check_sinks(cfg.log.sinks)
     return base
 
 

@@ -6,32 +6,19 @@ rows, figures, metrics), so no experiment knows about it; the two training loops
 ``tensorboard --logdir runs/`` shows every run), MLflow in a local ``./mlruns`` store (unless
 ``MLFLOW_TRACKING_URI`` says otherwise), W&B in offline mode (``wandb sync`` uploads later, if ever).
 The libraries are imported only when a run writes to them: registering experiments stays torch-free.
+
+A sink is a class registered as a ``sink`` with the module it needs (``requires=``): ``log.sinks`` is checked
+against the registered names, each once, with its library installed (``config.LogConfig``), before any run.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
 from pathlib import Path
 from typing import Any
 
-from . import DllabError
-
-SINKS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}   # sink -> module it needs
-
-
-def check_sinks(sinks: list[str]) -> None:
-    """Refuse, before a run folder exists, a sink dllab does not know, one listed twice (it would get every
-    number twice), or one whose library is not installed."""
-    dup = sorted({s for s in sinks if sinks.count(s) > 1})
-    if dup:
-        raise DllabError(f"--set log.sinks lists '{dup[0]}' twice; name each sink once")
-    for s in sinks:
-        if s not in SINKS:
-            raise DllabError(f"--set log.sinks: unknown sink '{s}'; choose from {', '.join(SINKS)}")
-        if importlib.util.find_spec(SINKS[s]) is None:
-            raise DllabError(f"--set log.sinks: '{s}' needs the {SINKS[s]} package (pip install {SINKS[s]}), "
-                             "or leave it out of log.sinks")
+from . import registry
+from .registry import register
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:
@@ -51,6 +38,7 @@ def flat_config(cfg) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(to_dict(cfg)).items()}
 
 
+@register("sink", "tensorboard", requires="tensorboard")
 class TensorBoardSink:
     """Event files in the run folder, written with torch's SummaryWriter; hparams go in the same file."""
 
@@ -87,6 +75,7 @@ class TensorBoardSink:
         self.writer.close()
 
 
+@register("sink", "mlflow", requires="mlflow")
 class MLflowSink:
     """One MLflow run per dllab run, in ``./mlruns`` unless MLFLOW_TRACKING_URI names another store."""
 
@@ -116,6 +105,7 @@ class MLflowSink:
         self.mlflow.end_run()
 
 
+@register("sink", "wandb", requires="wandb")
 class WandbSink:
     """A W&B run in offline mode, its files in the run folder (``wandb sync`` uploads them, if ever)."""
 
@@ -142,9 +132,6 @@ class WandbSink:
         self.run.finish()
 
 
-SINK_CLASSES = {"tensorboard": TensorBoardSink, "mlflow": MLflowSink, "wandb": WandbSink}
-
-
 class Tracker:
     """The sinks of one run folder, opened on first use (a run that logs nothing opens nothing)."""
 
@@ -159,7 +146,7 @@ class Tracker:
     def sinks(self) -> list:
         if self._sinks is None:   # a Run without a config (benchmarks, tests) has no sinks
             hparams = flat_config(self.cfg) if self.names else {}
-            self._sinks = [SINK_CLASSES[n](self.path, self.experiment, hparams) for n in self.names]
+            self._sinks = [registry.get("sink", n)(self.path, self.experiment, hparams) for n in self.names]
         return self._sinks
 
     def epoch_rows(self, variant: str, rows: list[dict[str, Any]]) -> None:

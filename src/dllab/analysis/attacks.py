@@ -15,14 +15,16 @@ PGD    x_0 = x + U(-eps, eps)^d (random start), then repeat
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError
+from .. import DllabError, registry
 from ..data.images import to_unit_float
+from ..registry import register
 from .ood import eval_mode, image_tensor, model_device_dtype
 
 
@@ -46,6 +48,7 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return grad
 
 
+@register("attack", "fgsm")
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Fast gradient sign method: one eps-sized sign step up the loss, clamped to [0, 1]. eps=0 returns x."""
     _check_eps(eps)
@@ -56,6 +59,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     return (x.detach() + eps * grad.sign()).clamp_(0, 1)
 
 
+@register("attack", "pgd")
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
         step_size: float | None = None, random_start: bool = True,
         generator: torch.Generator | None = None) -> torch.Tensor:
@@ -88,21 +92,18 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     return x_adv
 
 
-ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"fgsm": fgsm, "pgd": pgd}
-
-
 def adversarial_accuracy(model: nn.Module, x, y, eps_list: Sequence[float], attack: str = "fgsm",
-                         batch_size: int = 256, **pgd_kwargs) -> dict[float, float]:
+                         batch_size: int = 256, **options) -> dict[float, float]:
     """{eps: accuracy under the attack}, accuracy = correct / N as a Python float.
 
     eps = 0 classifies the clean input itself (no attack is run), so it is exactly the clean accuracy
-    computed with the same batch size. ``pgd_kwargs`` (steps, step_size, random_start, generator) go
-    to ``pgd``. x: uint8 or float [0, 1] images; y: (N,) integer labels.
+    computed with the same batch size. ``attack`` is a registered ``attack`` (a function
+    ``(model, x, y, eps, **options) -> x_adv``); ``options`` go to it (pgd: steps, step_size, random_start,
+    generator). x: uint8 or float [0, 1] images; y: (N,) integer labels.
     """
-    if attack not in ATTACKS:
-        raise DllabError(f"unknown attack '{attack}'; choose one of {', '.join(ATTACKS)}")
-    if pgd_kwargs and attack != "pgd":
-        raise DllabError(f"options {sorted(pgd_kwargs)} only apply to attack='pgd'")
+    attack_fn = registry.get("attack", attack)
+    if unknown := sorted(set(options) - set(inspect.signature(attack_fn).parameters)):
+        raise DllabError(f"options {unknown} do not apply to attack='{attack}'")
     for eps in eps_list:
         _check_eps(eps)
     x, y = image_tensor(x), torch.as_tensor(y)
@@ -111,14 +112,13 @@ def adversarial_accuracy(model: nn.Module, x, y, eps_list: Sequence[float], atta
     if batch_size < 1:
         raise DllabError(f"batch_size must be >= 1, got {batch_size}")
     dev, dtype = model_device_dtype(model)
-    attack_fn = ATTACKS[attack]
     correct = {eps: 0 for eps in eps_list}
     with eval_mode(model):
         for i in range(0, len(x), batch_size):   # batches outer: each batch is moved to the device once
             xb = to_unit_float(x[i:i + batch_size], dev, dtype)
             yb = y[i:i + batch_size].to(dev)
             for eps in correct:
-                xa = xb if eps == 0 else attack_fn(model, xb, yb, eps, **pgd_kwargs)
+                xa = xb if eps == 0 else attack_fn(model, xb, yb, eps, **options)
                 with torch.inference_mode():
                     correct[eps] += int((model(xa).argmax(dim=1) == yb).sum().item())
     return {eps: c / len(x) for eps, c in correct.items()}

@@ -8,46 +8,54 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
+from typing import Sequence
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
-from .. import DllabError
+from .. import DllabError, registry
+from ..registry import register
 
-CLASSIFIERS = ("svm", "logreg", "knn")
+# A classifier is registered as a factory (k, seed, max_iter) -> an unfitted sklearn estimator; the features
+# are standardised in front of it (make_classifier).
+
+
+@register("classifier", "svm")
+def svm(k: int = 5, seed: int = 0, max_iter: int = 2000) -> LinearSVC:
+    """Linear SVM (LinearSVC, C=1)."""
+    return LinearSVC(C=1.0, max_iter=max_iter, random_state=seed)
+
+
+@register("classifier", "logreg")
+def logreg(k: int = 5, seed: int = 0, max_iter: int = 2000) -> LogisticRegression:
+    """Logistic regression (C=1)."""
+    return LogisticRegression(C=1.0, max_iter=max_iter)
+
+
+@register("classifier", "knn")
+def knn(k: int = 5, seed: int = 0, max_iter: int = 2000) -> KNeighborsClassifier:
+    """k nearest neighbours (Euclidean)."""
+    return KNeighborsClassifier(n_neighbors=k)
 
 
 def make_classifier(name: str, k: int = 5, seed: int = 0, max_iter: int = 2000):
-    """An sklearn pipeline: StandardScaler then the named classifier."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-    if name == "svm":
-        clf = LinearSVC(C=1.0, max_iter=max_iter, random_state=seed)
-    elif name == "logreg":
-        clf = LogisticRegression(C=1.0, max_iter=max_iter)
-    elif name == "knn":
-        clf = KNeighborsClassifier(n_neighbors=k)
-    else:
-        raise DllabError(f"unknown classifier '{name}'; valid: {', '.join(CLASSIFIERS)}")
-    return make_pipeline(StandardScaler(), clf)
-
-
-def check_classifiers(names) -> None:
-    unknown = [n for n in names if n not in CLASSIFIERS]
-    if unknown:
-        raise DllabError(f"unknown classifier '{unknown[0]}'; valid: {', '.join(CLASSIFIERS)}")
+    """An sklearn pipeline: StandardScaler then the registered classifier ``name``."""
+    return make_pipeline(StandardScaler(), registry.get("classifier", name)(k=k, seed=seed, max_iter=max_iter))
 
 
 def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
-                    names=CLASSIFIERS, k: int = 5, seed: int = 0,
+                    names: Sequence[str] | None = None, k: int = 5, seed: int = 0,
                     timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """Fit each classifier on ``(train_x, train_y)``; return ``{name: {split: accuracy}}`` for every
-    ``eval_sets[split] = (x, y)``. ``timings``, if given, receives each classifier's fit+score seconds."""
-    import warnings
-    from sklearn.exceptions import ConvergenceWarning
-    check_classifiers(names)
+    """Fit each classifier of ``names`` (default: every registered one) on ``(train_x, train_y)``; return
+    ``{name: {split: accuracy}}`` for every ``eval_sets[split] = (x, y)``. ``timings``, if given, receives each
+    classifier's fit+score seconds."""
+    names = registry.names("classifier") if names is None else names
     if len(train_x) != len(train_y) or len(train_x) == 0:
         raise DllabError(f"features: {len(train_x)} training rows for {len(train_y)} labels")
     out: dict[str, dict[str, float]] = {}
@@ -64,14 +72,14 @@ def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[st
     return out
 
 
-def probe_key(feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5, seed: int = 0) -> str:
+def probe_key(feats: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str], k: int = 5, seed: int = 0) -> str:
     """A string that changes with whatever ``probe``'s accuracies depend on: the classifiers, k, the seed and
     the features."""
     return f"{list(names)}|k={k}|seed={seed}|" + hashlib.sha1(
         b"".join(np.ascontiguousarray(feats[n][0]).tobytes() for n in sorted(feats))).hexdigest()
 
 
-def probe(feats: dict[str, tuple[np.ndarray, np.ndarray]], names=CLASSIFIERS, k: int = 5,
+def probe(feats: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str], k: int = 5,
           seed: int = 0) -> dict[str, dict[str, float]]:
     """``fit_classifiers`` on ``feats["train"]``, scored on val/test -> {name: {"val": acc, "test": acc,
     "seconds": s}}."""

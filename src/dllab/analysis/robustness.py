@@ -6,13 +6,15 @@ Images are uint8 or float in [0, 1]; epsilons are in pixel units (normalisation 
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
 
+from .. import registry
 from ..data.images import Split, to_unit_float
 from ..events import QUIET, Reporter
-from .attacks import ATTACKS, adversarial_accuracy
+from .attacks import adversarial_accuracy
 from .settings import AttackConfig
 
 
@@ -25,12 +27,13 @@ def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 
 
 def attack_options(attack: str, steps: int = 10, step_size: float = 0.0, random_start: bool = True,
                    seed: int = 0) -> dict:
-    """The keyword options of ``ATTACKS[attack]``: for PGD its steps, step size (0 = Madry et al.'s
-    2.5 * eps / steps), random start and a fresh generator seeded with ``seed``; FGSM has none."""
-    if attack != "pgd":
-        return {}
-    return {"steps": steps, "step_size": step_size or None, "random_start": random_start,
-            "generator": torch.Generator().manual_seed(seed)}
+    """The keyword options the registered ``attack`` takes, of: its steps, step size (0 = the attack's default;
+    PGD's is Madry et al.'s 2.5 * eps / steps), random start and a fresh generator seeded with ``seed``. PGD
+    takes them all, FGSM none."""
+    offered = {"steps": lambda: steps, "step_size": lambda: step_size or None, "random_start": lambda: random_start,
+               "generator": lambda: torch.Generator().manual_seed(seed)}
+    takes = inspect.signature(registry.get("attack", attack)).parameters
+    return {k: make() for k, make in offered.items() if k in takes}
 
 
 def attack_sweep(model, split: Split, attack: str, epsilons: Sequence[float], batch_size: int = 256,
@@ -77,7 +80,7 @@ def attack_examples(model, split: Split, attack: AttackConfig, seed: int = 0
     kwargs = attack_options(attack.name, attack.steps, attack.step_size, attack.random_start, seed)
     out = {}
     for eps in attack.epsilons:
-        xa = x if eps == 0 else ATTACKS[attack.name](model, x, y, eps, **kwargs)
+        xa = x if eps == 0 else registry.get("attack", attack.name)(model, x, y, eps, **kwargs)
         with torch.inference_mode():
             out[eps] = (xa, model(xa).argmax(1))
     return y, out

@@ -17,9 +17,10 @@ def accuracy_gap(a: float, b: float, n: int) -> tuple[str, float, float]:
     return "Not measurably", diff, noise
 
 
-def pretraining_verdict(results: dict[str, dict], n_eval: int, split: str = "val") -> str | None:
+def pretraining_verdict(results: dict[str, dict], n_eval: int, split: str = "val", spec: str = "") -> str | None:
     """A sentence answering the transfer spec's question from a run's numbers: full_adam (else the best
-    pretrained full/partial variant) against scratch, with the sampling noise of ``n_eval`` images."""
+    pretrained full/partial variant) against scratch, with the sampling noise of ``n_eval`` images; ``spec``,
+    the spec's own answer (the experiment holds its numbers), is added after it."""
     key = f"{split}_acc" if split == "val" else "best_test_acc"
     pre = [n for n in ("full_adam", "full_sgd", "partial", "head") if n in results]
     if "scratch" not in results or not pre:
@@ -33,7 +34,7 @@ def pretraining_verdict(results: dict[str, dict], n_eval: int, split: str = "val
     if split == "val" and "best_test_acc" in results[name] and "best_test_acc" in results["scratch"]:
         test = (f"; on the test split {results[name]['best_test_acc']:.4f} against "
                 f"{results['scratch']['best_test_acc']:.4f}")
-    return (f"Does pretraining help here? {verdict}: {name} (fine-tuned from the source weights) reaches "
+    ours = (f"Does pretraining help here? {verdict}: {name} (fine-tuned from the source weights) reaches "
             f"{split} accuracy {a:.4f} against {b:.4f} from scratch ({100 * diff:+.1f} points; differences within "
-            f"±{100 * noise:.1f} points are sampling noise on {n_eval} {split} images){test}. The spec found "
-            f"55.48% vs 55.41% on CIFAR-100: no real gain.")
+            f"±{100 * noise:.1f} points are sampling noise on {n_eval} {split} images){test}.")
+    return f"{ours} {spec}" if spec else ours

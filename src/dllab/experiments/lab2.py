@@ -9,99 +9,90 @@ This module is imported on every CLI call, so ``transformers``/``peft`` are impo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
-from .. import DllabError, distributed
-from ..config import RunConfig
-from ..registry import register_experiment
+from .. import distributed
+from ..config import (Amp, Count, Fraction, NonNegative, Positive, PositiveInt, RunConfig, Section, Unit, plugins,
+                      section)
+from ..registry import register
 from ..runs import Run
 
 
 # --- configs ------------------------------------------------------------------------------------------
 
-@dataclass
-class TextDataConfig:
+class TextDataConfig(Section):
     name: str = "rotten_tomatoes"       # <root>/<name>/{train,validation,test}.jsonl, else the HF hub
     root: str = ""                      # "" -> $DLLAB_DATA, else ./data
-    max_length: int = 128               # tokens, after truncation; batches are padded to their longest row
-    train_limit: int = 0                # 0 = all; otherwise a class-balanced random subset (seeded)
-    val_limit: int = 0
-    test_limit: int = 0
+    max_length: PositiveInt = 128       # tokens, after truncation; batches are padded to their longest row
+    train_limit: Count = 0              # 0 = all; otherwise a class-balanced random subset (seeded)
+    val_limit: Count = 0
+    test_limit: Count = 0
     group_by_length: bool = True        # batch sentences of similar length together (less padding)
 
 
-@dataclass
-class TextModelConfig:
+class TextModelConfig(Section):
     name: str = "distilbert-base-uncased"   # HF hub id, a local folder, or `minilm` (offline all-MiniLM-L6-v2)
     fallback: str = ""                  # used instead, with a report note, when `name` is not available
 
 
-@dataclass
 class TextRunConfig(RunConfig):
     """What both text experiments configure: the dataset and the pretrained model."""
-    data: TextDataConfig = field(default_factory=TextDataConfig)
-    model: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TextDataConfig = section(TextDataConfig)
+    model: TextModelConfig = section(TextModelConfig)
 
 
-@dataclass
-class FeaturesSection:
-    pooling: str = "cls"                # cls: first token of the last layer | mean: mean over real tokens
-    classifiers: list[str] = field(default_factory=lambda: ["svm", "logreg", "knn"])
-    k: int = 5                          # k-NN neighbours
-    batch_size: int = 64                # extraction batch (inference only)
-    threads: int = 0                    # torch CPU threads; 0 = torch's default (one per core)
+class FeaturesSection(Section):
+    pooling: Literal["cls", "mean"] = "cls"   # cls: first token of the last layer | mean: mean over real tokens
+    classifiers: plugins("classifier") = ["svm", "logreg", "knn"]
+    k: PositiveInt = 5                  # k-NN neighbours
+    batch_size: PositiveInt = 64        # extraction batch (inference only)
+    threads: Count = 0                  # torch CPU threads; 0 = torch's default (one per core)
 
 
-@dataclass
 class FeaturesConfig(TextRunConfig):
-    features: FeaturesSection = field(default_factory=FeaturesSection)
+    features: FeaturesSection = section(FeaturesSection)
 
     def cpu_threads(self) -> int:
         return self.features.threads
 
 
-@dataclass
-class StrategyLR:
+class StrategyLR(Section):
     # Peak AdamW learning rates (linear warm-up over `warmup` of the steps, then linear decay to 0).
     # Paper values for DistilBERT, batch 16, 3 epochs: the usual 2e-5 when every weight moves; a few
     # trained layers tolerate (and need) 5x more; LoRA's small fresh adapters need 5e-4.
-    full: float = 2e-5
-    head_last: float = 1e-4
-    full_amp: float = 2e-5
-    lora: float = 5e-4
+    full: Positive = 2e-5
+    head_last: Positive = 1e-4
+    full_amp: Positive = 2e-5
+    lora: Positive = 5e-4
 
 
-@dataclass
-class LoraSection:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=list)   # [] = query/value: q_lin,v_lin (DistilBERT),
-                                                               # query,value (BERT, RoBERTa)
+class LoraSection(Section):
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Fraction = 0.1
+    target_modules: list[str] = []      # [] = query/value: q_lin,v_lin (DistilBERT), query,value (BERT, RoBERTa)
 
 
-@dataclass
-class FinetuneSection:
-    strategies: list[str] = field(default_factory=lambda: ["baseline", "full", "head_last", "full_amp", "lora",
-                                                           "pretrained"])
-    epochs: int = 3                     # the epoch with the best validation accuracy is kept and tested
-    batch_size: int = 16
-    eval_batch_size: int = 128
-    lr: StrategyLR = field(default_factory=StrategyLR)
-    weight_decay: float = 0.01
-    warmup: float = 0.1                 # fraction of the training steps
-    amp: str = "auto"                   # full_amp: auto | bf16-mixed | fp16-mixed (bf16, fp16 also accepted);
-                                        # auto = bf16 (fp16 + GradScaler on GPUs without bf16); on a CPU
-                                        # without fast bf16 full_amp is skipped, bf16 forces it
-    lora: LoraSection = field(default_factory=LoraSection)
+class FinetuneSection(Section):
+    strategies: plugins("strategy", min_length=1) = ["baseline", "full", "head_last", "full_amp", "lora",
+                                                     "pretrained"]
+    epochs: PositiveInt = 3             # the epoch with the best validation accuracy is kept and tested
+    batch_size: PositiveInt = 16
+    eval_batch_size: PositiveInt = 128
+    lr: StrategyLR = section(StrategyLR)
+    weight_decay: NonNegative = 0.01
+    warmup: Unit = 0.1                  # fraction of the training steps
+    # full_amp: auto | bf16-mixed | fp16-mixed (bf16, fp16 also accepted); auto = bf16 (fp16 + GradScaler on
+    # GPUs without bf16); on a CPU without fast bf16 full_amp is skipped, bf16 forces it
+    amp: Amp = "auto"
+    lora: LoraSection = section(LoraSection)
     pretrained_model: str = "distilbert-base-uncased-finetuned-sst-2-english"   # "" = skip `pretrained`
-    threads: int = 0                    # torch CPU threads; 0 = torch's default (one per core). On a machine
+    threads: Count = 0                  # torch CPU threads; 0 = torch's default (one per core). On a machine
                                         # busy with other jobs, 1 can beat 2 on 2 cores: --set finetune.threads=1
 
 
-@dataclass
 class FinetuneConfig(TextRunConfig):
-    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    finetune: FinetuneSection = section(FinetuneSection)
 
     def cpu_threads(self) -> int:
         return self.finetune.threads
@@ -152,10 +143,10 @@ def features_metrics(cfg: FeaturesConfig) -> list[str]:
     return [f"{clf}.{split}_acc" for clf in dict.fromkeys(cfg.features.classifiers) for split in ("val", "test")]
 
 
-@register_experiment(
-    "lab2.features",
-    "Rotten Tomatoes: last-layer [CLS] embeddings of a pretrained transformer + LinearSVC / LogReg / k-NN",
-    FeaturesConfig, FEATURES_PROFILES, reference=FEATURES_REFERENCE,
+@register(
+    "experiment", "lab2.features",
+    description="Rotten Tomatoes: last-layer [CLS] embeddings of a pretrained transformer + LinearSVC / LogReg / k-NN",
+    config=FeaturesConfig, profiles=FEATURES_PROFILES, reference=FEATURES_REFERENCE,
     notes="Spec: DistilBERT's last-layer [CLS] embedding + SVM reaches 82%, logistic regression 83%, "
           "k-NN 74% validation accuracy.",
     metrics=features_metrics)
@@ -169,8 +160,6 @@ def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
     from ..report.text import classifiers_report
     from .common import load_text_data, open_text_model, text_features
     fc = cfg.features
-    if fc.pooling not in ("cls", "mean"):
-        raise DllabError(f"features.pooling={fc.pooling}: choose cls or mean")
     name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)
     splits = load_text_data(run, cfg.data, cfg.seed)
     feats = text_features(run, source, splits, fc.pooling, cfg.data.max_length, fc.batch_size, cfg.seed,
@@ -200,10 +189,11 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
     return [f"{s}.{k}" for s in strategies for k in FINETUNE_KEYS]
 
 
-@register_experiment(
-    "lab2.finetune",
-    "Rotten Tomatoes: fine-tuning strategies (none, full, head+last layer, mixed precision, LoRA, SST-2 model)",
-    FinetuneConfig, FINETUNE_PROFILES, reference=FINETUNE_REFERENCE,
+@register(
+    "experiment", "lab2.finetune",
+    description="Rotten Tomatoes: fine-tuning strategies (none, full, head+last layer, mixed precision, LoRA, "
+                "SST-2 model)",
+    config=FinetuneConfig, profiles=FINETUNE_PROFILES, reference=FINETUNE_REFERENCE,
     notes="Spec (DistilBERT, 3 epochs, validation accuracy, wall time): baseline 50%; full 83.96% 8:46; "
           "head + last layer 85.27% 8:59; full with AMP 85.08% 3:30; LoRA 83.20% 7:12; "
           "pretrained SST-2 model 90.53% 0:11.",
@@ -211,10 +201,9 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..report.text import strategies_report
     from ..text.finetune import SUMMARY_KEYS, log_amp_choice, run_strategies, tokenized_by
-    from ..text.strategies import StrategyContext, TrainSettings, check_strategies
+    from ..text.strategies import StrategyContext, TrainSettings
     from .common import load_text_data, open_text_model
     ft = cfg.finetune
-    check_strategies(ft.strategies)
     if "full_amp" in ft.strategies:
         log_amp_choice(run, ft.amp, run.device)
     name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)

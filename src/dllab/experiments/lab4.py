@@ -7,7 +7,8 @@ The classifier is the depth-5 ``cnn``, reused from a finished run (``--set model
 ``model.variant=NAME``: a lab1.cnn-depth run serves its res_d5, else plain_d5, a Lab 4 run its ``standard``)
 or trained here as variant ``standard`` (models/standard.pt, for the next Lab 4 run to reuse); a reused one
 must be trained on the ID data's classes. Detectors and attacks run in fp32 on images in [0, 1]; epsilons
-are in pixel units. OOD sets: ``ood.names`` (``analysis.ood.datasets.OOD_SETS``). Summary keys:
+are in pixel units. OOD sets: ``ood.names`` (registry kind ``ood_set``), detectors: ``ood.detectors`` (kind
+``detector``, each a class in analysis/ood/ or a plug-in's). Summary keys:
 ``<detector>.<metric>`` with one OOD set, else prefixed by its name (``mnist.energy.fpr95``; lab4.adv-train
 puts the model first: ``adv.mnist.msp.auroc``). Under torchrun the classifiers train on every rank and the
 analysis after them runs on rank 0 alone (``distributed.on_main``).
@@ -18,14 +19,13 @@ exists and one quick model serves all four (see _QUICK_TRAIN). ``smoke`` = secon
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import distributed
-from ..analysis.detector_names import METRICS, check_detectors
-from ..analysis.settings import AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
-from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from ..registry import register_experiment
+from ..analysis.settings import (METRICS, AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting,
+                                 OODConfig)
+from ..config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
+from ..registry import register
 
 if TYPE_CHECKING:
     from ..analysis.ood.datasets import OODSet
@@ -39,47 +39,40 @@ QUICK_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]   # CIF
 
 # --- configs ---------------------------------------------------------------------------------------
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     run: str = ""                 # reuse the cnn of this finished run folder ("" = train it in this run)
     variant: str = ""             # model of that run ("" = its only one, else res_d5, plain_d5, standard)
-    base_channels: int = 64       # when trained here (depth is always 5)
+    base_channels: PositiveInt = 64   # when trained here (depth is always 5)
     residual: bool = True
 
 
-@dataclass
 class Lab4Config(RunConfig):
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10", val_fraction=0.1, augment=True))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=128))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
-    model: ModelConfig = field(default_factory=ModelConfig)
-    analysis_batch_size: int = 256   # images per batch for detectors, attacks and the clean accuracy
+    data: DataConfig = section(DataConfig, name="cifar10", val_fraction=0.1, augment=True)
+    train: TrainConfig = section(TrainConfig, epochs=30, batch_size=128)
+    optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
+    model: ModelConfig = section(ModelConfig)
+    analysis_batch_size: PositiveInt = 256   # images per batch for detectors, attacks and the clean accuracy
 
 
-@dataclass
 class OODSetsConfig(Lab4Config):  # the experiments that score OOD sets
-    ood: OODConfig = field(default_factory=OODConfig)
+    ood: OODConfig = section(OODConfig)
 
 
-@dataclass
 class OODExpConfig(OODSetsConfig):
-    odin: OdinSetting = field(default_factory=OdinSetting)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    odin: OdinSetting = section(OdinSetting)
+    autoencoder: AutoencoderConfig = section(AutoencoderConfig)
 
 
-@dataclass
 class FGSMConfig(Lab4Config):
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack: AttackConfig = section(AttackConfig)
 
 
-@dataclass
 class AdvTrainConfig(FGSMConfig, OODExpConfig):   # both experiments' sections (ood, odin, autoencoder, attack)
-    adv: AdvConfig = field(default_factory=AdvConfig)
+    adv: AdvConfig = section(AdvConfig)
 
 
-@dataclass
 class ODINConfig(OODSetsConfig):
-    odin: OdinGridConfig = field(default_factory=OdinGridConfig)
+    odin: OdinGridConfig = section(OdinGridConfig)
 
 
 # Shared by the four experiments' profiles; each experiment adds the sections its config has (a key that names
@@ -133,8 +126,6 @@ def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], S
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
                  f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
-    if with_ood:
-        check_detectors(cfg.ood.detectors)
     ood_sets = (record_ood_sets(run, build_ood_sets(cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root),
                                                     cfg.ood.limit, cfg.data.allow_fallback and cfg.profile != "paper"))
                 if with_ood else [])
@@ -196,9 +187,11 @@ def odin_metrics(cfg: ODINConfig) -> list[str]:
 
 # --- Ex. 1.1-1.2: OOD detection --------------------------------------------------------------------
 
-@register_experiment(
-    "lab4.ood", "OOD detection with the depth-5 CNN: MSP, max logit, energy, ODIN, autoencoder; histograms, "
-                "ROC/PR curves, AUROC/AUPR/FPR95 (spec Ex. 1.1-1.2)", OODExpConfig,
+@register(
+    "experiment", "lab4.ood",
+    description="OOD detection with the depth-5 CNN: MSP, max logit, energy, ODIN, autoencoder; histograms, "
+                "ROC/PR curves, AUROC/AUPR/FPR95 (spec Ex. 1.1-1.2)",
+    config=OODExpConfig,
     profiles={"paper": _PAPER,
               "quick": {**_QUICK_TRAIN, **_QUICK_OOD, **_QUICK_AE},
               "smoke": {**_SMOKE_TRAIN, **_SMOKE_OOD, **_SMOKE_AE}},
@@ -236,8 +229,10 @@ def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet
 
 # --- Ex. 2.1: FGSM (or PGD) ------------------------------------------------------------------------
 
-@register_experiment(
-    "lab4.fgsm", "FGSM (or PGD) attacks on the depth-5 CNN: test accuracy per epsilon (spec Ex. 2.1)", FGSMConfig,
+@register(
+    "experiment", "lab4.fgsm",
+    description="FGSM (or PGD) attacks on the depth-5 CNN: test accuracy per epsilon (spec Ex. 2.1)",
+    config=FGSMConfig,
     profiles={"paper": _PAPER, "quick": _QUICK_TRAIN, "smoke": {**_SMOKE_TRAIN, **_SMOKE_ATTACK}},
     reference={f"fgsm.{k}": v for k, v in _FGSM_REF.items()},
     notes="FGSM adversarial examples of the CIFAR-10 test images: accuracy 84.73% at eps 0, 47.53% at 0.01, "
@@ -265,9 +260,11 @@ def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict
 
 # --- Ex. 2.2: FGSM adversarial training ------------------------------------------------------------
 
-@register_experiment(
-    "lab4.adv-train", "FGSM adversarial training (eps 0.01, alpha 0.5) vs standard training: FGSM accuracy "
-                      "and OOD metrics side by side (spec Ex. 2.2)", AdvTrainConfig,
+@register(
+    "experiment", "lab4.adv-train",
+    description="FGSM adversarial training (eps 0.01, alpha 0.5) vs standard training: FGSM accuracy "
+                "and OOD metrics side by side (spec Ex. 2.2)",
+    config=AdvTrainConfig,
     profiles={"paper": _PAPER,
               "quick": {**_QUICK_TRAIN, **_QUICK_OOD, **_QUICK_AE, **_ADV_OOD},
               "smoke": {**_SMOKE_TRAIN, **_SMOKE_OOD, **_SMOKE_AE, **_SMOKE_ATTACK, **_ADV_OOD}},
@@ -323,9 +320,11 @@ def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODS
 
 # --- Ex. 3.1: ODIN grid search ---------------------------------------------------------------------
 
-@register_experiment(
-    "lab4.odin", "ODIN: grid over temperature T and input perturbation eps, selected on a validation split of ID "
-                 "and OOD images, reported on the test split beside MSP (spec Ex. 3.1)", ODINConfig,
+@register(
+    "experiment", "lab4.odin",
+    description="ODIN: grid over temperature T and input perturbation eps, selected on a validation split of ID "
+                "and OOD images, reported on the test split beside MSP (spec Ex. 3.1)",
+    config=ODINConfig,
     profiles={"paper": _PAPER,
               # quick: all ten temperatures, 4 of the 7 epsilons (a backward pass per T, a forward per
               # (T, eps > 0)) on 1,000 ID + 1,000 OOD images: the grid is most of the run's time.

@@ -1,3 +1,2 @@
-"""Models, built by name through ``dllab.registry.build_model``."""
-from . import cnn, decoder, mlp  # noqa: F401  (registers the models)
+"""Models, each registered by name (``@register("model", ...)``) and built through ``dllab.registry.build_model``."""
 from .common import Normalize  # noqa: F401

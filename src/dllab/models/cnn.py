@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..registry import register_model
+from ..registry import register
 from .common import DATASET_STATS, Classifier, Normalize
 
 
@@ -71,7 +71,8 @@ class CNN(Classifier):
         return self.pool(self.feature_maps(x))
 
 
-@register_model
+@register("model", "cnn")
 def cnn(num_classes=10, in_channels=3, base_channels=64, depth=5, residual=False, stats="cifar10", head_hidden=0,
         **_):
+    """A CNN of ``depth`` conv blocks of ``base_channels``, plain or residual."""
     return CNN(in_channels, base_channels, depth, residual, num_classes, stats, head_hidden)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import register_model
+from ..registry import register
 
 
 class ConvDecoder(nn.Module):
@@ -26,7 +26,7 @@ class ConvDecoder(nn.Module):
         return self.net(z)
 
 
-@register_model
+@register("model", "conv_decoder")
 def conv_decoder(in_channels: int = 64, hidden: int = 32, out_channels: int = 3) -> ConvDecoder:
     """Feature maps with ``in_channels`` channels -> ``out_channels``-channel images in [0, 1]."""
     return ConvDecoder(in_channels, hidden, out_channels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import register_model
+from ..registry import register
 from .common import DATASET_STATS, Classifier, Normalize
 
 
@@ -59,11 +59,13 @@ class BasicMLP(Classifier):
         return torch.relu(self.fc2(torch.relu(self.fc1(x))))
 
 
-@register_model
+@register("model", "basic_mlp")
 def basic_mlp(num_classes=10, in_channels=1, image_size=28, width=64, stats="mnist", **_):
+    """The spec's BasicMLP: input-width-width-classes with ReLU."""
     return BasicMLP(image_size * image_size, width, num_classes, in_channels, stats)
 
 
-@register_model
+@register("model", "mlp")
 def mlp(num_classes=10, in_channels=1, image_size=28, width=64, depth=1, residual=False, stats="mnist", **_):
+    """An MLP of ``depth`` blocks of ``width``, plain or residual."""
     return MLP(image_size * image_size, width, depth, residual, num_classes, in_channels, stats)

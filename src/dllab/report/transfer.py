@@ -81,14 +81,16 @@ def variants_report(history: list[dict[str, Any]], results: dict[str, dict], tun
     return items
 
 
-def closing_notes(results: dict[str, dict], summary: dict[str, float], target: ImageData) -> list[Item]:
-    """Whether pretraining beat scratch by more than sampling noise, frozen features against fine-tuning,
-    and which weights test_acc measures."""
+def closing_notes(results: dict[str, dict], summary: dict[str, float], target: ImageData,
+                  spec_verdict: str = "") -> list[Item]:
+    """Whether pretraining beat scratch by more than sampling noise (and ``spec_verdict``, the spec's answer),
+    frozen features against fine-tuning, and which weights test_acc measures."""
     from ..analysis.significance import pretraining_verdict
 
     notes: list[Item] = []
     n_eval = len(target.val) if target.val is not None else len(target.test)
-    if sentence := pretraining_verdict(results, n_eval, "val" if target.val is not None else "test"):
+    if sentence := pretraining_verdict(results, n_eval, "val" if target.val is not None else "test",
+                                       spec_verdict):
         notes.append(Note(sentence))
     if "svm.val_acc" in summary and "full_adam.val_acc" in summary:
         notes.append(Note(f"frozen features vs fine-tuning: LinearSVC {summary['svm.val_acc']:.4f}"

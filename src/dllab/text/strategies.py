@@ -37,6 +37,7 @@ from ..data.text import TokenizedSplit, iterate_batches, num_batches
 from ..env import to_device
 from ..models.common import count_parameters
 from ..progress import progress_bar
+from ..registry import register
 from ..train.checkpoint import restore_training_state, save_training_state
 from ..train.precision import Precision, resolve_precision
 from . import hf
@@ -80,16 +81,19 @@ def _trainable_only(model: nn.Module, modules: list[nn.Module]) -> nn.Module:
     return model
 
 
+@register("strategy", "baseline")
 def baseline(ctx: StrategyContext) -> Prepared:
     """New random head, no training: the chance-level floor (~50% on balanced classes)."""
     return Prepared(ctx.fresh_classifier().requires_grad_(False), ctx.model_source, train=False)
 
 
+@register("strategy", "full")
 def full(ctx: StrategyContext) -> Prepared:
     """Every parameter trains, in fp32."""
     return Prepared(ctx.fresh_classifier().requires_grad_(True), ctx.model_source, lr=ctx.cfg.lr.full)
 
 
+@register("strategy", "head_last")
 def head_last(ctx: StrategyContext) -> Prepared:
     """Only the classification head and the last transformer layer train; the rest stays pretrained."""
     model = ctx.fresh_classifier()
@@ -98,6 +102,7 @@ def head_last(ctx: StrategyContext) -> Prepared:
     return Prepared(model, ctx.model_source, lr=ctx.cfg.lr.head_last)
 
 
+@register("strategy", "full_amp")
 def full_amp(ctx: StrategyContext) -> Prepared:
     """Every parameter trains, under mixed precision (bf16 autocast, or fp16 + GradScaler on GPUs without
     bf16). Skipped where mixed precision would only be slower (a CPU without native bf16) unless
@@ -107,6 +112,7 @@ def full_amp(ctx: StrategyContext) -> Prepared:
                     precision=prec)
 
 
+@register("strategy", "lora")
 def lora(ctx: StrategyContext) -> Prepared:
     """Low-rank adapters on the attention projections (query/value by default) plus a trainable head
     (peft's ``modules_to_save``); the pretrained weights stay frozen."""
@@ -128,6 +134,7 @@ def lora(ctx: StrategyContext) -> Prepared:
     return Prepared(model, ctx.model_source, lr=ctx.cfg.lr.lora)
 
 
+@register("strategy", "pretrained")
 def pretrained(ctx: StrategyContext) -> Prepared:
     """A model already fine-tuned for sentiment, evaluated as is; its labels are mapped by name."""
     name = ctx.cfg.pretrained_model

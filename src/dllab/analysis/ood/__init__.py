@@ -1,12 +1,13 @@
 """Out-of-distribution detection.
 
-Detectors are objects, as in pytorch-ood (``DETECTORS``: name -> class; see ``base``): ``fit(model,
-x_train)`` (a no-op except for the autoencoder, which trains and keeps its decoder) and ``score(model, x)``,
-one score per input with pytorch-ood's convention: **larger score = more likely OOD**. The logit-based
-ones also take a (N, K) logit tensor, so one forward pass over a dataset serves all of them::
+Detectors are objects, as in pytorch-ood (see ``base``), one class per file, each registered by name
+(``@register("detector", "msp")``; ``registry.get("detector", name)`` is the class): ``fit(model, x, y)``
+(ID training images and labels; a no-op except for the autoencoder, which trains and keeps its decoder) and
+``score(model, x)``, one score per input with pytorch-ood's convention: **larger score = more likely OOD**.
+The logit-based ones also take a (N, K) logit tensor, so one forward pass over a dataset serves all of them::
 
     logits = logits_of(model, x_test)
-    scores = {name: DETECTORS[name]().score_logits(logits) for name in ("msp", "max_logit", "energy")}
+    scores = {name: registry.get("detector", name)().score_logits(logits) for name in ("msp", "max_logit")}
 
 Images follow dllab's contract: float in [0, 1], (N, C, H, W); normalisation lives inside the model.
 The helpers here also accept uint8 images (divided by 255, per batch so a whole dataset is never
@@ -99,7 +100,8 @@ def logits_of(model: torch.nn.Module, data, batch_size: int = 256) -> torch.Tens
     return torch.cat(out)
 
 
-# Imported after the helpers: the detector modules import them from here.
+# Imported after the helpers: the detector modules import them from here. (A convenience for callers of
+# dllab's own detectors; a new detector, dllab's or a plug-in's, needs no line here.)
 from .autoencoder import Autoencoder  # noqa: E402
 from .base import Detector, LogitDetector  # noqa: E402
 from .energy import Energy, energy_scores  # noqa: E402
@@ -107,15 +109,6 @@ from .max_logit import MaxLogit, max_logit_scores  # noqa: E402
 from .msp import MSP, msp_scores  # noqa: E402
 from .odin import ODIN  # noqa: E402
 
-# name -> detector class (config and summary keys use these names).
-DETECTORS: dict[str, type[Detector]] = {
-    "msp": MSP,
-    "max_logit": MaxLogit,
-    "energy": Energy,
-    "odin": ODIN,
-    "autoencoder": Autoencoder,
-}
-
-__all__ = ["DETECTORS", "Detector", "LogitDetector", "MSP", "MaxLogit", "Energy", "ODIN", "Autoencoder",
+__all__ = ["Detector", "LogitDetector", "MSP", "MaxLogit", "Energy", "ODIN", "Autoencoder",
            "logits_of", "msp_scores", "max_logit_scores", "energy_scores",
            "eval_mode", "image_batches", "image_tensor", "model_device_dtype"]

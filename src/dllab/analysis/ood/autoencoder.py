@@ -25,6 +25,7 @@ from torch import nn
 from ... import DllabError
 from ...data.images import to_unit_float
 from ...models.decoder import conv_decoder
+from ...registry import register
 from . import eval_mode, image_batches, image_tensor, model_device_dtype
 from .base import Detector
 
@@ -149,6 +150,7 @@ def reconstruction_scores(encoder_model: nn.Module, decoder: nn.Module, data,
     return torch.cat(out)
 
 
+@register("detector", "autoencoder")
 class Autoencoder(Detector):
     """Reconstruction error: score(x) = mean_{c,h,w} (D(E(x)) - x)^2 (larger = more OOD), with E the
     classifier's frozen trunk (``feature_maps``) and D a small decoder that ``fit`` trains on ID training
@@ -162,7 +164,6 @@ class Autoencoder(Detector):
     """
 
     label = "autoencoder MSE"
-    learns = True
 
     def __init__(self, epochs: int = 5, lr: float = 1e-3, fit_batch_size: int = 128, hidden: int = 32,
                  seed: int | None = None, progress: Callable[[int, float], None] | None = None,
@@ -174,14 +175,25 @@ class Autoencoder(Detector):
         self.history: list[float] = []
         self.n_train = 0
 
-    def fit(self, model: nn.Module, x_train=None) -> "Autoencoder":
-        if x_train is None:
-            raise DllabError("the autoencoder detector is fitted on ID training images: fit(model, x_train)")
+    @classmethod
+    def from_settings(cls, batch_size: int = 256, autoencoder=None, seed: int | None = None,
+                      progress: Callable[[int, float], None] | None = None, **_) -> "Autoencoder":
+        """``autoencoder``: the experiment's decoder section (epochs, lr, batch_size, hidden); ``seed`` seeds
+        the decoder's shuffling; ``progress(epoch, mean_loss)`` hears of each epoch."""
+        if autoencoder is None:
+            return cls(seed=seed, progress=progress, batch_size=batch_size)
+        return cls(epochs=autoencoder.epochs, lr=autoencoder.lr, fit_batch_size=autoencoder.batch_size,
+                   hidden=autoencoder.hidden, seed=seed, progress=progress, batch_size=batch_size)
+
+    def fit(self, model: nn.Module, x=None, y=None) -> "Autoencoder":
+        """Train the decoder on the ID training images ``x`` (the labels ``y`` are not needed)."""
+        if x is None:
+            raise DllabError("the autoencoder detector is fitted on ID training images: fit(model, x, y)")
         g = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         self.decoder, self.history = train_autoencoder(
-            model, x_train, epochs=self.epochs, lr=self.lr, batch_size=self.fit_batch_size,
+            model, x, epochs=self.epochs, lr=self.lr, batch_size=self.fit_batch_size,
             progress=self.progress, hidden=self.hidden, generator=g)
-        self.n_train = len(image_tensor(x_train))
+        self.n_train = len(image_tensor(x))
         return self
 
     def fit_note(self) -> str:
@@ -191,7 +203,7 @@ class Autoencoder(Detector):
 
     def _fitted_decoder(self) -> nn.Module:
         if self.decoder is None:
-            raise DllabError("the autoencoder detector needs fit(model, x_train) before it can score")
+            raise DllabError("the autoencoder detector needs fit(model, x, y) before it can score")
         return self.decoder
 
     def score(self, model: nn.Module, x) -> torch.Tensor:

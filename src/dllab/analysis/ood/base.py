@@ -1,9 +1,13 @@
-"""What every OOD detector object is, as in pytorch-ood: ``fit(model, x_train) -> self`` learns whatever
-the detector needs from in-distribution training images (most need nothing), ``score(model, x)`` gives one
-CPU float32 score per image, **larger = more likely OOD**.
+"""What every OOD detector object is, as in pytorch-ood: ``fit(model, x, y) -> self`` learns whatever the
+detector needs from in-distribution training data (images ``x``, uint8 or float in [0, 1], and their labels
+``y``; most detectors need nothing), ``score(model, x)`` gives one CPU float32 score per image, **larger = more
+likely OOD**.
 
-Detectors that read nothing but the logits are ``LogitDetector``s: ``score_logits`` lets one forward pass
-over a dataset serve all of them (``analysis.ood.evaluate.score_images``).
+A detector is one file: a ``Detector`` subclass registered with ``@register("detector", "<name>")``. The
+name is its config name (``ood.detectors``) and its summary keys' (``<name>.auroc``...); ``from_settings``
+builds it from the experiment's settings. Detectors that read nothing but the logits are ``LogitDetector``s:
+``score_logits`` lets one forward pass over a dataset serve all of them
+(``analysis.ood.evaluate.score_images``).
 """
 from __future__ import annotations
 
@@ -15,14 +19,20 @@ from . import logits_of
 class Detector:
     """Base detector. ``batch_size``: images per forward pass when scoring; ``label``: its name in figures."""
 
-    label = "detector"
-    learns = False        # whether ``fit`` needs ID training images (the autoencoder's decoder)
+    label = ""            # its name in figures ("" = its registered name)
 
     def __init__(self, batch_size: int = 256):
         self.batch_size = batch_size
 
-    def fit(self, model: torch.nn.Module, x_train=None) -> "Detector":
-        """Nothing to learn; returns self."""
+    @classmethod
+    def from_settings(cls, batch_size: int = 256, **settings) -> "Detector":
+        """The detector as an experiment sets it up. ``settings`` holds the experiment's detector sections by
+        name (``odin``, ``autoencoder``), ``seed`` and ``progress``; a detector takes what it needs (this
+        default: nothing but the batch size)."""
+        return cls(batch_size=batch_size)
+
+    def fit(self, model: torch.nn.Module, x=None, y=None) -> "Detector":
+        """Nothing to learn from the ID training images ``x`` and labels ``y``; returns self."""
         return self
 
     def fit_note(self) -> str:

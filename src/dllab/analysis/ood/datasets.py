@@ -2,7 +2,7 @@
 
 Every builder returns an ``OODSet``: uint8 images (N, C, H, W) with the ID images' C, H, W (so the
 classifier, the detectors and the attacks take them as they take the ID test split), plus where they
-came from. Names (``OOD_SETS``):
+came from. Names (registry kind ``ood_set``; a plug-in package registers others the same way):
 
   heldout      the classes of the ID dataset that the ID subset (``data.classes``) leaves out, test split
                (near OOD: same photographs, unseen classes). Needs ``data.classes`` to be a strict subset.
@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ... import DllabError
+from ... import DllabError, registry
 from ...data.images import DatasetMissing, ImageData, Split, balanced_subset, read_dataset
+from ...registry import register
 
 # The 20 fine CIFAR-100 classes of 4 superclasses with no CIFAR-10 counterpart.
 CIFAR100_20 = ["orchid", "poppy", "rose", "sunflower", "tulip",                     # flowers
@@ -104,7 +104,9 @@ def _limit(split: Split, limit: int) -> Split:
 
 # --- builders: (id_data, root, limit, seed, allow_fallback) -> OODSet -----------------------------
 
+@register("ood_set", "heldout")
 def heldout(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_fallback: bool = True) -> OODSet:
+    """The ID dataset's classes that data.classes leaves out (test split): near OOD."""
     _, test, classes, source, warns = read_dataset(id_data.name, root, allow_fallback)
     out, out_classes = complement_split(test, classes, id_data.classes)
     out = _limit(out, limit)
@@ -112,8 +114,10 @@ def heldout(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow
                   f"{', '.join(out_classes)}", out_classes, list(warns))
 
 
+@register("ood_set", "cifar100-20")
 def cifar100_20(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,
                 allow_fallback: bool = True) -> OODSet:
+    """The 20 CIFAR-100 classes that overlap no CIFAR-10 class (test split)."""
     try:
         _, test, classes, source, warns = read_dataset("cifar100", root)
     except DatasetMissing as e:   # offline without CIFAR-100: read_dataset's message, saying which OOD set needs it
@@ -130,7 +134,9 @@ def cifar100_20(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,
                   out_classes, list(warns))
 
 
+@register("ood_set", "mnist")
 def mnist(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_fallback: bool = True) -> OODSet:
+    """MNIST test digits, grey to the ID channels, zero-padded to the ID size: far OOD."""
     _, test, classes, source, warns = read_dataset("mnist", root, allow_fallback)
     test = _limit(test, limit)
     how = "zero-padded" if tuple(test.x.shape[2:]) == (28, 28) and id_data.shape[1:] == (32, 32) else "fitted"
@@ -139,21 +145,18 @@ def mnist(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_f
                   f"{id_data.shape[1]}x{id_data.shape[2]}", classes, list(warns))
 
 
+@register("ood_set", "noise")
 def noise(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_fallback: bool = True) -> OODSet:
+    """Uniform noise images, seeded."""
     n = limit or len(id_data.test)
     return OODSet("noise", noise_images(n, id_data.shape, seed=seed), f"uniform noise, {n} images, seed {seed}")
 
 
-Builder = Callable[..., OODSet]
-OOD_SETS: dict[str, Builder] = {"heldout": heldout, "cifar100-20": cifar100_20, "mnist": mnist, "noise": noise}
-
-
 def build_ood_set(name: str, id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,
                   allow_fallback: bool = True) -> OODSet:
-    """The OOD set ``name`` (see ``OOD_SETS``) for the in-distribution data ``id_data``."""
-    if name not in OOD_SETS:
-        raise DllabError(f"unknown OOD set '{name}'; choose one of {', '.join(OOD_SETS)}")
-    ood = OOD_SETS[name](id_data, Path(root), limit=limit, seed=seed, allow_fallback=allow_fallback)
+    """The OOD set ``name`` (a registered ``ood_set``: a builder ``(id_data, root, limit=, seed=,
+    allow_fallback=) -> OODSet``) for the in-distribution data ``id_data``."""
+    ood = registry.get("ood_set", name)(id_data, Path(root), limit=limit, seed=seed, allow_fallback=allow_fallback)
     if len(ood) == 0:
         raise DllabError(f"OOD set '{name}' is empty")
     return ood

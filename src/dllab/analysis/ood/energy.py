@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ... import DllabError
+from ...registry import register
 from .base import LogitDetector
 from .msp import as_logits
 
@@ -24,6 +25,7 @@ def energy_scores(logits, T: float = 1.0) -> torch.Tensor:
     return -T * torch.logsumexp(as_logits(logits) / T, dim=1)
 
 
+@register("detector", "energy")
 class Energy(LogitDetector):
     """Energy score: score(x) = -T * logsumexp_k(f(x)_k / T) (larger = more OOD); T = 1 by default.
 

@@ -10,29 +10,31 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ...data.images import ImageData, balanced_subset
+from ... import registry
+from ...data.images import ImageData, Split, balanced_subset
 from ...events import QUIET, Reporter
-from ..detector_names import METRICS, check_detectors
-from ..settings import AutoencoderConfig, OdinSetting
-from . import DETECTORS, logits_of
+from ..settings import METRICS, AutoencoderConfig, OdinSetting
+from . import logits_of
 from .base import Detector, LogitDetector
 from .datasets import OODSet
 
 
 def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
                     seed: int = 0, tag: str = "", reporter: Reporter = QUIET) -> dict[str, Detector]:
-    """The detectors ``names`` (checked), not fitted yet: build them once per model, since the autoencoder's
-    decoder belongs to the model it was fitted on. ``seed`` seeds the decoder's shuffling, whose progress
-    goes to ``reporter``'s log under ``tag``."""
+    """The registered detectors ``names`` (each once), not fitted yet: build them once per model, since the
+    autoencoder's decoder belongs to the model it was fitted on. Each takes what it needs of the settings
+    (``Detector.from_settings``): ``odin``, ``autoencoder``, ``seed`` (the decoder's shuffling) and
+    ``progress``, which sends a fitting detector's epochs to ``reporter``'s log under ``tag``."""
     def progress(epoch: int, loss: float) -> None:
         reporter.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} "
                      f"reconstruction MSE {loss:.5f}")
 
-    options = {"odin": {"T": odin.temperature, "eps": odin.epsilon},
-               "autoencoder": {"epochs": autoencoder.epochs, "lr": autoencoder.lr,
-                               "fit_batch_size": autoencoder.batch_size, "hidden": autoencoder.hidden,
-                               "seed": seed, "progress": progress}}
-    return {d: DETECTORS[d](batch_size=batch_size, **options.get(d, {})) for d in check_detectors(names)}
+    settings = {"odin": odin, "autoencoder": autoencoder, "seed": seed, "progress": progress}
+    detectors = {d: registry.get("detector", d).from_settings(batch_size=batch_size, **settings)
+                 for d in dict.fromkeys(names)}
+    for name, det in detectors.items():
+        det.label = det.label or name   # figures name a detector that has no label of its own by its name
+    return detectors
 
 
 def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -61,13 +63,13 @@ def ood_evaluation(model, id_x, ood_sets: dict[str, torch.Tensor], detectors: di
     return scores, metrics
 
 
-def fit_and_evaluate(model, detectors: dict[str, Detector], x_train, id_x, ood_sets: dict[str, torch.Tensor],
+def fit_and_evaluate(model, detectors: dict[str, Detector], train: Split, id_x, ood_sets: dict[str, torch.Tensor],
                      batch_size: int = 256, tag: str = "", reporter: Reporter = QUIET):
-    """Fit every detector on ``x_train`` (ID training images), then ``ood_evaluation``; what fitting did
-    (a note, right after each fit) and each OOD set's AUROCs (a log line) go to ``reporter`` (``tag`` names the
-    model when there are two)."""
+    """Fit every detector on ``train`` (ID training images and labels), then ``ood_evaluation``; what fitting
+    did (a note, right after each fit) and each OOD set's AUROCs (a log line) go to ``reporter`` (``tag`` names
+    the model when there are two)."""
     for name, det in detectors.items():
-        det.fit(model, x_train)
+        det.fit(model, train.x, train.y)
         if note := det.fit_note():
             reporter.note(f"{name} detector{' (' + tag + ')' if tag else ''}: {note}")
     scores, metrics = ood_evaluation(model, id_x, ood_sets, detectors, batch_size)
@@ -80,12 +82,12 @@ def fit_and_evaluate(model, detectors: dict[str, Detector], x_train, id_x, ood_s
 def evaluate_ood(model, detectors: dict[str, Detector], data: ImageData, ood_sets: Sequence[OODSet],
                  batch_size: int = 256, fit_limit: int = 0, seed: int = 0, tag: str = "",
                  reporter: Reporter = QUIET) -> tuple[dict, dict]:
-    """``fit_and_evaluate`` on ``data``'s test images vs every OOD set; the detectors that learn are fitted on
-    a class-balanced subset of ``fit_limit`` of its training images (0 = all) drawn with ``seed``. Returns
-    (scores, metrics); ``score_arrays`` turns the scores into scores.npz's arrays."""
-    learns = any(det.learns for det in detectors.values())
-    x_fit = balanced_subset(data.train, fit_limit, torch.Generator().manual_seed(seed)).x if learns else None
-    return fit_and_evaluate(model, detectors, x_fit, data.test.x, {s.name: s.x for s in ood_sets}, batch_size, tag,
+    """``fit_and_evaluate`` on ``data``'s test images vs every OOD set; the detectors are fitted on a
+    class-balanced subset of ``fit_limit`` of its training images and labels (0 = all), drawn with ``seed``
+    (from a generator of its own: the draw changes no other random number). Returns (scores, metrics);
+    ``score_arrays`` turns the scores into scores.npz's arrays."""
+    fit_on = balanced_subset(data.train, fit_limit, torch.Generator().manual_seed(seed))
+    return fit_and_evaluate(model, detectors, fit_on, data.test.x, {s.name: s.x for s in ood_sets}, batch_size, tag,
                             reporter)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ...registry import register
 from .base import LogitDetector
 from .msp import as_logits
 
@@ -21,6 +22,7 @@ def max_logit_scores(logits) -> torch.Tensor:
     return -as_logits(logits).amax(dim=1)
 
 
+@register("detector", "max_logit")
 class MaxLogit(LogitDetector):
     """Maximum logit: score(x) = -max_k f(x)_k (larger = more OOD).
 

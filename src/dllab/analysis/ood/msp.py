@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ... import DllabError
+from ...registry import register
 from .base import LogitDetector
 
 
@@ -28,6 +29,7 @@ def msp_scores(logits) -> torch.Tensor:
     return -torch.softmax(as_logits(logits), dim=1).amax(dim=1)
 
 
+@register("detector", "msp")
 class MSP(LogitDetector):
     """Maximum softmax probability: score(x) = -max_k softmax(f(x))_k (larger = more OOD).
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import DllabError
+from ...registry import register
 from . import eval_mode, image_batches, model_device_dtype
 from .base import Detector
 from .msp import msp_scores
@@ -80,6 +81,7 @@ def odin_scores(model: torch.nn.Module, data, T: float = 1000.0, eps: float = 0.
     return torch.cat(out)
 
 
+@register("detector", "odin")
 class ODIN(Detector):
     """ODIN: score(x) = -max_k softmax(f(x') / T)_k with x' = clamp(x - eps * sign(-grad_x log S_yhat(x; T)), 0, 1)
     (larger = more OOD); see the module docstring. T = 1000, eps = 0.0014 is the paper's CIFAR setting.
@@ -93,6 +95,11 @@ class ODIN(Detector):
         _check(T, eps)
         self.T, self.eps = T, eps
         self.label = f"ODIN (T={T:g}, eps={eps:g})"
+
+    @classmethod
+    def from_settings(cls, batch_size: int = 256, odin=None, **_) -> "ODIN":
+        """``odin``: the experiment's ODIN setting (``temperature``, ``epsilon``); the paper's when absent."""
+        return cls(batch_size=batch_size) if odin is None else cls(odin.temperature, odin.epsilon, batch_size)
 
     def score(self, model: torch.nn.Module, x) -> torch.Tensor:
         return odin_scores(model, x, self.T, self.eps, self.batch_size)
