@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Callable
 
 from . import DllabError, distributed, environ, lock, untrusted
 from .config import dump_yaml, load_yaml
+from .events import CheckpointIO, TrainingHooks
 from .tracking import Tracker
 
 TMP_SUFFIX = ".tmp"
@@ -390,6 +391,47 @@ class Run:
             if self.writes:
                 self.checkpoint_path(name).unlink(missing_ok=True)
         return result, False
+
+    # --- what training code gets instead of the run (dllab.events) ------------------------------------
+    def training_hooks(self) -> TrainingHooks:
+        """This run for the training code below it: the run is the loops' Callback (history.csv, tracking
+        sinks) and Reporter (log, notes); checkpoints/<name>.pt and models/<name>.pt are its CheckpointIOs;
+        ``reuse_or_run`` skips what an earlier session finished."""
+        return TrainingHooks(callbacks=(self,), checkpoint=self.checkpoint_io, models=self.model_io, reporter=self,
+                             reuse=self.reuse_or_run, record_precision=self.record_precision,
+                             progress=not self.quiet)
+
+    def on_train_batch_end(self, variant: str, step: int, loss) -> None:
+        self.log_step(variant, step, loss)
+
+    def on_epoch_end(self, variant: str, history: list[dict[str, Any]]) -> None:
+        self.add_history(history, variant)
+
+    def on_fit_end(self, variant: str, result: dict[str, Any]) -> None:
+        pass   # the result is saved by reuse_or_run, the model by the training function (``models``)
+
+    def checkpoint_io(self, variant: str) -> CheckpointIO:
+        from .train.checkpoint import FileCheckpoint   # torch: this module loads with `dllab list`, torch must not
+        return FileCheckpoint(self.checkpoint_path(variant))
+
+    def model_io(self, variant: str) -> CheckpointIO:
+        from .train.checkpoint import FileCheckpoint
+        return FileCheckpoint(self.path / "models" / f"{variant}.pt")
+
+    def record_precision(self, who: str, precision) -> None:
+        """A resolved precision (``train.precision.Precision``) in env.json and the log, each distinct one once
+        per run."""
+        line = f"{precision.name} ({precision.reason})"
+        seen = list(self.env.get("precision_resolved") or [])
+        new = line not in seen
+        if new:
+            seen.append(line)
+        if new or self.env.get("precision") != " | ".join(seen):    # (a resumed run starts from the setting)
+            self.write_env(precision=" | ".join(seen), precision_resolved=seen)
+        if new:
+            self.log(f"{who + ': ' if who else ''}precision {line}")
+            if precision.warning:
+                self.log(f"warning: {precision.warning}")
 
     # --- artefacts ----------------------------------------------------------------------------------
     def save_figure(self, fig, name: str, caption: str) -> Path:

@@ -57,7 +57,7 @@ def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
     data = load_data(cfg, run)
     variants = [Variant(name, "basic_mlp", {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
                 for name, opt in (("sgd", cfg.sgd), ("adam", cfg.adam))]
-    results = train_variants(cfg, run, data, variants)
+    results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     accuracy_table(run, results, variants)
     curves_figure(run, ["sgd", "adam"], "curves.png", "Loss and accuracy per epoch, SGD vs Adam (dashed: validation)")
     return {f"{n}.{k}": results[n][k] for n in ("sgd", "adam") for k in ("test_acc", "val_acc") if k in results[n]}
@@ -117,7 +117,7 @@ def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
 
     data = load_data(cfg, run)
     variants = _depth_variants("mlp", cfg.plain_depths, cfg.residual_depths, width=cfg.width)
-    results = train_variants(cfg, run, data, variants)
+    results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     summary: dict[str, float] = {}
     for v in variants:
         r = results[v.name]
@@ -174,7 +174,7 @@ def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
 
     data = load_data(cfg, run)
     variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
-    results = train_variants(cfg, run, data, variants)
+    results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     plain_vs_residual(run, results, variants, "CNNs")
     accuracy_vs_depth(run, results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths)))
     summary = {f"{v.name}.test_acc": results[v.name]["test_acc"] for v in variants}
