@@ -154,7 +154,7 @@ def check_strategies(names: list[str]) -> list[str]:
     return names
 
 
-# --- precision and resource use ---------------------------------------------------------------------------
+# --- precision and resource use -------------------------------------------------------------------
 
 def amp_precision(setting: str, device: torch.device) -> Precision:
     """``finetune.amp`` (auto | bf16-mixed | fp16-mixed; bf16/fp16 as aliases) -> full_amp's Precision.

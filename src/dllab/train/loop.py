@@ -137,7 +137,7 @@ def fit(task: Task, callbacks: Sequence[Callback] = (), checkpoint: CheckpointIO
         loop.setup()
         loop.restore()
         _log_startup(reporter)
-        while loop.epoch < task.epochs:     # (an early stop ends this loop sooner)
+        while loop.epoch < task.epochs and not loop.should_stop:
             loop.run_epoch()
     else:
         loop.validate_as_is()
@@ -178,6 +178,7 @@ class _Loop:
         self.reporter, self.progress = reporter, progress
         self.model, self.precision = task.model, task.precision
         self.epoch = 0
+        self.should_stop = False     # set after an epoch to end the fit there (early stopping)
         self.history: list[dict] = []
         self.best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0, "state": None}
 
