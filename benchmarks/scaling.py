@@ -4,10 +4,10 @@ On CPUs the cores are split between the processes (OMP_NUM_THREADS = cores / pro
 uses all of them and no more): the ratio says whether N processes of cores/N threads train faster than one
 process of all the cores. With CUDA, each process drives one GPU: the ratio is the scaling over GPUs and the
 per-GPU images/s shows the efficiency. Each setting starts fresh under torchrun (``--worker`` mode); inside,
-train.loop.fit trains the Lab 1 CNN on random CIFAR-sized images (pixels do not change the speed) for
-``--epochs`` epochs with no validation split, and the median epoch time after the first (warm-up) epoch is
-quoted. Settings are interleaved over ``--repeats`` rounds and the median is printed. Start-up and data
-loading are not timed.
+train.variants.train_model (train.loop.fit) trains the Lab 1 CNN on random CIFAR-sized images (pixels do not
+change the speed) for ``--epochs`` epochs with no validation split, and the median epoch time after the first
+(warm-up) epoch is quoted. Settings are interleaved over ``--repeats`` rounds and the median is printed.
+Start-up and data loading are not timed.
 Usage (from the repo root; the machine should be otherwise idle):
 
     .venv/bin/python benchmarks/scaling.py                 # CPU: 1 vs 2 processes (or --nproc N)
@@ -34,7 +34,7 @@ def worker(args) -> None:
     from dllab.data.images import ImageData, Split
     from dllab.registry import build_model
     from dllab.runs import Run
-    from dllab.train.loop import fit
+    from dllab.train.variants import train_model
 
     distributed.init()
     device = distributed.device_for(torch.device(args.device))
@@ -49,7 +49,7 @@ def worker(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = distributed.broadcast(tmp)    # rank 0's folder: the Run's (unused) files are rank 0's
         run = Run(Path(path), "bench", None, quiet=True)
-        fit(model, data, cfg, OptimConfig(name="adam"), run, "bench", device)
+        train_model(model, data, "bench", device, run.training_hooks(), cfg, OptimConfig(name="adam"))
         seconds = [r["seconds"] for r in run.history]
         distributed.barrier()
     if distributed.is_main():

@@ -1,6 +1,7 @@
 """Training throughput (images/s) of dllab's loop on the Lab 1 CNN, against two baselines, in one run.
 
-  dllab      train.loop.fit: in-memory uint8 tensors, batches made on the device, + its bookkeeping
+  dllab      train.loop.fit (train_model, in a run): in-memory uint8 tensors, batches made on the device, + its
+             bookkeeping
   (a) manual the shortest hand-written loop over the same in-memory tensors (the ceiling for the model)
   (b) torchvision DataLoader(ImageFolder JPEGs, ToTensor + Normalize), the textbook pipeline
 Same model (weights channels-last in all three, as dllab's TrainConfig does), batch size and precision;
@@ -30,8 +31,8 @@ from dllab.data.images import Batches, Split, load_images, random_crop_flip
 from dllab.models.common import DATASET_STATS
 from dllab.registry import build_model
 from dllab.runs import Run
-from dllab.train.loop import fit
 from dllab.train.precision import Precision, model_kind, resolve_precision
+from dllab.train.variants import train_model
 
 
 def model_for(args):
@@ -50,8 +51,9 @@ def time_dllab(args, data, precision) -> float:
         no_val = type(data)(data.name, data.classes, data.train, None, Split(data.test.x[:1], data.test.y[:1]),
                             data.stats, data.source)
         t = time.perf_counter()
-        fit(model_for(args), no_val, cfg, OptimConfig(name="adam"), run, "bench", torch.device("cpu"),
-            augment=args.augment)
+        run.reuse_or_run("bench", lambda: train_model(model_for(args), no_val, "bench", torch.device("cpu"),
+                                                      run.training_hooks(), cfg, OptimConfig(name="adam"),
+                                                      augment=args.augment))
         return len(data.train) / (time.perf_counter() - t)
 
 

@@ -16,7 +16,7 @@ from dllab.data.images import Split, load_images, to_unit_float
 from dllab.registry import build_model
 from dllab.runner import run_experiment
 from dllab.train.checkpoint import load_model, save_model
-from dllab.train.loop import evaluate
+from dllab.train.image import evaluate
 
 ID_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
 PER_CLASS = {"train": 30, "test": 20}

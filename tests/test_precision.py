@@ -328,7 +328,7 @@ def test_image_loop_records_the_resolved_precision(probe, tmp_path):
     from dllab.config import OptimConfig, TrainConfig
     from dllab.data.images import ImageData, Split
     from dllab.runs import Run
-    from dllab.train.loop import fit
+    from dllab.train.variants import train_model
     probe({"conv": 0.2, "mlp": 0.2, "transformer": 0.2})
     g = torch.Generator().manual_seed(0)
     split = lambda n: Split(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),  # noqa: E731
@@ -337,7 +337,8 @@ def test_image_loop_records_the_resolved_precision(probe, tmp_path):
     run = Run(tmp_path, "t", None, quiet=True)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(72, 2))
     model.weight_layers = lambda: []
-    fit(model, data, TrainConfig(epochs=1, batch_size=16, precision="bf16-mixed"), OptimConfig(), run, "v", CPU)
+    train = TrainConfig(epochs=1, batch_size=16, precision="bf16-mixed")
+    train_model(model, data, "v", CPU, run.training_hooks(), train, OptimConfig())
     env = json.loads((tmp_path / "env.json").read_text())
     assert env["precision"].startswith("bf16-mixed (explicit setting; probe: conv bf16 0.20x")
     log = (tmp_path / "log.txt").read_text()

@@ -249,14 +249,23 @@ def _expected_trainable(strategy: str, r: int = 4) -> int:
             "head_last": layer + head, "lora": lora + head}[strategy]
 
 
+def _fit(p, splits, settings, name: str = "", **hooks):
+    """``p`` trained as a ``TextTask`` of the one loop on the CPU: the loop's result (val_acc, best_epoch,
+    history, test_acc)."""
+    from dllab.text.strategies import TextTask
+    from dllab.train.loop import fit
+    return fit(TextTask(p, splits, settings, torch.device("cpu"), name), **hooks)
+
+
 @pytest.mark.parametrize("strategy", ["baseline", "full", "head_last", "full_amp", "lora"])
 def test_each_strategy_trains_exactly_what_it_claims(strategy, tiny_distilbert, tmp_path):
-    from dllab.text.strategies import STRATEGIES, TrainSettings, fit
-    p = STRATEGIES[strategy](_ctx(tiny_distilbert, **{"lora.r": 4, "amp": "bf16"}))
+    from dllab import registry
+    from dllab.text.strategies import TrainSettings
+    p = registry.get("strategy", strategy)(_ctx(tiny_distilbert, **{"lora.r": 4, "amp": "bf16"}))
     assert count_parameters(p.model, trainable_only=True) == _expected_trainable(strategy)
     before = {n: q.detach().clone() for n, q in p.model.named_parameters()}
     splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
-    fit(p, splits, TrainSettings(epochs=1, batch_size=8, eval_batch_size=8, warmup=0.0), torch.device("cpu"))
+    _fit(p, splits, TrainSettings(epochs=1, batch_size=8, eval_batch_size=8, warmup=0.0))
     for n, q in p.model.named_parameters():
         changed = not torch.equal(before[n], q.detach())
         assert changed == q.requires_grad, f"{strategy}: {n} {'changed' if changed else 'did not change'}"
@@ -265,14 +274,19 @@ def test_each_strategy_trains_exactly_what_it_claims(strategy, tiny_distilbert, 
 
 
 def test_fit_keeps_the_best_validation_epoch(tiny_distilbert, tmp_path):
-    from dllab.text.strategies import STRATEGIES, TrainSettings, fit
-    p = STRATEGIES["head_last"](_ctx(tiny_distilbert))
+    from dllab.events import Callback
+    from dllab import registry
+    from dllab.text.strategies import TrainSettings
+    p = registry.get("strategy", "head_last")(_ctx(tiny_distilbert))
     splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
     snapshots = []                       # the trainable weights at the end of each epoch
-    def on_epoch(rows):
-        snapshots.append({n: q.detach().clone() for n, q in p.model.named_parameters() if q.requires_grad})
-    best, epoch, history = fit(p, splits, TrainSettings(epochs=3, batch_size=8, eval_batch_size=8),
-                               torch.device("cpu"), "head_last", on_epoch)
+
+    class Snapshots(Callback):
+        def on_epoch_end(self, variant, history):
+            snapshots.append({n: q.detach().clone() for n, q in p.model.named_parameters() if q.requires_grad})
+    out = _fit(p, splits, TrainSettings(epochs=3, batch_size=8, eval_batch_size=8), "head_last",
+               callbacks=[Snapshots()])
+    best, epoch, history = out["val_acc"], out["best_epoch"], out["history"]
     accs = [r["val_acc"] for r in history]
     assert [r["epoch"] for r in history] == [1, 2, 3] and best == max(accs)
     assert epoch == accs.index(best) + 1                                    # the first epoch with the best
@@ -283,37 +297,40 @@ def test_fit_keeps_the_best_validation_epoch(tiny_distilbert, tmp_path):
 @pytest.mark.parametrize("strategy", ["full", "lora"])
 def test_text_loop_resumes_after_a_kill_with_identical_results(strategy, tiny_distilbert, tmp_path, monkeypatch):
     """Killed right after its first end-of-epoch checkpoint, a strategy continues from it and ends with the
-    history, best epoch and weights of an uninterrupted run (CPU, one thread)."""
+    history, best epoch, test accuracy and weights of an uninterrupted run (CPU, one thread)."""
+    from dllab import registry
     from dllab.text import strategies
+    from dllab.train import loop
+    from dllab.train.checkpoint import FileCheckpoint
     splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
     settings = strategies.TrainSettings(epochs=3, batch_size=4, eval_batch_size=8)
 
     def run(checkpoint=None):
-        p = strategies.STRATEGIES[strategy](_ctx(tiny_distilbert, **{"lora.r": 4}))
-        out = strategies.fit(p, splits, settings, torch.device("cpu"), strategy, checkpoint=checkpoint)
+        p = registry.get("strategy", strategy)(_ctx(tiny_distilbert, **{"lora.r": 4}))
+        out = _fit(p, splits, settings, strategy, checkpoint=checkpoint)
         return out, {n: q.detach().clone() for n, q in p.model.named_parameters() if q.requires_grad}
 
-    (ref_best, ref_epoch, ref_history), ref_weights = run()
-    real_save = strategies.save_training_state
+    ref, ref_weights = run()
+    real_save = FileCheckpoint.save
 
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
+    def save_then_die(self, state):
+        real_save(self, state)
         raise KeyboardInterrupt
 
-    ckpt = tmp_path / "checkpoints" / f"{strategy}.pt"
-    monkeypatch.setattr(strategies, "save_training_state", save_then_die)
+    ckpt = FileCheckpoint(tmp_path / "checkpoints" / f"{strategy}.pt")
+    monkeypatch.setattr(FileCheckpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(ckpt)
-    monkeypatch.setattr(strategies, "save_training_state", real_save)
-    saved = torch.load(ckpt, weights_only=True)
+    monkeypatch.setattr(FileCheckpoint, "save", real_save)
+    saved = torch.load(ckpt.path, weights_only=True)
     assert saved["epoch"] == 1 and set(saved["model"]) == set(ref_weights)   # trainable weights only
 
-    trained, real_epoch = [], strategies._train_epoch
-    monkeypatch.setattr(strategies, "_train_epoch", lambda *a, **k: trained.append(1) or real_epoch(*a, **k))
-    (best, epoch, history), weights = run(ckpt)
+    trained, real_epoch = [], loop._Loop.train_epoch
+    monkeypatch.setattr(loop._Loop, "train_epoch", lambda *a, **k: trained.append(1) or real_epoch(*a, **k))
+    out, weights = run(ckpt)
     assert len(trained) == 2                              # epochs 2 and 3 only: epoch 1 came from the checkpoint
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert drop(history) == drop(ref_history) and (best, epoch) == (ref_best, ref_epoch)
+    assert drop(out.pop("history")) == drop(ref.pop("history")) and out == ref
     assert all(torch.equal(weights[n], ref_weights[n]) for n in ref_weights)
 
 
@@ -361,11 +378,10 @@ def test_pretrained_skips_with_reason_offline(tiny_distilbert):
 def test_bad_strategy_names_raise_one_line():
     from dllab.config import make_config
     from dllab.experiments.lab2 import FINETUNE_PROFILES, FinetuneConfig
-    from dllab.text.strategies import check_strategies
     cfg = make_config(FinetuneConfig, FINETUNE_PROFILES, "smoke", ["finetune.strategies=[full,lora]"])
-    assert check_strategies(cfg.finetune.strategies) == ["full", "lora"]
+    assert cfg.finetune.strategies == ["full", "lora"]
     with pytest.raises(DllabError) as e:
-        check_strategies(["full", "fancy"])
+        make_config(FinetuneConfig, FINETUNE_PROFILES, "smoke", ["finetune.strategies=[full,fancy]"])
     assert "\n" not in str(e.value) and "'fancy'" in str(e.value) and "head_last" in str(e.value)
 
 
@@ -422,24 +438,24 @@ def test_features_on_real_rotten_tomatoes(tmp_path):
 # no exception handler, no atexit, no flush runs; only what was on disk survives.
 _KILL_AFTER_FIRST_CHECKPOINT = """
 import os, signal, sys
-import dllab.text.strategies as strategies
-real_save = strategies.save_training_state
-def save_then_die(*args, **kwargs):
-    real_save(*args, **kwargs)
+from dllab.train.checkpoint import FileCheckpoint
+real_save = FileCheckpoint.save
+def save_then_die(self, state):
+    real_save(self, state)
     os.kill(os.getpid(), signal.SIGKILL)
-strategies.save_training_state = save_then_die
+FileCheckpoint.save = save_then_die
 from dllab.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 # The resumed process counts the epochs it trains: continuing from the checkpoint means 2 of 3, not 3.
 _COUNT_EPOCHS = """
 import sys
-import dllab.text.strategies as strategies
-real_epoch, trained = strategies._train_epoch, []
+from dllab.train import loop
+real_epoch, trained = loop._Loop.train_epoch, []
 def counted(*args, **kwargs):
     trained.append(1)
     return real_epoch(*args, **kwargs)
-strategies._train_epoch = counted
+loop._Loop.train_epoch = counted
 from dllab.cli import main
 code = main(sys.argv[1:])
 print(f"epochs trained: {len(trained)}", file=sys.stderr)

@@ -10,7 +10,7 @@ from dllab.runner import run_experiment
 from dllab.runs import Run
 from dllab.train import checkpoint as ckpt_mod
 from dllab.train.gradients import GradNormRecorder, block_grad_ratio
-from dllab.train.loop import set_train_mode
+from dllab.train.image import set_train_mode
 
 
 def tiny_run(imagefolder, out, *extra, experiment="lab1.mlp-depth", resume=None):
@@ -84,18 +84,18 @@ def test_resume_after_a_kill_ends_with_identical_metrics(imagefolder, tmp_path, 
     ref_summary = json.loads((ref.path / "metrics.json").read_text())["summary"]
 
     # Kill the second run right after the 2nd epoch checkpoint of the second variant is written.
-    real_save, saves = ckpt_mod.save_training_state, []
+    real_save, saves = ckpt_mod.FileCheckpoint.save, []
 
-    def save_then_die(path, *args, **kwargs):
-        real_save(path, *args, **kwargs)
-        saves.append(path)
-        if len(saves) == 3 + 2:  # 3 epochs of plain_d3, then 2 of res_d2
+    def save_then_die(self, state):
+        real_save(self, state)
+        saves.append(self.path)
+        if len(saves) == 2 + 2:  # epochs 1-2 of plain_d3 (the last one's state is not saved), 1-2 of res_d2
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("dllab.train.loop.save_training_state", save_then_die)
+    monkeypatch.setattr(ckpt_mod.FileCheckpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         tiny_run(imagefolder, tmp_path / "killed")
-    monkeypatch.setattr("dllab.train.loop.save_training_state", real_save)
+    monkeypatch.setattr(ckpt_mod.FileCheckpoint, "save", real_save)
     assert not (tmp_path / "killed" / "metrics.json").exists()
     assert (tmp_path / "killed" / "checkpoints" / "res_d2.pt").exists()
 
@@ -229,16 +229,17 @@ def test_progress_bar_shows_only_when_asked_and_on_a_terminal(monkeypatch):
 
 def test_resume_refuses_a_checkpoint_trained_in_another_precision(tmp_path):
     """A resumed variant must continue in the precision it started in (auto could re-probe differently)."""
-    from dllab.train.checkpoint import restore_training_state, save_training_state
+    from dllab.train.checkpoint import FileCheckpoint, restore_training_state, training_state
     from dllab.train.precision import Precision
 
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cpu = torch.device("cpu")
-    save_training_state(tmp_path / "c.pt", 1, model, opt, None, Precision("bf16-mixed", cpu), {"history": []})
-    with pytest.raises(DllabError, match="trained in bf16-mixed"):
-        restore_training_state(tmp_path / "c.pt", model, opt, None, Precision("fp32", cpu))
-    assert restore_training_state(tmp_path / "c.pt", model, opt, None, Precision("bf16-mixed", cpu))[0] == 1
+    ck = FileCheckpoint(tmp_path / "c.pt")
+    ck.save(training_state(1, model, opt, None, Precision("bf16-mixed", cpu), {"history": []}))
+    with pytest.raises(DllabError, match="c.pt was trained in bf16-mixed"):
+        restore_training_state(ck.load(), model, opt, None, Precision("fp32", cpu), str(ck))
+    assert restore_training_state(ck.load(), model, opt, None, Precision("bf16-mixed", cpu))[0] == 1
 
 
 def test_aggregate_keeps_only_keys_every_seed_has():

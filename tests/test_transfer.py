@@ -16,12 +16,11 @@ from dllab.analysis import image_features
 from dllab.experiments import transfer
 from dllab.experiments.common import FEATURES_FILE, cached_features
 from dllab.train.transfer import fine_tune_variant, frozen_prefixes
-from dllab.train.variants import build_for
+from dllab.train.variants import build_for, train_model
 from dllab.registry import build_model
 from dllab.runner import run_experiment
 from dllab.runs import Run
 from dllab.train.checkpoint import load_checkpoint, load_model, save_model
-from dllab.train.loop import fit
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +142,8 @@ def test_frozen_parameters_and_batchnorm_statistics_do_not_change(tmp_path, vari
     model = build_for(data, fine_tune_variant(variant, _source(), freeze_blocks=2), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run = Run.create("lab1.transfer", transfer.TransferConfig(), out=str(tmp_path / "r"), quiet=True)
-    fit(model, data, TrainConfig(epochs=2, batch_size=16), OptimConfig(name="adam", lr=1e-2), run, variant,
-        torch.device("cpu"))
+    train_model(model, data, variant, torch.device("cpu"), run.training_hooks(), TrainConfig(epochs=2, batch_size=16),
+                OptimConfig(name="adam", lr=1e-2))
     after = model.state_dict()
     assert set(after) == set(before)
     for k in after:

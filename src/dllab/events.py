@@ -8,7 +8,8 @@ Torch-free.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
 
 
 class Reporter(Protocol):
@@ -54,3 +55,33 @@ class CheckpointIO(Protocol):
     def save(self, state: dict[str, Any]) -> None: ...
 
     def load(self) -> dict[str, Any]: ...
+
+
+def _nowhere(name: str) -> None:
+    return None
+
+
+def _compute(name: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    return compute(), False
+
+
+def _unrecorded(who: str, precision: Any) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class TrainingHooks:
+    """What training code (``train.variants.train_variants``, ``text.finetune.run_strategies``) is handed instead
+    of a run: ``Run.training_hooks()`` fills it for one run folder; the defaults keep nothing (tests, notebooks).
+    Each field takes the name of the variant (or strategy) it is about."""
+    callbacks: Sequence[Callback] = ()
+    # name -> where the loop keeps its end-of-epoch training state (None: nowhere, no resume)
+    checkpoint: Callable[[str], CheckpointIO | None] = _nowhere
+    # name -> where the finished weights go (``models/<name>.pt`` of a run), for later experiments to reuse
+    models: Callable[[str], CheckpointIO | None] = _nowhere
+    reporter: Reporter = QUIET
+    # (name, compute) -> (result, reused): an earlier session's result of ``name``, else compute()'s, kept
+    reuse: Callable[[str, Callable[[], Any]], tuple[Any, bool]] = _compute
+    # (name, resolved train.precision.Precision): the precision a fit trains in, for env.json and the log
+    record_precision: Callable[[str, Any], None] = _unrecorded
+    progress: bool = False        # show progress bars (on a terminal)

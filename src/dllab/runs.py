@@ -26,6 +26,7 @@ from .report.items import Item
 from .run_checkpoints import RunCheckpoints
 from .run_folder import RunFolder
 from .run_records import RunRecords
+from .events import CheckpointIO, TrainingHooks
 from .tracking import Tracker
 
 # The file helpers, importable from here as before (the sweep, the caches and the loaders use them).
@@ -169,6 +170,47 @@ class Run:
                 self.checkpoints.discard_checkpoint(name)
         return result, False
 
+    # --- what training code gets instead of the run (dllab.events) ------------------------------------
+    def training_hooks(self) -> TrainingHooks:
+        """This run for the training code below it: the run is the loops' Callback (history.csv, tracking
+        sinks) and Reporter (log, notes); checkpoints/<name>.pt and models/<name>.pt are its CheckpointIOs;
+        ``reuse_or_run`` skips what an earlier session finished."""
+        return TrainingHooks(callbacks=(self,), checkpoint=self.checkpoint_io, models=self.model_io, reporter=self,
+                             reuse=self.reuse_or_run, record_precision=self.record_precision,
+                             progress=not self.quiet)
+
+    def on_train_batch_end(self, variant: str, step: int, loss) -> None:
+        self.log_step(variant, step, loss)
+
+    def on_epoch_end(self, variant: str, history: list[dict[str, Any]]) -> None:
+        self.add_history(history, variant)
+
+    def on_fit_end(self, variant: str, result: dict[str, Any]) -> None:
+        pass   # the result is saved by reuse_or_run, the model by the training function (``models``)
+
+    def checkpoint_io(self, variant: str) -> CheckpointIO:
+        from .train.checkpoint import FileCheckpoint   # torch: this module loads with `dllab list`, torch must not
+        return FileCheckpoint(self.checkpoint_path(variant))
+
+    def model_io(self, variant: str) -> CheckpointIO:
+        from .train.checkpoint import FileCheckpoint
+        return FileCheckpoint(self.checkpoints.model(variant))
+
+    def record_precision(self, who: str, precision) -> None:
+        """A resolved precision (``train.precision.Precision``) in env.json and the log, each distinct one once
+        per run."""
+        line = f"{precision.name} ({precision.reason})"
+        seen = list(self.env.get("precision_resolved") or [])
+        new = line not in seen
+        if new:
+            seen.append(line)
+        if new or self.env.get("precision") != " | ".join(seen):    # (a resumed run starts from the setting)
+            self.write_env(precision=" | ".join(seen), precision_resolved=seen)
+        if new:
+            self.log(f"{who + ': ' if who else ''}precision {line}")
+            if precision.warning:
+                self.log(f"warning: {precision.warning}")
+
     # --- training: checkpoints and the step loss -----------------------------------------------------
     def checkpoint_path(self, variant: str) -> Path:
         return self.checkpoints.checkpoint(variant)
@@ -178,7 +220,3 @@ class Run:
         then is it read from the device (``.item()`` waits for it)."""
         if self.writes:
             self.tracker.step(variant, step, loss)
-
-    def step_logger(self, variant: str) -> Callable[[int, Any], None]:
-        """``log_step`` bound to ``variant``: what a loop that knows no run folder (text) is handed."""
-        return lambda step, loss: self.log_step(variant, step, loss)

@@ -20,7 +20,7 @@ from .settings import AttackConfig
 
 def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 256) -> float:
     """fp32 accuracy on ``split``, batched like the attacks (so it equals their eps = 0 accuracy exactly)."""
-    from ..train.loop import evaluate
+    from ..train.image import evaluate
 
     return evaluate(model, split, device, batch_size)[1]     # fp32
 

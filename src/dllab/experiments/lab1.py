@@ -58,7 +58,7 @@ def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
     data = load_data(cfg, run)
     variants = [Variant(name, cfg.model, {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
                 for name, opt in (("sgd", cfg.sgd), ("adam", cfg.adam))]
-    results = train_variants(cfg, run, data, variants)
+    results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     run.add(*accuracy_table(results, variants),
             *curves_figure(run.history, ["sgd", "adam"], "curves.png",
                            "Loss and accuracy per epoch, SGD vs Adam (dashed: validation)"))
@@ -119,7 +119,7 @@ def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
 
     data = load_data(cfg, run)
     variants = _depth_variants("mlp", cfg.plain_depths, cfg.residual_depths, width=cfg.width)
-    results = train_variants(cfg, run, data, variants)
+    results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     summary: dict[str, float] = {}
     for v in variants:
         r = results[v.name]
@@ -177,7 +177,7 @@ def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
 
     data = load_data(cfg, run)
     variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
-    results = train_variants(cfg, run, data, variants)
+    results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     run.add(*plain_vs_residual(run.history, results, variants, "CNNs"),
             *accuracy_vs_depth(results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths))))
     summary = {f"{v.name}.test_acc": results[v.name]["test_acc"] for v in variants}

@@ -200,7 +200,7 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
     metrics=finetune_metrics)
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     from ..report.text import strategies_report
-    from ..text.finetune import SUMMARY_KEYS, log_amp_choice, run_strategies, tokenized_by
+    from ..text.finetune import SUMMARY_KEYS, log_amp_choice, precisions, run_strategies, tokenized_by
     from ..text.strategies import StrategyContext, TrainSettings
     from .common import load_text_data, open_text_model
     ft = cfg.finetune
@@ -210,11 +210,12 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
     splits = load_text_data(run, cfg.data, cfg.seed)
     settings = TrainSettings(epochs=ft.epochs, batch_size=ft.batch_size, eval_batch_size=ft.eval_batch_size,
                              weight_decay=ft.weight_decay, warmup=ft.warmup,
-                             group_by_length=cfg.data.group_by_length, seed=cfg.seed, progress=not run.quiet)
+                             group_by_length=cfg.data.group_by_length, seed=cfg.seed)
     if "pretrained" in ft.strategies:
         run.note(SST2_NOTE)
-    results = run_strategies(run, ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
-                             tokenized_by(splits, cfg.data.max_length), settings)
+    results = run_strategies(ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
+                             tokenized_by(splits, cfg.data.max_length), settings, run.training_hooks())
+    run.write_env(precision=precisions(results))
     if results:
         run.add(*strategies_report(results, FINETUNE_REFERENCE, name,
                                    f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "

@@ -130,8 +130,8 @@ def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], S
                                                     cfg.ood.limit, cfg.data.allow_fallback and cfg.profile != "paper"))
                 if with_ood else [])
     arch = {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
-    cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, run, data, [Variant("standard", "cnn", arch)]),
-                  found).ready(run.device)
+    cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, data, [Variant("standard", "cnn", arch)], run.device,
+                                                         run.training_hooks()), found).ready(run.device)
     return data, ood_sets, cnn
 
 
@@ -285,7 +285,8 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
                  "adversarially trained model uses the same architecture")
     adv = Variant("adv", "cnn", dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
                   meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
-    adv_cnn = train_and_reload(run.path / "models", "adv", 5, lambda: train_variants(cfg, run, data, [adv]))
+    adv_cnn = train_and_reload(run.path / "models", "adv", 5,
+                               lambda: train_variants(cfg, data, [adv], run.device, run.training_hooks()))
     return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, adv_cnn, adv.meta["loss"])
 
 

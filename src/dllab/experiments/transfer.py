@@ -104,8 +104,9 @@ def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData
     if src_data is not None and src_data.shape[0] != target.shape[0]:
         raise DllabError(f"source images have {src_data.shape[0]} channels, target images {target.shape[0]}")
     arch = {"base_channels": src.base_channels, "depth": src.depth, "residual": src.residual}
-    source = get_cnn(run, ref, target, lambda: train_variants(cfg, run, src_data, [Variant("source", "cnn", arch)],
-                                                              src.train, src.optim, src.data.augment), found)
+    source = get_cnn(run, ref, target, lambda: train_variants(cfg, src_data, [Variant("source", "cnn", arch)],
+                                                              run.device, run.training_hooks(), src.train,
+                                                              src.optim, src.data.augment), found)
     # Where the pixels came from, both datasets (load_data wrote only the last one it loaded).
     run.write_env(data=(f"source: {describe_data(src_data)} | " if src_data else "")
                   + f"target: {describe_data(target)}",
@@ -150,7 +151,7 @@ def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
         summary.update({f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a})
     if "head" in cfg.variants:
         run.add(*report.note_head(source.model.num_features, target.num_classes))
-    results = train_variants(cfg, run, target, tuned)
+    results = train_variants(cfg, target, tuned, run.device, run.training_hooks())
     for name, res in results.items():
         if "val_acc" in res:
             summary[f"{name}.val_acc"] = res["val_acc"]

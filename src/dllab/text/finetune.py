@@ -1,14 +1,18 @@
 """A run's fine-tuning strategies, one after the other (what ``lab2.finetune`` wires together).
 
-Each strategy is read back when an earlier session of the run finished it, skipped with a report note when
-it cannot run here (``StrategySkipped``), else trained (from its checkpoint, if any) and its result saved.
+Each strategy is read back when an earlier session of the run finished it (``hooks.reuse``), skipped with a
+report note when it cannot run here (``StrategySkipped``), else trained (from its checkpoint, if any) and its
+result returned (``hooks.reuse`` keeps it). The run itself is never seen here: ``dllab.events.TrainingHooks``
+bring what it keeps.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from typing import Callable
 
 from ..data.text import TextSplit, TokenizedSplit, tokenize
+from ..events import Reporter, TrainingHooks
 from ..report.text import mmss
 from . import hf
 from .strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
@@ -16,16 +20,16 @@ from .strategies import StrategyContext, StrategySkipped, TrainSettings, amp_pre
 SUMMARY_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
 
 
-def log_amp_choice(run, setting: str, device) -> None:
+def log_amp_choice(reporter: Reporter, setting: str, device) -> None:
     """full_amp's precision, said up front: a bad ``finetune.amp`` fails now, not after the first strategies.
     Where mixed precision is not faster it is skipped later, with the reason in the report."""
     try:
         prec = amp_precision(setting, device)
     except StrategySkipped:
         return
-    run.log(f"full_amp: precision {prec.name} ({prec.reason})")
+    reporter.log(f"full_amp: precision {prec.name} ({prec.reason})")
     if prec.warning:
-        run.log(f"warning: {prec.warning}")
+        reporter.log(f"warning: {prec.warning}")
 
 
 def tokenized_by(splits: dict[str, TextSplit], max_length: int) -> Callable[[str], dict[str, TokenizedSplit]]:
@@ -40,30 +44,35 @@ def tokenized_by(splits: dict[str, TextSplit], max_length: int) -> Callable[[str
     return data
 
 
-def run_strategies(run, names: list[str], ctx: StrategyContext, data: Callable[[str], dict],
-                   settings: TrainSettings) -> dict[str, dict]:
-    """{strategy: result} for every strategy of ``names`` that ran (now or in an earlier session); env.json
-    records each one's precision."""
+def run_strategies(names: list[str], ctx: StrategyContext, data: Callable[[str], dict], settings: TrainSettings,
+                   hooks: TrainingHooks = TrainingHooks()) -> dict[str, dict]:
+    """{strategy: result} for every strategy of ``names`` that ran (now, or in an earlier session:
+    ``hooks.reuse``)."""
     results: dict[str, dict] = {}
     for name in names:
-        result = run.reuse_or_run(name, lambda: _train(run, name, ctx, data, settings))[0]
+        result = hooks.reuse(name, partial(_train, name, ctx, data, settings, hooks))[0]
         if result is not None:
             results[name] = result
-    run.write_env(precision="; ".join(f"{s} {r['precision']}" for s, r in results.items()))
     return results
 
 
-def _train(run, name: str, ctx: StrategyContext, data, settings: TrainSettings) -> dict | None:
+def precisions(results: dict[str, dict]) -> str:
+    """Each strategy's precision, as env.json records it."""
+    return "; ".join(f"{s} {r['precision']}" for s, r in results.items())
+
+
+def _train(name: str, ctx: StrategyContext, data, settings: TrainSettings, hooks: TrainingHooks) -> dict | None:
     """One strategy trained and tested (continuing from its checkpoint, if any); None when it cannot run here."""
-    run.log(f"{name}: preparing")
+    log = hooks.reporter.log
+    log(f"{name}: preparing")
     try:
-        out = train_and_evaluate(name, ctx, data, settings, on_epoch=lambda rows: run.add_history(rows, name),
-                                 checkpoint=run.checkpoint_path(name), on_step=run.step_logger(name))
+        out = train_and_evaluate(name, ctx, data, settings, hooks.callbacks, hooks.checkpoint(name), hooks.reporter,
+                                 hooks.progress)
     except StrategySkipped as e:
-        run.note(f"strategy {name} skipped: {e}")
+        hooks.reporter.note(f"strategy {name} skipped: {e}")
         return None
-    run.log(f"{name}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {mmss(out.seconds)}, "
-            f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
+    log(f"{name}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {mmss(out.seconds)}, "
+        f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
     result = asdict(out)
     result.pop("history")
     return result

@@ -1,9 +1,9 @@
-"""Fine-tuning strategies for a sequence classifier, and the one loop that trains and evaluates them all.
+"""Fine-tuning strategies for a sequence classifier, and the text task that trains and evaluates them all.
 
 A strategy only *prepares* a model: which parameters train (``requires_grad``), whether LoRA adapters wrap
 it, which precision and learning rate it trains with, or that it is evaluated as is. ``train_and_evaluate``
-then runs the same loop for every strategy, so differences in the results table come from the strategy,
-not from five slightly different loops.
+then trains every strategy as the same ``TextTask`` of the one training loop (``train.loop.fit``, which image
+classifiers use too), so differences in the results table come from the strategy, not from different loops.
 
 ``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2.py``): it has ``lr.<strategy>``,
 ``amp``, ``lora.{r,alpha,dropout,target_modules}`` and ``pretrained_model``.
@@ -24,25 +24,22 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError, distributed
+from .. import DllabError, distributed, registry
 from ..data.text import TokenizedSplit, iterate_batches, num_batches
 from ..env import to_device
+from ..events import QUIET, Callback, CheckpointIO, Reporter
 from ..models.common import count_parameters
-from ..progress import progress_bar
 from ..registry import register
-from ..train.checkpoint import restore_training_state, save_training_state
+from ..train.loop import Meter, Task, fit
 from ..train.precision import Precision, resolve_precision
 from . import hf
-
-LOG_EVERY = 20    # training steps between progress-bar loss updates (each one waits for the device)
 
 
 @dataclass
@@ -149,22 +146,7 @@ def pretrained(ctx: StrategyContext) -> Prepared:
     return Prepared(model, source, train=False, label_columns=cols)
 
 
-STRATEGIES: dict[str, Callable[[StrategyContext], Prepared]] = {
-    "baseline": baseline, "full": full, "head_last": head_last, "full_amp": full_amp, "lora": lora,
-    "pretrained": pretrained,
-}
-
-
-def check_strategies(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in STRATEGIES]
-    if unknown:
-        raise DllabError(f"unknown strategy '{unknown[0]}' in finetune.strategies; valid: {', '.join(STRATEGIES)}")
-    if not names:
-        raise DllabError(f"finetune.strategies is empty; choose from {', '.join(STRATEGIES)}")
-    return names
-
-
-# --- precision and memory ---------------------------------------------------------------------------
+# --- precision and resource use -------------------------------------------------------------------
 
 def amp_precision(setting: str, device: torch.device) -> Precision:
     """``finetune.amp`` (auto | bf16-mixed | fp16-mixed; bf16/fp16 as aliases) -> full_amp's Precision.
@@ -182,15 +164,16 @@ def amp_precision(setting: str, device: torch.device) -> Precision:
     return prec
 
 
-class PeakMemory:
-    """Peak memory over a block: CUDA ``max_memory_allocated``, or on CPU the process's peak resident set
-    (Linux ``VmHWM``, reset per block through ``/proc/self/clear_refs``; where that cannot be reset, the
-    process-lifetime ``ru_maxrss``). ``kind`` says which one was measured."""
+class Usage:
+    """Wall time and peak memory from ``start()`` to ``stop()``: CUDA ``max_memory_allocated``, or on CPU the
+    process's peak resident set (Linux ``VmHWM``, reset at the start through ``/proc/self/clear_refs``; where
+    that cannot be reset, the process-lifetime ``ru_maxrss``). ``kind`` says which memory was measured."""
 
     def __init__(self, device: torch.device):
-        self.device, self.mb, self.kind = device, float("nan"), ""
+        self.device, self.mb, self.kind, self.seconds = device, float("nan"), "", float("nan")
+        self._start = 0.0
 
-    def __enter__(self):
+    def start(self) -> "Usage":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "CUDA max_memory_allocated"
@@ -201,9 +184,11 @@ class PeakMemory:
                 self.kind = "process peak RSS (VmHWM)"
             except OSError:
                 self.kind = "process peak RSS since start (ru_maxrss)"
+        self._start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._start
         if self.device.type == "cuda":
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif "VmHWM" in self.kind:
@@ -213,10 +198,9 @@ class PeakMemory:
         else:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
-        return False
 
 
-# --- the loop ---------------------------------------------------------------------------------------
+# --- evaluation -------------------------------------------------------------------------------------
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device,
@@ -251,6 +235,8 @@ def accuracy(model, split: TokenizedSplit, batch_size: int, device, precision=No
     return count.item() / len(split)
 
 
+# --- the text task of the one training loop ---------------------------------------------------------
+
 @dataclass
 class TrainSettings:
     epochs: int = 1
@@ -261,7 +247,6 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     group_by_length: bool = True
     seed: int = 0
-    progress: bool = False
 
 
 @dataclass
@@ -282,103 +267,99 @@ def _linear_warmup_decay(total: int, warmup: float) -> Callable[[int], float]:
     return lambda step: (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
 
 
-def fit(p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device: torch.device, name: str = "",
-        on_epoch: Callable[[list[dict]], None] | None = None,
-        checkpoint: Path | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
-        ) -> tuple[float, int, list[dict]]:
-    """Train ``p.model`` in place for ``s.epochs`` (AdamW on the parameters that require grad, linear
-    warm-up/decay, grad clipping, autocast + GradScaler as ``p.precision`` says), validating after each epoch and
-    restoring the epoch with the best validation accuracy. Returns ``(best val acc, best epoch, history)``.
-    A model that does not train is validated once (epoch 0). With ``checkpoint``, the training state is saved
-    there after every epoch (trainable weights only) and a killed run continues from it with the numbers of an
-    uninterrupted one: the batch order's numpy generator and the torch RNGs are part of the state.
-    ``on_step(step, loss)`` sees every training step's loss tensor (the run's tracking sinks)."""
-    model = p.model.to(device)
-    if not p.train:
-        acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
-        history = [{"variant": name, "epoch": 0, "val_acc": acc}]
-        if on_epoch:
-            on_epoch(history)
-        return acc, 0, history
-    params = [q for q in model.parameters() if q.requires_grad]
-    # fused AdamW: one kernel for all tensors (the per-tensor default is slower than the forward and
-    # backward on CPU for a 22M-parameter model, whose 30k-row embedding matrix dominates).
-    opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=s.weight_decay, fused=device.type in ("cpu", "cuda"))
-    # Hand-written rather than transformers.get_linear_schedule_with_warmup, whose first step has lr 0.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(
-        s.epochs * num_batches(splits["train"], s.batch_size), s.warmup))
-    prec = p.precision or Precision("fp32", device)
-    state = {"history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None,
-             "rng": np.random.default_rng(s.seed).bit_generator.state}
-    epoch = 0
-    if checkpoint is not None and distributed.on_main(checkpoint.exists):
-        epoch, state = restore_training_state(checkpoint, model, opt, sched, prec)
-    step_model = distributed.wrap(model, device)
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state["rng"]
-    while epoch < s.epochs:
-        epoch += 1
-        t0 = time.perf_counter()
-        loss = _train_epoch(step_model, params, opt, sched, prec, splits["train"], s, rng, device,
-                            f"{name} epoch {epoch}", on_step, (epoch - 1) * num_batches(splits["train"], s.batch_size))
-        val_acc = accuracy(model, splits["validation"], s.eval_batch_size, device, p.precision, p.label_columns)
-        row = {"variant": name, "epoch": epoch, "train_loss": loss, "val_acc": val_acc, "lr": p.lr,
-               "seconds": time.perf_counter() - t0}
-        state["history"].append(row)
-        if on_epoch:
-            on_epoch(state["history"])
-        if row["val_acc"] > state["best_acc"]:
-            state.update(best_acc=row["val_acc"], best_epoch=epoch)
-            if epoch < s.epochs:   # a copy is only needed if a later epoch turns out worse
-                state["best_state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
-                                       if v.requires_grad}
-        elif epoch == s.epochs and state["best_state"] is not None:
-            model.load_state_dict(state["best_state"], strict=False)
-        state["rng"] = rng.bit_generator.state
-        if checkpoint is not None and epoch < s.epochs:
-            save_training_state(checkpoint, epoch, model, opt, sched, prec, state, trainable_only=True)
-    return state["best_acc"], state["best_epoch"], state["history"]
+class TextMeter(Meter):
+    """The mean of the epoch's step losses (averaged over the ranks under torchrun)."""
 
+    def __init__(self, device: torch.device):
+        self.loss_sum, self.steps = torch.zeros((), device=device), 0
 
-def _train_epoch(model, params, opt, sched, prec: Precision, train: TokenizedSplit, s: TrainSettings,
-                 rng: np.random.Generator, device: torch.device, desc: str,
-                 on_step: Callable[[int, torch.Tensor], None] | None = None, first_step: int = 0) -> float:
-    """One pass over ``train``; returns the mean training loss (over the ranks, under torchrun). Steps count on
-    from ``first_step``."""
-    model.train()
-    rank, world = distributed.part()
-    steps, scaler = 0, prec.scaler    # the scaler is a no-op unless fp16-mixed
-    # Losses add up on the device: reading one (.item()) would wait for the GPU every step.
-    loss_sum = torch.zeros((), device=device)
-    window = torch.zeros((), device=device)
-    bar = progress_bar(iterate_batches(train, s.batch_size, rng, s.group_by_length),
-                       num_batches(train, s.batch_size), desc, s.progress)
-    for _, batch in bar:
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss_sum += loss.detach()
+        self.steps += 1
+
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{self.loss_sum.item() / max(self.steps, 1):.3f}"}
+
+    def summary(self) -> dict[str, float]:
+        world = distributed.part()[1]
         if world > 1:
-            batch = _rank_rows(batch, rank, world)
-        with prec.autocast():
-            logits = model(input_ids=to_device(batch["input_ids"], device),
-                           attention_mask=to_device(batch["attention_mask"], device)).logits
-        loss = F.cross_entropy(logits.float(), to_device(batch["labels"], device))
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        loss_sum += loss.detach()
-        window += loss.detach()
-        steps += 1
-        if on_step is not None:
-            on_step(first_step + steps, loss.detach())
-        if not bar.disable and steps % LOG_EVERY == 0:
-            bar.set_postfix(loss=f"{window.item() / LOG_EVERY:.3f}")
-            window.zero_()
-    if world > 1:
-        distributed.all_reduce_sum(loss_sum)
-        loss_sum /= world
-    return loss_sum.item() / max(steps, 1)
+            distributed.all_reduce_sum(self.loss_sum)
+            self.loss_sum /= world
+        return {"train_loss": self.loss_sum.item() / max(self.steps, 1)}
+
+
+class TextTask(Task):
+    """Fine-tune a prepared sequence classifier (``p.train``: else it is validated and tested as is) on
+    ``splits`` (train, validation, test): AdamW on the parameters that require grad with a linear warm-up/decay
+    per step, gradients clipped at ``s.max_grad_norm``; length-grouped batches from a numpy generator whose
+    state is checkpointed, each rank taking its rows of every global batch; cross-entropy on the fp32 logits
+    (autocast covers the model only); accuracy. Checkpoints and the best state hold the trainable weights
+    only, and the best-validation ones are restored at the end and tested once. ``on_train_end`` is called
+    after the last validation, before the test (``Usage.stop``: what a strategy's seconds and memory cover)."""
+    scheduler_interval = "step"
+    trainable_only = True
+
+    def __init__(self, p: Prepared, splits: dict[str, TokenizedSplit], s: TrainSettings, device: torch.device,
+                 name: str = "", on_train_end: Callable[[], None] | None = None):
+        super().__init__(name, p.model.to(device), device, p.precision or Precision("fp32", device),
+                         s.epochs if p.train else 0)
+        self.p, self.splits, self.s = p, splits, s
+        self.max_grad_norm = s.max_grad_norm
+        self.rng = np.random.default_rng(s.seed)
+        self._on_train_end = on_train_end
+
+    def configure_optimizers(self, params):
+        # fused AdamW: one kernel for all tensors (the per-tensor default is slower than the forward and
+        # backward on CPU for a 22M-parameter model, whose 30k-row embedding matrix dominates).
+        opt = torch.optim.AdamW(params, lr=self.p.lr, weight_decay=self.s.weight_decay,
+                                fused=self.device.type in ("cpu", "cuda"))
+        # Hand-written rather than transformers.get_linear_schedule_with_warmup, whose first step has lr 0.
+        total = self.s.epochs * self.num_batches()
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup_decay(total, self.s.warmup))
+
+    def num_batches(self) -> int:
+        return num_batches(self.splits["train"], self.s.batch_size)
+
+    def batches(self, epoch: int):
+        rank, world = distributed.part()
+        for _, batch in iterate_batches(self.splits["train"], self.s.batch_size, self.rng, self.s.group_by_length):
+            yield _rank_rows(batch, rank, world) if world > 1 else batch
+
+    def training_step(self, step_model: nn.Module, batch):
+        with self.precision.autocast():
+            logits = step_model(input_ids=to_device(batch["input_ids"], self.device),
+                                attention_mask=to_device(batch["attention_mask"], self.device)).logits
+        labels = to_device(batch["labels"], self.device)
+        return F.cross_entropy(logits.float(), labels), logits, labels
+
+    def new_meter(self) -> Meter:
+        return TextMeter(self.device)
+
+    def on_train_end(self) -> None:
+        if self._on_train_end is not None:
+            self._on_train_end()
+
+    def _accuracy(self, split: str) -> float:
+        return accuracy(self.model, self.splits[split], self.s.eval_batch_size, self.device, self.p.precision,
+                        self.p.label_columns)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return {"val_acc": self._accuracy("validation")}
+
+    def test(self, model: nn.Module) -> dict[str, float]:
+        return {"test_acc": self._accuracy("test")}
+
+    def history_row(self, epoch: int, train: dict, val: dict, lr: float, seconds: float) -> dict[str, Any]:
+        return super().history_row(epoch, train, val, self.p.lr, seconds)   # the strategy's (peak) lr
+
+    def result(self, history: list[dict], best: dict[str, Any], tests: dict[str, dict]) -> dict[str, Any]:
+        return {"val_acc": best["val_acc"], "best_epoch": best["epoch"], "history": history, **tests["best"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
 
 
 def _rank_rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -389,19 +370,17 @@ def _rank_rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[st
 
 
 def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], dict[str, TokenizedSplit]],
-                       s: TrainSettings, on_epoch: Callable[[list[dict]], None] | None = None,
-                       checkpoint: Path | None = None,
-                       on_step: Callable[[int, torch.Tensor], None] | None = None) -> Outcome:
-    """Prepare strategy ``name``, ``fit`` it, then test the selected epoch. ``data(tokenizer_source)`` gives
-    the tokenised splits for the prepared model's tokenizer."""
-    start = time.perf_counter()
-    with PeakMemory(ctx.device) as mem:
-        p = STRATEGIES[name](ctx)
-        splits = data(p.tokenizer_source)
-        trainable = count_parameters(p.model, trainable_only=True)
-        val_acc, best_epoch, history = fit(p, splits, s, ctx.device, name, on_epoch, checkpoint, on_step)
-    seconds = time.perf_counter() - start
-    test_acc = accuracy(p.model, splits["test"], s.eval_batch_size, ctx.device, p.precision, p.label_columns)
+                       s: TrainSettings, callbacks: Sequence[Callback] = (), checkpoint: CheckpointIO | None = None,
+                       reporter: Reporter = QUIET, progress: bool = False) -> Outcome:
+    """Prepare strategy ``name``, train it with the one loop (``train.loop.fit``: from ``checkpoint``, if it holds
+    a state), then test the selected epoch. ``data(tokenizer_source)`` gives the tokenised splits for the
+    prepared model's tokenizer."""
+    usage = Usage(ctx.device).start()
+    p = registry.get("strategy", name)(ctx)
+    splits = data(p.tokenizer_source)
+    trainable = count_parameters(p.model, trainable_only=True)
+    task = TextTask(p, splits, s, ctx.device, name, on_train_end=usage.stop)
+    out = fit(task, callbacks, checkpoint, reporter, progress)
     label = p.precision.label if p.precision else "fp32"
-    return Outcome(val_acc, test_acc, seconds, trainable, mem.mb, mem.kind, label,
-                   best_epoch, history)
+    return Outcome(out["val_acc"], out["test_acc"], usage.seconds, trainable, usage.mb, usage.kind, label,
+                   out["best_epoch"], out["history"])

@@ -70,30 +70,56 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return blob
 
 
+class FileCheckpoint:
+    """A ``dllab.events.CheckpointIO`` on one file (a run's checkpoints/<variant>.pt or models/<variant>.pt):
+    written atomically by rank 0, read as data (``load_checkpoint``) and handed to the other ranks."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:    # what error messages name
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return distributed.on_main(self.path.exists)
+
+    def save(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.path, state)
+
+    def load(self) -> dict[str, Any]:
+        return load_checkpoint(self.path)
+
+
 # --- training state: what a loop needs to continue a killed run with the numbers of an uninterrupted one ---
 
-def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, precision,
-                        progress: dict[str, Any], trainable_only: bool = False) -> None:
-    """The state after ``epoch``: weights (only the trainable ones with ``trainable_only``: a fine-tuned
-    transformer's frozen layers come back from its pretrained files), optimiser, scheduler, loss scaler, the
-    torch RNGs, and ``progress``, the loop's own plain bookkeeping (history, best epoch, ...)."""
-    weights = ({k: v for k, v in model.named_parameters() if v.requires_grad} if trainable_only
-               else model.state_dict())
-    save_checkpoint(path, {
-        "epoch": epoch, "model": {k: v.detach() for k, v in weights.items()}, "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+def trained_weights(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The weights a loop keeps: all of them (``state_dict``, buffers included), or with ``trainable_only`` the
+    parameters that train (a fine-tuned transformer's frozen layers come back from its pretrained files)."""
+    if trainable_only:
+        return {k: v for k, v in model.named_parameters() if v.requires_grad}
+    return model.state_dict()
+
+
+def training_state(epoch: int, model: torch.nn.Module, optimizer, scheduler, precision, progress: dict[str, Any],
+                   trainable_only: bool = False) -> dict[str, Any]:
+    """The state after ``epoch``, for a ``CheckpointIO``: weights (``trained_weights``), optimiser, scheduler, loss
+    scaler, the torch RNGs, and ``progress``, the loop's own plain bookkeeping (history, best epoch, ...)."""
+    return {
+        "epoch": epoch, "model": {k: v.detach() for k, v in trained_weights(model, trainable_only).items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "trainable_only": trainable_only, "precision": precision.name, "scaler": precision.scaler_state(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-        "progress": progress})
+        "progress": progress}
 
 
-def restore_training_state(path: Path, model: torch.nn.Module, optimizer, scheduler, precision) -> tuple[int, dict]:
-    """Load what ``save_training_state`` wrote into the live objects; returns (epoch, progress)."""
-    ck = load_checkpoint(path)
+def restore_training_state(ck: dict[str, Any], model: torch.nn.Module, optimizer, scheduler, precision,
+                           where: str = "the checkpoint") -> tuple[int, dict]:
+    """Load what ``training_state`` made (read back from ``where``) into the live objects; returns
+    (epoch, progress)."""
     started_in = ck.get("precision", precision.name)
     if started_in != precision.name:   # e.g. `auto` re-probed differently: never mix precisions in one run
-        raise DllabError(f"{path} was trained in {started_in}, but this machine now resolves {precision.name} "
+        raise DllabError(f"{where} was trained in {started_in}, but this machine now resolves {precision.name} "
                          f"({precision.reason or 'explicit setting'}); resume where the run started, or delete "
                          "the checkpoint to restart that variant")
     try:
@@ -111,14 +137,20 @@ def restore_training_state(path: Path, model: torch.nn.Module, optimizer, schedu
             torch.cuda.set_rng_state(ck["rng_cuda"])
         return int(ck["epoch"]), dict(ck["progress"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise DllabError(f"checkpoint {path} does not match this variant ({type(e).__name__}); delete it to "
+        raise DllabError(f"checkpoint {where} does not match this variant ({type(e).__name__}); delete it to "
                          "restart the variant") from None
 
 
-def save_model(path: Path, model: torch.nn.Module, classes: list[str], **meta) -> None:
-    """Weights plus what it takes to rebuild the model: ``spec`` (registry name + kwargs) and classes."""
+def model_state(model: torch.nn.Module, classes: list[str], **meta) -> dict[str, Any]:
+    """What a saved model holds: weights plus what it takes to rebuild the model, ``spec`` (registry name +
+    kwargs) and classes, and ``meta`` (e.g. the variant's result)."""
     spec = getattr(model, "dllab_spec", None)
-    save_checkpoint(path, {"spec": spec, "classes": list(classes), "state_dict": model.state_dict(), **meta})
+    return {"spec": spec, "classes": list(classes), "state_dict": model.state_dict(), **meta}
+
+
+def save_model(path: Path, model: torch.nn.Module, classes: list[str], **meta) -> None:
+    """``model_state`` written to ``path``."""
+    save_checkpoint(path, model_state(model, classes, **meta))
 
 
 def check_spec(path: Path, spec: Any) -> dict[str, Any]:

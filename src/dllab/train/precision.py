@@ -1,12 +1,16 @@
 """Which numeric precision a run trains in, chosen for the machine it runs on, as one object.
 
 ``resolve_precision(setting, device, model_kind)`` turns ``auto | fp32 | bf16-mixed | fp16-mixed`` into a
-``Precision``: its ``autocast()`` context and its ``scaler`` (a GradScaler that is a no-op unless fp16), so a
-training loop is written once, without precision branches::
+``Precision``, which owns everything precision changes in a training step, as Lightning's precision plugins
+do: the ``autocast()`` context, loss scaling (a GradScaler that is a no-op unless fp16), ``backward`` and
+``optimizer_step`` (unscale, optional gradient clipping, step, scale update). So the loop has no precision
+branches::
 
     with prec.autocast():
         loss = ...
-    prec.scaler.scale(loss).backward(); prec.scaler.unscale_(opt); prec.scaler.step(opt); prec.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    prec.backward(loss)
+    prec.optimizer_step(optimizer, params, max_grad_norm)
 
 ``auto`` per device:
   - CUDA: bf16-mixed where the GPU supports bf16 (Ampere and later), else fp16-mixed with loss scaling.
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from contextlib import AbstractContextManager
@@ -87,6 +90,23 @@ class Precision:
     def label(self) -> str:
         return {"fp32": "fp32", "bf16-mixed": "bf16-mixed (autocast)",
                 "fp16-mixed": "fp16-mixed (autocast + GradScaler)"}[self.name]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward from ``loss``, scaled first under fp16 (small gradients would underflow to zero)."""
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor] | None = None,
+                       max_grad_norm: float | None = None, before_step: Callable[[], None] | None = None) -> None:
+        """One optimiser step on the gradients ``backward`` left: unscale them (fp16), let ``before_step`` see
+        them at their true scale (the gradient-norm recorder), clip ``params``' gradients to ``max_grad_norm``
+        if given, then step (an fp16 step with inf/NaN gradients is skipped) and update the loss scale."""
+        self.scaler.unscale_(optimizer)
+        if before_step is not None:
+            before_step()
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, max_grad_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     def scaler_state(self) -> dict | None:
         """The loss scaler's state for a checkpoint (None when there is no scaling)."""
@@ -365,15 +385,5 @@ def resolve_precision(setting: str, device: torch.device, model_kind: str = "con
 
 
 def log_precision(run, prec: Precision, who: str = "") -> None:
-    """Record the resolved precision in env.json and the run log (each distinct one once per run)."""
-    line = f"{prec.name} ({prec.reason})"
-    seen = list(run.env.get("precision_resolved") or [])
-    new = line not in seen
-    if new:
-        seen.append(line)
-    if new or run.env.get("precision") != " | ".join(seen):    # (a resumed run starts from the setting)
-        run.write_env(precision=" | ".join(seen), precision_resolved=seen)
-    if new:
-        run.log(f"{who + ': ' if who else ''}precision {line}")
-        if prec.warning:
-            run.log(f"warning: {prec.warning}")
+    """Record the resolved precision in env.json and the run log (``Run.record_precision``)."""
+    run.record_precision(who, prec)

@@ -1,4 +1,9 @@
-"""Train a list of model variants (one model + optimiser setting each) with the shared loop, in one run."""
+"""Train a list of model variants (one model + optimiser setting each) with the one loop.
+
+What a run keeps of them (history, checkpoints, the finished models, the results an earlier session of the
+run finished) comes in through ``dllab.events.TrainingHooks`` (``Run.training_hooks()``); with the default
+hooks nothing is kept.
+"""
 from __future__ import annotations
 
 import copy
@@ -8,9 +13,13 @@ import torch
 
 from ..config import OptimConfig, TrainConfig
 from ..data.images import ImageData
+from ..events import TrainingHooks
 from ..models.common import count_parameters
 from ..registry import build_model
-from .loop import LossFn, cross_entropy_loss, fit
+from .checkpoint import model_state
+from .image import ImageTask, LossFn, cross_entropy_loss
+from .loop import fit
+from .precision import model_kind, resolve_precision
 
 
 @dataclass
@@ -43,19 +52,41 @@ def build_for(data: ImageData, variant: Variant, seed: int) -> torch.nn.Module:
     return model
 
 
-def train_variants(cfg, run, data: ImageData, variants: list[Variant], train: TrainConfig | None = None,
+def train_model(model: torch.nn.Module, data: ImageData, name: str, device: torch.device,
+                hooks: TrainingHooks = TrainingHooks(), train: TrainConfig | None = None,
+                optim: OptimConfig | None = None, seed: int = 0, augment: bool = False,
+                loss_fn: LossFn = cross_entropy_loss) -> dict:
+    """Train ``model`` as variant ``name`` (continuing from its checkpoint, if any); returns its result. The
+    model ends with its best-validation weights, which go to ``hooks.models(name)`` with the result."""
+    train, optim = train or TrainConfig(), optim or OptimConfig()
+    precision = resolve_precision(train.precision, device, model_kind(model))
+    hooks.record_precision(name, precision)
+    task = ImageTask(model, data, train, optim, device, name, seed, augment, loss_fn, precision)
+    result = fit(task, hooks.callbacks, hooks.checkpoint(name), hooks.reporter, hooks.progress)
+    models = hooks.models(name)
+    if models is not None:   # the best-validation weights: what later experiments (transfer, OOD) reuse
+        models.save(model_state(model, data.classes, result=result))
+    return result
+
+
+def train_variants(cfg, data: ImageData, variants: list[Variant], device: torch.device,
+                   hooks: TrainingHooks = TrainingHooks(), train: TrainConfig | None = None,
                    optim: OptimConfig | None = None, augment: bool | None = None) -> dict[str, dict]:
-    """Train each variant with the shared loop on the run's device; returns {variant: result} (results also
-    saved in the run)."""
+    """Train each variant on ``device``; returns {variant: result}. A variant an earlier session finished
+    (``hooks.reuse``) is not trained again: its saved result is returned."""
     train = train or cfg.train
+    augment = cfg.data.augment if augment is None else augment
     results = {}
     for v in variants:
         model = build_for(data, v, cfg.seed)
         n_params, n_train = count_parameters(model), count_parameters(model, trainable_only=True)
-        run.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters"
-                + (f", {n_train:,} trainable" if n_train != n_params else ""))
-        res = fit(model, data, train, v.optim or optim or cfg.optim, run, v.name, run.device, seed=cfg.seed,
-                  augment=cfg.data.augment if augment is None else augment, loss_fn=v.loss_fn)
+        hooks.reporter.log(f"[{v.name}] {v.model} {v.kwargs} — {n_params:,} parameters"
+                           + (f", {n_train:,} trainable" if n_train != n_params else ""))
+
+        def train_it(model=model, v=v) -> dict:
+            return train_model(model, data, v.name, device, hooks, train, v.optim or optim or cfg.optim, cfg.seed,
+                               augment, v.loss_fn)
+        res = hooks.reuse(v.name, train_it)[0]
         res["params"], res["trainable_params"] = n_params, n_train
         results[v.name] = res
     return results
