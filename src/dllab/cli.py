@@ -5,9 +5,9 @@ import argparse
 import os
 import sys
 
-from . import DllabError, cpus, distributed, environ, registry, untrusted  # torch-free, as everything imported here: torch loads in main
-from .config import PROFILES, run_config
-from .launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
+from dllab import DllabError, cpus, distributed, environ, registry, untrusted  # torch-free, as everything imported here: torch loads in main
+from dllab.config import PROFILES, run_config
+from dllab.launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
 
 
 def choose_omp_wait_policy() -> None:
@@ -123,7 +123,7 @@ def _from_plugin(entry: registry.Entry) -> str:
 
 
 def cmd_sweep(args):
-    from .sweep import new_spec, parse_grid, read_spec, sweep
+    from dllab.sweep import new_spec, parse_grid, read_spec, sweep
 
     if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
         raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")
@@ -161,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise DllabError("use either --seed N or --seeds A,B,C, not both")
             if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
                 run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
-            from .runner import run_experiment
+            from dllab.runner import run_experiment
 
             if args.nproc is not None:
-                from .launch import launch
+                from dllab.launch import launch
 
                 return launch(args.nproc, argv)
             distributed.init()
@@ -175,24 +175,24 @@ def main(argv: list[str] | None = None) -> int:
             if not distributed.is_main():
                 return 0
             if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
-                from .report.render import console_summary
+                from dllab.report.render import console_summary
 
                 print(console_summary(run.path), file=sys.stderr)
             print(run.path)
         elif args.command == "sweep":
             print(cmd_sweep(args))
         elif args.command == "compare":
-            from .report.compare import compare
+            from dllab.report.compare import compare
 
             md, html = compare(args.runs, args.out, args.force)
             print(md)
             print(html)
         elif args.command == "doctor":
-            from .doctor import main as doctor
+            from dllab.doctor import main as doctor
 
             return doctor(args.profile, args.data_root)
         elif args.command == "report":
-            from .runner import report
+            from dllab.runner import report
 
             md, html = report(args.runs, args.out, args.force)
             print(md)

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Iterator, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from . import DllabError, registry, untrusted
+from dllab import DllabError, registry, untrusted
 
 PROFILES = ("smoke", "quick", "paper")
 PRECISION_ALIASES = {"bf16": "bf16-mixed", "fp16": "fp16-mixed", "32": "fp32"}

@@ -25,7 +25,7 @@ import functools
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
-from . import environ
+from dllab import environ
 
 T = TypeVar("T")
 
@@ -104,7 +104,7 @@ def device_for(device):
     import torch
     if launched() and device.type == "cuda":
         if local_rank() >= torch.cuda.device_count():
-            from . import DllabError
+            from dllab import DllabError
             raise DllabError(f"process {local_rank()} of this machine needs GPU {local_rank()}, but "
                              f"{torch.cuda.device_count()} are visible; start at most one process per GPU")
         return torch.device("cuda", local_rank())
@@ -202,7 +202,7 @@ def wrap(model, device, sync_bn: bool = False):
     import torch
     from torch.nn.parallel import DistributedDataParallel
     if sync_bn and device.type != "cuda":
-        from . import DllabError
+        from dllab import DllabError
         raise DllabError(f"train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
                          f"{device.type}); leave it off: each rank's BatchNorm then uses its share of the batch")
     if sync_bn:
@@ -213,7 +213,7 @@ def wrap(model, device, sync_bn: bool = False):
 
 def per_rank_batch(batch_size: int, what: str = "train.batch_size") -> int:
     """The share of a global batch that one rank takes."""
-    from . import DllabError
+    from dllab import DllabError
     n = part()[1]
     if batch_size % n:
         raise DllabError(f"{what}={batch_size} is the global batch and must divide evenly over the {n} "

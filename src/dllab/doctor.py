@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import DllabError, cpus, environ
+from dllab import DllabError, cpus, environ
 
 # README "Numbers from the quick profiles" (wall time, seconds), the model kind that dominates each run and
 # the precision it trained in there: "auto" (what auto picked for that kind) or "fp32" (Lab 2: inference, and
@@ -54,8 +54,8 @@ def _cifar(root, name: str, folder: str) -> Item:
 
 
 def datasets(root_setting: str = "") -> list[Item]:
-    from .data import data_root
-    from .data.text import local_folder
+    from dllab.data import data_root
+    from dllab.data.text import local_folder
     root = data_root(root_setting)
     rt = local_folder("rotten_tomatoes", root_setting)
     return [_mnist(root), _cifar(root, "cifar10", "cifar-10-batches-py"),
@@ -64,7 +64,7 @@ def datasets(root_setting: str = "") -> list[Item]:
 
 
 def text_models() -> list[Item]:
-    from .text import hf
+    from dllab.text import hf
     out = []
     try:
         out.append(Item("minilm", True, hf.minilm_path().parent.name))
@@ -115,8 +115,8 @@ def _omp_policy() -> str:
 
 def collect(profile: str | None = None, data_root: str = "") -> dict:
     """Everything ``dllab doctor`` prints, as a dict (the keys the tests check)."""
-    from .env import resolve_device
-    from .train.precision import MODEL_KINDS, cpu_figures, resolve_precision
+    from dllab.env import resolve_device
+    from dllab.train.precision import MODEL_KINDS, cpu_figures, resolve_precision
 
     device = resolve_device("auto")
     info: dict = {"torch": torch.__version__, "platform": platform.platform(), "device": str(device),
@@ -140,7 +140,7 @@ def _fmt_s(s: float) -> str:
 
 
 def render(info: dict) -> str:
-    from .train.precision import describe_figures
+    from dllab.train.precision import describe_figures
     lines = [f"torch {info['torch']} on {info['platform']}",
              f"device (auto): {info['device']}; cpu capability {info['cpu_capability']}; "
              f"cuda: {', '.join(info['cuda']) or 'none'}; mps: {'yes' if info['mps'] else 'no'}",
@@ -164,7 +164,7 @@ def main(profile: str | None = None, data_root: str = "") -> int:
     info = collect(profile, data_root)
     print(render(info))
     if info["missing"]:
-        from .data import data_root as root
+        from dllab.data import data_root as root
         raise DllabError(f"profile {profile} needs {', '.join(info['missing'])}, not found here (data root: "
                          f"{root(data_root)}; see the lines above)")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DllabError, __version__
+from dllab import DllabError, __version__
 
 DISTRIBUTIONS = {"sklearn": "scikit-learn"}   # import name -> pip distribution name, where they differ
 

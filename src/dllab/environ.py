@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from . import DllabError, untrusted
+from dllab import DllabError, untrusted
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import DllabError, cpus, distributed
+from dllab import DllabError, cpus, distributed
 
 # Where rank 0 names its run folder for the launcher (so the line about a dead process can say what to resume).
 RUN_FOLDER_FILE = "DLLAB_LAUNCH_RUN_FOLDER_FILE"

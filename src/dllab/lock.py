@@ -14,7 +14,7 @@ import socket
 import stat
 from pathlib import Path
 
-from . import DllabError
+from dllab import DllabError
 
 LOCK_NAME = ".dllab.lock"
 _held: dict[str, int] = {}   # resolved folder -> descriptor of its lock file, kept open while this process lives

@@ -12,6 +12,6 @@ def progress_bar(iterable: Iterable | None = None, total: int | None = None, des
     the bar needs)."""
     from tqdm.auto import tqdm   # imported when a loop starts, not when the CLI does
 
-    from . import distributed
+    from dllab import distributed
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
                 disable=not show or not sys.stderr.isatty() or not distributed.is_main())

@@ -34,7 +34,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
-from . import DllabError
+from dllab import DllabError
 
 # kind -> how messages and `dllab list` name one entry of it
 KINDS = {"experiment": "experiment", "model": "model", "dataset": "dataset", "ood_set": "OOD set",

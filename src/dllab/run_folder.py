@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from . import DllabError, distributed, environ, lock, untrusted
-from .config import dump_yaml, load_yaml
+from dllab import DllabError, distributed, environ, lock, untrusted
+from dllab.config import dump_yaml, load_yaml
 
 TMP_SUFFIX = ".tmp"
 

@@ -16,10 +16,10 @@ import io
 from pathlib import Path
 from typing import Any, Callable
 
-from . import DllabError, distributed, untrusted
-from .report.items import Figure, Item, Note, Table
-from .run_folder import RunFolder, atomic_write, atomic_write_json, atomic_write_text, read_json, save_png
-from .tracking import Tracker
+from dllab import DllabError, distributed, untrusted
+from dllab.report.items import Figure, Item, Note, Table
+from dllab.run_folder import RunFolder, atomic_write, atomic_write_json, atomic_write_text, read_json, save_png
+from dllab.tracking import Tracker
 
 
 class RunRecords:

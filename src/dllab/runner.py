@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from . import DllabError, distributed, lock
-from .config import TrainConfig, make_config, sections
-from .env import describe_device, git_commit, resolve_device, seed_everything, versions
-from .registry import Experiment, get_experiment
-from .report.render import write_report
-from .runs import Run, read_json
+from dllab import DllabError, distributed, lock
+from dllab.config import TrainConfig, make_config, sections
+from dllab.env import describe_device, git_commit, resolve_device, seed_everything, versions
+from dllab.registry import Experiment, get_experiment
+from dllab.report.render import write_report
+from dllab.runs import Run, read_json
 
 
 def _execute(exp: Experiment, run: Run) -> dict[str, float]:
@@ -114,7 +114,7 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     """The run folder to continue, checked before any work: its seeds, its number of processes, and every
     checkpoint, model and result (a damaged or crafted one is refused now, not after minutes of data loading
     and earlier variants). Returns (run, experiment name, seeds)."""
-    from .train.checkpoint import check_spec, load_checkpoint
+    from dllab.train.checkpoint import check_spec, load_checkpoint
 
     run = Run.open_for_resume(resume, get_experiment, quiet=quiet)   # config.yaml checked whole as it is read
     if on_start is not None:

@@ -21,19 +21,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from . import distributed
-from .report.items import Item
-from .run_checkpoints import RunCheckpoints
-from .run_folder import RunFolder
-from .run_records import RunRecords
-from .events import CheckpointIO, TrainingHooks
-from .tracking import Tracker
+from dllab import distributed
+from dllab.report.items import Item
+from dllab.run_checkpoints import RunCheckpoints
+from dllab.run_folder import RunFolder
+from dllab.run_records import RunRecords
+from dllab.events import CheckpointIO, TrainingHooks
+from dllab.tracking import Tracker
 
 # The file helpers, importable from here as before (the sweep, the caches and the loaders use them).
-from .run_folder import (TMP_SUFFIX, append_line, atomic_write, atomic_write_json,  # noqa: F401
+from dllab.run_folder import (TMP_SUFFIX, append_line, atomic_write, atomic_write_json,  # noqa: F401
                          atomic_write_text, config_digest, default_runs_root, dir_mode, file_mode, read_env,
                          read_json, remove_stale_temp_files, save_png)
-from .run_records import read_history, read_metrics, read_report_state, write_csv  # noqa: F401
+from dllab.run_records import read_history, read_metrics, read_report_state, write_csv  # noqa: F401
 
 
 class Run:
@@ -90,7 +90,7 @@ class Run:
         """The torch.device of this run (``cfg.device`` resolved once; under torchrun on CUDA, this rank's
         GPU); experiments and loops use it."""
         if self._device is None:
-            from .env import resolve_device
+            from dllab.env import resolve_device
             self._device = distributed.device_for(resolve_device(self.cfg.device))
         return self._device
 
@@ -189,11 +189,11 @@ class Run:
         pass   # the result is saved by reuse_or_run, the model by the training function (``models``)
 
     def checkpoint_io(self, variant: str) -> CheckpointIO:
-        from .train.checkpoint import FileCheckpoint   # torch: this module loads with `dllab list`, torch must not
+        from dllab.train.checkpoint import FileCheckpoint   # torch: this module loads with `dllab list`, torch must not
         return FileCheckpoint(self.checkpoint_path(variant))
 
     def model_io(self, variant: str) -> CheckpointIO:
-        from .train.checkpoint import FileCheckpoint
+        from dllab.train.checkpoint import FileCheckpoint
         return FileCheckpoint(self.checkpoints.model(variant))
 
     def record_precision(self, who: str, precision) -> None:

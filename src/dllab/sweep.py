@@ -35,12 +35,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import DllabError, cpus, environ, lock, untrusted
-from .config import apply_overrides, make_config
-from .launch import child_env
-from .registry import Experiment, get_experiment
-from .runs import TMP_SUFFIX, atomic_write_json, dir_mode, read_metrics, write_csv
-from .sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
+from dllab import DllabError, cpus, environ, lock, untrusted
+from dllab.config import apply_overrides, make_config
+from dllab.launch import child_env
+from dllab.registry import Experiment, get_experiment
+from dllab.runs import TMP_SUFFIX, atomic_write_json, dir_mode, read_metrics, write_csv
+from dllab.sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
                          parse_grid, read_spec, split_values)
 
 
@@ -53,7 +53,7 @@ def check_spec(spec: SweepSpec):
     check_size(spec)
     base = make_config(exp.config_cls, exp.profiles, spec.profile, spec.sets)
     if spec.seeds is not None:
-        from .runner import check_seeds
+        from dllab.runner import check_seeds
         check_seeds(spec.seeds)
     overridden = {s.split("=", 1)[0].strip() for s in spec.sets}
     for key, values in spec.grid.items():
@@ -220,7 +220,7 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
     """Run (or continue) the sweep; returns its folder, with sweep.csv and the report written. Everything is
     checked before the folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a
     sweep refused for its input leaves no file behind."""
-    from .report.sweep import write_sweep_report
+    from dllab.report.sweep import write_sweep_report
 
     points, metric, declared = _checked(spec, jobs, goal, metric)
     with _ray_session(ray):
@@ -258,7 +258,7 @@ def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple
 def _ray_session(address: str | None):
     if not address:
         return contextlib.nullcontext()
-    from .sweep_ray import connected
+    from dllab.sweep_ray import connected
     return connected(address)
 
 
@@ -284,7 +284,7 @@ def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, r
 
     threads = max(1, cpus.usable() // jobs)
     if ray:
-        from .sweep_ray import run_on_ray
+        from dllab.sweep_ray import run_on_ray
         run_on_ray(todo, threads, done)
     elif todo:
         run_local(todo, jobs, threads, done)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable
 
-from . import DllabError, cpus
+from dllab import DllabError, cpus
 
 
 def _ray():
@@ -47,7 +47,7 @@ def connected(address: str):
 def run_on_ray(todo: list, threads: int, done: Callable) -> None:
     """Every (point, args) of ``todo`` as a Ray task on the Ray ``connected`` reached; ``done(point, code,
     last error line)`` as each ends."""
-    from .sweep import run_point
+    from dllab.sweep import run_point
 
     ray = _ray()
     task = ray.remote(num_cpus=threads, max_retries=0)(run_point)

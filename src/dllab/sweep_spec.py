@@ -21,8 +21,8 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from . import DllabError, untrusted
-from .config import PROFILES
+from dllab import DllabError, untrusted
+from dllab.config import PROFILES
 
 SPEC_FILE = "sweep.json"
 MAX_FILE_BYTES = 4 * 2**20   # sweep.json: room for MAX_VALUES values of MAX_VALUE_CHARS, escaped

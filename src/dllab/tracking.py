@@ -17,8 +17,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .registry import register
+from dllab import registry
+from dllab.registry import register
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:
@@ -33,7 +33,7 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def flat_config(cfg) -> dict[str, Any]:
     """Every config key (dotted) with a value the sinks accept as a hyperparameter (lists as text)."""
-    from .config import flatten, to_dict
+    from dllab.config import flatten, to_dict
 
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(to_dict(cfg)).items()}
 

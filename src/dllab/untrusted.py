@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from . import DllabError
+from dllab import DllabError
 
 MiB = 2 ** 20
 JSON_LIMIT = 16 * MiB        # env.json, metrics.json, results, report_state.json: kilobytes when dllab wrote them

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError, registry
-from ..data.images import to_unit_float
-from ..registry import register
-from .ood import eval_mode, image_tensor, model_device_dtype
+from dllab import DllabError, registry
+from dllab.data.images import to_unit_float
+from dllab.registry import register
+from dllab.analysis.ood import eval_mode, image_tensor, model_device_dtype
 
 
 def _check_eps(eps: float) -> None:

@@ -19,8 +19,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from .. import DllabError, registry
-from ..registry import register
+from dllab import DllabError, registry
+from dllab.registry import register
 
 # A classifier is registered as a factory (k, seed, max_iter) -> an unfitted sklearn estimator; the features
 # are standardised in front of it (make_classifier).

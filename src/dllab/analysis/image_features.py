@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.images import Batches, ImageData, Split
-from ..train.precision import Precision
+from dllab.data.images import Batches, ImageData, Split
+from dllab.train.precision import Precision
 
 
 @torch.inference_mode()

@@ -11,16 +11,16 @@ from typing import Sequence
 
 import torch
 
-from .. import registry
-from ..data.images import Split, to_unit_float
-from ..events import QUIET, Reporter
-from .attacks import adversarial_accuracy
-from .settings import AttackConfig
+from dllab import registry
+from dllab.data.images import Split, to_unit_float
+from dllab.events import QUIET, Reporter
+from dllab.analysis.attacks import adversarial_accuracy
+from dllab.analysis.settings import AttackConfig
 
 
 def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 256) -> float:
     """fp32 accuracy on ``split``, batched like the attacks (so it equals their eps = 0 accuracy exactly)."""
-    from ..train.image import evaluate
+    from dllab.train.image import evaluate
 
     return evaluate(model, split, device, batch_size)[1]     # fp32
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from ..config import Count, Float, NonNegative, Positive, PositiveInt, Section, Unit, plugin, plugins
+from dllab.config import Count, Float, NonNegative, Positive, PositiveInt, Section, Unit, plugin, plugins
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")   # what analysis.ood.metrics measures per (OOD set, detector)
 

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import torch
 
-from ..data.text import TextSplit, tokenize
-from ..events import QUIET, Reporter
-from ..text import hf
+from dllab.data.text import TextSplit, tokenize
+from dllab.events import QUIET, Reporter
+from dllab.text import hf
 
 
 def features_key(source: str, splits: dict[str, TextSplit], pooling: str, max_length: int, seed: int) -> str:

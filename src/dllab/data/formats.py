@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DllabError
+from dllab import DllabError
 
 
 def _first_line(e: BaseException) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import DllabError
-from . import class_quotas, data_root
+from dllab import DllabError
+from dllab.data import class_quotas, data_root
 
 SPLITS = ("train", "validation", "test")
 
@@ -86,7 +86,7 @@ def load_text_dataset(name: str = "rotten_tomatoes", root: str = "") -> dict[str
     if folder is not None:
         return read_jsonl_splits(folder)
     folder = data_root(root) / name
-    from ..text.hf import hub_reachable   # asks once, in seconds, instead of ~25 s of retries when offline
+    from dllab.text.hf import hub_reachable   # asks once, in seconds, instead of ~25 s of retries when offline
     hint = f"pass --set data.root=<folder holding {name}/> or set $DLLAB_DATA"
     if not hub_reachable():
         raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub is "

@@ -12,17 +12,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import distributed
-from ..analysis.features import probe, probe_key
-from ..analysis.image_features import extract_splits, feature_splits, fingerprint
-from ..analysis.ood.datasets import OODSet
-from ..analysis.text_features import embed_splits, features_key
-from ..config import DataConfig
-from ..data.images import ImageData, load_images
-from ..data.text import TextSplit, load_text_splits, text_source
-from ..text import hf
-from ..train.precision import log_precision, model_kind, resolve_precision
-from ..train.reuse import CNNSource, SavedCNN
+from dllab import distributed
+from dllab.analysis.features import probe, probe_key
+from dllab.analysis.image_features import extract_splits, feature_splits, fingerprint
+from dllab.analysis.ood.datasets import OODSet
+from dllab.analysis.text_features import embed_splits, features_key
+from dllab.config import DataConfig
+from dllab.data.images import ImageData, load_images
+from dllab.data.text import TextSplit, load_text_splits, text_source
+from dllab.text import hf
+from dllab.train.precision import log_precision, model_kind, resolve_precision
+from dllab.train.reuse import CNNSource, SavedCNN
 
 FEATURES_FILE = "features.npz"      # frozen features of the run's data, image or text
 Features = dict[str, tuple[np.ndarray, np.ndarray]]   # {split: (features, labels)}

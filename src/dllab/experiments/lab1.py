@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import DataConfig, OptimConfig, PositiveInt, RunConfig, TrainConfig, plugin, section
-from ..registry import register
+from dllab.config import DataConfig, OptimConfig, PositiveInt, RunConfig, TrainConfig, plugin, section
+from dllab.registry import register
 
 # Registering must not import torch (``dllab list`` stays fast): the run functions import the data, the
 # variants' training loop and the report.
 if TYPE_CHECKING:
-    from ..train.variants import Variant
+    from dllab.train.variants import Variant
 
 
 # --- Ex. 1.1: BasicMLP on MNIST, SGD vs Adam -------------------------------------------------------
@@ -51,9 +51,9 @@ def mlp_metrics(cfg: MLPConfig) -> list[str]:
           "for the later experiments. The spec shows curves only, no test numbers.",
     metrics=mlp_metrics)
 def run_mlp(cfg: MLPConfig, run) -> dict[str, float]:
-    from ..report.variants import accuracy_table, curves_figure
-    from ..train.variants import Variant, train_variants
-    from .common import load_data
+    from dllab.report.variants import accuracy_table, curves_figure
+    from dllab.train.variants import Variant, train_variants
+    from dllab.experiments.common import load_data
 
     data = load_data(cfg, run)
     variants = [Variant(name, cfg.model, {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
@@ -77,7 +77,7 @@ class MLPDepthConfig(RunConfig):
 
 
 def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs) -> list[Variant]:
-    from ..train.variants import Variant
+    from dllab.train.variants import Variant
 
     return ([Variant(f"plain_d{d}", model, {"depth": d, "residual": False, **kwargs}, meta={"depth": d, "residual": "no"})
              for d in plain] +
@@ -112,10 +112,10 @@ def mlp_depth_metrics(cfg: MLPDepthConfig) -> list[str]:
           "first layers).",
     metrics=mlp_depth_metrics)
 def run_mlp_depth(cfg: MLPDepthConfig, run) -> dict[str, float]:
-    from ..report.variants import plain_vs_residual
-    from ..train.gradients import block_grad_ratio
-    from ..train.variants import train_variants
-    from .common import load_data
+    from dllab.report.variants import plain_vs_residual
+    from dllab.train.gradients import block_grad_ratio
+    from dllab.train.variants import train_variants
+    from dllab.experiments.common import load_data
 
     data = load_data(cfg, run)
     variants = _depth_variants("mlp", cfg.plain_depths, cfg.residual_depths, width=cfg.width)
@@ -171,9 +171,9 @@ def cnn_depth_metrics(cfg: CNNDepthConfig) -> list[str]:
           "them accuracy decreases with depth (training difficulties, vanishing gradients).",
     metrics=cnn_depth_metrics)
 def run_cnn_depth(cfg: CNNDepthConfig, run) -> dict[str, float]:
-    from ..report.variants import accuracy_vs_depth, plain_vs_residual
-    from ..train.variants import train_variants
-    from .common import load_data
+    from dllab.report.variants import accuracy_vs_depth, plain_vs_residual
+    from dllab.train.variants import train_variants
+    from dllab.experiments.common import load_data
 
     data = load_data(cfg, run)
     variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .. import distributed
-from ..config import (Amp, Count, Fraction, NonNegative, Positive, PositiveInt, RunConfig, Section, Unit, plugins,
+from dllab import distributed
+from dllab.config import (Amp, Count, Fraction, NonNegative, Positive, PositiveInt, RunConfig, Section, Unit, plugins,
                       section)
-from ..registry import register
-from ..runs import Run
+from dllab.registry import register
+from dllab.runs import Run
 
 
 # --- configs ------------------------------------------------------------------------------------------
@@ -156,9 +156,9 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
 
 
 def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
-    from ..analysis.features import fit_classifiers
-    from ..report.text import classifiers_report
-    from .common import load_text_data, open_text_model, text_features
+    from dllab.analysis.features import fit_classifiers
+    from dllab.report.text import classifiers_report
+    from dllab.experiments.common import load_text_data, open_text_model, text_features
     fc = cfg.features
     name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)
     splits = load_text_data(run, cfg.data, cfg.seed)
@@ -199,10 +199,10 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
           "pretrained SST-2 model 90.53% 0:11.",
     metrics=finetune_metrics)
 def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
-    from ..report.text import strategies_report
-    from ..text.finetune import SUMMARY_KEYS, log_amp_choice, precisions, run_strategies, tokenized_by
-    from ..text.strategies import StrategyContext, TrainSettings
-    from .common import load_text_data, open_text_model
+    from dllab.report.text import strategies_report
+    from dllab.text.finetune import SUMMARY_KEYS, log_amp_choice, precisions, run_strategies, tokenized_by
+    from dllab.text.strategies import StrategyContext, TrainSettings
+    from dllab.experiments.common import load_text_data, open_text_model
     ft = cfg.finetune
     if "full_amp" in ft.strategies:
         log_amp_choice(run, ft.amp, run.device)

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import distributed
-from ..analysis.settings import (METRICS, AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting,
+from dllab import distributed
+from dllab.analysis.settings import (METRICS, AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting,
                                  OODConfig)
-from ..config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
-from ..registry import register
+from dllab.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
+from dllab.registry import register
 
 if TYPE_CHECKING:
-    from ..analysis.ood.datasets import OODSet
-    from ..data.images import ImageData
-    from ..train.reuse import SavedCNN
+    from dllab.analysis.ood.datasets import OODSet
+    from dllab.data.images import ImageData
+    from dllab.train.reuse import SavedCNN
 
 # Heavy modules are imported inside the functions below: registering (``dllab list``) must not pay for them.
 
@@ -112,11 +112,11 @@ def _analysed(analysis, cfg, run) -> dict[str, float]:
 def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], SavedCNN]:
     """The ID data, the OOD sets (none for lab4.fgsm), the classifier (``model.run``'s cnn, checked first, or
     trained here last, after every name was checked), in eval mode on the run's device."""
-    from ..analysis.ood.datasets import build_ood_sets
-    from ..data import data_root
-    from ..train.reuse import CNNSource
-    from ..train.variants import Variant, train_variants
-    from .common import get_cnn, load_data, record_ood_sets
+    from dllab.analysis.ood.datasets import build_ood_sets
+    from dllab.data import data_root
+    from dllab.train.reuse import CNNSource
+    from dllab.train.variants import Variant, train_variants
+    from dllab.experiments.common import get_cnn, load_data, record_ood_sets
 
     ref = CNNSource("model", cfg.model.run, cfg.model.variant, "standard", 5, "classifier", "classifier_standard",
                     same_classes=True)
@@ -137,7 +137,7 @@ def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], S
 
 def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
     """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
-    from ..analysis.ood.evaluate import build_detectors, evaluate_ood, score_arrays
+    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood, score_arrays
 
     detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
                                 reporter=run)
@@ -206,9 +206,9 @@ def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
 
 
 def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
-    from ..analysis.ood.evaluate import metric_keys
-    from ..analysis.robustness import clean_accuracy
-    from ..report import robustness as report
+    from dllab.analysis.ood.evaluate import metric_keys
+    from dllab.analysis.robustness import clean_accuracy
+    from dllab.report import robustness as report
 
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
@@ -245,8 +245,8 @@ def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
 
 
 def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict[str, float]:
-    from ..analysis.robustness import attack_examples, attack_models
-    from ..report import robustness as report
+    from dllab.analysis.robustness import attack_examples, attack_models
+    from dllab.report import robustness as report
 
     clean, accs = attack_models({"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size,
                                 reporter=run)
@@ -275,9 +275,9 @@ def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict
           "OOD pipeline of Ex. 1 (the spec shows those as plots only).",
     metrics=adv_train_metrics)
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
-    from ..analysis.attacks import make_fgsm_loss
-    from ..train.reuse import train_and_reload
-    from ..train.variants import Variant, train_variants
+    from dllab.analysis.attacks import make_fgsm_loss
+    from dllab.train.reuse import train_and_reload
+    from dllab.train.variants import Variant, train_variants
 
     data, ood_sets, std = _inputs(cfg, run)
     if cfg.model.run:
@@ -292,10 +292,10 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
 
 def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODSet], std: SavedCNN,
                   adv_cnn: SavedCNN, adv_loss: str) -> dict[str, float]:
-    from ..analysis.ood.evaluate import metric_keys
-    from ..analysis.robustness import attack_examples, attack_models
-    from ..report import robustness as report
-    from ..report.variants import curves_figure
+    from dllab.analysis.ood.evaluate import metric_keys
+    from dllab.analysis.robustness import attack_examples, attack_models
+    from dllab.report import robustness as report
+    from dllab.report.variants import curves_figure
 
     models = {"standard": std.model, "adv": adv_cnn.model.to(run.device).eval()}
     clean, accs = attack_models(models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size, reporter=run)
@@ -342,9 +342,9 @@ def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
 
 
 def _odin_analysis(cfg: ODINConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
-    from ..analysis.ood.odin_search import msp_cell, search_arrays, search_sets
-    from ..analysis.robustness import clean_accuracy
-    from ..report import robustness as report
+    from dllab.analysis.ood.odin_search import msp_cell, search_arrays, search_sets
+    from dllab.analysis.robustness import clean_accuracy
+    from dllab.report import robustness as report
 
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     keys, searches = search_sets(cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed,

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from .. import DllabError
-from ..config import Count, DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, plugins, section
-from ..registry import register
-from ..train.transfer import VARIANTS
+from dllab import DllabError
+from dllab.config import Count, DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, plugins, section
+from dllab.registry import register
+from dllab.train.transfer import VARIANTS
 
 # Registering must not import torch (``dllab list`` stays fast): functions import what they use.
 if TYPE_CHECKING:
-    from ..data.images import ImageData
-    from ..train.reuse import SavedCNN
+    from dllab.data.images import ImageData
+    from dllab.train.reuse import SavedCNN
 
 
 # --- config ----------------------------------------------------------------------------------------
@@ -92,9 +92,9 @@ SPEC_VERDICT = (f"The spec found {REFERENCE['full_adam.val_acc']:.2%} (full_adam
 
 def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData | None]:
     """(the source model, the target data, the source data when the source is trained here)."""
-    from ..train.reuse import CNNSource
-    from ..train.variants import Variant, train_variants
-    from .common import describe_data, get_cnn, load_data
+    from dllab.train.reuse import CNNSource
+    from dllab.train.variants import Variant, train_variants
+    from dllab.experiments.common import describe_data, get_cnn, load_data
 
     src = cfg.source
     ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model")
@@ -132,10 +132,10 @@ def transfer_metrics(cfg: TransferConfig) -> list[str]:
                 "Adam / full SGD / partial) on CIFAR-100, against training from scratch (spec Ex. 2.1)",
     config=TransferConfig, profiles=PROFILES, reference=REFERENCE, notes=NOTES, metrics=transfer_metrics)
 def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
-    from ..report import transfer as report
-    from ..train.transfer import check_variants, target_variants
-    from ..train.variants import train_variants
-    from .common import classical_probe
+    from dllab.report import transfer as report
+    from dllab.train.transfer import check_variants, target_variants
+    from dllab.train.variants import train_variants
+    from dllab.experiments.common import classical_probe
 
     check_variants(cfg.variants)
     source, target, src_data = get_source(cfg, run)

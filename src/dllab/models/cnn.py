@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..registry import register
-from .common import DATASET_STATS, Classifier, Normalize
+from dllab.registry import register
+from dllab.models.common import DATASET_STATS, Classifier, Normalize
 
 
 class BasicConvBlock(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import register
+from dllab.registry import register
 
 
 class ConvDecoder(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registry import register
-from .common import DATASET_STATS, Classifier, Normalize
+from dllab.registry import register
+from dllab.models.common import DATASET_STATS, Classifier, Normalize
 
 
 class LinearBlock(nn.Module):

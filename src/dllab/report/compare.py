@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import DllabError, runs, untrusted
-from ..config import flat_yaml
-from ..runs import atomic_write_text, save_png
-from .render import Doc, md_text, read_run, with_std
+from dllab import DllabError, runs, untrusted
+from dllab.config import flat_yaml
+from dllab.runs import atomic_write_text, save_png
+from dllab.report.render import Doc, md_text, read_run, with_std
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
@@ -49,7 +49,7 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 def curves_figure(histories: dict[str, list[dict]]):
     """One panel per history column, a line per run and variant."""
-    from . import plots
+    from dllab.report import plots
 
     panels: dict[str, dict[str, tuple[list, list]]] = {}
     for col in CURVES:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs import atomic_write_text, save_png
-from .render import Doc, md_text, with_std
+from dllab.runs import atomic_write_text, save_png
+from dllab.report.render import Doc, md_text, with_std
 
 
 def _number(text: str) -> float | None:
@@ -17,7 +17,7 @@ def _number(text: str) -> float | None:
 def metric_figure(rows: list[dict], keys: list[str], metric: str):
     """Per swept key: every point's metric (± std over seeds) at its value, one line per setting of the
     other keys, so an interaction shows as lines that cross."""
-    from . import plots
+    from dllab.report import plots
 
     panels, errors, xticks, logx = {}, {}, {}, []
     for key in keys:

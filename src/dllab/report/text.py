@@ -2,7 +2,7 @@
 Each function returns its report items (``report.items``) for ``run.add``."""
 from __future__ import annotations
 
-from .items import Figure, Item, Note, Table
+from dllab.report.items import Figure, Item, Note, Table
 
 
 def mmss(seconds: float) -> str:
@@ -12,7 +12,7 @@ def mmss(seconds: float) -> str:
 def classifiers_report(acc: dict[str, dict[str, float]], timings: dict[str, float], reference: dict,
                        model_name: str, pooling: str, k: int, n_train: int) -> list[Item]:
     """The frozen-embedding classifiers: a table beside the spec's validation accuracy, and a bar chart."""
-    from .plots import bar_chart
+    from dllab.report.plots import bar_chart
 
     rows = []
     for clf, a in acc.items():
@@ -32,7 +32,7 @@ def classifiers_report(acc: dict[str, dict[str, float]], timings: dict[str, floa
 def strategies_report(results: dict[str, dict], reference: dict, model_name: str, setting: str) -> list[Item]:
     """The fine-tuning strategies table (``setting``: data size, epochs, batch...), notes on how time and
     memory were measured, and two bar charts."""
-    from .plots import bar_chart
+    from dllab.report.plots import bar_chart
 
     kinds = sorted({r["memory_kind"] for r in results.values()})
     rows = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .items import Figure, Item, Table
+from dllab.report.items import Figure, Item, Table
 
 if TYPE_CHECKING:   # report modules import no torch for their type hints
-    from ..train.variants import Variant
+    from dllab.train.variants import Variant
 
 
 def accuracy_table(results: dict[str, dict], variants: list[Variant], title: str = "Variants") -> list[Item]:
@@ -33,7 +33,7 @@ def curves_figure(history: list[dict[str, Any]], names: list[str], file: str, ca
     """Loss and accuracy per epoch of the variants ``names`` (their rows of ``history``), one figure."""
     if not names:
         return []
-    from . import plots  # matplotlib: imported once there is a figure to draw, not before training
+    from dllab.report import plots  # matplotlib: imported once there is a figure to draw, not before training
 
     rows = {n: [r for r in history if r.get("variant") == n] for n in names}
     return [Figure(plots.training_curves(rows, title), file, caption)]
@@ -55,7 +55,7 @@ def plain_vs_residual(history: list[dict[str, Any]], results: dict, variants: li
 
 def gradient_figure(results: dict, names: list[str]) -> list[Item]:
     """Per-layer gradient norms of ``names`` in their first and last epoch (``train.grad_norms``)."""
-    from . import plots
+    from dllab.report import plots
 
     series = {}
     for n in names:
@@ -74,7 +74,7 @@ def gradient_figure(results: dict, names: list[str]) -> list[Item]:
 
 def accuracy_vs_depth(results: dict, depths: list[int]) -> list[Item]:
     """Test accuracy against depth, plain (``plain_d<k>``) vs residual (``res_d<k>``)."""
-    from . import plots
+    from dllab.report import plots
 
     series = {kind: [results[f"{p}_d{d}"]["test_acc"] if f"{p}_d{d}" in results else float("nan") for d in depths]
               for kind, p in (("plain", "plain"), ("residual", "res"))}

@@ -11,11 +11,11 @@ from dataclasses import asdict
 from functools import partial
 from typing import Callable
 
-from ..data.text import TextSplit, TokenizedSplit, tokenize
-from ..events import Reporter, TrainingHooks
-from ..report.text import mmss
-from . import hf
-from .strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
+from dllab.data.text import TextSplit, TokenizedSplit, tokenize
+from dllab.events import Reporter, TrainingHooks
+from dllab.report.text import mmss
+from dllab.text import hf
+from dllab.text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
 
 SUMMARY_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
 

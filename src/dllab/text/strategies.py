@@ -31,15 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError, distributed, registry
-from ..data.text import TokenizedSplit, iterate_batches, num_batches
-from ..env import to_device
-from ..events import QUIET, Callback, CheckpointIO, Reporter
-from ..models.common import count_parameters
-from ..registry import register
-from ..train.loop import Meter, Task, fit
-from ..train.precision import Precision, resolve_precision
-from . import hf
+from dllab import DllabError, distributed, registry
+from dllab.data.text import TokenizedSplit, iterate_batches, num_batches
+from dllab.env import to_device
+from dllab.events import QUIET, Callback, CheckpointIO, Reporter
+from dllab.models.common import count_parameters
+from dllab.registry import register
+from dllab.train.loop import Meter, Task, fit
+from dllab.train.precision import Precision, resolve_precision
+from dllab.text import hf
 
 
 @dataclass
@@ -154,7 +154,7 @@ def amp_precision(setting: str, device: torch.device) -> Precision:
     ``auto`` picks what ``train.precision=auto`` would pick for a transformer (bf16 on GPUs that have it,
     else fp16 + GradScaler; on CPU bf16 where the probe measured it faster). Where that is fp32, mixed
     precision has nothing to show: ``StrategySkipped`` with the probe's figures as the reason."""
-    from ..train.precision import ALIASES
+    from dllab.train.precision import ALIASES
     if ALIASES.get(setting, setting) not in ("auto", "bf16-mixed", "fp16-mixed"):
         raise DllabError(f"finetune.amp={setting}: choose auto, bf16-mixed or fp16-mixed (or bf16, fp16)")
     prec = resolve_precision(setting, device, model_kind="transformer")

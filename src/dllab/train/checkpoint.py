@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .. import DllabError, distributed, untrusted
-from ..runs import atomic_write
+from dllab import DllabError, distributed, untrusted
+from dllab.runs import atomic_write
 
 CHECKPOINT_LIMIT = 16 * 2**30   # far above any model the labs train; a bound on what a crafted file can make us read
 # Model constructor arguments a saved spec may carry: plain values only (a spec is rebuilt with them).
@@ -168,7 +168,7 @@ def check_spec(path: Path, spec: Any) -> dict[str, Any]:
 
 def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a saved model. ``expect`` = spec kwargs that must match (e.g. the architecture's depth)."""
-    from ..registry import build_model
+    from dllab.registry import build_model
 
     blob = load_checkpoint(path)
     spec = check_spec(path, blob.get("spec"))

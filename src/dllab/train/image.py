@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import DllabError, distributed
-from ..config import OptimConfig, TrainConfig
-from ..data.images import Batches, ImageData, Split
-from .gradients import GradNormRecorder
-from .loop import Meter, Task
-from .precision import Precision, model_kind, resolve_precision
+from dllab import DllabError, distributed
+from dllab.config import OptimConfig, TrainConfig
+from dllab.data.images import Batches, ImageData, Split
+from dllab.train.gradients import GradNormRecorder
+from dllab.train.loop import Meter, Task
+from dllab.train.precision import Precision, model_kind, resolve_precision
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

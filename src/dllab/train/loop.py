@@ -29,12 +29,12 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .. import DllabError, distributed
-from ..env import seconds_since_process_start
-from ..events import QUIET, Callback, CheckpointIO, Reporter
-from ..progress import progress_bar
-from .checkpoint import restore_training_state, trained_weights, training_state
-from .precision import Precision
+from dllab import DllabError, distributed
+from dllab.env import seconds_since_process_start
+from dllab.events import QUIET, Callback, CheckpointIO, Reporter
+from dllab.progress import progress_bar
+from dllab.train.checkpoint import restore_training_state, trained_weights, training_state
+from dllab.train.precision import Precision
 
 BAR_EVERY = 10   # steps between progress-bar updates of the running loss (each one waits for the device)
 

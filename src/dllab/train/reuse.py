@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import DllabError
-from ..events import QUIET, Reporter
-from .checkpoint import find_run_model, load_model
+from dllab import DllabError
+from dllab.events import QUIET, Reporter
+from dllab.train.checkpoint import find_run_model, load_model
 
 
 @dataclass

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import OptimConfig, TrainConfig
-from ..data.images import ImageData
-from ..events import TrainingHooks
-from ..models.common import count_parameters
-from ..registry import build_model
-from .checkpoint import model_state
-from .image import ImageTask, LossFn, cross_entropy_loss
-from .loop import fit
-from .precision import model_kind, resolve_precision
+from dllab.config import OptimConfig, TrainConfig
+from dllab.data.images import ImageData
+from dllab.events import TrainingHooks
+from dllab.models.common import count_parameters
+from dllab.registry import build_model
+from dllab.train.checkpoint import model_state
+from dllab.train.image import ImageTask, LossFn, cross_entropy_loss
+from dllab.train.loop import fit
+from dllab.train.precision import model_kind, resolve_precision
 
 
 @dataclass

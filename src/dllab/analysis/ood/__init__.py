@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ... import DllabError
-from ...data.images import to_unit_float
+from dllab import DllabError
+from dllab.data.images import to_unit_float
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -102,12 +102,12 @@ def logits_of(model: torch.nn.Module, data, batch_size: int = 256) -> torch.Tens
 
 # Imported after the helpers: the detector modules import them from here. (A convenience for callers of
 # dllab's own detectors; a new detector, dllab's or a plug-in's, needs no line here.)
-from .autoencoder import Autoencoder  # noqa: E402
-from .base import Detector, LogitDetector  # noqa: E402
-from .energy import Energy, energy_scores  # noqa: E402
-from .max_logit import MaxLogit, max_logit_scores  # noqa: E402
-from .msp import MSP, msp_scores  # noqa: E402
-from .odin import ODIN  # noqa: E402
+from dllab.analysis.ood.autoencoder import Autoencoder  # noqa: E402
+from dllab.analysis.ood.base import Detector, LogitDetector  # noqa: E402
+from dllab.analysis.ood.energy import Energy, energy_scores  # noqa: E402
+from dllab.analysis.ood.max_logit import MaxLogit, max_logit_scores  # noqa: E402
+from dllab.analysis.ood.msp import MSP, msp_scores  # noqa: E402
+from dllab.analysis.ood.odin import ODIN  # noqa: E402
 
 __all__ = ["Detector", "LogitDetector", "MSP", "MaxLogit", "Energy", "ODIN", "Autoencoder",
            "logits_of", "msp_scores", "max_logit_scores", "energy_scores",

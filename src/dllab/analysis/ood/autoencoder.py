@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ... import DllabError
-from ...data.images import to_unit_float
-from ...models.decoder import conv_decoder
-from ...registry import register
-from . import eval_mode, image_batches, image_tensor, model_device_dtype
-from .base import Detector
+from dllab import DllabError
+from dllab.data.images import to_unit_float
+from dllab.models.decoder import conv_decoder
+from dllab.registry import register
+from dllab.analysis.ood import eval_mode, image_batches, image_tensor, model_device_dtype
+from dllab.analysis.ood.base import Detector
 
 
 def _check_encoder(model: nn.Module) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import logits_of
+from dllab.analysis.ood import logits_of
 
 
 class Detector:

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ... import DllabError, registry
-from ...data.images import DatasetMissing, ImageData, Split, balanced_subset, read_dataset
-from ...registry import register
+from dllab import DllabError, registry
+from dllab.data.images import DatasetMissing, ImageData, Split, balanced_subset, read_dataset
+from dllab.registry import register
 
 # The 20 fine CIFAR-100 classes of 4 superclasses with no CIFAR-10 counterpart.
 CIFAR100_20 = ["orchid", "poppy", "rose", "sunflower", "tulip",                     # flowers

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ... import DllabError
-from ...registry import register
-from .base import LogitDetector
-from .msp import as_logits
+from dllab import DllabError
+from dllab.registry import register
+from dllab.analysis.ood.base import LogitDetector
+from dllab.analysis.ood.msp import as_logits
 
 
 def energy_scores(logits, T: float = 1.0) -> torch.Tensor:

@@ -10,13 +10,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ... import registry
-from ...data.images import ImageData, Split, balanced_subset
-from ...events import QUIET, Reporter
-from ..settings import METRICS, AutoencoderConfig, OdinSetting
-from . import logits_of
-from .base import Detector, LogitDetector
-from .datasets import OODSet
+from dllab import registry
+from dllab.data.images import ImageData, Split, balanced_subset
+from dllab.events import QUIET, Reporter
+from dllab.analysis.settings import METRICS, AutoencoderConfig, OdinSetting
+from dllab.analysis.ood import logits_of
+from dllab.analysis.ood.base import Detector, LogitDetector
+from dllab.analysis.ood.datasets import OODSet
 
 
 def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
@@ -53,7 +53,7 @@ def ood_evaluation(model, id_x, ood_sets: dict[str, torch.Tensor], detectors: di
 
     Returns (scores {"id" | ood name: {"logits" | detector: tensor}}, metrics {ood: {detector: {metric: v}}}).
     """
-    from .metrics import ood_metrics   # scikit-learn: imported when needed, not by `dllab list`
+    from dllab.analysis.ood.metrics import ood_metrics   # scikit-learn: imported when needed, not by `dllab list`
 
     scores = {"id": score_images(model, id_x, detectors, batch_size)}
     metrics = {}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ...registry import register
-from .base import LogitDetector
-from .msp import as_logits
+from dllab.registry import register
+from dllab.analysis.ood.base import LogitDetector
+from dllab.analysis.ood.msp import as_logits
 
 
 def max_logit_scores(logits) -> torch.Tensor:

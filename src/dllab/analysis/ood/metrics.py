@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from ... import DllabError
+from dllab import DllabError
 
 
 def _to_numpy(scores, what: str) -> np.ndarray:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ... import DllabError
-from ...registry import register
-from .base import LogitDetector
+from dllab import DllabError
+from dllab.registry import register
+from dllab.analysis.ood.base import LogitDetector
 
 
 def as_logits(logits) -> torch.Tensor:

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import DllabError
-from ...registry import register
-from . import eval_mode, image_batches, model_device_dtype
-from .base import Detector
-from .msp import msp_scores
+from dllab import DllabError
+from dllab.registry import register
+from dllab.analysis.ood import eval_mode, image_batches, model_device_dtype
+from dllab.analysis.ood.base import Detector
+from dllab.analysis.ood.msp import msp_scores
 
 
 def _check(T: float, eps: float) -> None:

@@ -9,11 +9,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ... import DllabError
-from ...events import QUIET, Reporter
-from ..settings import OdinGridConfig
-from . import logits_of, msp_scores
-from .odin import odin_grid
+from dllab import DllabError
+from dllab.events import QUIET, Reporter
+from dllab.analysis.settings import OdinGridConfig
+from dllab.analysis.ood import logits_of, msp_scores
+from dllab.analysis.ood.odin import odin_grid
 
 
 def split_mask(n: int, fraction: float, g: torch.Generator) -> torch.Tensor:
@@ -35,7 +35,7 @@ def odin_search(model, id_x, ood_x, id_val: torch.Tensor, ood_val: torch.Tensor,
     same batches as the grid, so the (T=1, eps=0) cell equals MSP bit for bit. Pass the same ``id_cache``
     dict for several OOD sets and the ID images are scored once.
     """
-    from .metrics import ood_metrics
+    from dllab.analysis.ood.metrics import ood_metrics
 
     Ts, Es = [float(t) for t in temperatures], [float(e) for e in epsilons]
     if not Ts or not Es:
