@@ -22,18 +22,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dllab.cli import choose_omp_wait_policy
+from dllab.cli.main import choose_omp_wait_policy
 
 choose_omp_wait_policy()   # before torch loads, as `dllab run` does
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dllab.config import make_config  # noqa: E402
-from dllab.env import describe_device, resolve_device, seed_everything  # noqa: E402
-from dllab import registry  # noqa: E402
-from dllab.registry import get_experiment  # noqa: E402
-from dllab.runs import Run  # noqa: E402
+from dllab.core.config import make_config  # noqa: E402
+from dllab.core.machine import describe_device, resolve_device, seed_everything  # noqa: E402
+from dllab.core import registry  # noqa: E402
+from dllab.core.registry import get_experiment  # noqa: E402
+from dllab.runner.run import Run
 
 # Full training-set sizes (before the validation split) of the datasets the paper profiles use.
 TRAIN_SIZES = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
@@ -113,7 +113,7 @@ def time_image_job(job: Job, steps: int, device: torch.device) -> tuple[float, s
     from dllab.train.variants import Variant, build_for, train_model
     loss_fn = cross_entropy_loss
     if job.fgsm:
-        from dllab.analysis.attacks import make_fgsm_loss
+        from dllab.attacks.methods import make_fgsm_loss
         loss_fn = make_fgsm_loss(*job.fgsm)
     n = steps * job.train.batch_size
     data = _synthetic_images(job, n)

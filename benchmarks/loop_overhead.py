@@ -37,10 +37,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput  # noqa: E402  (the CNN measurement and the baselines' minimal step)
 
-from dllab.config import DataConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
+from dllab.core.config import DataConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
 from dllab.data.images import ImageData, Split, load_images  # noqa: E402
-from dllab.registry import build_model  # noqa: E402
-from dllab.runs import Run  # noqa: E402
+from dllab.core.registry import build_model  # noqa: E402
+from dllab.runner.run import Run
 from dllab.train.variants import train_model  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -124,7 +124,7 @@ def cnn_args(args) -> argparse.Namespace:
 def text_setup(args):
     """(model source, train split of ``steps`` batches of 32, validation split of 32 rows)."""
     from dllab.data.text import TextSplit, load_text_dataset, tokenize
-    from dllab.text import hf
+    from dllab.models import hf
 
     source = hf.resolve_model("minilm")
     tok = hf.load_tokenizer(source)
@@ -145,7 +145,7 @@ def text_setup(args):
 
 
 def text_model(source):
-    from dllab.text import hf
+    from dllab.models import hf
 
     torch.manual_seed(0)
     return hf.load_classifier(source, num_labels=2)

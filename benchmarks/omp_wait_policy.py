@@ -22,7 +22,7 @@ def child(images: int, batch_size: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from dllab.registry import build_model
+    from dllab.core.registry import build_model
 
     torch.manual_seed(0)
     x_all = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8)
@@ -69,7 +69,7 @@ def main() -> None:
         child(args.images, args.batch_size)
         return
 
-    from dllab import cpus   # torch-free: the parent must not load OpenMP before its children choose a policy
+    from dllab.core import cpus  # torch-free: the parent must not load OpenMP before its children choose a policy
 
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):

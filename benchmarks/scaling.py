@@ -29,11 +29,11 @@ def worker(args) -> None:
     """One setting, inside torchrun: fit for ``args.epochs`` epochs; rank 0 writes the epoch times."""
     import torch
 
-    from dllab import distributed
-    from dllab.config import OptimConfig, TrainConfig
+    from dllab.core import distributed
+    from dllab.core.config import OptimConfig, TrainConfig
     from dllab.data.images import ImageData, Split
-    from dllab.registry import build_model
-    from dllab.runs import Run
+    from dllab.core.registry import build_model
+    from dllab.runner.run import Run
     from dllab.train.variants import train_model
 
     distributed.init()
@@ -92,8 +92,8 @@ def main() -> None:
 
     import torch
 
-    from dllab import cpus
-    from dllab.cli import choose_omp_wait_policy
+    from dllab.core import cpus
+    from dllab.cli.main import choose_omp_wait_policy
     choose_omp_wait_policy()   # as `dllab run` does: passive waiting on a busy machine (the processes inherit it)
     if args.device == "cuda":
         gpus = torch.cuda.device_count()

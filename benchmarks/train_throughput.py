@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dllab.config import DataConfig, OptimConfig, TrainConfig
+from dllab.core.config import DataConfig, OptimConfig, TrainConfig
 from dllab.data.images import Batches, Split, load_images, random_crop_flip
 from dllab.models.common import DATASET_STATS
-from dllab.registry import build_model
-from dllab.runs import Run
+from dllab.core.registry import build_model
+from dllab.runner.run import Run
 from dllab.train.precision import Precision, model_kind, resolve_precision
 from dllab.train.variants import train_model
 

@@ -83,7 +83,7 @@ def imagefolder(tmp_path) -> Path:
 
 
 class Recorder:
-    """A ``dllab.events.Reporter`` that keeps what it is told: how a test calls a lower layer with no run."""
+    """A ``dllab.core.events.Reporter`` that keeps what it is told: how a test calls a lower layer with no run."""
 
     def __init__(self):
         self.logs: list[str] = []

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from dllab import DllabError
-from dllab.config import DataConfig
+from dllab.core.config import DataConfig
 from dllab.data.images import cache_dir, load_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def test_one_missing_mnist_file_is_named_instead_of_falling_back(tmp_path):
 
 
 def test_ood_mnist_set_names_a_damaged_file(tmp_path, imagefolder):
-    from dllab.analysis.ood.datasets import build_ood_set
+    from dllab.ood.datasets import build_ood_set
     raw = make_mnist(tmp_path / "m")
     write_idx(raw / "t10k-labels-idx1-ubyte", np.full(10, 99))
     msg = one_line_error(build_ood_set, "mnist", load(imagefolder), tmp_path / "m")
@@ -444,13 +444,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def test_tiny_safetensors_model_loads(tiny_model_dir):
-    from dllab.text.hf import load_encoder
+    from dllab.models.hf import load_encoder
     assert load_encoder(str(tiny_model_dir)).config.dim == 16
 
 
 @pytest.mark.parametrize("damage", [lambda b: np.random.default_rng(0).bytes(len(b)), lambda b: b[: len(b) // 2]])
 def test_garbage_safetensors_is_named(tiny_model_dir, tmp_path, damage):
-    from dllab.text.hf import load_classifier, load_encoder
+    from dllab.models.hf import load_classifier, load_encoder
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     weights = folder / "model.safetensors"
@@ -461,7 +461,7 @@ def test_garbage_safetensors_is_named(tiny_model_dir, tmp_path, damage):
 
 
 def test_pickle_only_model_folder_is_refused_unread(tiny_model_dir, tmp_path):
-    from dllab.text.hf import load_encoder
+    from dllab.models.hf import load_encoder
     folder = tmp_path / "model"
     folder.mkdir()
     shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
@@ -511,7 +511,7 @@ def test_binary_garbage_jsonl_is_one_line(tmp_path):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 
 def dllab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
 
 
@@ -35,9 +35,9 @@ def test_listing_and_configs_import_no_heavy_library():
     # imports no torch, transformers, sklearn or matplotlib (seconds of imports); run functions do.
     code = """
 import sys
-from dllab.cli import main
-from dllab.config import PROFILES, make_config
-from dllab.registry import experiment_names, get_experiment
+from dllab.cli.main import main
+from dllab.core.config import PROFILES, make_config
+from dllab.core.registry import experiment_names, get_experiment
 assert main(["list"]) == 0
 for name in experiment_names():
     exp = get_experiment(name)
@@ -128,7 +128,7 @@ def test_run_then_report_two_runs(tmp_path, imagefolder):
 
 
 def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "dllab.cli", "run", "lab1.mlp", "--profile", "paper",
+    res = subprocess.run([sys.executable, "-m", "dllab", "run", "lab1.mlp", "--profile", "paper",
                           "--set", f"data.root={tmp_path / 'nodata'}"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300, env={**os.environ, "DLLAB_RUNS": str(tmp_path / "runs")})
     assert_one_line_error(res, "mnist not found")
@@ -143,7 +143,7 @@ def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
     (None, 1.7, None, "PASSIVE"),
 ])
 def test_omp_wait_policy_follows_what_other_processes_do_now(monkeypatch, others, load, user, expected):
-    from dllab import cli
+    from dllab.cli import main as cli
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     if user:
@@ -156,8 +156,8 @@ def test_omp_wait_policy_follows_what_other_processes_do_now(monkeypatch, others
 
 def test_the_wait_policy_is_chosen_before_torch_loads_and_only_by_commands_that_compute(tmp_path):
     """`dllab doctor` (as run and sweep) picks the policy before torch loads; `dllab list` does not sample."""
-    script = ("import os, sys\nfrom dllab import cpus\ncpus.others_busy = lambda *a: 2.0   # another job on 2 CPUs\n"
-              "from dllab.cli import main\nmain(sys.argv[1:])\n"
+    script = ("import os, sys\nfrom dllab.core import cpus\ncpus.others_busy = lambda *a: 2.0   # another job on 2 CPUs\n"
+              "from dllab.cli.main import main\nmain(sys.argv[1:])\n"
               "print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     listed = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=env,
@@ -169,7 +169,7 @@ def test_the_wait_policy_is_chosen_before_torch_loads_and_only_by_commands_that_
 
 
 def test_others_busy_sees_a_spinning_process():
-    from dllab import cpus
+    from dllab.core import cpus
 
     if cpus.others_busy() is None:
         pytest.skip("no /proc/stat on this platform")

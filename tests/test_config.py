@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from dllab import DllabError
-from dllab.config import apply_overrides, dump_yaml, load_yaml, make_config
-from dllab.registry import experiment_names, get_experiment, register
+from dllab.core.config import apply_overrides, dump_yaml, load_yaml, make_config
+from dllab.core.registry import experiment_names, get_experiment, register
 
 
 def cfg_of(name="lab1.mlp-depth", profile="quick", sets=(), flags=None):
@@ -174,7 +174,7 @@ def _register(name, config_cls, profiles):
 ])
 def test_a_profile_that_names_no_config_field_or_a_missing_profile_fails_at_registration(profiles, message):
     from dllab.experiments.lab4 import OODExpConfig
-    from dllab.registry import _loaded
+    from dllab.core.registry import _loaded
 
     full = {"smoke": {}, "quick": {}, "paper": {}, **profiles} if len(profiles) == 1 else profiles
     with pytest.raises(DllabError) as e:
@@ -278,7 +278,7 @@ def test_an_old_config_yaml_reads_back_with_the_new_keys_defaulted():
 
 
 def dllab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300, env=os.environ)
 
 

@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from dllab import DllabError
-from dllab.config import DataConfig
+from dllab.core.config import DataConfig
 from dllab.data import images
-from dllab.data.images import (Batches, Split, balanced_subset, load_images, random_crop_flip, split_validation,
-                               to_unit_float)
+from dllab.data.images import Batches, Split, balanced_subset, load_images, random_crop_flip, split_validation, to_unit_float
 
 
 def labelled(n_per_class=(10, 10, 10)):

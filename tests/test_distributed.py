@@ -57,7 +57,7 @@ def test_shards_are_distributed_samplers(n, world):
     ranks' i-th batches of b/world together are the single-process batch i of b."""
     from torch.utils.data import DistributedSampler
 
-    from dllab.distributed import shard
+    from dllab.core.distributed import shard
     order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
     shards = [shard(order, r, world) for r in range(world)]
     for r in range(world):
@@ -88,7 +88,7 @@ def test_batches_split_the_global_batch_over_ranks():
 
 
 def test_nproc_errors_are_one_line(monkeypatch):
-    from dllab.cli import main
+    from dllab.cli.main import main
     assert main(["run", "lab1.mlp", "--nproc", "0"]) == 2
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -98,12 +98,12 @@ def test_nproc_errors_are_one_line(monkeypatch):
 @pytest.mark.parametrize("argv", [["run", "--nproc", "2", "lab1.mlp"], ["run", "--nproc=2", "lab1.mlp"],
                                   ["run", "--np", "2", "lab1.mlp"], ["run", "lab1.mlp", "--nproc", "2"]])
 def test_the_launcher_passes_on_everything_but_nproc(argv):
-    from dllab.launch import without_nproc
+    from dllab.runner.launch import without_nproc
     assert without_nproc(argv) == ["run", "lab1.mlp"]
 
 
 def test_global_batch_must_divide_over_ranks(monkeypatch):
-    from dllab import distributed
+    from dllab.core import distributed
     monkeypatch.setattr(distributed, "part", lambda: (0, 3))
     with pytest.raises(DllabError, match="multiple of 3"):
         distributed.per_rank_batch(128)

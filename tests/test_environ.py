@@ -1,4 +1,4 @@
-"""dllab.environ: each environment variable read once, one way, and a bad one is one line naming it (issue #20,
+"""dllab.core.environ: each environment variable read once, one way, and a bad one is one line naming it (issue #20,
 "the environment"; issue #21, "one reading of each environment variable")."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dllab import DllabError, environ
+from dllab import DllabError
+from dllab.core import environ
 
 SMOKE = ["run", "lab1.mlp", "--profile", "smoke", "--quiet"]
 # What a shell that once ran under torchrun (or a job script) leaves behind.
@@ -20,7 +21,7 @@ LEFTOVER_TORCHRUN = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_
 
 def dllab(*args, env=None, cwd=None, unset=(), **kwargs):
     full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           env=full, timeout=300, **kwargs)
 
 
@@ -58,7 +59,7 @@ def test_leftover_torchrun_variables_stop_a_run_at_once_instead_of_waiting_for_p
 
 
 def test_torchruns_own_variables_are_read_and_checked(monkeypatch):
-    from dllab import distributed
+    from dllab.core import distributed
     for name, value in {**LEFTOVER_TORCHRUN, "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                         "TORCHELASTIC_RUN_ID": "none"}.items():
         monkeypatch.setenv(name, value)
@@ -94,7 +95,7 @@ def test_a_bad_switch_is_one_line_before_any_folder(tmp_path):
 def test_dllab_offline_false_means_online_everywhere(monkeypatch, tmp_path):
     """Datasets (data/images.py read `false` as offline) and the hub (text/hf.py read it as online) agree."""
     from dllab.data import images
-    from dllab.text import hf
+    from dllab.models import hf
     monkeypatch.setenv("DLLAB_OFFLINE", "false")
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
@@ -113,7 +114,7 @@ def test_dllab_offline_false_means_online_everywhere(monkeypatch, tmp_path):
 
 def test_a_garbage_hf_endpoint_is_not_read_offline(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://[not-a-url")
-    from dllab.text import hf
+    from dllab.models import hf
     monkeypatch.setattr(hf, "_endpoint_answers", lambda *a: pytest.fail("offline: the hub must not be asked"))
     assert environ.hf_endpoint() is None and not hf.hub_reachable()
     assert "HF_ENDPOINT" not in os.environ      # hidden from huggingface_hub, which fails parsing it on import
@@ -146,8 +147,8 @@ def test_a_good_hf_endpoint_is_used_online(monkeypatch):
 @pytest.mark.parametrize("value", ["", "  "])
 def test_an_empty_folder_variable_means_unset_not_the_current_directory(monkeypatch, tmp_path, value):
     from dllab.data import cache_dir, data_root
-    from dllab.runs import default_runs_root
-    from dllab.sweep import sweeps_root
+    from dllab.store.folder import default_runs_root
+    from dllab.runner.sweep import sweeps_root
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     for name in ("DLLAB_RUNS", "DLLAB_SWEEPS", "DLLAB_DATA", "DLLAB_CACHE"):
         monkeypatch.setenv(name, value)
@@ -178,7 +179,7 @@ def test_tests_never_fall_back_to_the_home_folder():
     ("bogus", None, True), ("PASSIVE,x", None, True), ("", None, False), (" passive ", "PASSIVE", False),
     ("Active", "ACTIVE", False)])
 def test_omp_wait_policy_is_read_as_libgomp_reads_it(monkeypatch, capsys, value, policy, warns):
-    from dllab import cli
+    from dllab.cli import main as cli
     monkeypatch.setenv("OMP_WAIT_POLICY", value)
     monkeypatch.setattr(cli.cpus, "others_busy", lambda: 0.0)      # idle: OpenMP's default unless set
     cli.choose_omp_wait_policy()
@@ -215,7 +216,8 @@ def test_a_low_virtual_memory_limit_is_one_line_naming_it(tmp_path):
 
 def test_running_out_of_memory_under_a_limit_mid_run_names_it_and_the_folder_to_resume(monkeypatch, capsys,
                                                                                        tmp_path):
-    from dllab import cli, runner
+    from dllab.cli import main as cli
+    from dllab.runner import experiment as runner
 
     def fails(*args, on_start, **kwargs):
         on_start(tmp_path / "run")

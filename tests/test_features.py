@@ -1,12 +1,12 @@
-"""Classical classifiers on fixed features (``dllab.analysis.features``): generic arrays in, accuracies out."""
+"""Classical classifiers on fixed features (``dllab.features.classifiers``): generic arrays in, accuracies out."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from dllab import DllabError
-from dllab import registry
-from dllab.analysis.features import fit_classifiers
+from dllab.core import registry
+from dllab.features.classifiers import fit_classifiers
 
 
 def _blobs(n: int, dim: int, shift: float, seed: int):
@@ -63,7 +63,7 @@ def test_unknown_classifier_is_a_one_line_error():
 
 def test_probe_scores_val_and_test_and_its_key_follows_the_inputs():
     """What an experiment caches (results/classical.json): computed from arrays alone, no run folder."""
-    from dllab.analysis.features import probe, probe_key
+    from dllab.features.classifiers import probe, probe_key
 
     feats = {"train": _blobs(200, 4, 3.0, 0), "val": _blobs(50, 4, 3.0, 1), "test": _blobs(50, 4, 3.0, 2)}
     out = probe(feats, names=["logreg", "knn"], k=3)

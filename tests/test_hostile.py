@@ -18,14 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllab import DllabError, cli
-from dllab.runs import atomic_write
+from dllab import DllabError
+from dllab.cli import main as cli
+from dllab.core.files import atomic_write
 
 TINY = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "train.epochs=1", "--set", "width=8"]
 
 
 def dllab(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300, env={**os.environ, **(env or {})})
 
 
@@ -134,7 +135,7 @@ def test_report_refuses_to_overwrite_unless_forced(run_copy, tmp_path):
 # --- 3. a folder that exists can always be resumed -----------------------------------------------
 
 def _start(args, tmp_path):
-    return subprocess.Popen([sys.executable, "-m", "dllab.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "dllab", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -286,10 +287,10 @@ def test_disk_full_is_one_line(run_copy, monkeypatch, capsys):
     run, _ = run_copy
     import errno
 
-    def full(*_a, **_k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "env.json"))
+    def full(*_a, **_k):   # the disk fills at the lowest write: every atomic file of the run hits it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("dllab.run_folder.atomic_write", full)
+    monkeypatch.setattr("dllab.core.files._WholeWrites.write", full)
     assert cli.main(["run", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and f"--resume {run}" in err[0]
@@ -325,7 +326,7 @@ def test_bad_value_in_config_yaml_names_the_file_not_set(run_copy):
 @pytest.mark.parametrize("text, fragment", [("- 1\n- 2\n", "expected a mapping"), ("a: [", "not valid YAML"),
                                             ("train:\n  epochs: 0\n", "train.epochs=0")])
 def test_damaged_config_yaml_is_one_line(text, fragment):
-    from dllab.config import load_yaml
+    from dllab.core.config import load_yaml
     from dllab.experiments.lab1 import MLPConfig
 
     with pytest.raises(DllabError, match="config.yaml") as e:
@@ -358,9 +359,10 @@ def _umask() -> int:
 def test_a_folder_is_never_left_half_made(tmp_path, monkeypatch):
     """Run.create writes config.yaml and env.json in a hidden folder renamed into place: interrupted in
     between, the target does not exist (so --out can be used again) rather than existing without env.json."""
-    from dllab import run_folder, runs
-    from dllab.registry import get_experiment
-    from dllab.config import make_config
+    from dllab.store import folder as run_folder
+    from dllab.runner import run as runs
+    from dllab.core.registry import get_experiment
+    from dllab.core.config import make_config
 
     exp = get_experiment("lab1.mlp")
     cfg = make_config(exp.config_cls, exp.profiles, "smoke")

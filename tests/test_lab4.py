@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from dllab import DllabError, registry
-from dllab.analysis.ood import msp_scores
-from dllab.analysis.ood.datasets import CIFAR100_20, build_ood_set, complement_split, fit_to_shape, noise_images
-from dllab.analysis.ood.metrics import ood_metrics
-from dllab.cli import main
-from dllab.config import DataConfig
+from dllab import DllabError
+from dllab.core import registry
+from dllab.ood import msp_scores
+from dllab.ood.datasets import CIFAR100_20, build_ood_set, complement_split, fit_to_shape, noise_images
+from dllab.ood.metrics import ood_metrics
+from dllab.cli.main import main
+from dllab.core.config import DataConfig
 from dllab.data.images import Split, load_images, to_unit_float
-from dllab.registry import build_model
-from dllab.runner import run_experiment
+from dllab.core.registry import build_model
+from dllab.runner.experiment import run_experiment
 from dllab.train.checkpoint import load_model, save_model
 from dllab.train.image import evaluate
 
@@ -143,11 +144,11 @@ def test_cifar100_20_selects_exactly_the_twenty_classes(tmp_path):
 
 
 def test_ood_sets_are_built_without_a_run_and_recorded_in_it_by_the_experiment(tmp_path):
-    from dllab.analysis.ood.datasets import OODSet, build_ood_sets
+    from dllab.ood.datasets import OODSet, build_ood_sets
     from dllab.data.images import ImageData
     from dllab.experiments.common import record_ood_sets
     from dllab.experiments.lab4 import OODExpConfig
-    from dllab.runs import Run
+    from dllab.runner.run import Run
 
     split = Split(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
     data = ImageData("toy", ["a", "b"], split, None, split, None, "toy")
@@ -270,7 +271,7 @@ def test_adv_train_compares_standard_and_adversarial_models(ood_run, tmp_path):
 
 
 def test_rising_accuracy_over_epsilon_gets_a_report_line():
-    from dllab.analysis.robustness import rising_accuracy_note
+    from dllab.attacks.robustness import rising_accuracy_note
 
     assert rising_accuracy_note({0.0: 0.61, 0.01: 0.26, 0.05: 0.08}, "fgsm") is None        # falls: nothing to say
     assert rising_accuracy_note({0.0: 0.61, 0.05: 0.08, 0.1: 0.085}, "fgsm") is None        # within 1 point: noise

@@ -1,7 +1,7 @@
 """Real data, short runs: the loop actually learns (accuracy above a floor)."""
 import json
 
-from dllab.runner import run_experiment
+from dllab.runner.experiment import run_experiment
 
 
 def test_basic_mlp_learns_real_mnist_slice(shared_data, tmp_path):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from dllab import DllabError, launch, lock
+from dllab import DllabError
+from dllab.runner import launch
+from dllab.core import lock
 
 TINY = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "train.epochs=1", "--set", "width=8"]
 LONG = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "width=8"]   # + a huge train.epochs
@@ -30,7 +32,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def dllab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, timeout=300,
                           env=env or _env(), **kw)
 
 
@@ -47,7 +49,7 @@ class Holder:
     """Another process holding ``folder``'s writer lock until ``stop``/``kill``."""
 
     def __init__(self, folder: Path):
-        code = "import sys; from dllab import lock; lock.hold(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
+        code = "import sys; from dllab.core import lock; lock.hold(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "held"
@@ -73,9 +75,9 @@ def held(tmp_path):
 
 
 def _small_run(path: Path, data_root: Path):
-    from dllab.config import make_config
-    from dllab.registry import get_experiment
-    from dllab.runs import Run
+    from dllab.core.config import make_config
+    from dllab.core.registry import get_experiment
+    from dllab.runner.run import Run
     exp = get_experiment("lab1.mlp")
     cfg = make_config(exp.config_cls, exp.profiles, "smoke", ["data.name=imagefolder", f"data.root={data_root}"])
     return Run.create("lab1.mlp", cfg, out=str(path), quiet=True)
@@ -110,7 +112,7 @@ def test_a_new_run_holds_its_folder_and_its_seed_folders_ride_on_that_lock(tmp_p
     run = _small_run(tmp_path / "r", imagefolder)
     try:
         assert (run.path / LOCK).read_text().split()[0] == str(os.getpid())
-        res = subprocess.run([sys.executable, "-c", "import sys; from dllab import lock; lock.hold(sys.argv[1])",
+        res = subprocess.run([sys.executable, "-c", "import sys; from dllab.core import lock; lock.hold(sys.argv[1])",
                               str(run.path)], capture_output=True, text=True)
         assert res.returncode != 0 and f"being written by process {os.getpid()}" in res.stderr
         seed = _small_run(run.path / "seed1", imagefolder)   # inside: covered, no lock of its own, no wait
@@ -181,9 +183,9 @@ needs_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="t
 def test_a_child_dies_with_its_parent_even_under_kill_9(tmp_path):
     """A parent that names itself in DLLAB_PARENT_PID (as the launcher and the sweep do) takes its child
     with it when it is killed with SIGKILL."""
-    child = ("from dllab import launch; launch.die_with_parent(); print('armed', flush=True); "
+    child = ("from dllab.runner import launch; launch.die_with_parent(); print('armed', flush=True); "
              "import time; time.sleep(120)")
-    parent = ("import os, subprocess, sys, time; from dllab import launch; "
+    parent = ("import os, subprocess, sys, time; from dllab.runner import launch; "
               f"c = subprocess.Popen([sys.executable, '-c', {child!r}], env=launch.child_env(dict(os.environ)), "
               "stdout=subprocess.PIPE, text=True); c.stdout.readline(); print(c.pid, flush=True); time.sleep(120)")
     p = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
@@ -310,9 +312,9 @@ def test_the_launcher_note_is_written_only_into_the_launchers_own_empty_file(tmp
 
 
 def test_the_batch_check_of_nproc_comes_before_the_folder_and_the_data(tmp_path, monkeypatch):
-    from dllab import distributed
+    from dllab.core import distributed
     from dllab.experiments import common
-    from dllab.runner import run_experiment
+    from dllab.runner.experiment import run_experiment
     loaded = []
     monkeypatch.setattr(distributed, "part", lambda: (0, 3))
     monkeypatch.setattr(common, "load_data", lambda *a, **k: loaded.append(a) or pytest.fail("data loaded"))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dllab import DllabError
-from dllab.events import Callback
+from dllab.core.events import Callback
 from dllab.train.loop import Meter, Task, fit
 from dllab.train.precision import Precision
 
@@ -286,7 +286,7 @@ def test_the_loop_clips_at_the_tasks_max_grad_norm(monkeypatch):
 
 def test_image_training_needs_no_run(tmp_path, monkeypatch):
     """train_model with the default hooks: trained, tested (final and best), nothing written anywhere."""
-    from dllab.config import OptimConfig, TrainConfig
+    from dllab.core.config import OptimConfig, TrainConfig
     from dllab.data.images import ImageData, Split
     from dllab.train.variants import train_model
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from dllab.registry import build_model
+from dllab.core.registry import build_model
 
 
 def n_params(m):

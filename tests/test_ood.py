@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from dllab import DllabError
-from dllab import registry
-from dllab.analysis.ood import LogitDetector, logits_of
-from dllab.analysis.ood.autoencoder import Autoencoder, reconstruct, reconstruction_scores, train_autoencoder
-from dllab.analysis.ood.energy import Energy, energy_scores
-from dllab.analysis.ood.max_logit import MaxLogit, max_logit_scores
-from dllab.analysis.ood.metrics import fpr_at_tpr, ood_metrics, roc_pr_curves
-from dllab.analysis.ood.msp import MSP, msp_scores
-from dllab.analysis.ood.odin import ODIN, odin_grid, odin_scores
+from dllab.core import registry
+from dllab.ood import LogitDetector, logits_of
+from dllab.ood.autoencoder import Autoencoder, reconstruct, reconstruction_scores, train_autoencoder
+from dllab.ood.energy import Energy, energy_scores
+from dllab.ood.max_logit import MaxLogit, max_logit_scores
+from dllab.ood.metrics import fpr_at_tpr, ood_metrics, roc_pr_curves
+from dllab.ood.msp import MSP, msp_scores
+from dllab.ood.odin import ODIN, odin_grid, odin_scores
 from dllab.models.decoder import conv_decoder
 
 
@@ -219,7 +219,7 @@ def test_odin_perturbation_increases_tempered_max_softmax(T):
     assert torch.all(perturbed < clean)
     # ...while a step the opposite way lowers the predicted class's tempered softmax (the sign is
     # not arbitrary). Compare that class, not the max: near a tie the max can switch to another class.
-    from dllab.analysis.ood.odin import ascent_sign
+    from dllab.ood.odin import ascent_sign
     logits = logits_of(model, x)
     yhat = logits.argmax(1, keepdim=True)
     x_down = x - 2e-3 * ascent_sign(model.eval(), x, T)
@@ -345,7 +345,7 @@ def test_roc_pr_curves_shapes():
 # ---- the pipeline Lab 4 runs: detectors from config sections, evaluated against OOD sets, ODIN searched -
 
 def _id_data_and_ood_sets(n_train=12, n_test=10):
-    from dllab.analysis.ood.datasets import OODSet
+    from dllab.ood.datasets import OODSet
     from dllab.data.images import ImageData, Split
 
     def u8(n, seed, lo, hi):
@@ -358,8 +358,8 @@ def _id_data_and_ood_sets(n_train=12, n_test=10):
 
 def test_build_detectors_takes_the_sections_settings_and_checks_the_names():
     from conftest import Recorder
-    from dllab.analysis.ood.evaluate import build_detectors
-    from dllab.analysis.settings import AutoencoderConfig, OdinSetting
+    from dllab.ood.evaluate import build_detectors
+    from dllab.ood.settings import AutoencoderConfig, OdinSetting
 
     reporter = Recorder()
     ae = AutoencoderConfig(epochs=2, lr=0.01, batch_size=4, hidden=3)
@@ -378,8 +378,8 @@ def test_build_detectors_takes_the_sections_settings_and_checks_the_names():
 
 def test_evaluate_ood_fits_on_a_balanced_subset_and_scores_every_image():
     """No run folder: evaluate_ood returns the scores (and says nothing, QUIET); score_arrays holds them all."""
-    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood, ood_evaluation, score_arrays
-    from dllab.analysis.settings import AutoencoderConfig, OdinSetting
+    from dllab.ood.evaluate import build_detectors, evaluate_ood, ood_evaluation, score_arrays
+    from dllab.ood.settings import AutoencoderConfig, OdinSetting
 
     data, ood_sets = _id_data_and_ood_sets()
     torch.manual_seed(0)
@@ -403,7 +403,7 @@ def test_evaluate_ood_fits_on_a_balanced_subset_and_scores_every_image():
 def test_detectors_are_fitted_on_id_training_images_with_their_labels():
     """As pytorch-ood's detectors: fit(model, x, y) sees the ID training data with its labels (the balanced
     subset of fit_limit images), so a detector such as Mahalanobis can learn per-class statistics."""
-    from dllab.analysis.ood.evaluate import evaluate_ood
+    from dllab.ood.evaluate import evaluate_ood
 
     class Seen(LogitDetector):
         def fit(self, model, x=None, y=None):
@@ -425,8 +425,8 @@ def test_detectors_are_fitted_on_id_training_images_with_their_labels():
 def test_evaluate_ood_reports_each_fit_note_after_its_fit_then_the_aurocs():
     """What a run's log shows, in this order: the decoder's epochs, its fit note, one AUROC line per OOD set."""
     from conftest import Recorder
-    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood
-    from dllab.analysis.settings import AutoencoderConfig, OdinSetting
+    from dllab.ood.evaluate import build_detectors, evaluate_ood
+    from dllab.ood.settings import AutoencoderConfig, OdinSetting
 
     data, ood_sets = _id_data_and_ood_sets()
     torch.manual_seed(0)
@@ -444,8 +444,8 @@ def test_evaluate_ood_reports_each_fit_note_after_its_fit_then_the_aurocs():
 
 def test_odin_search_sets_draws_the_masks_in_order_and_reports_each_set():
     from conftest import Recorder
-    from dllab.analysis.ood.odin_search import odin_search, search_arrays, search_sets, split_mask
-    from dllab.analysis.settings import OdinGridConfig
+    from dllab.ood.odin_search import odin_search, search_arrays, search_sets, split_mask
+    from dllab.ood.settings import OdinGridConfig
 
     data, ood_sets = _id_data_and_ood_sets(n_test=12)
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def cpu_only(monkeypatch):
     """`auto` resolves to the CPU, as on a machine without a GPU (doctor's figures are the CPU's)."""
-    from dllab import env
+    from dllab.core import machine as env
     real = env.resolve_device
     monkeypatch.setattr(env, "resolve_device", lambda name: CPU if name == "auto" else real(name))
 
@@ -325,9 +325,9 @@ def test_the_real_probe_measures_every_kind_in_figures_its_cache_accepts():
 
 
 def test_image_loop_records_the_resolved_precision(probe, tmp_path):
-    from dllab.config import OptimConfig, TrainConfig
+    from dllab.core.config import OptimConfig, TrainConfig
     from dllab.data.images import ImageData, Split
-    from dllab.runs import Run
+    from dllab.runner.run import Run
     from dllab.train.variants import train_model
     probe({"conv": 0.2, "mlp": 0.2, "transformer": 0.2})
     g = torch.Generator().manual_seed(0)
@@ -363,7 +363,7 @@ def test_full_amp_is_skipped_where_bf16_is_slower_and_forced_by_bf16(probe):
 # --- dllab doctor -----------------------------------------------------------------------------------
 
 def test_doctor_reports_every_section(probe, cpu_only, tmp_path):
-    from dllab import doctor
+    from dllab.cli import doctor
     probe({"conv": 1.5, "mlp": 0.8, "transformer": 2.0})
     (tmp_path / "cifar10" / "train").mkdir(parents=True)
     info = doctor.collect("quick", str(tmp_path))
@@ -381,7 +381,7 @@ def test_doctor_reports_every_section(probe, cpu_only, tmp_path):
 
 
 def test_doctor_exit_codes(probe, cpu_only, tmp_path, capsys):
-    from dllab.cli import main
+    from dllab.cli.main import main
     probe(1.0)
     assert main(["doctor", "--data-root", str(tmp_path)]) == 0          # no profile: report only
     assert main(["doctor", "--profile", "quick", "--data-root", str(tmp_path)]) == 2

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dllab import DllabError, registry
+from dllab import DllabError
+from dllab.core import registry
 
 # --- the test plug-in package: three files, each one plug-in (the README's CONTRIBUTING examples) -----------
 
@@ -22,8 +23,8 @@ training images' logits (a logit-space cousin of Mahalanobis). ``fit`` learns th
 images and their labels."""
 import torch
 
-from dllab.analysis.ood import LogitDetector, logits_of
-from dllab.registry import register
+from dllab.ood import LogitDetector, logits_of
+from dllab.core.registry import register
 
 
 @register("detector", "class_mean")
@@ -45,7 +46,7 @@ MODEL = '''\
 """A model from another package, built by name like dllab's own (``--set model=tiny_convnet``)."""
 from torch import nn
 
-from dllab.registry import register
+from dllab.core.registry import register
 
 
 @register("model", "tiny_convnet")
@@ -61,7 +62,7 @@ DATASET = '''\
 import torch
 
 from dllab.data.images import DatasetFiles, Split
-from dllab.registry import register
+from dllab.core.registry import register
 
 CLASSES = ["horizontal", "vertical", "diagonal"]
 
@@ -104,7 +105,7 @@ def dllab(*args, plugin: Path | None = None, cwd=None, mark: Path | None = None)
     if plugin is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(plugin), env.get("PYTHONPATH")) if p)
         env["PLUGIN_MARK"] = str(mark or plugin / "imported")
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600, env=env)
 
 
@@ -116,7 +117,7 @@ def test_the_static_index_is_what_importing_every_module_registers():
     every dllab module registers nothing the scan missed (a name built at run time, a decorator it cannot read)."""
     code = textwrap.dedent("""
         import importlib, json, pkgutil, dllab
-        from dllab import registry
+        from dllab.core import registry
         static = {k: {n: e.module for n, e in registry.index(k).items()} for k in registry.KINDS}
         for m in pkgutil.walk_packages(dllab.__path__, "dllab."):
             if m.name != "dllab.__main__":
@@ -144,15 +145,15 @@ def test_an_unknown_name_is_one_line_with_the_nearest_and_every_known_one():
 
 
 def test_get_imports_the_defining_module_on_first_use():
-    code = ("import sys; from dllab import registry; "
-            "print('dllab.analysis.ood.energy' in sys.modules, registry.get('detector', 'energy').__name__, "
-            "'dllab.analysis.ood.energy' in sys.modules)")
+    code = ("import sys; from dllab.core import registry; "
+            "print('dllab.ood.energy' in sys.modules, registry.get('detector', 'energy').__name__, "
+            "'dllab.ood.energy' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.stdout.split() == ["False", "Energy", "True"], res.stderr
 
 
 def test_dllab_list_shows_every_kind_and_imports_no_torch():
-    code = ("import sys; from dllab.cli import main; main(['list']); "
+    code = ("import sys; from dllab.cli.main import main; main(['list']); "
             "print('HEAVY', sorted(m for m in ('torch', 'sklearn', 'transformers', 'matplotlib', 'numpy') "
             "if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -230,7 +231,7 @@ def test_a_plugin_name_that_is_not_installed_is_refused_before_any_work(tmp_path
 
 @pytest.mark.parametrize("files, target, fragment", [
     ({"again.py": DETECTOR.replace('"class_mean"', '"msp"')}, "dllab_testplug",
-     "detector 'msp' is registered twice: by dllab.analysis.ood.msp (dllab) and by dllab_testplug.again "
+     "detector 'msp' is registered twice: by dllab.ood.msp (dllab) and by dllab_testplug.again "
      "(dllab-testplug)"),
     ({}, "dllab_testplug.missing", "names dllab_testplug.missing, which is not a Python source module"),
 ])

@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from dllab import distributed
+from dllab.core import distributed
 from dllab.report import robustness, text, transfer, variants
-from dllab.report.items import Figure, Note, Table
-from dllab.runs import Run
+from dllab.core.items import Figure, Note, Table
+from dllab.runner.run import Run
 from dllab.train.variants import Variant
 
 
@@ -213,7 +213,7 @@ def test_importing_the_run_modules_leaves_the_umask_alone():
     """The umask is read when the first file is written, not at import (reading it sets it for a moment)."""
     code = ("import os; calls = []; real = os.umask\n"
             "os.umask = lambda m: calls.append(m) or real(m)\n"
-            "import dllab.runs, dllab.run_folder, dllab.run_records, dllab.sweep\n"
+            "import dllab.runner.run, dllab.store.folder, dllab.store.records, dllab.runner.sweep\n"
             "print(calls)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -11,8 +11,8 @@ from conftest import Recorder
 from dllab.data.images import ImageData, Split
 from dllab.experiments.common import get_cnn
 from dllab.experiments.transfer import TransferConfig
-from dllab.registry import build_model
-from dllab.runs import Run
+from dllab.core.registry import build_model
+from dllab.runner.run import Run
 from dllab.train.checkpoint import save_model
 from dllab.train.reuse import CNNSource
 

@@ -15,7 +15,7 @@ TINY = ["--profile", "smoke", "--set", "data.name=imagefolder"]
 
 
 def dllab(*args, cwd=None, **kw):
-    return subprocess.run([sys.executable, "-m", "dllab.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600, **kw)
 
 
@@ -26,7 +26,7 @@ def read_csv(path):
 
 def test_sweep_jobs_2_and_a_killed_sweep_finishes_only_what_was_missing(tmp_path, imagefolder):
     out = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "dllab.cli", "sweep", "lab1.mlp", *TINY, "--set", f"data.root={imagefolder}",
+    cmd = [sys.executable, "-m", "dllab", "sweep", "lab1.mlp", *TINY, "--set", f"data.root={imagefolder}",
            "--grid", "adam.lr=1e-3,3e-3", "--grid", "width=32,64", "--seeds", "0,1", "--jobs", "2", "--out", str(out)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -66,7 +66,7 @@ def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkey
         import ray   # CI installs the ray extra: the Ray path must run there
     else:
         ray = pytest.importorskip("ray")
-    from dllab.sweep import SweepSpec, sweep
+    from dllab.runner.sweep import SweepSpec, sweep
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))   # Ray keeps a token under ~/.ray unless told not to
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -101,7 +101,7 @@ def test_bad_grid_is_one_line_and_leaves_nothing(grid, fragment, tmp_path):
 
 
 def test_sample_draws_the_same_points_every_time():
-    from dllab.sweep import SweepSpec, expand
+    from dllab.runner.sweep import SweepSpec, expand
 
     spec = SweepSpec("lab1.mlp", "smoke", {"adam.lr": ["1e-3", "3e-3", "1e-2"], "width": ["16", "32", "64"]},
                      sample=4)
@@ -113,7 +113,7 @@ def test_sample_draws_the_same_points_every_time():
 
 
 def test_grid_values_keep_lists_whole():
-    from dllab.sweep import parse_grid
+    from dllab.runner.sweep import parse_grid
 
     assert parse_grid(["data.classes=[0,1],[2,3]", "adam.lr=1e-3, 3e-3"]) == {
         "data.classes": ["[0,1]", "[2,3]"], "adam.lr": ["1e-3", "3e-3"]}
@@ -122,7 +122,7 @@ def test_grid_values_keep_lists_whole():
 def test_tensorboard_events_equal_history_csv(tmp_path, imagefolder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from dllab.runner import run_experiment
+    from dllab.runner.experiment import run_experiment
 
     run = run_experiment("lab1.mlp", "smoke", ["data.name=imagefolder", f"data.root={imagefolder}",
                                                "train.epochs=2", "log.every_steps=1"],
@@ -177,8 +177,8 @@ def test_mlflow_sink_gets_the_same_numbers(tmp_path, monkeypatch):
     # A stand-in for the mlflow module (not installed here): records what the sink calls, with mlflow's API.
     import types
 
-    from dllab.config import RunConfig
-    from dllab.runs import Run
+    from dllab.core.config import RunConfig
+    from dllab.runner.run import Run
 
     calls = []
     fake = types.ModuleType("mlflow")

@@ -52,7 +52,7 @@ def files_under(path) -> list[str]:
      "40,000 points; a sweep runs at most 10,000"),
 ])
 def test_malformed_sweep_json_is_one_line_naming_the_file(change, fragment, tmp_path):
-    from dllab.sweep import read_spec
+    from dllab.runner.sweep import read_spec
 
     folder = sweep_folder(tmp_path, {**VALID, **change})
     with pytest.raises(DllabError) as e:
@@ -65,7 +65,7 @@ def test_malformed_sweep_json_is_one_line_naming_the_file(change, fragment, tmp_
     ("[" * 100_000 + "]" * 100_000, "recursion limit"), (b"\xff\xfe{}", "Invalid JSON"),
 ])
 def test_unparsable_sweep_json_is_one_line(text, fragment, tmp_path):
-    from dllab.sweep import read_spec
+    from dllab.runner.sweep import read_spec
 
     folder = sweep_folder(tmp_path, text)
     with pytest.raises(DllabError, match=fragment):
@@ -80,8 +80,8 @@ def test_a_malformed_sweep_json_exits_2_and_the_folder_is_unchanged(tmp_path):
 
 
 def test_a_huge_sweep_json_is_refused_unread(tmp_path):
-    from dllab.sweep import read_spec
-    from dllab.sweep_spec import MAX_FILE_BYTES
+    from dllab.runner.sweep import read_spec
+    from dllab.runner.sweep_spec import MAX_FILE_BYTES
 
     folder = sweep_folder(tmp_path, {**VALID, "sets": ["x" * (MAX_FILE_BYTES + 1)]})
     with pytest.raises(DllabError, match="sweep.json is 4.0 MiB, more than the 4 MiB"):
@@ -89,7 +89,7 @@ def test_a_huge_sweep_json_is_refused_unread(tmp_path):
 
 
 def test_a_linked_or_special_sweep_json_is_refused(tmp_path):
-    from dllab.sweep import read_spec
+    from dllab.runner.sweep import read_spec
 
     (tmp_path / "elsewhere.json").write_text(json.dumps(VALID))
     linked = tmp_path / "linked"
@@ -105,7 +105,7 @@ def test_a_linked_or_special_sweep_json_is_refused(tmp_path):
 
 
 def test_a_valid_sweep_json_reads_back_equal():
-    from dllab.sweep_spec import SweepSpec, _SCHEMA
+    from dllab.runner.sweep_spec import SweepSpec, _SCHEMA
 
     spec = SweepSpec(**VALID)
     assert _SCHEMA.validate_json(json.dumps(VALID), strict=True) == spec
@@ -140,8 +140,8 @@ def test_a_failed_ray_connection_leaves_nothing(tmp_path):
 
 
 def test_long_values_give_short_unique_point_names():
-    from dllab.sweep import SweepSpec, expand
-    from dllab.sweep_spec import MAX_NAME
+    from dllab.runner.sweep import SweepSpec, expand
+    from dllab.runner.sweep_spec import MAX_NAME
 
     long = ["/data/" + "x" * 900 + str(i) for i in range(3)]
     points = expand(SweepSpec("lab1.mlp", "smoke", {"data.root": long, "width": ["16", "32"]}))
@@ -156,7 +156,7 @@ def test_long_values_give_short_unique_point_names():
 def test_sample_draws_from_a_grid_too_large_to_list():
     # 10**12 points: listing them would exhaust any machine, so this runs under a 2 GiB address-space limit
     # (a regression fails here with a MemoryError instead of taking the machine's memory).
-    code = ("from dllab.sweep import SweepSpec, expand\n"
+    code = ("from dllab.runner.sweep import SweepSpec, expand\n"
             "grid = {f'k{i}': [str(v) for v in range(10)] for i in range(12)}\n"
             "points = expand(SweepSpec('lab1.mlp', 'smoke', grid, sample=5))\n"
             "assert len(points) == 5 and all(len(p.values) == 12 for p in points)\n")
@@ -168,7 +168,7 @@ def test_sample_draws_from_a_grid_too_large_to_list():
 # --- --metric: checked against the keys the experiment declares --------------------------------------
 
 def checked(experiment, grid, metric=None, sets=()):
-    from dllab.sweep import SweepSpec, _checked
+    from dllab.runner.sweep import SweepSpec, _checked
 
     return _checked(SweepSpec(experiment, "smoke", grid, sets=list(sets)), 1, "max", metric)
 
@@ -193,8 +193,8 @@ def test_declared_keys_follow_the_config():
 
 def test_registered_experiments_declare_their_keys_without_torch():
     code = ("import sys\n"
-            "from dllab.config import PROFILES, make_config\n"
-            "from dllab.registry import experiment_names, get_experiment\n"
+            "from dllab.core.config import PROFILES, make_config\n"
+            "from dllab.core.registry import experiment_names, get_experiment\n"
             "for name in experiment_names():\n"
             "    e = get_experiment(name)\n"
             "    for p in PROFILES:\n"
@@ -208,8 +208,8 @@ def test_registered_experiments_declare_their_keys_without_torch():
 def test_declared_keys_hold_the_reference_keys(profile):
     """Every experiment declares distinct keys for each profile; they hold every spec (reference) key the
     run reports: all of them in paper, the spec's setting; in smoke all but the epsilons it leaves out."""
-    from dllab.config import make_config
-    from dllab.registry import experiment_names, get_experiment
+    from dllab.core.config import make_config
+    from dllab.core.registry import experiment_names, get_experiment
 
     for name in experiment_names():
         exp = get_experiment(name)
@@ -231,9 +231,9 @@ def test_finetune_keys_are_text_finetunes():
 
 @pytest.mark.parametrize("sets", [[], ["data.val_fraction=0"]])
 def test_lab1_mlp_declares_the_keys_its_run_reports(sets, imagefolder, tmp_path):
-    from dllab.config import make_config
-    from dllab.registry import get_experiment
-    from dllab.runner import run_experiment
+    from dllab.core.config import make_config
+    from dllab.core.registry import get_experiment
+    from dllab.runner.experiment import run_experiment
 
     sets = ["data.name=imagefolder", f"data.root={imagefolder}", "width=8", *sets]
     run = run_experiment("lab1.mlp", "smoke", sets, out=str(tmp_path / "run"), quiet=True)
@@ -244,7 +244,7 @@ def test_lab1_mlp_declares_the_keys_its_run_reports(sets, imagefolder, tmp_path)
 # --- one driver per sweep folder ----------------------------------------------------------------------
 
 def test_a_second_identical_sweep_exits_naming_the_first(imagefolder, tmp_path):
-    args = [sys.executable, "-m", "dllab.cli", "sweep", "lab1.mlp", "--profile", "smoke", "--set",
+    args = [sys.executable, "-m", "dllab", "sweep", "lab1.mlp", "--profile", "smoke", "--set",
             "data.name=imagefolder", "--set", f"data.root={imagefolder}", "--grid", "width=8"]
     env = {**os.environ, "DLLAB_SWEEPS": str(tmp_path / "sweeps")}
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,

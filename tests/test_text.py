@@ -41,7 +41,7 @@ def offline_hf_one_thread(tmp_path_factory):
 
 
 def _copy_tokenizer(dest: Path) -> None:
-    from dllab.text.hf import minilm_path
+    from dllab.models.hf import minilm_path
     for f in TOKENIZER_FILES:
         if (minilm_path() / f).exists():
             shutil.copy(minilm_path() / f, dest / f)
@@ -99,7 +99,7 @@ def _write_dataset(root: Path, n: dict[str, int] | None = None, seed: int = 0) -
 
 
 def _ctx(model_dir: str, **finetune_overrides):
-    from dllab.config import apply_overrides
+    from dllab.core.config import apply_overrides
     from dllab.experiments.lab2 import FinetuneSection
     from dllab.text.strategies import StrategyContext
     section = FinetuneSection()
@@ -109,7 +109,7 @@ def _ctx(model_dir: str, **finetune_overrides):
 
 def _tokenized(model_dir: str, root: Path):
     from dllab.data.text import load_text_dataset, tokenize
-    from dllab.text.hf import load_tokenizer
+    from dllab.models.hf import load_tokenizer
     tok = load_tokenizer(model_dir)
     return {s: tokenize(v, tok, 32) for s, v in load_text_dataset("rotten_tomatoes", str(root)).items()}
 
@@ -147,7 +147,7 @@ def test_text_splits_load_without_a_run_and_the_experiment_records_their_source(
     from dllab.data.text import load_text_splits, text_source
     from dllab.experiments.common import load_text_data
     from dllab.experiments.lab2 import FeaturesConfig, TextDataConfig
-    from dllab.runs import Run
+    from dllab.runner.run import Run
     root = _write_dataset(tmp_path / "data")
     dcfg = TextDataConfig(root=str(root), train_limit=8, test_limit=4)
     splits = load_text_splits(dcfg, seed=0)
@@ -163,7 +163,7 @@ def test_text_splits_load_without_a_run_and_the_experiment_records_their_source(
 
 def test_open_model_falls_back_with_a_note_and_needs_no_run():
     from conftest import Recorder
-    from dllab.text.hf import open_model, resolve_model
+    from dllab.models.hf import open_model, resolve_model
     reporter, minilm = Recorder(), resolve_model("minilm")
     assert open_model("minilm", "./no/such/folder", reporter) == ("minilm", minilm) and not reporter.notes
     assert open_model("./no/such/folder", "minilm", reporter) == ("minilm", minilm)
@@ -193,14 +193,14 @@ def test_dynamic_padding_and_length_grouping(tiny_distilbert, tmp_path):
     ("./no/such/folder", "no such folder"),
 ])
 def test_bad_model_names_raise_one_line(name, match):
-    from dllab.text.hf import resolve_model
+    from dllab.models.hf import resolve_model
     with pytest.raises(DllabError, match=match) as e:
         resolve_model(name)
     assert "\n" not in str(e.value)
 
 
 def test_minilm_alias_resolves_to_package_folder():
-    from dllab.text.hf import resolve_model
+    from dllab.models.hf import resolve_model
     path = Path(resolve_model("minilm"))
     assert (path / "config.json").is_file() and path.name == "model"
 
@@ -208,7 +208,7 @@ def test_minilm_alias_resolves_to_package_folder():
 def test_structure_lookup_is_architecture_generic():
     from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, \
         RobertaForSequenceClassification
-    from dllab.text import hf
+    from dllab.models import hf
     small = dict(vocab_size=100, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=40)
     bert = BertForSequenceClassification(BertConfig(**small))
@@ -224,7 +224,7 @@ def test_structure_lookup_is_architecture_generic():
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_extract_features_pools_the_last_layer(pooling, tiny_distilbert, tmp_path):
-    from dllab.text.hf import extract_features, load_encoder
+    from dllab.models.hf import extract_features, load_encoder
     split = _tokenized(tiny_distilbert, _write_dataset(tmp_path))["test"]
     encoder = load_encoder(tiny_distilbert)
     feats = extract_features(encoder, split, pooling, batch_size=5)     # length-sorted batches, any size
@@ -259,7 +259,7 @@ def _fit(p, splits, settings, name: str = "", **hooks):
 
 @pytest.mark.parametrize("strategy", ["baseline", "full", "head_last", "full_amp", "lora"])
 def test_each_strategy_trains_exactly_what_it_claims(strategy, tiny_distilbert, tmp_path):
-    from dllab import registry
+    from dllab.core import registry
     from dllab.text.strategies import TrainSettings
     p = registry.get("strategy", strategy)(_ctx(tiny_distilbert, **{"lora.r": 4, "amp": "bf16"}))
     assert count_parameters(p.model, trainable_only=True) == _expected_trainable(strategy)
@@ -274,8 +274,8 @@ def test_each_strategy_trains_exactly_what_it_claims(strategy, tiny_distilbert, 
 
 
 def test_fit_keeps_the_best_validation_epoch(tiny_distilbert, tmp_path):
-    from dllab.events import Callback
-    from dllab import registry
+    from dllab.core.events import Callback
+    from dllab.core import registry
     from dllab.text.strategies import TrainSettings
     p = registry.get("strategy", "head_last")(_ctx(tiny_distilbert))
     splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
@@ -298,7 +298,7 @@ def test_fit_keeps_the_best_validation_epoch(tiny_distilbert, tmp_path):
 def test_text_loop_resumes_after_a_kill_with_identical_results(strategy, tiny_distilbert, tmp_path, monkeypatch):
     """Killed right after its first end-of-epoch checkpoint, a strategy continues from it and ends with the
     history, best epoch, test accuracy and weights of an uninterrupted run (CPU, one thread)."""
-    from dllab import registry
+    from dllab.core import registry
     from dllab.text import strategies
     from dllab.train import loop
     from dllab.train.checkpoint import FileCheckpoint
@@ -362,7 +362,7 @@ def test_pretrained_labels_are_mapped_by_name(id2label, tiny_distilbert, tmp_pat
 
 
 def test_label_columns_names():
-    from dllab.text.hf import label_columns
+    from dllab.models.hf import label_columns
     assert label_columns({"0": "neg", "1": "pos"}) == [0, 1]
     assert label_columns({0: "Negative", 1: "Neutral", 2: "Positive"}) == [0, 2]
     with pytest.raises(DllabError, match="no 'neg' class"):
@@ -376,7 +376,7 @@ def test_pretrained_skips_with_reason_offline(tiny_distilbert):
 
 
 def test_bad_strategy_names_raise_one_line():
-    from dllab.config import make_config
+    from dllab.core.config import make_config
     from dllab.experiments.lab2 import FINETUNE_PROFILES, FinetuneConfig
     cfg = make_config(FinetuneConfig, FINETUNE_PROFILES, "smoke", ["finetune.strategies=[full,lora]"])
     assert cfg.finetune.strategies == ["full", "lora"]
@@ -388,9 +388,9 @@ def test_bad_strategy_names_raise_one_line():
 # --- the experiments end to end ---------------------------------------------------------------------
 
 def test_finetune_experiment_end_to_end(tiny_distilbert, tmp_path):
-    from dllab.config import make_config
+    from dllab.core.config import make_config
     from dllab.experiments.lab2 import FINETUNE_PROFILES, FinetuneConfig, run_finetune
-    from dllab.runs import Run
+    from dllab.runner.run import Run
     sst2 = _sentiment_model(tmp_path / "sst2", {0: "NEGATIVE", 1: "POSITIVE"})
     root = _write_dataset(tmp_path / "data")
     cfg = make_config(FinetuneConfig, FINETUNE_PROFILES, "smoke",
@@ -416,9 +416,9 @@ def test_finetune_experiment_end_to_end(tiny_distilbert, tmp_path):
 def test_features_on_real_rotten_tomatoes(tmp_path):
     """lab2.features smoke on all-MiniLM-L6-v2 with 400 real training sentences beats chance clearly."""
     from conftest import require_shared   # $DLLAB_DATA or ../shared/data; skip (fail under CI=true) if missing
-    from dllab.config import make_config
+    from dllab.core.config import make_config
     from dllab.experiments.lab2 import FEATURES_PROFILES, FeaturesConfig, run_features
-    from dllab.runs import Run
+    from dllab.runner.run import Run
     data = require_shared("rotten_tomatoes", "train.jsonl")
     # all-MiniLM-L6-v2 was trained for mean pooling; its [CLS] needs thousands of examples to be read well.
     cfg = make_config(FeaturesConfig, FEATURES_PROFILES, "smoke",
@@ -444,7 +444,7 @@ def save_then_die(self, state):
     real_save(self, state)
     os.kill(os.getpid(), signal.SIGKILL)
 FileCheckpoint.save = save_then_die
-from dllab.cli import main
+from dllab.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 # The resumed process counts the epochs it trains: continuing from the checkpoint means 2 of 3, not 3.
@@ -456,7 +456,7 @@ def counted(*args, **kwargs):
     trained.append(1)
     return real_epoch(*args, **kwargs)
 loop._Loop.train_epoch = counted
-from dllab.cli import main
+from dllab.cli.main import main
 code = main(sys.argv[1:])
 print(f"epochs trained: {len(trained)}", file=sys.stderr)
 sys.exit(code)
@@ -476,7 +476,7 @@ def test_finetune_resumes_after_kill_9_with_identical_metrics(tiny_distilbert, t
 
     def cli(*extra, code=None):
         return subprocess.run([sys.executable, "-c", code, *extra] if code else
-                              [sys.executable, "-m", "dllab.cli", *extra], capture_output=True, text=True,
+                              [sys.executable, "-m", "dllab", *extra], capture_output=True, text=True,
                               timeout=300)
 
     def summary(run_dir):

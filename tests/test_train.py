@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from dllab import DllabError
-from dllab.runner import run_experiment
-from dllab.runs import Run
+from dllab.runner.experiment import run_experiment
+from dllab.runner.run import Run
 from dllab.train import checkpoint as ckpt_mod
 from dllab.train.gradients import GradNormRecorder, block_grad_ratio
 from dllab.train.image import set_train_mode
@@ -41,7 +41,7 @@ def test_block_grad_ratio_uses_first_and_last_block():
 
 def test_vanishing_gradients_show_in_a_deep_plain_mlp():
     """PyTorch's default init shrinks the backward signal through a deep plain ReLU MLP; a residual one keeps it."""
-    from dllab.registry import build_model
+    from dllab.core.registry import build_model
 
     torch.manual_seed(0)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
@@ -115,7 +115,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_load_model_refuses_other_architectures(tmp_path):
-    from dllab.registry import build_model
+    from dllab.core.registry import build_model
 
     ckpt_mod.save_model(tmp_path / "m.pt", build_model("cnn", depth=2, base_channels=4), ["a"] * 10)
     with pytest.raises(DllabError, match="depth=2 but this experiment needs depth=5"):
@@ -125,7 +125,7 @@ def test_load_model_refuses_other_architectures(tmp_path):
 
 
 def test_seeds_report_mean_and_std(imagefolder, tmp_path):
-    from dllab.runner import run_experiment as run_exp
+    from dllab.runner.experiment import run_experiment as run_exp
 
     run = run_exp("lab1.mlp", "smoke", [f"data.root={imagefolder}", "data.name=imagefolder", "train.epochs=1"],
                   seeds=[0, 1], out=str(tmp_path / "s"), quiet=True, argv=["test"])
@@ -138,7 +138,7 @@ def test_seeds_report_mean_and_std(imagefolder, tmp_path):
 
 
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
-    from dllab.runs import atomic_write
+    from dllab.core.files import atomic_write
 
     target = tmp_path / "state.pt"
     target.write_bytes(b"old")
@@ -197,9 +197,9 @@ def test_reuse_or_run_reads_back_only_a_finished_result_of_the_same_inputs(tmp_p
 @pytest.mark.parametrize("name, key", [("lab1.mlp", "train.threads"), ("lab2.features", "features.threads"),
                                        ("lab2.finetune", "finetune.threads")])
 def test_the_runner_applies_each_experiments_threads_setting(name, key, tmp_path):
-    from dllab.config import make_config
-    from dllab.registry import Experiment, get_experiment
-    from dllab.runner import _execute
+    from dllab.core.config import make_config
+    from dllab.core.registry import Experiment, get_experiment
+    from dllab.runner.experiment import _execute
 
     exp = get_experiment(name)
     cfg = make_config(exp.config_cls, exp.profiles, "smoke", [f"{key}=1", "device=cpu"])
@@ -219,7 +219,7 @@ def test_the_runner_applies_each_experiments_threads_setting(name, key, tmp_path
 def test_progress_bar_shows_only_when_asked_and_on_a_terminal(monkeypatch):
     import sys
 
-    from dllab.progress import progress_bar
+    from dllab.core.progress import progress_bar
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert not progress_bar(range(3), 3, "x", show=True).disable
     assert progress_bar(range(3), 3, "x", show=False).disable
@@ -244,7 +244,7 @@ def test_resume_refuses_a_checkpoint_trained_in_another_precision(tmp_path):
 
 def test_aggregate_keeps_only_keys_every_seed_has():
     """A key one seed lacks (a strategy skipped there, say) is left out, not averaged over fewer seeds."""
-    from dllab.runner import aggregate
+    from dllab.runner.experiment import aggregate
 
     out = aggregate([{"a": 1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": 4.0}])
     assert out == {"a": 3.0, "a.std": pytest.approx((8 / 3) ** 0.5)}

@@ -10,16 +10,16 @@ import torch
 from conftest import make_imagefolder
 
 from dllab import DllabError
-from dllab.config import OptimConfig, TrainConfig
+from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData, Split
-from dllab.analysis import image_features
+from dllab.features import image as image_features
 from dllab.experiments import transfer
 from dllab.experiments.common import FEATURES_FILE, cached_features
 from dllab.train.transfer import fine_tune_variant, frozen_prefixes
 from dllab.train.variants import build_for, train_model
-from dllab.registry import build_model
-from dllab.runner import run_experiment
-from dllab.runs import Run
+from dllab.core.registry import build_model
+from dllab.runner.experiment import run_experiment
+from dllab.runner.run import Run
 from dllab.train.checkpoint import load_checkpoint, load_model, save_model
 
 
@@ -260,7 +260,7 @@ def test_a_source_variant_without_a_source_run_is_refused(image_root, tmp_path):
 
 
 def test_pretraining_verdict_says_when_a_gap_is_only_sampling_noise():
-    from dllab.analysis.significance import accuracy_gap, pretraining_verdict
+    from dllab.report.significance import accuracy_gap, pretraining_verdict
 
     assert accuracy_gap(0.60, 0.50, 2000)[0] == "Yes"
     assert accuracy_gap(0.50, 0.60, 2000)[0] == "No, it hurts"

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from dllab import DllabError, cli, untrusted
-from dllab.runs import Run, atomic_write_text
+from dllab import DllabError
+from dllab.cli import main as cli
+from dllab.core import untrusted
+from dllab.core.files import atomic_write_text
+from dllab.runner.run import Run
 from test_hostile import TINY, dllab, finished_run, one_line_error, run_copy  # noqa: F401 (fixtures)
 
 
@@ -192,7 +195,7 @@ def test_a_file_size_limit_mid_run_is_one_line_and_resumes_to_the_same_numbers(f
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     cut = tmp_path / "cut"
-    res = subprocess.run([sys.executable, "-m", "dllab.cli", *args, "--out", str(cut)], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "dllab", *args, "--out", str(cut)], capture_output=True,
                          text=True, preexec_fn=small_files, timeout=300)
     one_line_error(res, "File too large", "checkpoints", f"--resume {cut}")
     assert dllab("run", "--resume", str(cut), "--quiet").returncode == 0
@@ -205,7 +208,7 @@ def test_a_full_disk_in_a_write_names_the_file(tmp_path, monkeypatch):
     def full(self, b):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("dllab.run_folder._WholeWrites.write", full)
+    monkeypatch.setattr("dllab.core.files._WholeWrites.write", full)
     with pytest.raises(OSError) as e:
         atomic_write_text(tmp_path / "x.json", "{}")
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "x.json")
@@ -217,7 +220,7 @@ def test_out_of_memory_is_one_line(error, monkeypatch, capsys):
     def boom(*_a, **_k):
         raise error
 
-    monkeypatch.setattr("dllab.runner.run_experiment", boom)
+    monkeypatch.setattr("dllab.runner.experiment.run_experiment", boom)
     assert cli.main(["run", "lab1.mlp", "--profile", "smoke", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out of memory" in err[0]
@@ -230,8 +233,8 @@ def test_a_sweep_folder_with_a_linked_point_is_refused(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     sweep.mkdir()
-    from dllab.sweep_spec import new_spec  # the sweep.json a real sweep of these options writes
-    from dllab.runs import atomic_write_json
+    from dllab.runner.sweep_spec import new_spec  # the sweep.json a real sweep of these options writes
+    from dllab.core.files import atomic_write_json
     import dataclasses
     spec = new_spec(experiment="lab1.mlp", profile="smoke", grid={"adam.lr": ["1e-3", "3e-3"]})
     atomic_write_json(sweep / "sweep.json", dataclasses.asdict(spec))

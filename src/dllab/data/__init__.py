@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dllab import environ
-from dllab.environ import cache_dir  # noqa: F401  (decoded image folders are cached where every dllab cache is)
+from dllab.core import environ
+from dllab.core.environ import cache_dir  # noqa: F401  (decoded image folders are cached where every dllab cache is)
 
 
 def data_root(root: str = "") -> Path:

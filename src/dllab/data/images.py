@@ -32,10 +32,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from dllab import DllabError, cpus, environ, registry, untrusted
+from dllab import DllabError
+from dllab.core import cpus, environ, registry, untrusted
 from dllab.data import cache_dir, class_quotas, data_root
-from dllab.env import to_device
-from dllab.registry import register
+from dllab.core.machine import to_device
+from dllab.core.registry import register
 from dllab.data.formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -175,7 +176,7 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
                          f"{s1[1]}x{s1[0]}, {f2} is {s2[1]}x{s2[0]}; resize them to one size first")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     try:
-        from dllab.runs import atomic_write
+        from dllab.core.files import atomic_write
         atomic_write(cached, lambda f: torch.save({"x": x, "y": y}, f))
     except OSError as e:  # a read-only cache folder only costs the next run a decode
         warnings.warn(f"could not cache decoded images in {cached.parent}: {e.strerror}")
@@ -526,7 +527,7 @@ class Batches:
         n = len(self.y)
         order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
         if self.world > 1:
-            from dllab.distributed import shard
+            from dllab.core.distributed import shard
             whole = order if order is not None else torch.arange(n, device=self.x.device)
             order, n = shard(whole, self.rank, self.world, self.pad), self._rows()
             # (a single process keeps augmenting from ``g``: its numbers stay what they always were)

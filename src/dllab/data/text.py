@@ -86,7 +86,7 @@ def load_text_dataset(name: str = "rotten_tomatoes", root: str = "") -> dict[str
     if folder is not None:
         return read_jsonl_splits(folder)
     folder = data_root(root) / name
-    from dllab.text.hf import hub_reachable   # asks once, in seconds, instead of ~25 s of retries when offline
+    from dllab.models.hf import hub_reachable  # asks once, in seconds, instead of ~25 s of retries when offline
     hint = f"pass --set data.root=<folder holding {name}/> or set $DLLAB_DATA"
     if not hub_reachable():
         raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub is "

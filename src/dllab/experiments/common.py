@@ -1,7 +1,7 @@
 """What experiments share: the wiring between a run folder and the layers below it.
 
 The layers below know no run: they return values and say what they must while they work through a
-``dllab.events.Reporter`` (a ``Run`` is one). Here their results are recorded in the run (env.json, the report's
+``dllab.core.events.Reporter`` (a ``Run`` is one). Here their results are recorded in the run (env.json, the report's
 notes, log.txt; a resumed run refuses data from another source) and cached in its folder (features.npz,
 results/classical.json), so a resumed run reuses them.
 """
@@ -12,15 +12,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dllab import distributed
-from dllab.analysis.features import probe, probe_key
-from dllab.analysis.image_features import extract_splits, feature_splits, fingerprint
-from dllab.analysis.ood.datasets import OODSet
-from dllab.analysis.text_features import embed_splits, features_key
-from dllab.config import DataConfig
+from dllab.core import distributed
+from dllab.features.classifiers import probe, probe_key
+from dllab.features.image import extract_splits, feature_splits, fingerprint
+from dllab.ood.datasets import OODSet
+from dllab.features.text import embed_splits, features_key
+from dllab.core.config import DataConfig
 from dllab.data.images import ImageData, load_images
 from dllab.data.text import TextSplit, load_text_splits, text_source
-from dllab.text import hf
+from dllab.models import hf
 from dllab.train.precision import log_precision, model_kind, resolve_precision
 from dllab.train.reuse import CNNSource, SavedCNN
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dllab.config import DataConfig, OptimConfig, PositiveInt, RunConfig, TrainConfig, plugin, section
-from dllab.registry import register
+from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, TrainConfig, plugin, section
+from dllab.core.registry import register
 
 # Registering must not import torch (``dllab list`` stays fast): the run functions import the data, the
 # variants' training loop and the report.

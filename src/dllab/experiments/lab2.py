@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from dllab import distributed
-from dllab.config import (Amp, Count, Fraction, NonNegative, Positive, PositiveInt, RunConfig, Section, Unit, plugins,
-                      section)
-from dllab.registry import register
-from dllab.runs import Run
+from dllab.core import distributed
+from dllab.core.config import Amp, Count, Fraction, NonNegative, Positive, PositiveInt, RunConfig, Section, Unit, plugins, section
+from dllab.core.registry import register
+from dllab.runner.run import Run
 
 
 # --- configs ------------------------------------------------------------------------------------------
@@ -156,7 +155,7 @@ def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
 
 
 def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
-    from dllab.analysis.features import fit_classifiers
+    from dllab.features.classifiers import fit_classifiers
     from dllab.report.text import classifiers_report
     from dllab.experiments.common import load_text_data, open_text_model, text_features
     fc = cfg.features

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dllab import distributed
-from dllab.analysis.settings import (METRICS, AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting,
-                                 OODConfig)
-from dllab.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
-from dllab.registry import register
+from dllab.core import distributed
+from dllab.ood.settings import METRICS, AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
+from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
+from dllab.core.registry import register
 
 if TYPE_CHECKING:
-    from dllab.analysis.ood.datasets import OODSet
+    from dllab.ood.datasets import OODSet
     from dllab.data.images import ImageData
     from dllab.train.reuse import SavedCNN
 
@@ -112,7 +111,7 @@ def _analysed(analysis, cfg, run) -> dict[str, float]:
 def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], SavedCNN]:
     """The ID data, the OOD sets (none for lab4.fgsm), the classifier (``model.run``'s cnn, checked first, or
     trained here last, after every name was checked), in eval mode on the run's device."""
-    from dllab.analysis.ood.datasets import build_ood_sets
+    from dllab.ood.datasets import build_ood_sets
     from dllab.data import data_root
     from dllab.train.reuse import CNNSource
     from dllab.train.variants import Variant, train_variants
@@ -137,7 +136,7 @@ def _inputs(cfg, run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], S
 
 def _ood_scores(cfg, run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
     """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
-    from dllab.analysis.ood.evaluate import build_detectors, evaluate_ood, score_arrays
+    from dllab.ood.evaluate import build_detectors, evaluate_ood, score_arrays
 
     detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
                                 reporter=run)
@@ -206,8 +205,8 @@ def run_ood(cfg: OODExpConfig, run) -> dict[str, float]:
 
 
 def _ood_analysis(cfg: OODExpConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
-    from dllab.analysis.ood.evaluate import metric_keys
-    from dllab.analysis.robustness import clean_accuracy
+    from dllab.ood.evaluate import metric_keys
+    from dllab.attacks.robustness import clean_accuracy
     from dllab.report import robustness as report
 
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
@@ -245,7 +244,7 @@ def run_fgsm(cfg: FGSMConfig, run) -> dict[str, float]:
 
 
 def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict[str, float]:
-    from dllab.analysis.robustness import attack_examples, attack_models
+    from dllab.attacks.robustness import attack_examples, attack_models
     from dllab.report import robustness as report
 
     clean, accs = attack_models({"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size,
@@ -275,7 +274,7 @@ def _fgsm_analysis(cfg: FGSMConfig, run, data: ImageData, cnn: SavedCNN) -> dict
           "OOD pipeline of Ex. 1 (the spec shows those as plots only).",
     metrics=adv_train_metrics)
 def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
-    from dllab.analysis.attacks import make_fgsm_loss
+    from dllab.attacks.methods import make_fgsm_loss
     from dllab.train.reuse import train_and_reload
     from dllab.train.variants import Variant, train_variants
 
@@ -292,8 +291,8 @@ def run_adv_train(cfg: AdvTrainConfig, run) -> dict[str, float]:
 
 def _adv_analysis(cfg: AdvTrainConfig, run, data: ImageData, ood_sets: list[OODSet], std: SavedCNN,
                   adv_cnn: SavedCNN, adv_loss: str) -> dict[str, float]:
-    from dllab.analysis.ood.evaluate import metric_keys
-    from dllab.analysis.robustness import attack_examples, attack_models
+    from dllab.ood.evaluate import metric_keys
+    from dllab.attacks.robustness import attack_examples, attack_models
     from dllab.report import robustness as report
     from dllab.report.variants import curves_figure
 
@@ -342,8 +341,8 @@ def run_odin(cfg: ODINConfig, run) -> dict[str, float]:
 
 
 def _odin_analysis(cfg: ODINConfig, run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
-    from dllab.analysis.ood.odin_search import msp_cell, search_arrays, search_sets
-    from dllab.analysis.robustness import clean_accuracy
+    from dllab.ood.odin_search import msp_cell, search_arrays, search_sets
+    from dllab.attacks.robustness import clean_accuracy
     from dllab.report import robustness as report
 
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from dllab import DllabError
-from dllab.config import Count, DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, plugins, section
-from dllab.registry import register
+from dllab.core.config import Count, DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, plugins, section
+from dllab.core.registry import register
 from dllab.train.transfer import VARIANTS
 
 # Registering must not import torch (``dllab list`` stays fast): functions import what they use.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dllab.registry import register
+from dllab.core.registry import register
 from dllab.models.common import DATASET_STATS, Classifier, Normalize
 
 

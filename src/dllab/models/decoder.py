@@ -1,7 +1,7 @@
 """A small convolutional decoder: classifier feature maps (N, C, H, W) -> images (N, 3, H, W) in [0, 1].
 
 Paired with a frozen classifier trunk (normalize + stem + blocks, i.e. ``model.feature_maps``) it makes
-the reconstruction-error OOD detector in ``dllab.analysis.ood.autoencoder``. The CNN keeps the 32x32
+the reconstruction-error OOD detector in ``dllab.ood.autoencoder``. The CNN keeps the 32x32
 resolution through its blocks, so no upsampling is needed: three 3x3 convs, the last one into a
 sigmoid so the output is a valid image in [0, 1] and is compared with the un-normalised input.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dllab.registry import register
+from dllab.core.registry import register
 
 
 class ConvDecoder(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dllab.registry import register
+from dllab.core.registry import register
 from dllab.models.common import DATASET_STATS, Classifier, Normalize
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dllab import DllabError, runs, untrusted
-from dllab.config import flat_yaml
-from dllab.runs import atomic_write_text, save_png
+from dllab import DllabError
+from dllab.runner import run as runs
+from dllab.core import untrusted
+from dllab.core.config import flat_yaml
+from dllab.core.files import atomic_write_text, save_png
 from dllab.report.render import Doc, md_text, read_run, with_std
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dllab import DllabError, untrusted
+from dllab import DllabError
+from dllab.core import untrusted
 
 RunInfo = dict[str, Any]
 
 
 def read_run(path: Path) -> RunInfo:
-    from dllab.runs import read_env, read_metrics, read_report_state
+    from dllab.store.folder import read_env
+    from dllab.store.records import read_metrics, read_report_state
 
     path = Path(path).resolve()
     if path.is_dir():
@@ -81,7 +83,7 @@ def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[l
 
 def _experiment(name: str):
     """The registered experiment of a run folder, or None (a run of an experiment this version lacks)."""
-    from dllab.registry import get_experiment
+    from dllab.core.registry import get_experiment
 
     try:
         return get_experiment(name)
@@ -203,7 +205,7 @@ def _versions(env: dict) -> dict:
 
 def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
     """Write ``out`` (.md) and its .html twin for the given run folders."""
-    from dllab.runs import atomic_write_text
+    from dllab.core.files import atomic_write_text
 
     runs = [read_run(Path(p)) for p in run_dirs]
     out = Path(out)

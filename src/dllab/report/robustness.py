@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dllab.report import plots
-from dllab.report.items import Figure, Item, Table
+from dllab.core.items import Figure, Item, Table
 
 
 def k255(eps: float) -> str:
@@ -59,7 +59,7 @@ def ood_histograms(scores: dict, labels: dict[str, str]) -> list[Item]:
 def roc_figures(scores: dict, metrics: dict, labels: dict[str, str], file_prefix: str = "",
                 caption_prefix: str = "") -> list[Item]:
     """roc_pr_<ood>.png per OOD set: every detector's ROC and precision-recall curve."""
-    from dllab.analysis.ood.metrics import roc_pr_curves
+    from dllab.ood.metrics import roc_pr_curves
 
     figures: list[Item] = []
     for ood, per_det in metrics.items():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dllab.runs import atomic_write_text, save_png
+from dllab.core.files import atomic_write_text, save_png
 from dllab.report.render import Doc, md_text, with_std
 
 

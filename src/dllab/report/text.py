@@ -2,7 +2,7 @@
 Each function returns its report items (``report.items``) for ``run.add``."""
 from __future__ import annotations
 
-from dllab.report.items import Figure, Item, Note, Table
+from dllab.core.items import Figure, Item, Note, Table
 
 
 def mmss(seconds: float) -> str:

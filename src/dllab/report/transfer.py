@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dllab.report.items import Figure, Item, Note, Table
+from dllab.core.items import Figure, Item, Note, Table
 
 if TYPE_CHECKING:
     from dllab.data.images import ImageData
@@ -85,7 +85,7 @@ def closing_notes(results: dict[str, dict], summary: dict[str, float], target: I
                   spec_verdict: str = "") -> list[Item]:
     """Whether pretraining beat scratch by more than sampling noise (and ``spec_verdict``, the spec's answer),
     frozen features against fine-tuning, and which weights test_acc measures."""
-    from dllab.analysis.significance import pretraining_verdict
+    from dllab.report.significance import pretraining_verdict
 
     notes: list[Item] = []
     n_eval = len(target.val) if target.val is not None else len(target.test)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dllab.report.items import Figure, Item, Table
+from dllab.core.items import Figure, Item, Table
 
 if TYPE_CHECKING:   # report modules import no torch for their type hints
     from dllab.train.variants import Variant

@@ -2,7 +2,7 @@
 
 Each strategy is read back when an earlier session of the run finished it (``hooks.reuse``), skipped with a
 report note when it cannot run here (``StrategySkipped``), else trained (from its checkpoint, if any) and its
-result returned (``hooks.reuse`` keeps it). The run itself is never seen here: ``dllab.events.TrainingHooks``
+result returned (``hooks.reuse`` keeps it). The run itself is never seen here: ``dllab.core.events.TrainingHooks``
 bring what it keeps.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from functools import partial
 from typing import Callable
 
 from dllab.data.text import TextSplit, TokenizedSplit, tokenize
-from dllab.events import Reporter, TrainingHooks
+from dllab.core.events import Reporter, TrainingHooks
 from dllab.report.text import mmss
-from dllab.text import hf
+from dllab.models import hf
 from dllab.text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
 
 SUMMARY_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")

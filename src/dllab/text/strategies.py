@@ -8,7 +8,7 @@ classifiers use too), so differences in the results table come from the strategy
 ``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2.py``): it has ``lr.<strategy>``,
 ``amp``, ``lora.{r,alpha,dropout,target_modules}`` and ``pretrained_model``.
 
-Under torchrun (see dllab.distributed) every strategy that trains does so data-parallel, in PyTorch's
+Under torchrun (see dllab.core.distributed) every strategy that trains does so data-parallel, in PyTorch's
 DistributedDataParallel: every rank draws the same batch order from the same generator and takes every N-th
 row of each batch (a batch whose rows do not divide by N repeats its first rows, as DistributedSampler pads),
 so ``batch_size`` stays the global batch. Validation and test counts are all-reduced (each rank predicts every
@@ -31,15 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dllab import DllabError, distributed, registry
+from dllab import DllabError
+from dllab.core import distributed, registry
 from dllab.data.text import TokenizedSplit, iterate_batches, num_batches
-from dllab.env import to_device
-from dllab.events import QUIET, Callback, CheckpointIO, Reporter
+from dllab.core.machine import to_device
+from dllab.core.events import QUIET, Callback, CheckpointIO, Reporter
 from dllab.models.common import count_parameters
-from dllab.registry import register
+from dllab.core.registry import register
 from dllab.train.loop import Meter, Task, fit
 from dllab.train.precision import Precision, resolve_precision
-from dllab.text import hf
+from dllab.models import hf
 
 
 @dataclass

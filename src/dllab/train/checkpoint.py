@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from dllab import DllabError, distributed, untrusted
-from dllab.runs import atomic_write
+from dllab import DllabError
+from dllab.core import distributed, untrusted
+from dllab.core.files import atomic_write
 
 CHECKPOINT_LIMIT = 16 * 2**30   # far above any model the labs train; a bound on what a crafted file can make us read
 # Model constructor arguments a saved spec may carry: plain values only (a spec is rebuilt with them).
@@ -71,7 +72,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 class FileCheckpoint:
-    """A ``dllab.events.CheckpointIO`` on one file (a run's checkpoints/<variant>.pt or models/<variant>.pt):
+    """A ``dllab.core.events.CheckpointIO`` on one file (a run's checkpoints/<variant>.pt or models/<variant>.pt):
     written atomically by rank 0, read as data (``load_checkpoint``) and handed to the other ranks."""
 
     def __init__(self, path: Path):
@@ -168,7 +169,7 @@ def check_spec(path: Path, spec: Any) -> dict[str, Any]:
 
 def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a saved model. ``expect`` = spec kwargs that must match (e.g. the architecture's depth)."""
-    from dllab.registry import build_model
+    from dllab.core.registry import build_model
 
     blob = load_checkpoint(path)
     spec = check_spec(path, blob.get("spec"))

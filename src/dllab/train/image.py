@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dllab import DllabError, distributed
-from dllab.config import OptimConfig, TrainConfig
+from dllab import DllabError
+from dllab.core import distributed
+from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import Batches, ImageData, Split
 from dllab.train.gradients import GradNormRecorder
 from dllab.train.loop import Meter, Task

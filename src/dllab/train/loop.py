@@ -14,11 +14,11 @@ autocast as the task wants), the evaluation of a split, the history row and the 
   - at the end: the tests (of the final and/or the best weights, as the task says) and ``on_fit_end``.
 A task with 0 epochs is validated and tested as it is.
 
-Under torchrun (see dllab.distributed) the model trains in DistributedDataParallel (``distributed.wrap``); the
+Under torchrun (see dllab.core.distributed) the model trains in DistributedDataParallel (``distributed.wrap``); the
 task gives each rank its share of every global batch and all-reduces what it measures, so every rank holds the
 same history and picks the same best epoch. Rank 0 alone writes checkpoints (``train.checkpoint``).
 
-Nothing here knows about run folders: progress goes to ``dllab.events`` callbacks and a Reporter.
+Nothing here knows about run folders: progress goes to ``dllab.core.events`` callbacks and a Reporter.
 """
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from dllab import DllabError, distributed
-from dllab.env import seconds_since_process_start
-from dllab.events import QUIET, Callback, CheckpointIO, Reporter
-from dllab.progress import progress_bar
+from dllab import DllabError
+from dllab.core import distributed
+from dllab.core.machine import seconds_since_process_start
+from dllab.core.events import QUIET, Callback, CheckpointIO, Reporter
+from dllab.core.progress import progress_bar
 from dllab.train.checkpoint import restore_training_state, trained_weights, training_state
 from dllab.train.precision import Precision
 

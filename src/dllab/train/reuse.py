@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dllab import DllabError
-from dllab.events import QUIET, Reporter
+from dllab.core.events import QUIET, Reporter
 from dllab.train.checkpoint import find_run_model, load_model
 
 

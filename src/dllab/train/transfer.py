@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dllab import DllabError
-from dllab.config import OptimConfig
+from dllab.core.config import OptimConfig
 
 # No torch at import: the experiment's config takes VARIANTS from here while ``dllab list`` stays fast.
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Train a list of model variants (one model + optimiser setting each) with the one loop.
 
 What a run keeps of them (history, checkpoints, the finished models, the results an earlier session of the
-run finished) comes in through ``dllab.events.TrainingHooks`` (``Run.training_hooks()``); with the default
+run finished) comes in through ``dllab.core.events.TrainingHooks`` (``Run.training_hooks()``); with the default
 hooks nothing is kept.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dllab.config import OptimConfig, TrainConfig
+from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData
-from dllab.events import TrainingHooks
+from dllab.core.events import TrainingHooks
 from dllab.models.common import count_parameters
-from dllab.registry import build_model
+from dllab.core.registry import build_model
 from dllab.train.checkpoint import model_state
 from dllab.train.image import ImageTask, LossFn, cross_entropy_loss
 from dllab.train.loop import fit

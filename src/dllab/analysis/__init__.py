@@ -1,1 +1,0 @@
-"""Post-hoc analyses of trained models: OOD detection, adversarial attacks."""

@@ -1,0 +1,284 @@
+"""``dllab list | run | sweep | report | compare | doctor``. Errors a user can fix print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
+from dllab.core import cpus, distributed, environ, registry, untrusted
+from dllab.core.config import PROFILES, run_config
+from dllab.runner.launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
+
+
+def choose_omp_wait_policy() -> None:
+    """Set OMP_WAIT_POLICY=PASSIVE when the CPU is already busy; leave OpenMP's default when it is idle.
+
+    Must run before torch (and its OpenMP runtime) loads. OpenMP's worker threads spin while they wait:
+    faster on an idle machine (for small MLP steps 2.5-3.5x), but beside another busy process the spinning
+    threads fight it for the cores (measured with benchmarks/omp_wait_policy.py; figures in the README).
+    "Busy" = other processes using at least half a CPU right now (``cpus.others_busy``, 0.1 s of /proc/stat);
+    where that cannot be read, a 1-minute load average of at least one core's worth. Not the load average
+    first: it lingers for minutes after a run ends, and the next run would wait passively on an idle machine.
+    An OMP_WAIT_POLICY set by the user wins, written as libgomp reads it (ACTIVE/PASSIVE): one it would
+    reject is one warning line and removed, so that libgomp does not complain in turn and env.json records
+    the policy OpenMP really uses. The run records the policy in env.json. ``main`` calls it for the
+    commands that train or time (run, sweep, whose runs inherit it, doctor), not at import: the 0.1 s sample
+    would slow `dllab list` and every other command for nothing.
+    """
+    policy, problem = environ.omp_wait_policy()
+    if problem:
+        environ.warn(problem)
+    if policy:
+        os.environ["OMP_WAIT_POLICY"] = policy
+        return
+    os.environ.pop("OMP_WAIT_POLICY", None)    # (empty or rejected: OpenMP's default, unless busy below)
+    now = cpus.others_busy()
+    busy = now >= 0.5 if now is not None else (cpus.load() or 0.0) >= 1.0   # no load average: idle
+    if busy:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise DllabError(f"{message} (see `{self.prog} --help`)")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dllab", description="Run, reproduce and report deep-learning lab experiments.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="every experiment with its description, then every other plug-in by kind")
+    r = sub.add_parser("run", help="run an experiment")
+    r.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
+    r.add_argument("--profile", default=None, choices=PROFILES,
+                   help="smoke = seconds (tests), quick (default) = minutes on 2 CPU cores, paper = the spec's "
+                        "settings")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.epochs=5 --set data.classes=[0,1]")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--seeds", type=_seeds, default=None, help="repeat for several seeds: 0,1,2 (mean ± std)")
+    r.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--out", default=None, help="run folder (must not exist); default runs/<exp>/<time>-<profile>")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    r.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel over N processes on this machine (one per GPU, or CPU processes): "
+                        "shorthand for `torchrun --standalone --nproc-per-node N -m dllab run ...`")
+    rep = sub.add_parser("report", help="gather runs into one Markdown + one HTML report")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
+    rep.add_argument("--force", action="store_true", help="replace report files that already exist")
+    sw = sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)")
+    sw.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
+    sw.add_argument("--profile", default="quick", choices=PROFILES)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a config key and its values (repeat for more keys; the Cartesian product runs)")
+    sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a fixed override for every point")
+    sw.add_argument("--seeds", type=_seeds, default=None, help="every point over these seeds: 0,1,2 (mean ± std)")
+    sw.add_argument("--sample", type=int, default=None, metavar="K",
+                    help="K >= 1 random points of the grid instead of all")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="points at a time here (threads split)")
+    sw.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="run the points as Ray tasks: auto, ray://host:port, or local (needs dllab[ray])")
+    sw.add_argument("--metric", default=None, help="summary key the report ranks by (default: the first)")
+    sw.add_argument("--goal", default="max", choices=["max", "min"])
+    sw.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    sw.add_argument("--out", default=None, help="sweep folder; default sweeps/<exp>/<time> (the same command "
+                                                 "continues its latest sweep)")
+    sw.add_argument("--resume", default=None, metavar="SWEEP_DIR", help="continue a sweep folder")
+    sw.add_argument("--quiet", action="store_true")
+    cmp = sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", default="compare.md", help="report file (.md; the .html goes beside it)")
+    cmp.add_argument("--force", action="store_true", help="replace report files that already exist")
+    doc = sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates")
+    doc.add_argument("--profile", default=None, choices=PROFILES, help="also check what this profile needs")
+    doc.add_argument("--data-root", default="", help="data folder (default: $DLLAB_DATA or ./data)")
+    return p
+
+
+def cmd_list() -> None:
+    """The experiments (name and description), then each other kind's names; a plug-in from another package
+    is marked with its package. Read from the registry's static index: nothing is imported."""
+    experiments = registry.entries("experiment")
+    width = max((len(e.name) for e in experiments), default=0)
+    print(f"experiments (profiles: {', '.join(PROFILES)}):")
+    for e in experiments:
+        print(f"  {e.name:<{width}}  {e.description}{_from_plugin(e)}")
+    for kind, label in registry.KINDS.items():
+        if kind != "experiment":
+            plural = "strategies" if kind == "strategy" else f"{label}s"
+            print(f"{plural}: " + ", ".join(e.name + _from_plugin(e) for e in registry.entries(kind)))
+
+
+def _from_plugin(entry: registry.Entry) -> str:
+    return f" [plug-in: {entry.origin}]" if entry.plugin else ""
+
+
+def cmd_sweep(args):
+    from dllab.runner.sweep import new_spec, parse_grid, read_spec, sweep
+
+    if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
+        raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")
+    if args.resume:
+        given = [f for f, v in (("an experiment name", args.experiment), ("--grid", args.grid), ("--set", args.sets),
+                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out)) if v]
+        if given:
+            raise DllabError(f"--resume continues a sweep exactly as it started; drop {', '.join(given)}")
+        spec, out = read_spec(args.resume), args.resume
+    else:
+        if not args.experiment:
+            raise DllabError("dllab sweep needs an experiment name (see `dllab list`) or --resume SWEEP_DIR")
+        spec = new_spec(experiment=args.experiment, profile=args.profile, grid=parse_grid(args.grid),
+                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device)
+        out = args.out
+    return sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()    # a process the launcher or a sweep started ends with it (first: before any work)
+    started: list = []   # the run folder, once it exists: named by the Ctrl-C and disk-error messages
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("run", "sweep", "doctor"):
+            environ.check(distributed=args.command in ("run", "sweep"))   # one line before any folder exists
+            if "torch" not in sys.modules:
+                choose_omp_wait_policy()   # before torch loads (once it has, the policy no longer applies here)
+        if args.command == "list":
+            cmd_list()
+        elif args.command == "run":
+            if not args.experiment and not args.resume:
+                raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
+            if args.seed is not None and args.seeds is not None:
+                raise DllabError("use either --seed N or --seeds A,B,C, not both")
+            if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
+                run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
+            from dllab.runner.experiment import run_experiment
+
+            if args.nproc is not None:
+                from dllab.runner.launch import launch
+
+                return launch(args.nproc, argv)
+            distributed.init()
+            if distributed.is_main() and under_launcher():
+                started = FolderNote()
+            run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
+                                 args.out, args.resume, args.quiet, argv, on_start=started.append)
+            if not distributed.is_main():
+                return 0
+            if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
+                from dllab.report.render import console_summary
+
+                print(console_summary(run.path), file=sys.stderr)
+            print(run.path)
+        elif args.command == "sweep":
+            print(cmd_sweep(args))
+        elif args.command == "compare":
+            from dllab.report.compare import compare
+
+            md, html = compare(args.runs, args.out, args.force)
+            print(md)
+            print(html)
+        elif args.command == "doctor":
+            from dllab.cli.doctor import main as doctor
+
+            return doctor(args.profile, args.data_root)
+        elif args.command == "report":
+            from dllab.runner.experiment import report
+
+            md, html = report(args.runs, args.out, args.force)
+            print(md)
+            print(html)
+    except DllabError as e:
+        if _speaks(e):
+            print(f"dllab: error: {_process()}{untrusted.printable(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
+        where = f" ({e.filename})" if e.filename else ""
+        hint = f"; fix that, then continue with {_resume(started[0])}" if started else ""
+        if _speaks(e):
+            print(untrusted.printable(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}"), file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError, ImportError, SystemError) as e:   # torch's allocators raise RuntimeErrors
+        if not _out_of_memory(e):
+            if distributed.peer_lost(e):
+                return _peer_lost(e, started)
+            raise
+        if _speaks(e):
+            print(f"dllab: error: {_process()}{_memory_message(e, started)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not distributed.peer_lost(e):
+            raise
+        return _peer_lost(e, started)
+    except KeyboardInterrupt:
+        if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
+            return 130
+        print(interrupted(started[0] if started else None, distributed.world_size()), file=sys.stderr)
+        return 130
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, torch's allocators failing (a RuntimeError, CUDA's OutOfMemoryError), or PyTorch's
+    libraries failing to load under an address-space limit (``ulimit -v``): the loader's "failed to map
+    segment", or a SystemError from an extension whose allocation failed."""
+    if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, RuntimeError):
+        return "out of memory" in str(error) or "can't allocate memory" in str(error)
+    if environ.memory_limit() is None or isinstance(error, ModuleNotFoundError):
+        return False
+    return isinstance(error, SystemError) or "failed to map segment" in str(error)
+
+
+def _memory_message(error: BaseException, started: list) -> str:
+    """'out of memory ...': the limit that was hit when one is set, and what to do next."""
+    limit = environ.memory_limit()
+    what = (f"out of memory ({type(error).__name__}); free memory, or lower train.batch_size or the data limits"
+            if limit is None else
+            f"out of memory under the virtual memory limit of {limit / 2**30:.1f} GiB (ulimit -v {limit // 1024}); "
+            f"PyTorch alone maps a few GiB: raise the limit (e.g. `ulimit -v unlimited`)")
+    return what + (f"; then continue with {_resume(started[0])}" if started else "")
+
+
+def _peer_lost(e: BaseException, started: list) -> int:
+    """Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher says
+    which process and what to resume, so this one keeps quiet."""
+    if not under_launcher():
+        resume = f"; continue with {_resume(started[0])}" if started else ""
+        print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
+              f"({type(e).__name__}){resume}", file=sys.stderr)
+    return 1
+
+
+def _resume(path) -> str:
+    """The command that continues the run in ``path`` (with as many processes as this one has), quoted."""
+    return resume_command(path, distributed.world_size())
+
+
+def _speaks(error: BaseException) -> bool:
+    """Under torchrun, whether this process prints ``error``: rank 0 does; another rank only if it is the
+    first of its machine and the error is its own (not rank 0's, handed over by ``distributed.on_main``):
+    the processes of one machine mostly fail alike (one line for them), another machine's may not (its data)."""
+    return distributed.is_main() or (distributed.local_rank() == 0 and not getattr(error, "from_main", False))
+
+
+def _process() -> str:
+    """Under torchrun, which process an error comes from (rank 0's lines go unmarked)."""
+    return f"process {distributed.rank()} of {distributed.world_size()}: " if not distributed.is_main() else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

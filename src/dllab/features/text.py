@@ -1,0 +1,40 @@
+"""Frozen text features: the last layer's sentence embedding of every split.
+
+``features_key`` names what the embeddings depend on (the model, the pooling, ``max_length``, the split sizes
+and the seed, which picks the subsets), so a cache of them (the experiment's ``features.npz``) is reused
+exactly when none of those changed.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from dllab.data.text import TextSplit, tokenize
+from dllab.core.events import QUIET, Reporter
+from dllab.models import hf
+
+
+def features_key(source: str, splits: dict[str, TextSplit], pooling: str, max_length: int, seed: int) -> str:
+    """A string that changes with whatever ``embed_splits``' arrays depend on."""
+    key = {"model": source, "pooling": pooling, "max_length": max_length,
+           "sizes": {s: len(v) for s, v in splits.items()}, "seed": seed}
+    return json.dumps(key, sort_keys=True)
+
+
+def embed_splits(source: str, splits: dict[str, TextSplit], pooling: str, max_length: int, batch_size: int,
+                 device: torch.device, progress: bool = False, reporter: Reporter = QUIET) -> dict[str, np.ndarray]:
+    """``{"<split>_x": embeddings, "<split>_y": labels}`` of the model at ``source`` (folder or hub id) for every
+    split (a progress bar with ``progress``); how long it took goes to ``reporter``'s log."""
+    tokenizer, encoder = hf.load_tokenizer(source), hf.load_encoder(source)
+    t0 = time.perf_counter()
+    out = {}
+    for s, split in splits.items():
+        out[f"{s}_x"] = hf.extract_features(encoder, tokenize(split, tokenizer, max_length), pooling,
+                                            batch_size, device, progress)
+        out[f"{s}_y"] = split.labels
+    reporter.log(f"features: {sum(len(v) for v in splits.values())} sentences embedded in "
+                 f"{time.perf_counter() - t0:.0f}s ({pooling} pooling)")
+    return out
