@@ -8,7 +8,7 @@ from torch import nn
 
 from dllab import DllabError
 from dllab.attacks.methods import adversarial_accuracy, fgsm, fgsm_training_loss, make_fgsm_loss, pgd
-from dllab.ood import logits_of
+from dllab.train.inference import logits_of
 
 
 class Linear2(nn.Module):
@@ -219,7 +219,7 @@ def test_attacks_work_when_called_under_inference_mode():
 def test_attack_models_measures_each_model_as_adversarial_accuracy_does(trained, monkeypatch):
     from conftest import Recorder
     from dllab.attacks import robustness
-    from dllab.ood.settings import AttackConfig
+    from dllab.attacks.settings import AttackConfig
     from dllab.data.images import Split
 
     model, x, y = trained
@@ -246,7 +246,7 @@ def test_attack_models_measures_each_model_as_adversarial_accuracy_does(trained,
 
 def test_attack_examples_perturb_the_drawn_images_per_epsilon(trained):
     from dllab.attacks.robustness import attack_examples
-    from dllab.ood.settings import AttackConfig
+    from dllab.attacks.settings import AttackConfig
     from dllab.data.images import Split
 
     model, x, y = trained

@@ -103,11 +103,11 @@ def test_dllab_offline_false_means_online_everywhere(monkeypatch, tmp_path):
     monkeypatch.setattr(images, "_mnist", lambda root, download: downloads.append(download) or ("tr", "te", [], "x"))
     images.read_dataset("mnist", tmp_path)
     asked = []
-    monkeypatch.setattr(hf, "_endpoint_answers", lambda endpoint, timeout: asked.append(endpoint) or True)
-    assert downloads == [True] and hf.hub_reachable() and asked == ["https://huggingface.co"]
+    monkeypatch.setattr(environ, "_endpoint_answers", lambda endpoint, timeout: asked.append(endpoint) or True)
+    assert downloads == [True] and environ.hub_reachable() and asked == ["https://huggingface.co"]
     monkeypatch.setenv("DLLAB_OFFLINE", "true")
     images.read_dataset("mnist", tmp_path)
-    assert downloads == [True, False] and not hf.hub_reachable() and len(asked) == 1
+    assert downloads == [True, False] and not environ.hub_reachable() and len(asked) == 1
 
 
 # --- HF_ENDPOINT ----------------------------------------------------------------------------------------
@@ -115,8 +115,8 @@ def test_dllab_offline_false_means_online_everywhere(monkeypatch, tmp_path):
 def test_a_garbage_hf_endpoint_is_not_read_offline(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://[not-a-url")
     from dllab.models import hf
-    monkeypatch.setattr(hf, "_endpoint_answers", lambda *a: pytest.fail("offline: the hub must not be asked"))
-    assert environ.hf_endpoint() is None and not hf.hub_reachable()
+    monkeypatch.setattr(environ, "_endpoint_answers", lambda *a: pytest.fail("offline: the hub must not be asked"))
+    assert environ.hf_endpoint() is None and not environ.hub_reachable()
     assert "HF_ENDPOINT" not in os.environ      # hidden from huggingface_hub, which fails parsing it on import
 
 
@@ -146,7 +146,8 @@ def test_a_good_hf_endpoint_is_used_online(monkeypatch):
 
 @pytest.mark.parametrize("value", ["", "  "])
 def test_an_empty_folder_variable_means_unset_not_the_current_directory(monkeypatch, tmp_path, value):
-    from dllab.data import cache_dir, data_root
+    from dllab.core.environ import cache_dir
+    from dllab.data import data_root
     from dllab.store.folder import default_runs_root
     from dllab.runner.sweep import sweeps_root
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -157,15 +158,15 @@ def test_an_empty_folder_variable_means_unset_not_the_current_directory(monkeypa
 
 
 def test_every_cache_lives_in_the_user_cache_folder_not_the_working_directory(monkeypatch, tmp_path):
-    from dllab import data
+    from dllab.data import images
     from dllab.train import precision
     monkeypatch.delenv("DLLAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.chdir(tmp_path)
-    assert data.cache_dir() == environ.cache_dir() == tmp_path / "xdg" / "dllab"      # one answer
+    assert images.cache_dir() == environ.cache_dir() == tmp_path / "xdg" / "dllab"      # one answer
     assert precision.cache_path() == tmp_path / "xdg" / "dllab" / "precision_probe.json"
     monkeypatch.setenv("DLLAB_CACHE", str(tmp_path / "mine"))
-    assert data.cache_dir() == precision.cache_path().parent == tmp_path / "mine"
+    assert images.cache_dir() == precision.cache_path().parent == tmp_path / "mine"
 
 
 def test_tests_never_fall_back_to_the_home_folder():

@@ -8,7 +8,7 @@ import torch
 
 from dllab import DllabError
 from dllab.core import registry
-from dllab.ood import msp_scores
+from dllab.ood.msp import msp_scores
 from dllab.ood.datasets import CIFAR100_20, build_ood_set, complement_split, fit_to_shape, noise_images
 from dllab.ood.metrics import ood_metrics
 from dllab.cli.main import main

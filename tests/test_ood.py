@@ -9,7 +9,8 @@ from torch import nn
 
 from dllab import DllabError
 from dllab.core import registry
-from dllab.ood import LogitDetector, logits_of
+from dllab.ood.base import LogitDetector
+from dllab.train.inference import logits_of
 from dllab.ood.autoencoder import Autoencoder, reconstruct, reconstruction_scores, train_autoencoder
 from dllab.ood.energy import Energy, energy_scores
 from dllab.ood.max_logit import MaxLogit, max_logit_scores

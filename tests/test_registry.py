@@ -23,7 +23,8 @@ training images' logits (a logit-space cousin of Mahalanobis). ``fit`` learns th
 images and their labels."""
 import torch
 
-from dllab.ood import LogitDetector, logits_of
+from dllab.ood.base import LogitDetector
+from dllab.train.inference import logits_of
 from dllab.core.registry import register
 
 

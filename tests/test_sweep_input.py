@@ -52,7 +52,7 @@ def files_under(path) -> list[str]:
      "40,000 points; a sweep runs at most 10,000"),
 ])
 def test_malformed_sweep_json_is_one_line_naming_the_file(change, fragment, tmp_path):
-    from dllab.runner.sweep import read_spec
+    from dllab.runner.sweep_spec import read_spec
 
     folder = sweep_folder(tmp_path, {**VALID, **change})
     with pytest.raises(DllabError) as e:
@@ -65,7 +65,7 @@ def test_malformed_sweep_json_is_one_line_naming_the_file(change, fragment, tmp_
     ("[" * 100_000 + "]" * 100_000, "recursion limit"), (b"\xff\xfe{}", "Invalid JSON"),
 ])
 def test_unparsable_sweep_json_is_one_line(text, fragment, tmp_path):
-    from dllab.runner.sweep import read_spec
+    from dllab.runner.sweep_spec import read_spec
 
     folder = sweep_folder(tmp_path, text)
     with pytest.raises(DllabError, match=fragment):
@@ -80,7 +80,7 @@ def test_a_malformed_sweep_json_exits_2_and_the_folder_is_unchanged(tmp_path):
 
 
 def test_a_huge_sweep_json_is_refused_unread(tmp_path):
-    from dllab.runner.sweep import read_spec
+    from dllab.runner.sweep_spec import read_spec
     from dllab.runner.sweep_spec import MAX_FILE_BYTES
 
     folder = sweep_folder(tmp_path, {**VALID, "sets": ["x" * (MAX_FILE_BYTES + 1)]})
@@ -89,7 +89,7 @@ def test_a_huge_sweep_json_is_refused_unread(tmp_path):
 
 
 def test_a_linked_or_special_sweep_json_is_refused(tmp_path):
-    from dllab.runner.sweep import read_spec
+    from dllab.runner.sweep_spec import read_spec
 
     (tmp_path / "elsewhere.json").write_text(json.dumps(VALID))
     linked = tmp_path / "linked"
@@ -140,7 +140,7 @@ def test_a_failed_ray_connection_leaves_nothing(tmp_path):
 
 
 def test_long_values_give_short_unique_point_names():
-    from dllab.runner.sweep import SweepSpec, expand
+    from dllab.runner.sweep_spec import SweepSpec, expand
     from dllab.runner.sweep_spec import MAX_NAME
 
     long = ["/data/" + "x" * 900 + str(i) for i in range(3)]
@@ -156,7 +156,7 @@ def test_long_values_give_short_unique_point_names():
 def test_sample_draws_from_a_grid_too_large_to_list():
     # 10**12 points: listing them would exhaust any machine, so this runs under a 2 GiB address-space limit
     # (a regression fails here with a MemoryError instead of taking the machine's memory).
-    code = ("from dllab.runner.sweep import SweepSpec, expand\n"
+    code = ("from dllab.runner.sweep_spec import SweepSpec, expand\n"
             "grid = {f'k{i}': [str(v) for v in range(10)] for i in range(12)}\n"
             "points = expand(SweepSpec('lab1.mlp', 'smoke', grid, sample=5))\n"
             "assert len(points) == 5 and all(len(p.values) == 12 for p in points)\n")
@@ -168,7 +168,8 @@ def test_sample_draws_from_a_grid_too_large_to_list():
 # --- --metric: checked against the keys the experiment declares --------------------------------------
 
 def checked(experiment, grid, metric=None, sets=()):
-    from dllab.runner.sweep import SweepSpec, _checked
+    from dllab.runner.sweep import _checked
+    from dllab.runner.sweep_spec import SweepSpec
 
     return _checked(SweepSpec(experiment, "smoke", grid, sets=list(sets)), 1, "max", metric)
 

@@ -224,7 +224,8 @@ def test_structure_lookup_is_architecture_generic():
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_extract_features_pools_the_last_layer(pooling, tiny_distilbert, tmp_path):
-    from dllab.models.hf import extract_features, load_encoder
+    from dllab.features.text import extract_features
+    from dllab.models.hf import load_encoder
     split = _tokenized(tiny_distilbert, _write_dataset(tmp_path))["test"]
     encoder = load_encoder(tiny_distilbert)
     feats = extract_features(encoder, split, pooling, batch_size=5)     # length-sorted batches, any size

@@ -26,7 +26,7 @@ from dllab import DllabError
 from dllab.core import registry
 from dllab.data.images import to_unit_float
 from dllab.core.registry import register
-from dllab.ood import eval_mode, image_tensor, model_device_dtype
+from dllab.train.inference import eval_mode, image_tensor, model_device_dtype
 
 
 def _check_eps(eps: float) -> None:

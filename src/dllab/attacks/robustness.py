@@ -15,7 +15,7 @@ from dllab.core import registry
 from dllab.data.images import Split, to_unit_float
 from dllab.core.events import QUIET, Reporter
 from dllab.attacks.methods import adversarial_accuracy
-from dllab.ood.settings import AttackConfig
+from dllab.attacks.settings import AttackConfig
 
 
 def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 256) -> float:

@@ -124,7 +124,8 @@ def _from_plugin(entry: registry.Entry) -> str:
 
 
 def cmd_sweep(args):
-    from dllab.runner.sweep import new_spec, parse_grid, read_spec, sweep
+    from dllab.runner.sweep import sweep
+    from dllab.runner.sweep_spec import new_spec, parse_grid, read_spec
 
     if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
         raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")

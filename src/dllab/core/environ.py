@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlparse, urlsplit
 
 import platformdirs
 
@@ -232,3 +233,21 @@ def check(distributed: bool = False) -> None:
     hf_endpoint()
     if distributed:
         launch_info(strict=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _endpoint_answers(endpoint: str, timeout: float) -> bool:
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline mode is set (``DLLAB_OFFLINE``, ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) or the
+    hub's host does not accept a connection within ``timeout`` seconds; the answer is cached per endpoint.
+    ``HF_ENDPOINT`` is read only when online (``environ.hf_endpoint``: a bad one is a one-line error)."""
+    endpoint = hf_endpoint()
+    return endpoint is not None and _endpoint_answers(endpoint, timeout)

@@ -15,3 +15,7 @@ def progress_bar(iterable: Iterable | None = None, total: int | None = None, des
     from dllab.core import distributed
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
                 disable=not show or not sys.stderr.isatty() or not distributed.is_main())
+
+
+def mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}" if seconds == seconds else "-"

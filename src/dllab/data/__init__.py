@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from dllab.core import environ
-from dllab.core.environ import cache_dir  # noqa: F401  (decoded image folders are cached where every dllab cache is)
 
 
 def data_root(root: str = "") -> Path:

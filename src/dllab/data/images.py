@@ -34,7 +34,8 @@ import torch
 
 from dllab import DllabError
 from dllab.core import cpus, environ, registry, untrusted
-from dllab.data import cache_dir, class_quotas, data_root
+from dllab.core.environ import cache_dir
+from dllab.data import class_quotas, data_root
 from dllab.core.machine import to_device
 from dllab.core.registry import register
 from dllab.data.formats import decode_image, read_cifar_batch, read_cifar_meta, read_idx_pair

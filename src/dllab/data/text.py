@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dllab import DllabError
+from dllab.core import environ
 from dllab.data import class_quotas, data_root
 
 SPLITS = ("train", "validation", "test")
@@ -86,9 +87,8 @@ def load_text_dataset(name: str = "rotten_tomatoes", root: str = "") -> dict[str
     if folder is not None:
         return read_jsonl_splits(folder)
     folder = data_root(root) / name
-    from dllab.models.hf import hub_reachable  # asks once, in seconds, instead of ~25 s of retries when offline
     hint = f"pass --set data.root=<folder holding {name}/> or set $DLLAB_DATA"
-    if not hub_reachable():
+    if not environ.hub_reachable():   # asks once, in seconds, instead of ~25 s of retries when offline
         raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub is "
                          f"unreachable; {hint}")
     try:

@@ -22,7 +22,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dllab.core import distributed
-from dllab.ood.settings import METRICS, AdvConfig, AttackConfig, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
+from dllab.attacks.settings import AdvConfig, AttackConfig
+from dllab.ood.settings import METRICS, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
 from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
 from dllab.core.registry import register
 

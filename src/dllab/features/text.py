@@ -11,8 +11,11 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
-from dllab.data.text import TextSplit, tokenize
+from dllab import DllabError
+from dllab.core.progress import progress_bar
+from dllab.data.text import TextSplit, iterate_batches, num_batches, tokenize
 from dllab.core.events import QUIET, Reporter
 from dllab.models import hf
 
@@ -32,9 +35,33 @@ def embed_splits(source: str, splits: dict[str, TextSplit], pooling: str, max_le
     t0 = time.perf_counter()
     out = {}
     for s, split in splits.items():
-        out[f"{s}_x"] = hf.extract_features(encoder, tokenize(split, tokenizer, max_length), pooling,
+        out[f"{s}_x"] = extract_features(encoder, tokenize(split, tokenizer, max_length), pooling,
                                             batch_size, device, progress)
         out[f"{s}_y"] = split.labels
     reporter.log(f"features: {sum(len(v) for v in splits.values())} sentences embedded in "
                  f"{time.perf_counter() - t0:.0f}s ({pooling} pooling)")
+    return out
+
+
+@torch.inference_mode()
+def extract_features(encoder: nn.Module, split, pooling: str = "cls", batch_size: int = 64,
+                     device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+    """One vector per sentence from the last layer: the first token ([CLS]/<s>) or the mean over real tokens.
+
+    Batches are sorted by length (little padding); rows come back in the split's order.
+    """
+    if pooling not in ("cls", "mean"):
+        raise DllabError(f"features.pooling={pooling}: choose cls or mean")
+    encoder.eval().to(device)
+    out = np.zeros((len(split), encoder.config.hidden_size), dtype=np.float32)
+    for idx, batch in progress_bar(iterate_batches(split, batch_size), num_batches(split, batch_size),
+                                   f"features ({pooling})", progress):
+        mask = batch["attention_mask"].to(device)
+        hidden = encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
+        if pooling == "cls":
+            vec = hidden[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        out[idx] = vec.float().cpu().numpy()
     return out

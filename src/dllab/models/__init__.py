@@ -1,2 +1,1 @@
 """Models, each registered by name (``@register("model", ...)``) and built through ``dllab.core.registry.build_model``."""
-from dllab.models.common import Normalize  # noqa: F401

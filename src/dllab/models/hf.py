@@ -13,14 +13,9 @@ projections) are found from the model's structure, so DistilBERT, BERT and RoBER
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
-import numpy as np
-import torch
 from torch import nn
 
 from dllab import DllabError
@@ -51,24 +46,6 @@ def minilm_path() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
-def _endpoint_answers(endpoint: str, timeout: float) -> bool:
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
-            return True
-    except OSError:
-        return False
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when offline mode is set (``DLLAB_OFFLINE``, ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) or the
-    hub's host does not accept a connection within ``timeout`` seconds; the answer is cached per endpoint.
-    ``HF_ENDPOINT`` is read only when online (``environ.hf_endpoint``: a bad one is a one-line error)."""
-    endpoint = environ.hf_endpoint()
-    return endpoint is not None and _endpoint_answers(endpoint, timeout)
-
-
 def _in_hf_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
     try:
@@ -88,7 +65,7 @@ def resolve_model(name: str) -> str:
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
         raise DllabError(f"model '{name}': no such folder; pass an existing folder, a HF hub id or `{MINILM}`")
-    if _in_hf_cache(name) or hub_reachable():
+    if _in_hf_cache(name) or environ.hub_reachable():
         return name
     raise DllabError(f"model '{name}' is not in the local HF cache and the hub is unreachable; "
                      f"pass a local folder or `{MINILM}`")
@@ -124,7 +101,7 @@ def _quiet_transformers():
 
 def _from_pretrained(auto_cls, source: str, **kwargs):
     from safetensors import SafetensorError
-    local_only = Path(source).is_dir() or not hub_reachable()
+    local_only = Path(source).is_dir() or not environ.hub_reachable()
     try:
         with _quiet_transformers():
             return auto_cls.from_pretrained(source, local_files_only=local_only, **kwargs)
@@ -277,27 +254,3 @@ def label_columns(id2label: dict, class_names=("neg", "pos")) -> list[int]:
 
 # --- features --------------------------------------------------------------------------------------
 
-@torch.inference_mode()
-def extract_features(encoder: nn.Module, split, pooling: str = "cls", batch_size: int = 64,
-                     device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
-    """One vector per sentence from the last layer: the first token ([CLS]/<s>) or the mean over real tokens.
-
-    Batches are sorted by length (little padding); rows come back in the split's order.
-    """
-    from dllab.data.text import iterate_batches, num_batches
-    from dllab.core.progress import progress_bar
-    if pooling not in ("cls", "mean"):
-        raise DllabError(f"features.pooling={pooling}: choose cls or mean")
-    encoder.eval().to(device)
-    out = np.zeros((len(split), encoder.config.hidden_size), dtype=np.float32)
-    for idx, batch in progress_bar(iterate_batches(split, batch_size), num_batches(split, batch_size),
-                                   f"features ({pooling})", progress):
-        mask = batch["attention_mask"].to(device)
-        hidden = encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
-        if pooling == "cls":
-            vec = hidden[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        out[idx] = vec.float().cpu().numpy()
-    return out

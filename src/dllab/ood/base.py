@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dllab.ood import logits_of
+from dllab.train.inference import logits_of
 
 
 class Detector:

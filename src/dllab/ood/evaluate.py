@@ -14,7 +14,7 @@ from dllab.core import registry
 from dllab.data.images import ImageData, Split, balanced_subset
 from dllab.core.events import QUIET, Reporter
 from dllab.ood.settings import METRICS, AutoencoderConfig, OdinSetting
-from dllab.ood import logits_of
+from dllab.train.inference import logits_of
 from dllab.ood.base import Detector, LogitDetector
 from dllab.ood.datasets import OODSet
 

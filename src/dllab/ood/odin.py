@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from dllab import DllabError
 from dllab.core.registry import register
-from dllab.ood import eval_mode, image_batches, model_device_dtype
+from dllab.train.inference import eval_mode, image_batches, model_device_dtype
 from dllab.ood.base import Detector
 from dllab.ood.msp import msp_scores
 

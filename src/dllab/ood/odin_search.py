@@ -12,7 +12,8 @@ import torch
 from dllab import DllabError
 from dllab.core.events import QUIET, Reporter
 from dllab.ood.settings import OdinGridConfig
-from dllab.ood import logits_of, msp_scores
+from dllab.ood.msp import msp_scores
+from dllab.train.inference import logits_of
 from dllab.ood.odin import odin_grid
 
 

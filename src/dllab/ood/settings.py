@@ -1,9 +1,9 @@
-"""Settings of Lab 4's analysis code, as config sections: the OOD sets and detectors, ODIN's one setting and its
-grid search, the autoencoder detector's decoder, the attacks, FGSM adversarial training.
+"""Settings of OOD detection, as config sections: the OOD sets and detectors, ODIN's one setting and its grid
+search, the autoencoder detector's decoder.
 
-Experiment configs hold them as sections (``--set attack.name=pgd``) and hand them whole to the analysis
+Experiment configs hold them as sections (``--set ood.detectors=[msp,energy]``) and hand them whole to the analysis
 functions that read them. Torch-free: experiment configs import them when they register, and the OOD sets,
-detectors and attacks are checked against the registry's names without importing their modules.
+detectors are checked against the registry's names without importing their modules.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from dllab.core.config import Count, Float, NonNegative, Positive, PositiveInt, Section, Unit, plugin, plugins
+from dllab.core.config import Count, Float, NonNegative, Positive, PositiveInt, Section, plugins
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")   # what analysis.ood.metrics measures per (OOD set, detector)
 
@@ -34,20 +34,6 @@ class AutoencoderConfig(Section):  # decoder on the frozen cnn trunk, trained on
     batch_size: PositiveInt = 128
     hidden: PositiveInt = 32
     train_limit: Count = 0        # 0 = every ID training image
-
-
-class AttackConfig(Section):
-    name: plugin("attack") = "fgsm"   # fgsm | pgd | a plug-in's
-    epsilons: Annotated[list[NonNegative], Field(min_length=1)] = [0.0, 0.01, 0.05, 0.1, 0.2, 0.3]
-    steps: PositiveInt = 10       # pgd only
-    step_size: NonNegative = 0.0  # pgd only; 0 = 2.5 * eps / steps (Madry et al.)
-    random_start: bool = True     # pgd only
-    examples: Count = 8           # test images in the clean/perturbed example grid
-
-
-class AdvConfig(Section):         # L = alpha * CE(x, y) + (1 - alpha) * CE(x + eps * sign(grad_x CE), y)
-    epsilon: NonNegative = 0.01
-    alpha: Unit = 0.5
 
 
 class OdinGridConfig(Section):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dllab import DllabError
-from dllab.runner import run as runs
+from dllab.store.records import read_history as read_history_csv
 from dllab.core import untrusted
 from dllab.core.config import flat_yaml
 from dllab.core.files import atomic_write_text, save_png
@@ -32,7 +32,7 @@ def read_history(path: Path, env: dict) -> list[dict]:
         if not all(type(s) is int and s >= 0 for s in seeds):   # a path made of it must stay in the folder
             raise DllabError(f"{path / 'env.json'} is damaged: 'seeds' is not a list of seed numbers")
         hist = path / f"seed{seeds[0]}" / "history.csv"
-    return runs.read_history(hist)
+    return read_history_csv(hist)
 
 
 def labels(paths: list[Path]) -> list[str]:

@@ -2,11 +2,8 @@
 Each function returns its report items (``report.items``) for ``run.add``."""
 from __future__ import annotations
 
+from dllab.core.progress import mmss
 from dllab.core.items import Figure, Item, Note, Table
-
-
-def mmss(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}" if seconds == seconds else "-"
 
 
 def classifiers_report(acc: dict[str, dict[str, float]], timings: dict[str, float], reference: dict,

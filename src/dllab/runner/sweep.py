@@ -38,12 +38,12 @@ from typing import Callable
 from dllab import DllabError
 from dllab.core import cpus, environ, lock, untrusted
 from dllab.core.config import apply_overrides, make_config
+from dllab.runner import sweep_ray
 from dllab.runner.launch import child_env
 from dllab.core.registry import Experiment, get_experiment
 from dllab.core.files import TMP_SUFFIX, atomic_write_json, dir_mode, write_csv
 from dllab.store.records import read_metrics
-from dllab.runner.sweep_spec import (SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec, new_spec,  # noqa: F401
-                                     parse_grid, read_spec, split_values)
+from dllab.runner.sweep_spec import SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec
 
 
 def check_spec(spec: SweepSpec):
@@ -258,10 +258,7 @@ def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple
 
 
 def _ray_session(address: str | None):
-    if not address:
-        return contextlib.nullcontext()
-    from dllab.runner.sweep_ray import connected
-    return connected(address)
+    return sweep_ray.connected(address) if address else contextlib.nullcontext()
 
 
 def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, ray: str | None,
@@ -286,8 +283,7 @@ def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, r
 
     threads = max(1, cpus.usable() // jobs)
     if ray:
-        from dllab.runner.sweep_ray import run_on_ray
-        run_on_ray(todo, threads, done)
+        sweep_ray.run_on_ray(todo, threads, done, run_point)
     elif todo:
         run_local(todo, jobs, threads, done)
     return failed

@@ -1,6 +1,6 @@
 """``dllab sweep --ray ADDRESS``: the sweep's points as Ray tasks (the optional extra ``dllab[ray]``).
 
-Each task runs the same `dllab run` child process as ``--jobs`` does (sweep.run_point), reserving as many
+Each task runs the same `dllab run` child process as ``--jobs`` does (the sweep's ``run_point``), reserving as many
 Ray CPUs as the point gets threads, so both paths give the same numbers. ADDRESS is passed to ``ray.init``
 (``auto``: the cluster this machine belongs to; ``ray://host:10001``; ``local``: a Ray instance started here
 with this machine's cores). On a cluster every node needs dllab, the data, and the sweep folder on a shared
@@ -45,11 +45,10 @@ def connected(address: str):
             ray.shutdown()
 
 
-def run_on_ray(todo: list, threads: int, done: Callable) -> None:
-    """Every (point, args) of ``todo`` as a Ray task on the Ray ``connected`` reached; ``done(point, code,
-    last error line)`` as each ends."""
-    from dllab.runner.sweep import run_point
-
+def run_on_ray(todo: list, threads: int, done: Callable, run_point: Callable) -> None:
+    """Every (point, args) of ``todo`` as a Ray task on the Ray ``connected`` reached, each running
+    ``run_point(args, threads)`` (the sweep's `dllab run` child); ``done(point, code, last error line)`` as each
+    ends."""
     ray = _ray()
     task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
     pending = {task.remote(args, threads): point for point, args in todo}

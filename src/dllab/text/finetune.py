@@ -13,7 +13,7 @@ from typing import Callable
 
 from dllab.data.text import TextSplit, TokenizedSplit, tokenize
 from dllab.core.events import Reporter, TrainingHooks
-from dllab.report.text import mmss
+from dllab.core.progress import mmss
 from dllab.models import hf
 from dllab.text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
 
