@@ -144,7 +144,7 @@ def _distinct_installed_sinks(sinks: list[str]) -> list[str]:
     if dup:
         raise ValueError(f"lists '{dup[0]}' twice; name each sink once")
     for s in sinks:
-        needs = registry.registered("sink", s).meta.get("requires")
+        needs = registry.index("sink")[s].literal("requires")   # read statically: no sink library is imported
         if needs and not _installed(needs):
             raise ValueError(f"'{s}' needs the {needs} package (pip install {needs}), or leave it out of log.sinks")
     return sinks

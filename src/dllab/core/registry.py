@@ -53,6 +53,11 @@ class Entry:
     module: str                  # the module whose import registers it
     description: str = ""        # ``description=`` of the decorator, else the first line of its docstring
     origin: str = OWN            # "dllab", or the distribution that declared the entry point
+    literals: tuple[tuple[str, str], ...] = ()   # the decorator's string keywords (``requires="mlflow"``)
+
+    def literal(self, key: str) -> str | None:
+        """A string keyword of the decorator, known without importing the module."""
+        return dict(self.literals).get(key)
 
     @property
     def plugin(self) -> bool:
@@ -233,14 +238,15 @@ def declared(path: Path, module: str, origin: str = OWN) -> list[Entry]:
         for dec in node.decorator_list:
             args = _register_args(dec)
             if args is not None:
-                kind, name, description = args
-                description = description or (ast.get_docstring(node) or "").strip().split("\n")[0]
-                found.append(Entry(kind, name, module, description, origin))
+                kind, name, literals = args
+                description = literals.get("description") or (ast.get_docstring(node) or "").strip().split("\n")[0]
+                found.append(Entry(kind, name, module, description, origin, tuple(sorted(literals.items()))))
     return found
 
 
-def _register_args(dec: ast.expr) -> tuple[str, str, str] | None:
-    """(kind, name, description) of a ``register("<kind>", "<name>", description="...")`` decorator, else None."""
+def _register_args(dec: ast.expr) -> tuple[str, str, dict[str, str]] | None:
+    """(kind, name, string keywords) of a ``register("<kind>", "<name>", description="...", ...)`` decorator,
+    else None."""
     if not isinstance(dec, ast.Call):
         return None
     func = dec.func
@@ -251,6 +257,6 @@ def _register_args(dec: ast.expr) -> tuple[str, str, str] | None:
                   for a in dec.args[:2])
     if kind not in KINDS or name is None:
         return None
-    desc = next((k.value.value for k in dec.keywords if k.arg == "description"
-                 and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)), "")
-    return kind, name, desc
+    literals = {k.arg: k.value.value for k in dec.keywords
+                if k.arg and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)}
+    return kind, name, literals
