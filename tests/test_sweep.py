@@ -66,7 +66,8 @@ def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkey
         import ray   # CI installs the ray extra: the Ray path must run there
     else:
         ray = pytest.importorskip("ray")
-    from dllab.runner.sweep import SweepSpec, sweep
+    from dllab.runner.sweep import sweep
+    from dllab.runner.sweep_spec import SweepSpec
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))   # Ray keeps a token under ~/.ray unless told not to
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -101,7 +102,7 @@ def test_bad_grid_is_one_line_and_leaves_nothing(grid, fragment, tmp_path):
 
 
 def test_sample_draws_the_same_points_every_time():
-    from dllab.runner.sweep import SweepSpec, expand
+    from dllab.runner.sweep_spec import SweepSpec, expand
 
     spec = SweepSpec("lab1.mlp", "smoke", {"adam.lr": ["1e-3", "3e-3", "1e-2"], "width": ["16", "32", "64"]},
                      sample=4)
@@ -113,7 +114,7 @@ def test_sample_draws_the_same_points_every_time():
 
 
 def test_grid_values_keep_lists_whole():
-    from dllab.runner.sweep import parse_grid
+    from dllab.runner.sweep_spec import parse_grid
 
     assert parse_grid(["data.classes=[0,1],[2,3]", "adam.lr=1e-3, 3e-3"]) == {
         "data.classes": ["[0,1]", "[2,3]"], "adam.lr": ["1e-3", "3e-3"]}
