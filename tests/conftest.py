@@ -21,6 +21,7 @@ def _isolate(mp: pytest.MonkeyPatch, base: Path) -> None:
     mp.setenv("HF_HOME", str(base / "hf"))
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.setenv("MPLBACKEND", "Agg")
+    mp.delenv("DLLAB_DEBUG", raising=False)     # a developer's traceback switch: tests expect one line
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,5 @@
 """The command line: listing, bad input (exit 2, one line, no traceback, nothing on disk touched), report."""
+import errno
 import json
 import os
 import subprocess
@@ -8,9 +9,9 @@ import time
 import pytest
 
 
-def dllab(*args, cwd=None):
+def dllab(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=300, env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(res, *fragments):
@@ -20,6 +21,7 @@ def assert_one_line_error(res, *fragments):
     assert "Traceback" not in res.stderr
     for f in fragments:
         assert f in lines[0]
+    return lines[0]
 
 
 def test_list_names_every_lab1_experiment():
@@ -180,3 +182,62 @@ def test_others_busy_sees_a_spinning_process():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+# --- DLLAB_DEBUG, and a reader that goes away (issue #21, "Errors") -------------------------------------
+
+SMOKE = ["run", "lab1.mlp", "--profile", "smoke", "--quiet"]
+
+
+def test_dllab_debug_prints_the_chained_traceback_before_the_one_line_error(tmp_path):
+    """The cause is chained (``raise ... from e``), so the traceback shows what failed underneath."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "env.json").write_text("{")
+    (run / "metrics.json").write_text("{}")
+    args = ("report", str(run), "--out", str(tmp_path / "report.md"))
+    line = assert_one_line_error(dllab(*args), "env.json is not valid JSON")     # without it: one line
+    res = dllab(*args, env={"DLLAB_DEBUG": "1"})
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == line   # the same line, last
+    assert res.stderr.startswith("Traceback (most recent call last):")
+    assert "json.decoder.JSONDecodeError" in res.stderr
+    assert "The above exception was the direct cause of the following exception" in res.stderr
+    assert_one_line_error(dllab("list", env={"DLLAB_DEBUG": "maybe"}), "DLLAB_DEBUG=maybe", "expected 1/true")
+
+
+@pytest.mark.parametrize("error, fragment", [
+    (lambda: OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    (MemoryError, "out of memory"),
+])
+def test_dllab_debug_shows_the_traceback_of_a_disk_error_and_of_running_out_of_memory(
+        monkeypatch, capsys, tmp_path, error, fragment):
+    from dllab.cli import main as cli
+    from dllab.runner import experiment as runner
+
+    def fails(*args, on_start, **kwargs):
+        on_start(tmp_path / "run")
+        raise error()
+    monkeypatch.setattr(runner, "run_experiment", fails)
+    for debug in ("0", "1"):
+        monkeypatch.setenv("DLLAB_DEBUG", debug)
+        assert cli.main(SMOKE) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("dllab: error: ") and fragment in err[-1], err
+        assert f"--resume {tmp_path / 'run'}" in err[-1]
+        if debug == "0":
+            assert len(err) == 1, err
+        else:
+            assert err[0] == "Traceback (most recent call last):" and any("in fails" in ln for ln in err), err
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`dllab list | head -1`: a closed stdout is not the user's mistake: no message (it used to be
+    "dllab: error: Broken pipe"), EPIPE's number as the exit code, as Python's own `python -m json.tool`."""
+    read, write = os.pipe()
+    os.close(read)      # gone before dllab writes a byte, so every write fails with EPIPE
+    try:
+        res = subprocess.run([sys.executable, "-m", "dllab", "list"], stdout=write, stderr=subprocess.PIPE,
+                             text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert res.stderr == "" and res.returncode == errno.EPIPE

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
+from matplotlib.figure import Figure as MplFigure
 
 from dllab.core import distributed
 from dllab.report import robustness, text, transfer, variants
@@ -24,12 +24,6 @@ def _result(test_acc, params=100, trainable=100, **extra):
 
 def _kinds(items) -> list[str]:
     return [type(i).__name__ for i in items]
-
-
-def _close(items) -> None:
-    for i in items:
-        if isinstance(i, Figure):
-            plt.close(i.fig)
 
 
 HISTORY = [{"variant": v, "epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + e / 10}
@@ -71,7 +65,6 @@ def test_plain_vs_residual_is_the_table_then_both_curves_then_the_gradients():
     grads = {"layers": ["a", "b"], "per_epoch": [[1.0, 2.0], [0.5, 1.5]]}
     results = {n: _result(0.5, grad_norms=grads) for n in ("plain_d2", "res_d2")}
     items = variants.plain_vs_residual(HISTORY, results, vs, "MLPs")
-    _close(items)
     assert _kinds(items) == ["Table", "Figure", "Figure", "Figure"]
     assert [i.file for i in items[1:]] == ["curves_plain.png", "curves_residual.png", "gradient_norms.png"]
     assert items[1].caption.startswith("Plain MLPs")
@@ -104,7 +97,6 @@ def test_transfer_classical_table_and_accuracy_figure():
     assert table.rows == [["svm", "LinearSVC (C=1)", 0.5, 0.4, "2.0"]] and "64-dim" in table.title
     assert transfer.accuracy_figure({}, ["svm"], "t", None) == []           # nothing measured: no figure
     [fig] = transfer.accuracy_figure({"svm.test_acc": 0.4}, ["svm", "head"], "t", None)
-    _close([fig])
     assert fig.file == "accuracy.png"
 
 
@@ -114,7 +106,6 @@ def test_strategies_report_is_a_table_two_notes_and_two_charts():
     results = {s: {"val_acc": 0.8, "test_acc": 0.7, "seconds": 75.0, "trainable_params": 1000, "peak_mem_mb": 12.0,
                    "memory_kind": "RSS", "precision": "fp32"} for s in ("full", "lora")}
     items = text.strategies_report(results, {"full.val_acc": 0.84}, "minilm", "train n=64")
-    _close(items)
     assert _kinds(items) == ["Table", "Note", "Note", "Figure", "Figure"]
     assert items[0].rows[0] == ["full", "0.8000", "0.7000", "0.8400", "1:15", "1,000", "12", "fp32"]
     assert items[0].rows[1][3] == "-" and "resident set" in items[1].text
@@ -124,7 +115,6 @@ def test_strategies_report_is_a_table_two_notes_and_two_charts():
 def test_classifiers_report_names_k_for_knn():
     acc = {"svm": {"validation": 0.81, "test": 0.8}, "knn": {"validation": 0.7, "test": 0.69}}
     items = text.classifiers_report(acc, {"svm": 1.0, "knn": 0.5}, {"svm.val_acc": 0.82}, "m", "cls", 5, 400)
-    _close(items)
     assert _kinds(items) == ["Table", "Figure"]
     assert [r[0] for r in items[0].rows] == ["svm", "knn (k=5)"] and items[0].rows[0][3] == "0.82"
 
@@ -133,7 +123,6 @@ def test_classifiers_report_names_k_for_knn():
 
 def test_attack_accuracy_puts_the_spec_beside_each_epsilon():
     items = robustness.attack_accuracy({0.0: 0.6, 0.01: 0.25}, "fgsm", {"acc@0": 0.85, "acc@0.01": 0.48})
-    _close(items)
     table, fig = items
     assert table.rows == [["0", "0/255", 0.6, 0.85], ["0.01", "2.55/255", 0.25, 0.48]]
     assert fig.file == "accuracy_vs_eps.png" and "spec" in fig.caption
@@ -158,7 +147,6 @@ def test_odin_report_is_the_heat_map_and_the_table():
            "msp_test": {"auroc": 0.6, "aupr_in": 0.5, "aupr_out": 0.4, "fpr95": 0.5}}
     mask = torch.tensor([True, False, True, False])
     items = robustness.odin_search_report(res, mask, mask, "heldout", None)
-    _close(items)
     assert _kinds(items) == ["Figure", "Table"] and items[0].file == "odin_heatmap_heldout.png"
     assert items[1].rows[0][:3] == ["ODIN, best on validation", "10", "0"]
 
@@ -166,7 +154,8 @@ def test_odin_report_is_the_heat_map_and_the_table():
 # --- Run.add and the parts of Run ---------------------------------------------------------------------
 
 def _fig():
-    fig, ax = plt.subplots(figsize=(2, 2))
+    fig = MplFigure(figsize=(2, 2))
+    ax = fig.subplots()
     ax.plot([0, 1], [1, 0])
     return fig
 
@@ -182,7 +171,6 @@ def test_run_add_saves_figures_and_the_report_state_in_order(tmp_path):
     assert state == {"notes": ["first"], "tables": [["T", ["a"], [[2]]], ["U", ["b"], [[3]]]],
                      "figures": [["redrawn", "f.png"]]}
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    assert not any(plt.fignum_exists(f.number) for f in figs)     # saved and closed
     assert (tmp_path / "log.txt").read_text() == "note: first\n"    # a repeated note is logged once
     assert Run(tmp_path, "x", None).notes == ["first"]              # read back by a resumed run
     with pytest.raises(TypeError, match="not a report item"):
@@ -194,7 +182,7 @@ def test_only_the_writing_rank_writes_what_is_added(tmp_path, monkeypatch):
     run = Run(tmp_path, "x", None, quiet=True)
     fig = _fig()
     run.add(Table("T", ["a"], [[1]]), Note("n"), Figure(fig, "f.png", "c"))
-    assert list(tmp_path.iterdir()) == [] and not plt.fignum_exists(fig.number)
+    assert list(tmp_path.iterdir()) == []
     assert run.tables == [("T", ["a"], [[1]])] and run.notes == ["n"] and run.figures == [("c", "f.png")]
 
 

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
 from dllab.core import cpus, distributed, environ, registry, untrusted
@@ -47,15 +51,23 @@ class _Parser(argparse.ArgumentParser):
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from e
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dllab", description="Run, reproduce and report deep-learning lab experiments.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="every experiment with its description, then every other plug-in by kind")
-    r = sub.add_parser("run", help="run an experiment")
+    _add_run(sub.add_parser("run", help="run an experiment"))
+    _add_report(sub.add_parser("report", help="gather runs into one Markdown + one HTML report"))
+    _add_sweep(sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)"))
+    _add_compare(sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves"))
+    _add_doctor(sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates"))
+    return p
+
+
+def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
     r.add_argument("--profile", default=None, choices=PROFILES,
                    help="smoke = seconds (tests), quick (default) = minutes on 2 CPU cores, paper = the spec's "
@@ -71,11 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel over N processes on this machine (one per GPU, or CPU processes): "
                         "shorthand for `torchrun --standalone --nproc-per-node N -m dllab run ...`")
-    rep = sub.add_parser("report", help="gather runs into one Markdown + one HTML report")
+
+
+def _add_report(rep: argparse.ArgumentParser) -> None:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default=None, help="report file (.md; the .html goes beside it)")
     rep.add_argument("--force", action="store_true", help="replace report files that already exist")
-    sw = sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)")
+
+
+def _add_sweep(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
     sw.add_argument("--profile", default="quick", choices=PROFILES)
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -95,17 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "continues its latest sweep)")
     sw.add_argument("--resume", default=None, metavar="SWEEP_DIR", help="continue a sweep folder")
     sw.add_argument("--quiet", action="store_true")
-    cmp = sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves")
+
+
+def _add_compare(cmp: argparse.ArgumentParser) -> None:
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--out", default="compare.md", help="report file (.md; the .html goes beside it)")
     cmp.add_argument("--force", action="store_true", help="replace report files that already exist")
-    doc = sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates")
+
+
+def _add_doctor(doc: argparse.ArgumentParser) -> None:
     doc.add_argument("--profile", default=None, choices=PROFILES, help="also check what this profile needs")
     doc.add_argument("--data-root", default="", help="data folder (default: $DLLAB_DATA or ./data)")
-    return p
 
 
-def cmd_list() -> None:
+@dataclass
+class Invocation:
+    """One command line being carried out: its arguments, the run folder once it exists (the Ctrl-C and
+    disk-error messages name it) and ``DLLAB_DEBUG`` (a traceback before the one-line error)."""
+    argv: list[str]
+    started: list = field(default_factory=list)
+    debug: bool = False
+
+
+def cmd_list(args: argparse.Namespace, call: Invocation) -> None:
     """The experiments (name and description), then each other kind's names; a plug-in from another package
     is marked with its package. Read from the registry's static index: nothing is imported."""
     experiments = registry.entries("experiment")
@@ -123,7 +151,35 @@ def _from_plugin(entry: registry.Entry) -> str:
     return f" [plug-in: {entry.origin}]" if entry.plugin else ""
 
 
-def cmd_sweep(args):
+def cmd_run(args: argparse.Namespace, call: Invocation) -> int:
+    if not args.experiment and not args.resume:
+        raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
+    if args.seed is not None and args.seeds is not None:
+        raise DllabError("use either --seed N or --seeds A,B,C, not both")
+    if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
+        run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
+    from dllab.runner.experiment import run_experiment
+
+    if args.nproc is not None:
+        from dllab.runner.launch import launch
+
+        return launch(args.nproc, call.argv)
+    distributed.init()
+    if distributed.is_main() and under_launcher():
+        call.started = FolderNote()
+    run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
+                         args.out, args.resume, args.quiet, call.argv, on_start=call.started.append)
+    if not distributed.is_main():
+        return 0
+    if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
+        from dllab.report.render import console_summary
+
+        print(console_summary(run.path), file=sys.stderr)
+    print(run.path)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, call: Invocation) -> None:
     from dllab.runner.sweep import sweep
     from dllab.runner.sweep_spec import new_spec, parse_grid, read_spec
 
@@ -141,94 +197,122 @@ def cmd_sweep(args):
         spec = new_spec(experiment=args.experiment, profile=args.profile, grid=parse_grid(args.grid),
                         seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device)
         out = args.out
-    return sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet)
+    print(sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet))
+
+
+def cmd_compare(args: argparse.Namespace, call: Invocation) -> None:
+    from dllab.report.compare import compare
+
+    md, html = compare(args.runs, args.out, args.force)
+    print(md)
+    print(html)
+
+
+def cmd_doctor(args: argparse.Namespace, call: Invocation) -> int:
+    from dllab.cli.doctor import main as doctor
+
+    return doctor(args.profile, args.data_root)
+
+
+def cmd_report(args: argparse.Namespace, call: Invocation) -> None:
+    from dllab.runner.experiment import report
+
+    md, html = report(args.runs, args.out, args.force)
+    print(md)
+    print(html)
+
+
+# Each subcommand's function: it prints its answer on stdout and returns the exit code (None: 0).
+COMMANDS: dict[str, Callable[[argparse.Namespace, Invocation], int | None]] = {
+    "list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "compare": cmd_compare, "doctor": cmd_doctor,
+    "report": cmd_report,
+}
+COMPUTING = ("run", "sweep", "doctor")   # the commands that train or time: environment checked, OpenMP set
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The ``dllab`` command; returns its exit code (2: an error the user can fix, said in one line)."""
+    call = Invocation(sys.argv[1:] if argv is None else argv)
     die_with_parent()    # a process the launcher or a sweep started ends with it (first: before any work)
-    started: list = []   # the run folder, once it exists: named by the Ctrl-C and disk-error messages
     try:
-        args = build_parser().parse_args(argv)
-        if args.command in ("run", "sweep", "doctor"):
-            environ.check(distributed=args.command in ("run", "sweep"))   # one line before any folder exists
-            if "torch" not in sys.modules:
-                choose_omp_wait_policy()   # before torch loads (once it has, the policy no longer applies here)
-        if args.command == "list":
-            cmd_list()
-        elif args.command == "run":
-            if not args.experiment and not args.resume:
-                raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
-            if args.seed is not None and args.seeds is not None:
-                raise DllabError("use either --seed N or --seeds A,B,C, not both")
-            if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
-                run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
-            from dllab.runner.experiment import run_experiment
-
-            if args.nproc is not None:
-                from dllab.runner.launch import launch
-
-                return launch(args.nproc, argv)
-            distributed.init()
-            if distributed.is_main() and under_launcher():
-                started = FolderNote()
-            run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
-                                 args.out, args.resume, args.quiet, argv, on_start=started.append)
-            if not distributed.is_main():
-                return 0
-            if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
-                from dllab.report.render import console_summary
-
-                print(console_summary(run.path), file=sys.stderr)
-            print(run.path)
-        elif args.command == "sweep":
-            print(cmd_sweep(args))
-        elif args.command == "compare":
-            from dllab.report.compare import compare
-
-            md, html = compare(args.runs, args.out, args.force)
-            print(md)
-            print(html)
-        elif args.command == "doctor":
-            from dllab.cli.doctor import main as doctor
-
-            return doctor(args.profile, args.data_root)
-        elif args.command == "report":
-            from dllab.runner.experiment import report
-
-            md, html = report(args.runs, args.out, args.force)
-            print(md)
-            print(html)
+        call.debug = environ.debug()
+        code = _dispatch(call)
+        sys.stdout.flush()   # now, not at exit: a reader that has gone is noticed below, not by the interpreter
+        return code
+    except BrokenPipeError as e:
+        return _reader_gone(e)
     except DllabError as e:
-        if _speaks(e):
-            print(f"dllab: error: {_process()}{untrusted.printable(e)}", file=sys.stderr)
-        return 2
+        return _failed(e, untrusted.printable(e), call)
     except OSError as e:   # disk full, permission denied...: the system's reason and the file, on one line
-        where = f" ({e.filename})" if e.filename else ""
-        hint = f"; fix that, then continue with {_resume(started[0])}" if started else ""
-        if _speaks(e):
-            print(untrusted.printable(f"dllab: error: {_process()}{e.strerror or e}{where}{hint}"), file=sys.stderr)
-        return 2
+        return _failed(e, _system_message(e, call.started), call)
     except (MemoryError, RuntimeError, ImportError, SystemError) as e:   # torch's allocators raise RuntimeErrors
-        if not _out_of_memory(e):
-            if distributed.peer_lost(e):
-                return _peer_lost(e, started)
+        if _out_of_memory(e):
+            return _failed(e, _memory_message(e, call.started), call)
+        if not distributed.peer_lost(e):
             raise
-        if _speaks(e):
-            print(f"dllab: error: {_process()}{_memory_message(e, started)}", file=sys.stderr)
-        return 2
+        return _peer_lost(e, call)
     except Exception as e:
         if not distributed.peer_lost(e):
             raise
-        return _peer_lost(e, started)
+        return _peer_lost(e, call)
     except KeyboardInterrupt:
-        if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
-            return 130
-        print(interrupted(started[0] if started else None, distributed.world_size()), file=sys.stderr)
-        return 130
+        return _interrupted(call.started)
     finally:
         distributed.teardown()
-    return 0
+
+
+def _dispatch(call: Invocation) -> int:
+    """Parse the command line, check what the command reads from the environment, run the command."""
+    args = build_parser().parse_args(call.argv)
+    if args.command in COMPUTING:
+        environ.check(distributed=args.command in ("run", "sweep"))   # one line before any folder exists
+        if "torch" not in sys.modules:
+            choose_omp_wait_policy()   # before torch loads (once it has, the policy no longer applies here)
+    return COMMANDS[args.command](args, call) or 0
+
+
+def _failed(error: BaseException, message: str, call: Invocation) -> int:
+    """One line ``dllab: error: <message>`` (exit code 2), by the process that speaks for the job; under
+    DLLAB_DEBUG the whole traceback before it, with the causes it was raised from."""
+    if _speaks(error):
+        if call.debug:
+            _print_traceback(error)
+        print(f"dllab: error: {_process()}{message}", file=sys.stderr)
+    return 2
+
+
+def _print_traceback(error: BaseException) -> None:
+    """``error``'s traceback and chained causes on stderr, each line escaped as the one-line messages are
+    (a file name from a crafted run folder cannot move the cursor or forge a line)."""
+    for line in "".join(traceback.format_exception(error)).splitlines():
+        print(untrusted.printable(line), file=sys.stderr)
+
+
+def _system_message(error: OSError, started: list) -> str:
+    """The system's reason, the file, and the run to continue once that is fixed."""
+    where = f" ({error.filename})" if error.filename else ""
+    hint = f"; fix that, then continue with {_resume(started[0])}" if started else ""
+    return untrusted.printable(f"{error.strerror or error}{where}{hint}")
+
+
+def _reader_gone(error: BrokenPipeError) -> int:
+    """stdout's reader has gone (``dllab list | head -3``): not the user's error, so no message; the exit code
+    is EPIPE's number, as Python's own command-line tools (``python -m json.tool``) end. stdout now points to
+    /dev/null, since Python flushes it once more at exit and that would fail again (the Python docs' note on
+    SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):   # no file descriptor behind stdout (an embedding program's stream)
+        pass
+    return error.errno or errno.EPIPE
+
+
+def _interrupted(started: list) -> int:
+    if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
+        return 130
+    print(interrupted(started[0] if started else None, distributed.world_size()), file=sys.stderr)
+    return 130
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -254,11 +338,13 @@ def _memory_message(error: BaseException, started: list) -> str:
     return what + (f"; then continue with {_resume(started[0])}" if started else "")
 
 
-def _peer_lost(e: BaseException, started: list) -> int:
+def _peer_lost(e: BaseException, call: Invocation) -> int:
     """Another process died: its launcher (torchrun) ends the job; under `dllab run --nproc` the launcher says
     which process and what to resume, so this one keeps quiet."""
     if not under_launcher():
-        resume = f"; continue with {_resume(started[0])}" if started else ""
+        if call.debug:
+            _print_traceback(e)
+        resume = f"; continue with {_resume(call.started[0])}" if call.started else ""
         print(f"dllab: error: {_process() or 'process 0: '}another process of the job stopped "
               f"({type(e).__name__}){resume}", file=sys.stderr)
     return 1

@@ -14,7 +14,10 @@ One reading everywhere:
   - ``HF_ENDPOINT`` is read only when the hub may be used (not offline);
   - torchrun's variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
     ``MASTER_PORT``) count only in a process torchrun started (it sets ``TORCHELASTIC_RUN_ID``);
-  - ``OMP_WAIT_POLICY`` as libgomp reads it (ACTIVE or PASSIVE, any case, blanks around).
+  - ``OMP_WAIT_POLICY`` as libgomp reads it (ACTIVE or PASSIVE, any case, blanks around);
+  - ``DLLAB_DEBUG`` (a switch): the CLI prints the full traceback before its one-line error;
+  - what dllab hands its own child processes (``DLLAB_LAUNCH_RUN_FOLDER_FILE``, ``DLLAB_PARENT_PID``) and what
+    it passes on to libraries (``OMP_NUM_THREADS``, ``MLFLOW_TRACKING_URI``): read here too, empty as unset.
 """
 from __future__ import annotations
 
@@ -99,6 +102,11 @@ def switch(name: str) -> bool:
 def offline() -> bool:
     """``DLLAB_OFFLINE``: no download is tried (datasets, the hub)."""
     return switch("DLLAB_OFFLINE")
+
+
+def debug() -> bool:
+    """``DLLAB_DEBUG``: the CLI prints the full (chained) traceback of an error before its one-line message."""
+    return switch("DLLAB_DEBUG")
 
 
 def hub_offline() -> bool:
@@ -213,6 +221,12 @@ def omp_wait_policy() -> tuple[str | None, str]:
     return None, f"OMP_WAIT_POLICY={shown(raw)} is neither ACTIVE nor PASSIVE (OpenMP would ignore it); ignored"
 
 
+def omp_num_threads() -> str:
+    """``OMP_NUM_THREADS`` as the user set it ('' when unset or empty): OpenMP and torch read the value
+    themselves, so it is passed on as it is; dllab only asks whether one is set."""
+    return text("OMP_NUM_THREADS")
+
+
 def memory_limit() -> int | None:
     """The address-space limit of this process in bytes (``ulimit -v``); None when there is none."""
     try:
@@ -221,6 +235,30 @@ def memory_limit() -> int | None:
         return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+# --- the processes dllab starts, and the libraries it hands variables to ------------------------------
+
+# Where rank 0 names its run folder for ``dllab run --nproc``'s launcher (which checks that the file is its own).
+LAUNCH_RUN_FOLDER_FILE = "DLLAB_LAUNCH_RUN_FOLDER_FILE"
+# The PID of the dllab process that started this one (the launcher and the sweep set it for their children).
+PARENT_PID = "DLLAB_PARENT_PID"
+
+
+def launch_run_folder_file() -> str:
+    """``DLLAB_LAUNCH_RUN_FOLDER_FILE``, as the launcher wrote it ('' when unset)."""
+    return os.environ.get(LAUNCH_RUN_FOLDER_FILE, "")
+
+
+def take_parent_pid() -> str | None:
+    """``DLLAB_PARENT_PID`` (None when unset), removed from this process's environment as it is read, so that
+    this process's own children are not tied to their grandparent."""
+    return os.environ.pop(PARENT_PID, None)
+
+
+def mlflow_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` ('' when unset or empty: the MLflow sink then uses ``./mlruns``)."""
+    return text("MLFLOW_TRACKING_URI")
 
 
 # --- all at once --------------------------------------------------------------------------------------

@@ -131,13 +131,10 @@ def append_line(path: Path, line: str) -> None:
 
 
 def save_png(fig, path: Path) -> Path:
-    """A matplotlib figure as a PNG at the reports' resolution, written atomically, then closed."""
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    """A matplotlib figure as a PNG at the reports' resolution, written atomically. The figures are
+    ``matplotlib.figure.Figure`` objects outside pyplot (``report.plots``): nothing to close, the garbage
+    collector frees them."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     return path
 
 

@@ -54,7 +54,7 @@ def _open(path: Path, what: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise not_regular from None
+            raise not_regular from e
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

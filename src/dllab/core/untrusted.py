@@ -67,12 +67,12 @@ def open_regular(path: Path, limit: int) -> BinaryIO:
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise DllabError(f"{path} is missing") from None
+    except FileNotFoundError as e:
+        raise DllabError(f"{path} is missing") from e
     except OSError as e:
         if os.path.islink(path):
-            raise DllabError(f"{path} is a symbolic link; dllab reads only regular files there") from None
-        raise DllabError(f"{path} cannot be read: {e.strerror}") from None
+            raise DllabError(f"{path} is a symbolic link; dllab reads only regular files there") from e
+        raise DllabError(f"{path} cannot be read: {e.strerror}") from e
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
         os.close(fd)
@@ -96,8 +96,8 @@ def read_bytes(path: Path, limit: int) -> bytes:
 def read_text(path: Path, limit: int = TEXT_LIMIT) -> str:
     try:
         return read_bytes(path, limit).decode("utf-8")
-    except UnicodeDecodeError:
-        raise DllabError(f"{path} is not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise DllabError(f"{path} is not UTF-8 text") from e
 
 
 def read_json(path: Path, what: str = "", limit: int = JSON_LIMIT) -> Any:
@@ -107,13 +107,13 @@ def read_json(path: Path, what: str = "", limit: int = JSON_LIMIT) -> Any:
     try:
         text = read_text(path, limit)
     except DllabError as e:
-        raise DllabError(f"{e}{what}") from None
+        raise DllabError(f"{e}{what}") from e
     try:
         obj = json.loads(text)
-    except RecursionError:
-        raise DllabError(f"{path} is nested too deeply to be a file dllab wrote{what}") from None
+    except RecursionError as e:
+        raise DllabError(f"{path} is nested too deeply to be a file dllab wrote{what}") from e
     except ValueError as e:   # JSONDecodeError, and int()'s limit on digits
-        raise DllabError(f"{path} is not valid JSON ({_first_line(e)}){what}") from None
+        raise DllabError(f"{path} is not valid JSON ({_first_line(e)}){what}") from e
     if _depth(obj) > MAX_DEPTH:
         raise DllabError(f"{path} is nested too deeply to be a file dllab wrote{what}")
     return obj
@@ -152,11 +152,11 @@ def load_yaml(text: str, origin: str) -> Any:
         raise DllabError(f"{origin} is larger than the {TEXT_LIMIT // MiB} MiB a config can be")
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)   # noqa: S506 (a SafeLoader subclass)
-    except RecursionError:
-        raise DllabError(f"{origin} is nested too deeply to be a dllab config") from None
+    except RecursionError as e:
+        raise DllabError(f"{origin} is nested too deeply to be a dllab config") from e
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise DllabError(f"{origin} is not valid YAML ({problem}); restore it or start a new run") from None
+        raise DllabError(f"{origin} is not valid YAML ({problem}); restore it or start a new run") from e
     if _depth(data) > MAX_DEPTH:
         raise DllabError(f"{origin} is nested too deeply to be a dllab config")
     return data

@@ -32,7 +32,7 @@ def decode_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except Exception as e:  # not an image, truncated, a decompression bomb...: PIL raises many types
-        raise DllabError(f"{path}: not a readable image ({_first_line(e)})") from None
+        raise DllabError(f"{path}: not a readable image ({_first_line(e)})") from e
 
 
 # --- MNIST's IDX files ----------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as e:
-        raise DllabError(f"{path}: could not be read ({_first_line(e)})") from None
+        raise DllabError(f"{path}: could not be read ({_first_line(e)})") from e
     ndim = {IDX_LABELS: 1, IDX_IMAGES: 3}[magic]
     header = 4 * (1 + ndim)
     if len(data) < header:
@@ -107,8 +107,8 @@ class _DataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         try:
             return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise _Refused(f"{module}.{name}") from None
+        except KeyError as e:
+            raise _Refused(f"{module}.{name}") from e
 
 
 def load_pickled_data(path: Path):
@@ -118,9 +118,9 @@ def load_pickled_data(path: Path):
             return _DataUnpickler(f, encoding="latin1").load()
     except _Refused as e:
         raise DllabError(f"{path}: refused to unpickle: the file asks to call {e}, which a data file never "
-                         "needs (it may be crafted to run code); replace it with the original file") from None
+                         "needs (it may be crafted to run code); replace it with the original file") from e
     except Exception as e:  # truncated, garbled, not a pickle at all: pickle raises many types
-        raise DllabError(f"{path}: not a readable pickled data file ({_first_line(e)})") from None
+        raise DllabError(f"{path}: not a readable pickled data file ({_first_line(e)})") from e
 
 
 def read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +134,8 @@ def read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.n
         raise DllabError(f"{path}: 'data' is {what}, expected uint8 (N, 3072)")
     try:
         y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        raise DllabError(f"{path}: '{label_key}' is not a list of integers") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DllabError(f"{path}: '{label_key}' is not a list of integers") from e
     if y.shape != (len(data),):
         raise DllabError(f"{path}: {len(data)} images but '{label_key}' has shape {y.shape}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))

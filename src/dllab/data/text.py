@@ -45,8 +45,8 @@ def _read_jsonl(path: Path) -> TextSplit:
                 try:
                     row = json.loads(line)
                     text, label = row["text"], row["label"]
-                except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-                    raise DllabError(f"{path}:{n}: expected a JSON object with 'text' and 'label'") from None
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+                    raise DllabError(f"{path}:{n}: expected a JSON object with 'text' and 'label'") from e
                 if not isinstance(text, str):
                     raise DllabError(f"{path}:{n}: 'text' is {type(text).__name__}, expected a string")
                 if isinstance(label, bool) or label not in LABELS:
@@ -54,10 +54,10 @@ def _read_jsonl(path: Path) -> TextSplit:
                                      "0 = negative, 1 = positive)")
                 texts.append(text)
                 labels.append(label)
-    except UnicodeDecodeError:
-        raise DllabError(f"{path}: not UTF-8 text; the file is damaged or not a .jsonl file") from None
+    except UnicodeDecodeError as e:
+        raise DllabError(f"{path}: not UTF-8 text; the file is damaged or not a .jsonl file") from e
     except OSError as e:
-        raise DllabError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+        raise DllabError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from e
     if not texts:
         raise DllabError(f"{path}: no examples; every split needs at least one line "
                          '{"text": ..., "label": 0 or 1}')
@@ -95,7 +95,7 @@ def load_text_dataset(name: str = "rotten_tomatoes", root: str = "") -> dict[str
         return _load_from_hub(name)
     except Exception as e:  # unknown name, no `datasets`...: one clear line instead of a traceback
         raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub copy "
-                         f"could not be loaded ({type(e).__name__}); {hint}") from None
+                         f"could not be loaded ({type(e).__name__}); {hint}") from e
 
 
 def balanced_subset(split: TextSplit, limit: int, seed: int) -> TextSplit:

@@ -107,7 +107,7 @@ def _from_pretrained(auto_cls, source: str, **kwargs):
             return auto_cls.from_pretrained(source, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DllabError(f"model '{source}' could not be loaded ({first})") from None
+        raise DllabError(f"model '{source}' could not be loaded ({first})") from e
 
 
 # Weight files that are pickles: loading one could run code a crafted file carries.
@@ -132,7 +132,7 @@ def check_weight_files(folder: Path) -> None:
                 pass
         except Exception as e:  # SafetensorError (bad header, truncated), OSError
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DllabError(f"{path}: not a readable safetensors file ({first})") from None
+            raise DllabError(f"{path}: not a readable safetensors file ({first})") from e
 
 
 def _load_model(auto_cls, source: str, **kwargs) -> nn.Module:

@@ -122,7 +122,7 @@ def cifar100_20(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,
     try:
         _, test, classes, source, warns = read_dataset("cifar100", root)
     except DatasetMissing as e:   # offline without CIFAR-100: read_dataset's message, saying which OOD set needs it
-        raise DatasetMissing(f"OOD set cifar100-20 (set ood.root to its data folder): {e}") from None
+        raise DatasetMissing(f"OOD set cifar100-20 (set ood.root to its data folder): {e}") from e
     missing = [c for c in CIFAR100_20 if c not in classes]
     if missing:
         raise DllabError(f"ood cifar100-20: {source} has no class {', '.join(missing)}; "

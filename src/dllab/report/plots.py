@@ -1,18 +1,23 @@
 """Figures shared by every experiment. Each function returns a matplotlib Figure; the report functions wrap it
-in a ``report.items.Figure``, which ``Run.add`` saves."""
+in a ``report.items.Figure``, which ``Run.add`` saves.
+
+Figures are built with matplotlib's object-oriented API (``matplotlib.figure.Figure``), not pyplot: saving
+one needs no backend (runs happen on servers and in CI), importing this module chooses none, and no figure
+stays registered in pyplot's state waiting for a ``close`` (matplotlib's advice for web servers)."""
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless: runs happen on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-
-def training_curves(histories: dict[str, list[dict]], title: str = "") -> plt.Figure:
+def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure:
     """Loss and accuracy per epoch for several variants on one figure (train solid, validation dashed)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(histories.items()):
         c = colors[i % len(colors)]
         ep = [r["epoch"] for r in rows]
@@ -31,9 +36,10 @@ def training_curves(histories: dict[str, list[dict]], title: str = "") -> plt.Fi
     return fig
 
 
-def gradient_norms(series: dict[str, tuple[list[str], list[float]]], title: str = "") -> plt.Figure:
+def gradient_norms(series: dict[str, tuple[list[str], list[float]]], title: str = "") -> Figure:
     """Mean gradient norm per weight layer (input side left), log scale: vanishing gradients slope down."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     for label, (_, norms) in series.items():
         ax.semilogy(range(len(norms)), norms, marker="o", ms=3, label=label)
     ax.set(xlabel="layer index (input -> output)", ylabel="mean |grad W| (L2)", title=title or "gradient norms")
@@ -43,9 +49,10 @@ def gradient_norms(series: dict[str, tuple[list[str], list[float]]], title: str 
     return fig
 
 
-def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str = "") -> plt.Figure:
+def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str = "") -> Figure:
     """Grouped bars: one group per label, one bar per series (e.g. val/test accuracy per variant)."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels) + 2), 4))
+    fig = Figure(figsize=(max(5, 1.1 * len(labels) + 2), 4))
+    ax = fig.subplots()
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(labels))
     for i, (name, values) in enumerate(series.items()):
@@ -61,9 +68,10 @@ def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, ti
 
 
 def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str,
-              title: str = "") -> plt.Figure:
+              title: str = "") -> Figure:
     """Several y-series over one x (e.g. accuracy over epsilon, standard vs adversarially trained)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -74,13 +82,14 @@ def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabe
     return fig
 
 
-def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", ncols: int = 3) -> plt.Figure:
+def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", ncols: int = 3) -> Figure:
     """One panel per quantity (e.g. max logit, max softmax, a detector's score), each overlaying the
     normalised histograms of several groups (ID and one or more OOD sets) on shared bins."""
     n = len(panels)
     cols = max(1, min(n, ncols))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, groups) in zip(axes.flat, panels.items()):
         values = [np.asarray(v, dtype=np.float64).ravel() for v in groups.values()]
         finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
@@ -92,7 +101,7 @@ def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", 
                     label=f"{label} (n={v.size})")
             ax.hist(v, bins=edges, density=True, histtype="step", lw=1.2, color=f"C{i}")
         ax.set(title=name, ylabel="density")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))   # long tick labels must not collide
+        ax.xaxis.set_major_locator(MaxNLocator(6))   # long tick labels must not collide
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
@@ -103,13 +112,14 @@ def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", 
     return fig
 
 
-def roc_pr_figure(curves: dict[str, dict], title: str = "") -> plt.Figure:
+def roc_pr_figure(curves: dict[str, dict], title: str = "") -> Figure:
     """ROC (left) and precision-recall (right) curves, one line per detector.
 
     ``curves[name]`` holds arrays ``fpr``, ``tpr``, ``precision``, ``recall`` (as returned by
     ``analysis.ood.metrics.roc_pr_curves``) and optionally ``auroc`` / ``aupr`` for the legend.
     """
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    ax_roc, ax_pr = fig.subplots(1, 2)
     for name, c in curves.items():
         roc_label = f"{name} (AUROC {c['auroc']:.3f})" if "auroc" in c else name
         pr_label = f"{name} (AP {c['aupr']:.3f})" if "aupr" in c else name
@@ -130,7 +140,7 @@ def roc_pr_figure(curves: dict[str, dict], title: str = "") -> plt.Figure:
 
 
 def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, xlabel: str, ylabel: str,
-            title: str = "", mark: tuple[int, int] | None = None) -> plt.Figure:
+            title: str = "", mark: tuple[int, int] | None = None) -> Figure:
     """One annotated heat map per panel (e.g. AUROC over an ODIN (T, eps) grid on validation and test),
     on a shared colour scale; ``mark`` = (row, col) gets a red box (e.g. the selected setting)."""
     mats = {k: np.asarray(v, dtype=np.float64) for k, v in panels.items()}
@@ -139,7 +149,8 @@ def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, x
     n = len(mats)
     h = max(3.0, 0.38 * len(row_labels) + 1.5)
     w = max(4.5, 0.85 * len(col_labels) + 2.2)
-    fig, axes = plt.subplots(1, n, figsize=(w * n, h), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(w * n, h), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)
     im = None
     for ax, (name, m) in zip(axes.flat, mats.items()):
         im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9, aspect="auto")
@@ -152,7 +163,7 @@ def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, x
                 ax.text(j, i, format(m[i, j], ".3f"), ha="center", va="center", fontsize=7,
                         color="black" if m[i, j] > mid else "white")
         if mark is not None:
-            ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="red", lw=2))
+            ax.add_patch(Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="red", lw=2))
     if im is not None:
         fig.colorbar(im, ax=list(axes.flat), shrink=0.85)
     if title:
@@ -161,7 +172,7 @@ def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, x
 
 
 def image_grid(rows: dict[str, "np.ndarray"], captions: dict[str, list[str]] | None = None,
-               colors: dict[str, list[str]] | None = None, title: str = "") -> plt.Figure:
+               colors: dict[str, list[str]] | None = None, title: str = "") -> Figure:
     """A grid of images: one row per key (e.g. clean, eps=0.01, ...), a caption under each image (e.g. the
     predicted class, coloured green/red for right/wrong). Images: (N, C, H, W) tensors or arrays, uint8
     (0-255) or float in [0, 1]; 1 or 3 channels."""
@@ -173,7 +184,8 @@ def image_grid(rows: dict[str, "np.ndarray"], captions: dict[str, list[str]] | N
         a = a.astype(np.float64) / 255 if a.dtype == np.uint8 else a.astype(np.float64)
         arrays.append(np.clip(a, 0, 1))
     ncols = max((len(a) for a in arrays), default=1)
-    fig, axes = plt.subplots(len(names), ncols, figsize=(1.25 * ncols + 0.9, 1.45 * len(names)), squeeze=False)
+    fig = Figure(figsize=(1.25 * ncols + 0.9, 1.45 * len(names)))
+    axes = fig.subplots(len(names), ncols, squeeze=False)
     for r, (name, a) in enumerate(zip(names, arrays)):
         for c in range(ncols):
             ax = axes[r, c]
@@ -198,12 +210,13 @@ def image_grid(rows: dict[str, "np.ndarray"], captions: dict[str, list[str]] | N
 
 def line_panels(panels: dict[str, dict[str, tuple[list, list]]], ylabel: str = "", title: str = "",
                 errors: dict[str, dict[str, list]] | None = None, xticks: dict[str, list[str]] | None = None,
-                logx: tuple[str, ...] = ()) -> plt.Figure:
+                logx: tuple[str, ...] = ()) -> Figure:
     """One panel per title (its x label), several named (x, y) lines in each, optional error bars: a
     sweep's metric over each swept key, or several runs' training curves overlaid. ``xticks[panel]`` names
     categorical positions 0..n-1; panels in ``logx`` get a log x axis."""
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(min(5.5 * n, 17), 4), squeeze=False)
+    fig = Figure(figsize=(min(5.5 * n, 17), 4))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (panel, lines) in zip(axes[0], panels.items()):
         for name, (x, y) in lines.items():
             err = (errors or {}).get(panel, {}).get(name)

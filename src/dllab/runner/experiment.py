@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shlex
 import shutil
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dllab import DllabError
-from dllab.core import distributed, lock
+from dllab.core import distributed, environ, lock
 from dllab.core.config import TrainConfig, make_config, sections
 from dllab.core.machine import describe_device, git_commit, resolve_device, seed_everything, versions
 from dllab.core.registry import Experiment, get_experiment
@@ -39,7 +38,7 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     started = time.time()
     run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
                   world_size=distributed.world_size(), backend=distributed.backend(device),
-                  omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
+                  omp_wait_policy=environ.omp_wait_policy()[0] or "(OpenMP default)",
                   precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
     summary = exp.run(cfg, run)
     run.write_metrics(summary)

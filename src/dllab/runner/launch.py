@@ -19,13 +19,13 @@ import tempfile
 from pathlib import Path
 
 from dllab import DllabError
-from dllab.core import cpus, distributed
+from dllab.core import cpus, distributed, environ
 
 # Where rank 0 names its run folder for the launcher (so the line about a dead process can say what to resume).
-RUN_FOLDER_FILE = "DLLAB_LAUNCH_RUN_FOLDER_FILE"
+RUN_FOLDER_FILE = environ.LAUNCH_RUN_FOLDER_FILE
 _NOTE_DIR_PREFIX, _NOTE_NAME = "dllab-launch-", "run_folder"
 # The PID of the dllab process that started this one (set by the launcher and the sweep for their children).
-PARENT_PID = "DLLAB_PARENT_PID"
+PARENT_PID = environ.PARENT_PID
 _PR_SET_PDEATHSIG = 1   # linux/prctl.h
 # Open files the launcher and its processes need at the least (torchrun's store, sockets, pipes; measured:
 # 2 processes start with 26); below this, torchrun fails with a traceback or waits 5 minutes for a socket.
@@ -41,7 +41,7 @@ def _note_file() -> Path | None:
     """The file ``RUN_FOLDER_FILE`` names, if it is the launcher's: ``run_folder`` in a private
     ``dllab-launch-*`` folder of this user. A leftover or crafted variable naming any other file (~/.bashrc)
     is ignored: dllab writes no file it did not create."""
-    name = os.environ.get(RUN_FOLDER_FILE)
+    name = environ.launch_run_folder_file()
     if not name:
         return None
     path = Path(name)
@@ -85,7 +85,7 @@ def die_with_parent() -> None:
     worker blocked in a collective or ignoring SIGTERM must not train on; the run folder stays resumable, as
     after any kill -9. Elsewhere than Linux, nothing (a killed parent may leave its children running, as
     before). The variable is removed, so this process's own children are not tied to their grandparent."""
-    parent = os.environ.pop(PARENT_PID, None)
+    parent = environ.take_parent_pid()
     if parent is None or not sys.platform.startswith("linux"):
         return
     try:
@@ -143,7 +143,7 @@ def launch(nproc: int, argv: list[str]) -> int:
             return _torchrun(nproc, argv, Path(tmp) / _NOTE_NAME)
     except Exception as e:
         if _out_of_files(e):    # torchrun's sockets and pipes: a DistNetworkError or RuntimeError naming EMFILE
-            raise DllabError(_too_many_open_files()) from None
+            raise DllabError(_too_many_open_files()) from e
         raise
 
 
@@ -152,7 +152,7 @@ def _torchrun(nproc: int, argv: list[str], folder_file: Path) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    if "OMP_NUM_THREADS" not in os.environ:   # the cores split between the processes (torchrun would say 1)
+    if not environ.omp_num_threads():   # the cores split between the processes (torchrun would say 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, cpus.usable() // nproc))
     # torchrun's agent logs its rendezvous, signals and a multi-line report per failure; the processes and
     # the line below say what matters.

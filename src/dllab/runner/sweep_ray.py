@@ -18,8 +18,8 @@ from dllab.core import cpus
 def _ray():
     try:
         import ray
-    except ImportError:
-        raise DllabError("--ray needs Ray: pip install 'dllab[ray]'") from None
+    except ImportError as e:
+        raise DllabError("--ray needs Ray: pip install 'dllab[ray]'") from e
     return ray
 
 
@@ -37,7 +37,7 @@ def connected(address: str):
             else:
                 ray.init(address=address, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise DllabError(f"--ray {address}: cannot connect ({str(e).splitlines()[0]})") from None
+            raise DllabError(f"--ray {address}: cannot connect ({str(e).splitlines()[0]})") from e
     try:
         yield ray
     finally:

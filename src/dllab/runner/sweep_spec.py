@@ -80,7 +80,7 @@ def new_spec(**fields) -> SweepSpec:
     try:
         return SweepSpec(**fields)
     except ValidationError as e:
-        raise DllabError(_problem(e, _OPTIONS)) from None
+        raise DllabError(_problem(e, _OPTIONS)) from e
 
 
 def read_spec(folder: str) -> SweepSpec:
@@ -99,9 +99,9 @@ def load_spec(path: Path) -> SweepSpec:
         spec = _SCHEMA.validate_json(data, strict=True)
         check_size(spec)
     except ValidationError as e:
-        raise DllabError(f"{path} is not a valid sweep file: {_problem(e)}; fix it or start a new sweep") from None
+        raise DllabError(f"{path} is not a valid sweep file: {_problem(e)}; fix it or start a new sweep") from e
     except DllabError as e:
-        raise DllabError(f"{path} is not a valid sweep file: {e}") from None
+        raise DllabError(f"{path} is not a valid sweep file: {e}") from e
     return spec
 
 

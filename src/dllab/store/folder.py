@@ -88,7 +88,7 @@ class RunFolder:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
         except OSError as e:
-            raise DllabError(f"cannot create run folder {path}: {e.strerror}") from None
+            raise DllabError(f"cannot create run folder {path}: {e.strerror}") from e
         try:
             os.chmod(tmp, dir_mode())
             text = dump_yaml(cfg)
@@ -123,7 +123,7 @@ class RunFolder:
         try:
             text = untrusted.read_text(p / "config.yaml")
         except DllabError as e:
-            raise DllabError(f"{e}; the run cannot be resumed") from None
+            raise DllabError(f"{e}; the run cannot be resumed") from e
         recorded = env.get("config_sha256")
         if recorded and recorded != config_digest(text):
             raise DllabError(f"{p / 'config.yaml'} was edited after the run started, so it no longer describes "

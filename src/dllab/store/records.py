@@ -106,9 +106,6 @@ class RunRecords:
         path = self.path / figure.file
         if self.folder.writes:
             save_png(figure.fig, path)
-        else:
-            import matplotlib.pyplot as plt
-            plt.close(figure.fig)
         self.figures = [f for f in self.figures if f[1] != figure.file] + [(figure.caption, figure.file)]
         if self.folder.writes:
             self.tracker.figure(path)

@@ -143,7 +143,7 @@ def pretrained(ctx: StrategyContext) -> Prepared:
         model = hf.load_classifier(source, num_labels=None).requires_grad_(False)
         cols = hf.label_columns(model.config.id2label)
     except DllabError as e:
-        raise StrategySkipped(str(e)) from None
+        raise StrategySkipped(str(e)) from e
     return Prepared(model, source, train=False, label_columns=cols)
 
 

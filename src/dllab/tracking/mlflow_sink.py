@@ -1,12 +1,12 @@
 """MLflow: one MLflow run per dllab run (the optional sink ``log.sinks=[...,mlflow]``)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
+from dllab.core import environ
 from dllab.core.registry import register
 
 
@@ -15,7 +15,7 @@ class MLflowSink:
     """One MLflow run per dllab run, in ``./mlruns`` unless MLFLOW_TRACKING_URI names another store."""
 
     def __init__(self, path: Path, experiment: str, hparams: dict[str, Any]):
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if not environ.mlflow_tracking_uri():
             mlflow.set_tracking_uri(Path("mlruns").resolve().as_uri())
         mlflow.set_experiment(experiment)
         self.mlflow = mlflow

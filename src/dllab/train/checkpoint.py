@@ -63,9 +63,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
             raise DllabError(f"{path} holds Python objects ({found.group(1)}), not just tensors and plain values; "
-                             "dllab does not load such files (they could run code): use a file written by dllab") from None
+                             "dllab does not load such files (they could run code): use a file written by dllab") from e
         raise DllabError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}); delete it (a checkpoint "
-                         "restarts its variant, a model is trained again)") from None
+                         "restarts its variant, a model is trained again)") from e
     if not isinstance(blob, dict):
         raise DllabError(f"{path} is not a dllab checkpoint (it holds a {type(blob).__name__}, not a dict)")
     return blob
@@ -139,7 +139,7 @@ def restore_training_state(ck: dict[str, Any], model: torch.nn.Module, optimizer
         return int(ck["epoch"]), dict(ck["progress"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise DllabError(f"checkpoint {where} does not match this variant ({type(e).__name__}); delete it to "
-                         "restart the variant") from None
+                         "restart the variant") from e
 
 
 def model_state(model: torch.nn.Module, classes: list[str], **meta) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.
         model = build_model(spec["name"], **spec["kwargs"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise DllabError(f"{path}: the model spec cannot be built ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
     load_weights(path, model, blob.get("state_dict"))
     return model, blob
 
@@ -198,7 +198,7 @@ def load_weights(path: Path, model: torch.nn.Module, state: Any) -> None:
         model.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DllabError(f"{path}: weights do not fit the model ({first})") from None
+        raise DllabError(f"{path}: weights do not fit the model ({first})") from e
 
 
 def find_run_model(run_dir: str | Path, variant: str = "", prefer: tuple[str, ...] = ()) -> Path:

@@ -203,9 +203,9 @@ class _Loop:
         try:
             self.history, self.best = list(progress["history"]), dict(progress["best"])
             self.task.load_state_dict(progress)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as e:
             raise DllabError(f"checkpoint {self.checkpoint} does not match this variant; delete it to restart "
-                             "the variant") from None
+                             "the variant") from e
         self.reporter.log(f"[{self.task.name}] resuming after epoch {self.epoch}")
 
     def run_epoch(self) -> None:
