@@ -162,7 +162,7 @@ def test_profile_dicts_are_type_checked(value, message):
 
 
 def _register(name, config_cls, profiles):
-    register("experiment", name, description="", config=config_cls, profiles=profiles)(lambda cfg, run: {})
+    register("experiment", name, run="dllab.experiments.lab1.run:run_mlp", description="", profiles=profiles)(config_cls)
 
 
 @pytest.mark.parametrize("profiles, message", [
@@ -173,7 +173,7 @@ def _register(name, config_cls, profiles):
     ({"smoke": {}, "quick": {}}, "has no 'paper' profile"),
 ])
 def test_a_profile_that_names_no_config_field_or_a_missing_profile_fails_at_registration(profiles, message):
-    from dllab.experiments.lab4 import OODExpConfig
+    from dllab.experiments.lab4.config import OODExpConfig
     from dllab.core.registry import _loaded
 
     full = {"smoke": {}, "quick": {}, "paper": {}, **profiles} if len(profiles) == 1 else profiles
@@ -186,7 +186,7 @@ def test_a_profile_that_names_no_config_field_or_a_missing_profile_fails_at_regi
 @pytest.mark.parametrize("profile", [{"finetune.lr.ful": 1e-4}, {"data": {"max_length": 32}}])
 def test_text_profiles_take_flat_known_keys_only(profile):
     """One profile style: flat dotted keys; a nested section or a misspelt key fails at registration."""
-    from dllab.experiments.lab2 import FinetuneConfig
+    from dllab.experiments.lab2.config import FinetuneConfig
 
     with pytest.raises(DllabError, match="did you mean 'finetune.lr.full'|'data' is a section"):
         _register("test.bad-text-profile", FinetuneConfig, {"smoke": profile, "quick": {}, "paper": {}})
@@ -271,7 +271,7 @@ adam:
 
 
 def test_an_old_config_yaml_reads_back_with_the_new_keys_defaulted():
-    from dllab.experiments.lab1 import MLPConfig
+    from dllab.experiments.lab1.config import MLPConfig
 
     cfg = load_yaml(MLPConfig, OLD_CONFIG_YAML.format(root="/data", precision="bf16"))
     assert (cfg.data.root, cfg.width, cfg.train.precision, cfg.model) == ("/data", 8, "bf16-mixed", "basic_mlp")

@@ -127,14 +127,19 @@ def test_the_static_index_is_what_importing_every_module_registers():
         for m in pkgutil.walk_packages(dllab.__path__, "dllab."):
             if m.name != "dllab.__main__" and m.name not in missing:
                 importlib.import_module(m.name)
-        loaded = {k: {n: (r.obj.run if k == "experiment" else r.obj).__module__ for n, r in registry._loaded[k].items()}
-                  for k in registry.KINDS}
-        print(json.dumps([static, loaded, len(missing)]))
+        # an experiment is registered on its config class; its run function is named, not imported
+        loaded = {k: {n: (r.obj.config_cls if k == "experiment" else r.obj).__module__
+                      for n, r in registry._loaded[k].items()} for k in registry.KINDS}
+        runs = {n: f"{r.obj.run_function().__module__}:{r.obj.run_function().__name__}"
+                for n, r in registry._loaded["experiment"].items()}
+        declared = {n: e.literal("run") for n, e in registry.index("experiment").items()}
+        print(json.dumps([static, loaded, len(missing), runs, declared]))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    static, loaded, missing = json.loads(res.stdout.strip().splitlines()[-1])
+    static, loaded, missing, runs, declared = json.loads(res.stdout.strip().splitlines()[-1])
     assert static == loaded
+    assert runs == declared   # every run="module:function" names a function of that module
     assert {k: len(v) for k, v in static.items()} == {"experiment": 10, "model": 4, "dataset": 4, "ood_set": 4,
                                                       "detector": 5, "attack": 2, "strategy": 6, "classifier": 3,
                                                       "sink": 3 - missing}

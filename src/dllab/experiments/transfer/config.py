@@ -1,4 +1,7 @@
-"""Lab 1, Ex. 2.1: the depth-5 CIFAR-10 CNN as a frozen feature extractor and as a starting point.
+"""Lab 1, Ex. 2.1 declared: the config, profiles, the spec's numbers and the summary keys of ``lab1.transfer``.
+
+Torch-free, so that the CLI checks a whole config before torch loads; the run function is in
+``experiments/transfer/run.py``. What a run does:
 
 Source model (train.reuse): ``--set source.run=RUN_DIR`` reuses a finished run's depth-5 cnn (a
 lab1.cnn-depth run's ``res_d5``, else ``plain_d5``; a lab1.transfer run's ``source``; or ``source.variant``),
@@ -14,17 +17,11 @@ is no CIFAR-100, so ``quick`` transfers from CIFAR-10 classes 0-4 to classes 5-9
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from dllab import DllabError
 from dllab.core.config import Count, DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, plugins, section
 from dllab.core.registry import register
-from dllab.train.transfer import VARIANTS
-
-# Registering must not import torch (``dllab list`` stays fast): functions import what they use.
-if TYPE_CHECKING:
-    from dllab.data.images import ImageData
-    from dllab.train.reuse import SavedCNN
+from dllab.train.settings import VARIANTS
 
 
 # --- config ----------------------------------------------------------------------------------------
@@ -39,19 +36,6 @@ class SourceConfig(Section):
     data: DataConfig = section(DataConfig, name="cifar10", val_fraction=0.1, augment=True)
     train: TrainConfig = section(TrainConfig, epochs=30, batch_size=128)
     optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
-
-
-class TransferConfig(RunConfig):
-    source: SourceConfig = section(SourceConfig)
-    # The target dataset and the fine-tuning schedule shared by every variant.
-    data: DataConfig = section(DataConfig, name="cifar100", val_fraction=0.1, augment=True)
-    train: TrainConfig = section(TrainConfig, epochs=30, batch_size=128)
-    optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)   # head/full_adam/partial/scratch
-    sgd: OptimConfig = section(OptimConfig, name="sgd", lr=1e-2, momentum=0.9)   # full_sgd
-    variants: list[Literal[VARIANTS]] = list(VARIANTS)
-    freeze_blocks: Count = 2            # partial: the stem and this many blocks stay frozen
-    classifiers: plugins("classifier") = ["svm", "knn"]
-    knn_k: PositiveInt = 5
 
 
 _FIVE = [str(i) for i in range(5)]
@@ -88,32 +72,6 @@ SPEC_VERDICT = (f"The spec found {REFERENCE['full_adam.val_acc']:.2%} (full_adam
                 f"{REFERENCE['scratch.val_acc']:.2%} (scratch) on CIFAR-100: no real gain.")
 
 
-# --- the experiment --------------------------------------------------------------------------------
-
-def get_source(cfg: TransferConfig, run) -> tuple[SavedCNN, ImageData, ImageData | None]:
-    """(the source model, the target data, the source data when the source is trained here)."""
-    from dllab.train.reuse import CNNSource
-    from dllab.train.variants import Variant, train_variants
-    from dllab.experiments.common import describe_data, get_cnn, load_data
-
-    src = cfg.source
-    ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model")
-    found = ref.find()  # a wrong source.run fails before any data is loaded
-    target = load_data(cfg, run)
-    src_data = None if found else load_data(cfg, run, src.data, key="source.data")
-    if src_data is not None and src_data.shape[0] != target.shape[0]:
-        raise DllabError(f"source images have {src_data.shape[0]} channels, target images {target.shape[0]}")
-    arch = {"base_channels": src.base_channels, "depth": src.depth, "residual": src.residual}
-    source = get_cnn(run, ref, target, lambda: train_variants(cfg, src_data, [Variant("source", "cnn", arch)],
-                                                              run.device, run.training_hooks(), src.train,
-                                                              src.optim, src.data.augment), found)
-    # Where the pixels came from, both datasets (load_data wrote only the last one it loaded).
-    run.write_env(data=(f"source: {describe_data(src_data)} | " if src_data else "")
-                  + f"target: {describe_data(target)}",
-                  data_fallback=bool(target.warnings or (src_data and src_data.warnings)))
-    return source, target, src_data
-
-
 def transfer_metrics(cfg: TransferConfig) -> list[str]:
     """run_transfer's summary keys: the source's accuracies (when trained here, only with a validation split;
     a reused source reports what its run saved, which a run with a validation split does), then the
@@ -126,39 +84,21 @@ def transfer_metrics(cfg: TransferConfig) -> list[str]:
     return source + classical + tuned
 
 
+# --- the experiment --------------------------------------------------------------------------------
+
 @register(
-    "experiment", "lab1.transfer",
+    "experiment", "lab1.transfer", run="dllab.experiments.transfer.run:run_transfer",
     description="Depth-5 CIFAR-10 CNN as a frozen feature extractor (LinearSVC, k-NN) and fine-tuned (head / full "
                 "Adam / full SGD / partial) on CIFAR-100, against training from scratch (spec Ex. 2.1)",
-    config=TransferConfig, profiles=PROFILES, reference=REFERENCE, notes=NOTES, metrics=transfer_metrics)
-def run_transfer(cfg: TransferConfig, run) -> dict[str, float]:
-    from dllab.report import transfer as report
-    from dllab.train.transfer import check_variants, target_variants
-    from dllab.train.variants import train_variants
-    from dllab.experiments.common import classical_probe
-
-    check_variants(cfg.variants)
-    source, target, src_data = get_source(cfg, run)
-    tuned = target_variants(cfg.variants, source, cfg.optim, cfg.sgd, cfg.freeze_blocks)  # fails before training
-    spec_setting = cfg.data.name == "cifar100" and not cfg.data.classes
-    run.add(*report.note_classes(source, target, spec_setting))
-    result = source.blob.get("result") or {}
-    summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
-    if cfg.classifiers:
-        accs, dim = classical_probe(run, source.model, target, run.device, cfg.train.precision,
-                                    cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed)
-        run.add(*report.classical_table(accs, dim, cfg.knn_k))
-        summary.update({f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a})
-    if "head" in cfg.variants:
-        run.add(*report.note_head(source.model.num_features, target.num_classes))
-    results = train_variants(cfg, target, tuned, run.device, run.training_hooks())
-    for name, res in results.items():
-        if "val_acc" in res:
-            summary[f"{name}.val_acc"] = res["val_acc"]
-        summary[f"{name}.test_acc"] = res.get("best_test_acc", res["test_acc"])
-    run.add(*report.variants_report(run.history, results, tuned, src_data),
-            *report.accuracy_figure(summary, list(cfg.classifiers) + list(cfg.variants),
-                                    f"target: {cfg.data.name}, {target.num_classes} classes",
-                                    REFERENCE if spec_setting else None),
-            *report.closing_notes(results, summary, target, SPEC_VERDICT))
-    return summary
+    profiles=PROFILES, reference=REFERENCE, notes=NOTES, metrics=transfer_metrics)
+class TransferConfig(RunConfig):
+    source: SourceConfig = section(SourceConfig)
+    # The target dataset and the fine-tuning schedule shared by every variant.
+    data: DataConfig = section(DataConfig, name="cifar100", val_fraction=0.1, augment=True)
+    train: TrainConfig = section(TrainConfig, epochs=30, batch_size=128)
+    optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)   # head/full_adam/partial/scratch
+    sgd: OptimConfig = section(OptimConfig, name="sgd", lr=1e-2, momentum=0.9)   # full_sgd
+    variants: list[Literal[VARIANTS]] = list(VARIANTS)
+    freeze_blocks: Count = 2            # partial: the stem and this many blocks stay frozen
+    classifiers: plugins("classifier") = ["svm", "knn"]
+    knn_k: PositiveInt = 5
