@@ -335,7 +335,13 @@ def test_a_bad_value_in_config_yaml_is_named_with_the_file(tmp_path, imagefolder
 ])
 def test_a_bad_value_fails_before_any_data_loads_or_folder_exists(experiment, item, fragment, tmp_path):
     # data.root names no folder: a check made after the data loaded would fail there, with another message.
-    res = dllab("run", experiment, "--profile", "smoke", "--set", f"data.root={tmp_path / 'nodata'}", "--set", item,
-                "--out", str(tmp_path / "run"), cwd=tmp_path)
+    # The CLI runs in-process and says whether torch was imported: the config is checked before the run
+    # command's module (and torch with it) loads, so a bad value costs no torch import.
+    code = "import sys; from dllab.cli.main import main; rc = main(sys.argv[1:]); print('torch' in sys.modules); " \
+           "sys.exit(rc)"
+    res = subprocess.run([sys.executable, "-c", code, "run", experiment, "--profile", "smoke", "--set",
+                          f"data.root={tmp_path / 'nodata'}", "--set", item, "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300, env=os.environ)
     one_line(res, fragment)
+    assert res.stdout.split() == ["False"], res.stdout
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

@@ -1,6 +1,6 @@
 """Files written so that a reader never sees half of one: a temp file beside the target, renamed onto it
 (``atomic_write``), with the modes any new file gets under the umask (not mkstemp's private 0600); lines
-appended without following a link (``append_line``); CSV rows, JSON and PNG figures the same way.
+appended without following a link (``append_line``); CSV rows and JSON the same way (PNG figures: ``figures``).
 
 A write the system cuts short (a full disk, ``ulimit -f``) is the OSError that names the file, not a library's
 RuntimeError; Ctrl-C during a write waits until the file is in place. Torch-free.
@@ -128,17 +128,6 @@ def append_line(path: Path, line: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(line + "\n")
-
-
-def save_png(fig, path: Path) -> Path:
-    """A matplotlib figure as a PNG at the reports' resolution, written atomically, then closed."""
-    import matplotlib.pyplot as plt
-
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-    return path
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
