@@ -5,7 +5,7 @@ it, which precision and learning rate it trains with, or that it is evaluated as
 then trains every strategy as the same ``TextTask`` of the one training loop (``train.loop.fit``, which image
 classifiers use too), so differences in the results table come from the strategy, not from different loops.
 
-``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2.py``): it has ``lr.<strategy>``,
+``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2/config.py``): it has ``lr.<strategy>``,
 ``amp``, ``lora.{r,alpha,dropout,target_modules}`` and ``pretrained_model``.
 
 Under torchrun (see dllab.core.distributed) every strategy that trains does so data-parallel, in PyTorch's
