@@ -162,6 +162,29 @@ def test_get_imports_the_defining_module_on_first_use():
     assert res.stdout.split() == ["False", "Energy", "True"], res.stderr
 
 
+def test_an_experiment_imports_its_run_module_when_it_first_runs():
+    """An experiment is registered on its torch-free config class and names its run function: getting it (to
+    check a config) imports neither the run module nor torch; the first run imports them."""
+    code = ("import sys; from dllab.core import registry; e = registry.get_experiment('lab1.mlp'); "
+            "print('dllab.experiments.lab1.run' in sys.modules, 'torch' in sys.modules, e.run_function().__name__, "
+            "'dllab.experiments.lab1.run' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.stdout.split() == ["False", "False", "run_mlp", "True"], res.stderr
+
+
+@pytest.mark.parametrize("target, message", [("dllab.experiments.lab1.run", "must name its run function as "
+                                                                           "'module:function'"),
+                                             ("dllab.experiments.lab1.run:run_nothing", "defines no function")])
+def test_a_run_target_that_names_no_function_is_one_line(target, message):
+    from dllab.experiments.lab1.config import MLPConfig
+
+    profiles = {"smoke": {}, "quick": {}, "paper": {}}
+    with pytest.raises(DllabError, match=message):
+        registry.register("experiment", "test.bad-run", run=target, description="", profiles=profiles)(MLPConfig)
+        registry.get_experiment("test.bad-run").run_function()
+    registry._loaded["experiment"].pop("test.bad-run", None)
+
+
 def test_dllab_list_shows_every_kind_and_imports_no_torch():
     code = ("import sys; from dllab.cli.main import main; main(['list']); "
             "print('HEAVY', sorted(m for m in ('torch', 'sklearn', 'transformers', 'matplotlib', 'numpy') "

@@ -83,7 +83,9 @@ class Experiment:
     description: str
     config_cls: type
     profiles: dict[str, dict[str, Any]]   # profile -> overrides on top of the config's defaults
-    target: str                            # "module:function" of run(cfg, run: runner.run.Run) -> summary dict
+    # run(cfg, run: runner.run.Run) -> summary dict, as "module:function" (imported on the first run), or the
+    # function itself (a test's stub; an experiment defined in a script)
+    target: str | Callable
     reference: dict[str, Any] = field(default_factory=dict)   # spec numbers beside the run's, keyed as the summary
     notes: str = ""                        # the spec's claims, quoted in the report
     # metrics(cfg) -> the summary keys a run of ``cfg`` reports, in the summary's order, computed from the
@@ -96,7 +98,9 @@ class Experiment:
         # A misspelt profile key, a missing profile or a run target that is no "module:function" is an error
         # when the experiment registers.
         self.config_cls.check_profiles(self.name, self.profiles)
-        module, _, function = self.target.partition(":")
+        if callable(self.target):
+            return
+        module, _, function = str(self.target).partition(":")
         if not module or not function:
             raise DllabError(f"experiment '{self.name}': run={self.target!r} must name its run function as "
                              "'module:function'")
@@ -107,7 +111,7 @@ class Experiment:
 
     def run_function(self) -> Callable:
         """The run function, its module imported on first use (with torch and whatever else it needs)."""
-        return _resolve(self.target)
+        return self.target if callable(self.target) else _resolve(self.target)
 
 
 @cache
