@@ -82,7 +82,7 @@ def cached_features(run, key: str, extract: Callable[[], dict[str, np.ndarray]],
 
 @distributed.main_only     # under torchrun: fitted once, on rank 0
 def cached_probe(run, feats: Features, names, k: int, seed: int) -> dict[str, dict[str, float]]:
-    """``analysis.features.probe`` kept in the run's results/classical.json with the features' key, so a
+    """``features.classifiers.probe`` kept in the run's results/classical.json with the features' key, so a
     resumed run does not fit the classifiers again."""
     fit = lambda: {"classifiers": probe(feats, names, k, seed)}     # noqa: E731
     return run.reuse_or_run("classical", fit, probe_key(feats, names, k, seed))[0]["classifiers"]

@@ -6,10 +6,10 @@ Torch-free, so that the CLI checks a whole config before torch loads; the run fu
 Source model (train.reuse): ``--set source.run=RUN_DIR`` reuses a finished run's depth-5 cnn (a
 lab1.cnn-depth run's ``res_d5``, else ``plain_d5``; a lab1.transfer run's ``source``; or ``source.variant``),
 else it is trained here as variant ``source`` (models/source.pt, so the next run can point at it).
-On the target dataset (variants: train.transfer): LinearSVC and k-NN on the frozen, cached source features (analysis.image_features,
-analysis.features); fine-tuning with a new classifier: ``head`` (only fc + ReLU + classifier train),
-``full_adam``, ``full_sgd``, ``partial`` (stem and the first ``freeze_blocks`` blocks frozen); and
-``scratch`` (same architecture, random init) as the baseline.
+On the target dataset (variants: train.transfer): LinearSVC and k-NN on the frozen, cached source features
+(features.image, features.classifiers); fine-tuning with a new classifier: ``head`` (only fc + ReLU +
+classifier train), ``full_adam``, ``full_sgd``, ``partial`` (stem and the first ``freeze_blocks`` blocks
+frozen); and ``scratch`` (same architecture, random init) as the baseline.
 
 Profiles: ``paper`` is the spec's setting (CIFAR-10 -> CIFAR-100, depth 5, 64 channels, Adam 1e-3; 30
 epochs, batch 128 and crop+flip augmentation are dllab's choices where the spec is silent). Offline there
@@ -67,7 +67,7 @@ NOTES = ("(CIFAR-10 depth-5 CNN -> CIFAR-100) Linear SVM on the frozen features 
          "so pretraining on CIFAR-10 offers no real advantage here (dataset size and model capacity too "
          "limited). The spec does not say which split its fine-tuning numbers are on; they are shown beside "
          "val_acc.")
-# The spec's answer to "does pretraining help?", stated beside the run's own (analysis.significance).
+# The spec's answer to "does pretraining help?", stated beside the run's own (report.significance).
 SPEC_VERDICT = (f"The spec found {REFERENCE['full_adam.val_acc']:.2%} (full_adam) vs "
                 f"{REFERENCE['scratch.val_acc']:.2%} (scratch) on CIFAR-100: no real gain.")
 
