@@ -162,7 +162,8 @@ def test_profile_dicts_are_type_checked(value, message):
 
 
 def _register(name, config_cls, profiles):
-    register("experiment", name, run="dllab.experiments.lab1.run:run_mlp", description="", profiles=profiles)(config_cls)
+    register("experiment", name, run="dllab.experiments.lab1.run:run_mlp", description="",
+             profiles=profiles)(config_cls)
 
 
 @pytest.mark.parametrize("profiles, message", [

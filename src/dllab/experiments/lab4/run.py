@@ -67,7 +67,8 @@ def run_ood(cfg: OODExpConfig, run: Run) -> dict[str, float]:
     return _analysed(_ood_analysis, cfg, run)
 
 
-def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
+def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[OODSet],
+                  cnn: SavedCNN) -> dict[str, float]:
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
     summary.update(metric_keys(metrics))
@@ -147,7 +148,8 @@ def run_odin(cfg: ODINConfig, run: Run) -> dict[str, float]:
     return _analysed(_odin_analysis, cfg, run)
 
 
-def _odin_analysis(cfg: ODINConfig, run: Run, data: ImageData, ood_sets: list[OODSet], cnn: SavedCNN) -> dict[str, float]:
+def _odin_analysis(cfg: ODINConfig, run: Run, data: ImageData, ood_sets: list[OODSet],
+                   cnn: SavedCNN) -> dict[str, float]:
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     keys, searches = search_sets(cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed,
                                  reporter=run)
