@@ -29,7 +29,7 @@ def worker(args) -> None:
     """One setting, inside torchrun: fit for ``args.epochs`` epochs; rank 0 writes the epoch times."""
     import torch
 
-    from dllab.core import distributed
+    from dllab.core import distributed, ranks
     from dllab.core.config import OptimConfig, TrainConfig
     from dllab.data.images import ImageData, Split
     from dllab.core.registry import build_model
@@ -52,7 +52,7 @@ def worker(args) -> None:
         train_model(model, data, "bench", device, run.training_hooks(), cfg, OptimConfig(name="adam"))
         seconds = [r["seconds"] for r in run.history]
         distributed.barrier()
-    if distributed.is_main():
+    if ranks.is_main():
         Path(args.out).write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
     distributed.teardown()
 

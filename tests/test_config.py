@@ -162,7 +162,8 @@ def test_profile_dicts_are_type_checked(value, message):
 
 
 def _register(name, config_cls, profiles):
-    register("experiment", name, description="", config=config_cls, profiles=profiles)(lambda cfg, run: {})
+    register("experiment", name, run="dllab.experiments.lab1.run:run_mlp", description="",
+             profiles=profiles)(config_cls)
 
 
 @pytest.mark.parametrize("profiles, message", [
@@ -173,7 +174,7 @@ def _register(name, config_cls, profiles):
     ({"smoke": {}, "quick": {}}, "has no 'paper' profile"),
 ])
 def test_a_profile_that_names_no_config_field_or_a_missing_profile_fails_at_registration(profiles, message):
-    from dllab.experiments.lab4 import OODExpConfig
+    from dllab.experiments.lab4.config import OODExpConfig
     from dllab.core.registry import _loaded
 
     full = {"smoke": {}, "quick": {}, "paper": {}, **profiles} if len(profiles) == 1 else profiles
@@ -186,7 +187,7 @@ def test_a_profile_that_names_no_config_field_or_a_missing_profile_fails_at_regi
 @pytest.mark.parametrize("profile", [{"finetune.lr.ful": 1e-4}, {"data": {"max_length": 32}}])
 def test_text_profiles_take_flat_known_keys_only(profile):
     """One profile style: flat dotted keys; a nested section or a misspelt key fails at registration."""
-    from dllab.experiments.lab2 import FinetuneConfig
+    from dllab.experiments.lab2.config import FinetuneConfig
 
     with pytest.raises(DllabError, match="did you mean 'finetune.lr.full'|'data' is a section"):
         _register("test.bad-text-profile", FinetuneConfig, {"smoke": profile, "quick": {}, "paper": {}})
@@ -271,7 +272,7 @@ adam:
 
 
 def test_an_old_config_yaml_reads_back_with_the_new_keys_defaulted():
-    from dllab.experiments.lab1 import MLPConfig
+    from dllab.experiments.lab1.config import MLPConfig
 
     cfg = load_yaml(MLPConfig, OLD_CONFIG_YAML.format(root="/data", precision="bf16"))
     assert (cfg.data.root, cfg.width, cfg.train.precision, cfg.model) == ("/data", 8, "bf16-mixed", "basic_mlp")
@@ -335,7 +336,13 @@ def test_a_bad_value_in_config_yaml_is_named_with_the_file(tmp_path, imagefolder
 ])
 def test_a_bad_value_fails_before_any_data_loads_or_folder_exists(experiment, item, fragment, tmp_path):
     # data.root names no folder: a check made after the data loaded would fail there, with another message.
-    res = dllab("run", experiment, "--profile", "smoke", "--set", f"data.root={tmp_path / 'nodata'}", "--set", item,
-                "--out", str(tmp_path / "run"), cwd=tmp_path)
+    # The CLI runs in-process and says whether torch was imported: the config is checked before the run
+    # command's module (and torch with it) loads, so a bad value costs no torch import.
+    code = "import sys; from dllab.cli.main import main; rc = main(sys.argv[1:]); print('torch' in sys.modules); " \
+           "sys.exit(rc)"
+    res = subprocess.run([sys.executable, "-c", code, "run", experiment, "--profile", "smoke", "--set",
+                          f"data.root={tmp_path / 'nodata'}", "--set", item, "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300, env=os.environ)
     one_line(res, fragment)
+    assert res.stdout.split() == ["False"], res.stdout
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

@@ -59,21 +59,21 @@ def test_leftover_torchrun_variables_stop_a_run_at_once_instead_of_waiting_for_p
 
 
 def test_torchruns_own_variables_are_read_and_checked(monkeypatch):
-    from dllab.core import distributed
+    from dllab.core import ranks
     for name, value in {**LEFTOVER_TORCHRUN, "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                         "TORCHELASTIC_RUN_ID": "none"}.items():
         monkeypatch.setenv(name, value)
     assert environ.launch_info(strict=True) == environ.LaunchInfo(world_size=2, rank=1, local_rank=1)
-    assert distributed.launched() and distributed.rank() == 1 and not distributed.is_main()
+    assert ranks.launched() and ranks.rank() == 1 and not ranks.is_main()
     for name, value, fragment in [("RANK", "2", "RANK=2: expected a whole number 0..1"),
                                   ("LOCAL_RANK", "-1", "LOCAL_RANK=-1"), ("MASTER_PORT", "http", "MASTER_PORT=http"),
                                   ("WORLD_SIZE", "0", "WORLD_SIZE=0"), ("MASTER_ADDR", "", "MASTER_ADDR is not set")]:
         with monkeypatch.context() as m:
             m.setenv(name, value)
             with pytest.raises(DllabError, match=fragment):
-                distributed.check()
+                ranks.check()
             # Everything else (the error handling of `dllab run` itself included) reads a single process.
-            assert distributed.world_size() == 1 and distributed.is_main() and not distributed.launched()
+            assert ranks.world_size() == 1 and ranks.is_main() and not ranks.launched()
 
 
 # --- one reading of the switches ------------------------------------------------------------------------

@@ -327,7 +327,7 @@ def test_bad_value_in_config_yaml_names_the_file_not_set(run_copy):
                                             ("train:\n  epochs: 0\n", "train.epochs=0")])
 def test_damaged_config_yaml_is_one_line(text, fragment):
     from dllab.core.config import load_yaml
-    from dllab.experiments.lab1 import MLPConfig
+    from dllab.experiments.lab1.config import MLPConfig
 
     with pytest.raises(DllabError, match="config.yaml") as e:
         load_yaml(MLPConfig, text)

@@ -147,7 +147,7 @@ def test_ood_sets_are_built_without_a_run_and_recorded_in_it_by_the_experiment(t
     from dllab.ood.datasets import OODSet, build_ood_sets
     from dllab.data.images import ImageData
     from dllab.experiments.common import record_ood_sets
-    from dllab.experiments.lab4 import OODExpConfig
+    from dllab.experiments.lab4.config import OODExpConfig
     from dllab.runner.run import Run
 
     split = Split(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dllab import DllabError
-from dllab.runner import launch
+from dllab.runner import launch, torchrun
 from dllab.core import lock
 
 TINY = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "train.epochs=1", "--set", "width=8"]
@@ -252,14 +252,14 @@ def test_kill_9_of_a_sweep_leaves_no_point_running(tmp_path, imagefolder):
 # --- the launcher's lines -------------------------------------------------------------------------------
 
 def _fake_torchrun(monkeypatch, error: BaseException, folder: str | None = None) -> None:
-    """torchrun's ``run`` replaced: rank 0 notes ``folder`` (as FolderNote does), then ``error`` is raised."""
+    """torchrun's ``run`` replaced: rank 0 notes ``folder`` (``launch.tell_launcher``), then ``error`` is raised."""
     import torch.distributed.run
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")   # (the launcher would set it for good in this process)
 
     def run(args):
         if folder:
-            launch.FolderNote().append(folder)
+            launch.tell_launcher(folder)
         raise error
     monkeypatch.setattr(torch.distributed.run, "run", run)
 
@@ -267,12 +267,12 @@ def _fake_torchrun(monkeypatch, error: BaseException, folder: str | None = None)
 def test_sigterm_to_the_launcher_ends_with_the_resume_hint(monkeypatch, capsys):
     from torch.distributed.elastic.multiprocessing.api import SignalException
     _fake_torchrun(monkeypatch, SignalException("got SIGTERM", signal.SIGTERM), "runs/x")
-    assert launch.launch(2, ["run", "lab1.mlp", "--nproc", "2"]) == 130
+    assert torchrun.launch(2, ["run", "lab1.mlp", "--nproc", "2"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [launch.interrupted("runs/x", 2)]
     assert err[0].startswith("dllab: interrupted; continue with `dllab run --nproc 2 --resume runs/x`")
     _fake_torchrun(monkeypatch, SignalException("got SIGINT", signal.SIGINT), "runs/x")
-    assert launch.launch(2, ["run", "lab1.mlp", "--nproc", "2"]) == 130
+    assert torchrun.launch(2, ["run", "lab1.mlp", "--nproc", "2"]) == 130
     assert capsys.readouterr().err == ""      # Ctrl-C: rank 0 said it (the processes got the signal too)
 
 
@@ -281,7 +281,7 @@ def test_running_out_of_open_files_in_torchrun_is_one_line(monkeypatch):
     _fake_torchrun(monkeypatch, DistNetworkError("The server socket has failed to bind. port: 0, useIpv6: 0, "
                                                  "code: -24, name: EMFILE, message: too many open files"))
     with pytest.raises(DllabError, match=r"too many open files .*raise `ulimit -n`"):
-        launch.launch(2, ["run", "lab1.mlp", "--nproc", "2"])
+        torchrun.launch(2, ["run", "lab1.mlp", "--nproc", "2"])
 
 
 @needs_linux
@@ -299,15 +299,15 @@ def test_the_launcher_note_is_written_only_into_the_launchers_own_empty_file(tmp
         name.touch()
         monkeypatch.setenv(launch.RUN_FOLDER_FILE, str(name))
         assert not launch.under_launcher()
-        launch.FolderNote().append("runs/x")
+        launch.tell_launcher("runs/x")
     assert victim.read_text() == "keep me\n" and (tmp_path / "dllab-launch-x" / "run_folder").read_text() == ""
     with tempfile.TemporaryDirectory(prefix="dllab-launch-") as own:      # as the launcher makes it
         note = Path(own) / "run_folder"
         note.touch()
         monkeypatch.setenv(launch.RUN_FOLDER_FILE, str(note))
         assert launch.under_launcher()
-        launch.FolderNote().append("runs/x")
-        launch.FolderNote().append("runs/y")        # a file that holds something is never written again
+        launch.tell_launcher("runs/x")
+        launch.tell_launcher("runs/y")        # a file that holds something is never written again
         assert note.read_text() == "runs/x\n"
 
 

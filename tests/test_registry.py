@@ -127,14 +127,19 @@ def test_the_static_index_is_what_importing_every_module_registers():
         for m in pkgutil.walk_packages(dllab.__path__, "dllab."):
             if m.name != "dllab.__main__" and m.name not in missing:
                 importlib.import_module(m.name)
-        loaded = {k: {n: (r.obj.run if k == "experiment" else r.obj).__module__ for n, r in registry._loaded[k].items()}
-                  for k in registry.KINDS}
-        print(json.dumps([static, loaded, len(missing)]))
+        # an experiment is registered on its config class; its run function is named, not imported
+        loaded = {k: {n: (r.obj.config_cls if k == "experiment" else r.obj).__module__
+                      for n, r in registry._loaded[k].items()} for k in registry.KINDS}
+        runs = {n: f"{r.obj.run_function().__module__}:{r.obj.run_function().__name__}"
+                for n, r in registry._loaded["experiment"].items()}
+        declared = {n: e.literal("run") for n, e in registry.index("experiment").items()}
+        print(json.dumps([static, loaded, len(missing), runs, declared]))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    static, loaded, missing = json.loads(res.stdout.strip().splitlines()[-1])
+    static, loaded, missing, runs, declared = json.loads(res.stdout.strip().splitlines()[-1])
     assert static == loaded
+    assert runs == declared   # every run="module:function" names a function of that module
     assert {k: len(v) for k, v in static.items()} == {"experiment": 10, "model": 4, "dataset": 4, "ood_set": 4,
                                                       "detector": 5, "attack": 2, "strategy": 6, "classifier": 3,
                                                       "sink": 3 - missing}
@@ -155,6 +160,29 @@ def test_get_imports_the_defining_module_on_first_use():
             "'dllab.ood.energy' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.stdout.split() == ["False", "Energy", "True"], res.stderr
+
+
+def test_an_experiment_imports_its_run_module_when_it_first_runs():
+    """An experiment is registered on its torch-free config class and names its run function: getting it (to
+    check a config) imports neither the run module nor torch; the first run imports them."""
+    code = ("import sys; from dllab.core import registry; e = registry.get_experiment('lab1.mlp'); "
+            "print('dllab.experiments.lab1.run' in sys.modules, 'torch' in sys.modules, e.run_function().__name__, "
+            "'dllab.experiments.lab1.run' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.stdout.split() == ["False", "False", "run_mlp", "True"], res.stderr
+
+
+@pytest.mark.parametrize("target, message", [("dllab.experiments.lab1.run", "must name its run function as "
+                                                                           "'module:function'"),
+                                             ("dllab.experiments.lab1.run:run_nothing", "defines no function")])
+def test_a_run_target_that_names_no_function_is_one_line(target, message):
+    from dllab.experiments.lab1.config import MLPConfig
+
+    profiles = {"smoke": {}, "quick": {}, "paper": {}}
+    with pytest.raises(DllabError, match=message):
+        registry.register("experiment", "test.bad-run", run=target, description="", profiles=profiles)(MLPConfig)
+        registry.get_experiment("test.bad-run").run_function()
+    registry._loaded["experiment"].pop("test.bad-run", None)
 
 
 def test_dllab_list_shows_every_kind_and_imports_no_torch():

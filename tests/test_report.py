@@ -11,7 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure as MplFigure
 
-from dllab.core import distributed
+from dllab.core import ranks
 from dllab.report import robustness, text, transfer, variants
 from dllab.core.items import Figure, Note, Table
 from dllab.runner.run import Run
@@ -178,7 +178,7 @@ def test_run_add_saves_figures_and_the_report_state_in_order(tmp_path):
 
 
 def test_only_the_writing_rank_writes_what_is_added(tmp_path, monkeypatch):
-    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    monkeypatch.setattr(ranks, "is_main", lambda: False)
     run = Run(tmp_path, "x", None, quiet=True)
     fig = _fig()
     run.add(Table("T", ["a"], [[1]]), Note("n"), Figure(fig, "f.png", "c"))

@@ -10,7 +10,7 @@ from dllab import DllabError
 from conftest import Recorder
 from dllab.data.images import ImageData, Split
 from dllab.experiments.common import get_cnn
-from dllab.experiments.transfer import TransferConfig
+from dllab.experiments.transfer.config import TransferConfig
 from dllab.core.registry import build_model
 from dllab.runner.run import Run
 from dllab.train.checkpoint import save_model

@@ -224,7 +224,7 @@ def test_declared_keys_hold_the_reference_keys(profile):
 
 
 def test_finetune_keys_are_text_finetunes():
-    from dllab.experiments.lab2 import FINETUNE_KEYS
+    from dllab.experiments.lab2.config import FINETUNE_KEYS
     from dllab.text.finetune import SUMMARY_KEYS
 
     assert FINETUNE_KEYS == SUMMARY_KEYS

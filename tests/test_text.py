@@ -100,7 +100,7 @@ def _write_dataset(root: Path, n: dict[str, int] | None = None, seed: int = 0) -
 
 def _ctx(model_dir: str, **finetune_overrides):
     from dllab.core.config import apply_overrides
-    from dllab.experiments.lab2 import FinetuneSection
+    from dllab.experiments.lab2.config import FinetuneSection
     from dllab.text.strategies import StrategyContext
     section = FinetuneSection()
     apply_overrides(section, finetune_overrides)
@@ -145,8 +145,8 @@ def test_text_loader_errors_are_one_line(tmp_path):
 
 def test_text_splits_load_without_a_run_and_the_experiment_records_their_source(tmp_path):
     from dllab.data.text import load_text_splits, text_source
-    from dllab.experiments.common import load_text_data
-    from dllab.experiments.lab2 import FeaturesConfig, TextDataConfig
+    from dllab.experiments.lab2.config import FeaturesConfig, TextDataConfig
+    from dllab.experiments.lab2.run import load_text_data
     from dllab.runner.run import Run
     root = _write_dataset(tmp_path / "data")
     dcfg = TextDataConfig(root=str(root), train_limit=8, test_limit=4)
@@ -378,7 +378,7 @@ def test_pretrained_skips_with_reason_offline(tiny_distilbert):
 
 def test_bad_strategy_names_raise_one_line():
     from dllab.core.config import make_config
-    from dllab.experiments.lab2 import FINETUNE_PROFILES, FinetuneConfig
+    from dllab.experiments.lab2.config import FINETUNE_PROFILES, FinetuneConfig
     cfg = make_config(FinetuneConfig, FINETUNE_PROFILES, "smoke", ["finetune.strategies=[full,lora]"])
     assert cfg.finetune.strategies == ["full", "lora"]
     with pytest.raises(DllabError) as e:
@@ -390,7 +390,8 @@ def test_bad_strategy_names_raise_one_line():
 
 def test_finetune_experiment_end_to_end(tiny_distilbert, tmp_path):
     from dllab.core.config import make_config
-    from dllab.experiments.lab2 import FINETUNE_PROFILES, FinetuneConfig, run_finetune
+    from dllab.experiments.lab2.config import FINETUNE_PROFILES, FinetuneConfig
+    from dllab.experiments.lab2.run import run_finetune
     from dllab.runner.run import Run
     sst2 = _sentiment_model(tmp_path / "sst2", {0: "NEGATIVE", 1: "POSITIVE"})
     root = _write_dataset(tmp_path / "data")
@@ -418,7 +419,8 @@ def test_features_on_real_rotten_tomatoes(tmp_path):
     """lab2.features smoke on all-MiniLM-L6-v2 with 400 real training sentences beats chance clearly."""
     from conftest import require_shared   # $DLLAB_DATA or ../shared/data; skip (fail under CI=true) if missing
     from dllab.core.config import make_config
-    from dllab.experiments.lab2 import FEATURES_PROFILES, FeaturesConfig, run_features
+    from dllab.experiments.lab2.config import FEATURES_PROFILES, FeaturesConfig
+    from dllab.experiments.lab2.run import run_features
     from dllab.runner.run import Run
     data = require_shared("rotten_tomatoes", "train.jsonl")
     # all-MiniLM-L6-v2 was trained for mean pooling; its [CLS] needs thousands of examples to be read well.

@@ -13,7 +13,7 @@ from dllab import DllabError
 from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData, Split
 from dllab.features import image as image_features
-from dllab.experiments import transfer
+from dllab.experiments.transfer import config as transfer
 from dllab.experiments.common import FEATURES_FILE, cached_features
 from dllab.train.transfer import fine_tune_variant, frozen_prefixes
 from dllab.train.variants import build_for, train_model

@@ -16,12 +16,11 @@ from dllab.data.images import Split, to_unit_float
 from dllab.core.events import QUIET, Reporter
 from dllab.attacks.methods import adversarial_accuracy
 from dllab.attacks.settings import AttackConfig
+from dllab.train.image import evaluate
 
 
 def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 256) -> float:
     """fp32 accuracy on ``split``, batched like the attacks (so it equals their eps = 0 accuracy exactly)."""
-    from dllab.train.image import evaluate
-
     return evaluate(model, split, device, batch_size)[1]     # fp32
 
 

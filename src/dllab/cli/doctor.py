@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from dllab import DllabError
-from dllab.core import cpus, environ
+from dllab.core import cpus, environ, machine
+from dllab.data import data_root
+from dllab.data.text import local_folder
+from dllab.models import hf
+from dllab.train import precision
 
 # README "Numbers from the quick profiles" (wall time, seconds), the model kind that dominates each run and
 # the precision it trained in there: "auto" (what auto picked for that kind) or "fp32" (Lab 2: inference, and
@@ -55,8 +59,6 @@ def _cifar(root, name: str, folder: str) -> Item:
 
 
 def datasets(root_setting: str = "") -> list[Item]:
-    from dllab.data import data_root
-    from dllab.data.text import local_folder
     root = data_root(root_setting)
     rt = local_folder("rotten_tomatoes", root_setting)
     return [_mnist(root), _cifar(root, "cifar10", "cifar-10-batches-py"),
@@ -65,7 +67,6 @@ def datasets(root_setting: str = "") -> list[Item]:
 
 
 def text_models() -> list[Item]:
-    from dllab.models import hf
     out = []
     try:
         out.append(Item("minilm", True, hf.minilm_path().parent.name))
@@ -114,22 +115,20 @@ def _omp_policy() -> str:
     return f"{policy or 'OpenMP default (active spinning)'} ({cpus.describe_load()}; cli.choose_omp_wait_policy)"
 
 
-def collect(profile: str | None = None, data_root: str = "") -> dict:
+def collect(profile: str | None = None, root_setting: str = "") -> dict:
     """Everything ``dllab doctor`` prints, as a dict (the keys the tests check)."""
-    from dllab.core.machine import resolve_device
-    from dllab.train.precision import MODEL_KINDS, cpu_figures, resolve_precision
-
-    device = resolve_device("auto")
+    device = machine.resolve_device("auto")
     info: dict = {"torch": torch.__version__, "platform": platform.platform(), "device": str(device),
                   "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                   "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                   "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
                   "threads": torch.get_num_threads(), "omp_wait_policy": _omp_policy()}
-    figures, cached = cpu_figures()
+    figures, cached = precision.cpu_figures()
     info["probe"] = {"figures": figures, "cached": cached}
-    info["precision"] = {k: resolve_precision("auto", device, k).name for k in MODEL_KINDS}
-    info["precision_cpu"] = {k: resolve_precision("auto", torch.device("cpu"), k).name for k in MODEL_KINDS}
-    info["datasets"] = datasets(data_root)
+    info["precision"] = {k: precision.resolve_precision("auto", device, k).name for k in precision.MODEL_KINDS}
+    info["precision_cpu"] = {k: precision.resolve_precision("auto", torch.device("cpu"), k).name
+                             for k in precision.MODEL_KINDS}
+    info["datasets"] = datasets(root_setting)
     info["text_models"] = text_models()
     info["quick_estimate_s"] = estimate_quick(figures, info["precision_cpu"]) if device.type == "cpu" else {}
     info["missing"] = missing_for(profile, info["datasets"] + info["text_models"]) if profile else []
@@ -141,14 +140,13 @@ def _fmt_s(s: float) -> str:
 
 
 def render(info: dict) -> str:
-    from dllab.train.precision import describe_figures
     lines = [f"torch {info['torch']} on {info['platform']}",
              f"device (auto): {info['device']}; cpu capability {info['cpu_capability']}; "
              f"cuda: {', '.join(info['cuda']) or 'none'}; mps: {'yes' if info['mps'] else 'no'}",
              f"threads: {info['threads']}; OpenMP wait policy: {info['omp_wait_policy']}",
              "precision auto picks: " + ", ".join(f"{k} models {v}" for k, v in info["precision"].items()),
              f"  cpu probe ({'cached' if info['probe']['cached'] else 'measured now'}, 1 thread): "
-             + describe_figures(info["probe"]["figures"])]
+             + precision.describe_figures(info["probe"]["figures"])]
     width = max(len(i.name) for i in info["datasets"] + info["text_models"])
     for title, items in (("datasets:", info["datasets"]), ("text models (offline):", info["text_models"])):
         lines.append(title)
@@ -161,11 +159,11 @@ def render(info: dict) -> str:
     return "\n".join(lines)
 
 
-def main(profile: str | None = None, data_root: str = "") -> int:
-    info = collect(profile, data_root)
+def main(profile: str | None = None, root_setting: str = "") -> int:
+    """``root_setting``: --data-root (default: $DLLAB_DATA or ./data)."""
+    info = collect(profile, root_setting)
     print(render(info))
     if info["missing"]:
-        from dllab.data import data_root as root
         raise DllabError(f"profile {profile} needs {', '.join(info['missing'])}, not found here (data root: "
-                         f"{root(data_root)}; see the lines above)")
+                         f"{data_root(root_setting)}; see the lines above)")
     return 0

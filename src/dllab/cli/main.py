@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
-from dllab.core import cpus, distributed, environ, registry, untrusted
+from dllab.core import cpus, environ, ranks, registry, untrusted
 from dllab.core.config import PROFILES, run_config
-from dllab.runner.launch import FolderNote, die_with_parent, interrupted, resume_command, under_launcher
+from dllab.runner.launch import die_with_parent, interrupted, resume_command, under_launcher
 
 
 def choose_omp_wait_policy() -> None:
@@ -158,25 +158,9 @@ def cmd_run(args: argparse.Namespace, call: Invocation) -> int:
         raise DllabError("use either --seed N or --seeds A,B,C, not both")
     if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
         run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
-    from dllab.runner.experiment import run_experiment
+    from dllab.cli.run import run_command   # torch: loaded only now, once the config has passed
 
-    if args.nproc is not None:
-        from dllab.runner.launch import launch
-
-        return launch(args.nproc, call.argv)
-    distributed.init()
-    if distributed.is_main() and under_launcher():
-        call.started = FolderNote()
-    run = run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
-                         args.out, args.resume, args.quiet, call.argv, on_start=call.started.append)
-    if not distributed.is_main():
-        return 0
-    if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts
-        from dllab.report.render import console_summary
-
-        print(console_summary(run.path), file=sys.stderr)
-    print(run.path)
-    return 0
+    return run_command(args, call.argv, call.started)
 
 
 def cmd_sweep(args: argparse.Namespace, call: Invocation) -> None:
@@ -248,17 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError, ImportError, SystemError) as e:   # torch's allocators raise RuntimeErrors
         if _out_of_memory(e):
             return _failed(e, _memory_message(e, call.started), call)
-        if not distributed.peer_lost(e):
+        if not getattr(e, "peer_lost", False):   # (marked by the run command, which has torch.distributed)
             raise
         return _peer_lost(e, call)
     except Exception as e:
-        if not distributed.peer_lost(e):
+        if not getattr(e, "peer_lost", False):
             raise
         return _peer_lost(e, call)
     except KeyboardInterrupt:
         return _interrupted(call.started)
-    finally:
-        distributed.teardown()
 
 
 def _dispatch(call: Invocation) -> int:
@@ -309,9 +291,9 @@ def _reader_gone(error: BrokenPipeError) -> int:
 
 
 def _interrupted(started: list) -> int:
-    if not distributed.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
+    if not ranks.is_main():     # Ctrl-C reaches every process; rank 0 names the folder
         return 130
-    print(interrupted(started[0] if started else None, distributed.world_size()), file=sys.stderr)
+    print(interrupted(started[0] if started else None, ranks.world_size()), file=sys.stderr)
     return 130
 
 
@@ -352,19 +334,19 @@ def _peer_lost(e: BaseException, call: Invocation) -> int:
 
 def _resume(path) -> str:
     """The command that continues the run in ``path`` (with as many processes as this one has), quoted."""
-    return resume_command(path, distributed.world_size())
+    return resume_command(path, ranks.world_size())
 
 
 def _speaks(error: BaseException) -> bool:
     """Under torchrun, whether this process prints ``error``: rank 0 does; another rank only if it is the
     first of its machine and the error is its own (not rank 0's, handed over by ``distributed.on_main``):
     the processes of one machine mostly fail alike (one line for them), another machine's may not (its data)."""
-    return distributed.is_main() or (distributed.local_rank() == 0 and not getattr(error, "from_main", False))
+    return ranks.is_main() or (ranks.local_rank() == 0 and not getattr(error, "from_main", False))
 
 
 def _process() -> str:
     """Under torchrun, which process an error comes from (rank 0's lines go unmarked)."""
-    return f"process {distributed.rank()} of {distributed.world_size()}: " if not distributed.is_main() else ""
+    return f"process {ranks.rank()} of {ranks.world_size()}: " if not ranks.is_main() else ""
 
 
 if __name__ == "__main__":

@@ -310,6 +310,18 @@ def run_config(experiment: str, profile: str | None = None, sets: list[str] | No
     return make_config(exp.config_cls, exp.profiles, profile or "quick", sets, {"seed": seed, "device": device})
 
 
+def check_seeds(seeds: list[int]) -> None:
+    """``--seeds``: at least one, each a valid seed, none twice (a mean over seeds needs distinct seeds)."""
+    if not seeds:
+        raise DllabError("--seeds lists no seed; give comma-separated integers, e.g. --seeds 0,1,2")
+    bad = [s for s in seeds if not 0 <= s <= 2**32 - 1]
+    if bad:
+        raise DllabError(f"--seeds: seed {bad[0]} is out of range; seeds are integers from 0 to {2**32 - 1}")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise DllabError(f"--seeds lists seed {dup[0]} twice; a mean over seeds needs distinct seeds")
+
+
 def sections(cfg: Section, prefix: str = "") -> Iterator[tuple[str, Section]]:
     """(dotted key, section) for every section nested in ``cfg``, depth first."""
     for name in type(cfg).model_fields:

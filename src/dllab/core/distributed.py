@@ -3,21 +3,22 @@
 ``torchrun --nproc-per-node N -m dllab run EXP`` (or ``dllab run --nproc N EXP``, see dllab.runner.launch) starts N
 copies of dllab; each reads its rank from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*),
 and ``init`` joins them into one process group: NCCL for CUDA tensors, gloo for CPU ones. Without torchrun
-(or with one process) nothing here does anything: ``world_size()`` is 1, ``is_main()`` is True, the helpers
-call straight through, and a run is exactly what it was before.
+(or with one process) nothing here does anything: ``ranks.world_size()`` is 1, ``ranks.is_main()`` is True,
+the helpers call straight through, and a run is exactly what it was before.
 
 Who does what:
   - every rank runs the experiment's code; the training loops wrap the model in DDP and each rank takes its
     shard of the epoch's batch order (``shard``);
-  - rank 0 alone reads and writes the run folder (``runs.Run`` and ``train.checkpoint`` gate on
-    ``is_main``) and alone runs what must not run N times (feature extraction, attacks, OOD scoring): those
+  - rank 0 alone reads and writes the run folder (``store.folder`` and ``train.checkpoint`` gate on
+    ``ranks.is_main``) and alone runs what must not run N times (feature extraction, attacks, OOD scoring): those
     functions go through ``on_main``, which runs them on rank 0 and hands the result to the other ranks, so
     all ranks continue with the same values and take the same path through the code.
 
-torchrun's variables are read in ``environ.launch_info``: they count only in a process torchrun started (it
-sets ``TORCHELASTIC_RUN_ID``). Leftovers in a plain shell (``WORLD_SIZE=2 RANK=0 MASTER_ADDR=...``) would
-make ``init`` wait hours for peers that never come: ``check``, which `dllab run` and `dllab sweep` call first,
-refuses them in one line; everywhere else they read as a single process.
+torchrun's variables are read in ``environ.launch_info`` (which process this is: ``core.ranks``, torch-free):
+they count only in a process torchrun started (it sets ``TORCHELASTIC_RUN_ID``). Leftovers in a plain shell
+(``WORLD_SIZE=2 RANK=0 MASTER_ADDR=...``) would make ``init`` wait hours for peers that never come:
+``environ.check``, which `dllab run` and `dllab sweep` call first, refuses them in one line; everywhere else
+they read as a single process.
 """
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ import functools
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
-from dllab.core import environ
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from dllab import DllabError
+from dllab.core import ranks
 
 T = TypeVar("T")
 
@@ -37,51 +43,22 @@ TIMEOUT = timedelta(hours=6)
 _inside_on_main = False
 
 
-def check() -> None:
-    """torchrun's variables, when set, are valid and come from torchrun: else one ``DllabError`` line."""
-    environ.launch_info(strict=True)
-
-
-def launched() -> bool:
-    """Started by torchrun with more than one process."""
-    return environ.launch_info().world_size > 1
-
-
 def active() -> bool:
     """A process group of more than one process has been joined, and this code runs on every rank (inside
     ``on_main`` rank 0 works alone: its collectives are no-ops)."""
-    if not launched() or _inside_on_main:
+    if not ranks.launched() or _inside_on_main:
         return False
-    import torch.distributed as dist
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return environ.launch_info().world_size
-
-
-def rank() -> int:
-    return environ.launch_info().rank
-
-
-def local_rank() -> int:
-    return environ.launch_info().local_rank
-
-
-def is_main() -> bool:
-    return rank() == 0
 
 
 def init() -> None:
     """Join torchrun's process group (once; a no-op without torchrun). CUDA tensors talk over NCCL and CPU
     tensors over gloo, so a run on --device cpu works on a GPU machine too."""
-    if not launched() or active():
+    if not ranks.launched() or active():
         return
-    import torch
-    import torch.distributed as dist
     backend = "gloo"
-    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
-        torch.cuda.set_device(local_rank())
+    if torch.cuda.is_available() and ranks.local_rank() < torch.cuda.device_count():
+        torch.cuda.set_device(ranks.local_rank())
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
 
@@ -89,7 +66,7 @@ def init() -> None:
 def part() -> tuple[int, int]:
     """(rank, world size) of the ranks sharing the work here: (0, 1) for a single process, and inside
     ``on_main``."""
-    return (rank(), world_size()) if active() else (0, 1)
+    return (ranks.rank(), ranks.world_size()) if active() else (0, 1)
 
 
 def backend(device) -> str | None:
@@ -101,34 +78,29 @@ def backend(device) -> str | None:
 
 def device_for(device):
     """The device of this rank: its own GPU (``cuda:LOCAL_RANK``) when the run is on CUDA."""
-    import torch
-    if launched() and device.type == "cuda":
-        if local_rank() >= torch.cuda.device_count():
-            from dllab import DllabError
-            raise DllabError(f"process {local_rank()} of this machine needs GPU {local_rank()}, but "
+    if ranks.launched() and device.type == "cuda":
+        if ranks.local_rank() >= torch.cuda.device_count():
+            raise DllabError(f"process {ranks.local_rank()} of this machine needs GPU {ranks.local_rank()}, but "
                              f"{torch.cuda.device_count()} are visible; start at most one process per GPU")
-        return torch.device("cuda", local_rank())
+        return torch.device("cuda", ranks.local_rank())
     return device
 
 
 def teardown() -> None:
-    if not launched():      # (and `dllab list` does not import torch)
+    if not ranks.launched():
         return
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     if active():
-        import torch.distributed as dist
         dist.barrier()
 
 
 def all_reduce_sum(*tensors) -> None:
     """Sum each tensor over the ranks, in place (one call per tensor; they are scalars or small)."""
     if active():
-        import torch.distributed as dist
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
@@ -138,8 +110,7 @@ def broadcast(obj: T) -> T:
     (never from a file)."""
     if not active():
         return obj
-    import torch.distributed as dist
-    box = [obj if is_main() else None]
+    box = [obj if ranks.is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
@@ -158,7 +129,7 @@ def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
     if not active() or _inside_on_main:
         return fn(*args, **kwargs)
     result: Any = None
-    if is_main():
+    if ranks.is_main():
         _inside_on_main = True
         try:
             result = fn(*args, **kwargs)
@@ -186,7 +157,6 @@ def shard(order, rank: int, world: int, pad: bool = True):
     with its own first indices to a multiple of ``world`` (``pad``; every rank then has as many), then every
     ``world``-th index from ``rank``. Rank r's i-th batch of b/world then holds the r-th, (r+world)-th, ...
     rows of the single-process batch i of b: together the ranks see exactly the batches one process would."""
-    import torch
     if pad and len(order) % world:
         extra = world - len(order) % world
         reps = -(-extra // max(len(order), 1))
@@ -199,21 +169,17 @@ def wrap(model, device, sync_bn: bool = False):
     BatchNorm layers become SyncBatchNorm (statistics over the global batch, not each rank's share)."""
     if not active():
         return model
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
     if sync_bn and device.type != "cuda":
-        from dllab import DllabError
         raise DllabError(f"train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
                          f"{device.type}); leave it off: each rank's BatchNorm then uses its share of the batch")
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ids = [device.index if device.index is not None else local_rank()] if device.type == "cuda" else None
+    ids = [device.index if device.index is not None else ranks.local_rank()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
 def per_rank_batch(batch_size: int, what: str = "train.batch_size") -> int:
     """The share of a global batch that one rank takes."""
-    from dllab import DllabError
     n = part()[1]
     if batch_size % n:
         raise DllabError(f"{what}={batch_size} is the global batch and must divide evenly over the {n} "
@@ -224,9 +190,8 @@ def per_rank_batch(batch_size: int, what: str = "train.batch_size") -> int:
 def peer_lost(error: BaseException) -> bool:
     """Whether ``error`` is a collective failing because another process of the job is gone (killed, crashed,
     its machine down): gloo reports it as a RuntimeError naming its transport, NCCL as a DistError."""
-    if not launched():
+    if not ranks.launched():
         return False
-    import torch.distributed as dist
     text = str(error)
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (
         "gloo" in text or "NCCL" in text or "Connection reset by peer" in text or "Connection closed" in text))

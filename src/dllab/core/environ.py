@@ -31,6 +31,11 @@ from urllib.parse import urlparse, urlsplit
 
 import platformdirs
 
+try:
+    import resource           # the process's limits (ulimit): Unix only
+except ImportError:           # Windows: no limits to read
+    resource = None
+
 from dllab import DllabError
 from dllab.core import untrusted
 
@@ -229,11 +234,18 @@ def omp_num_threads() -> str:
 
 def memory_limit() -> int | None:
     """The address-space limit of this process in bytes (``ulimit -v``); None when there is none."""
-    try:
-        import resource
-    except ImportError:                   # Windows
+    return _soft_limit("RLIMIT_AS")
+
+
+def open_files_limit() -> int | None:
+    """The soft limit on open files (``ulimit -n``); None where there is none."""
+    return _soft_limit("RLIMIT_NOFILE")
+
+
+def _soft_limit(name: str) -> int | None:
+    if resource is None:
         return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    soft, _ = resource.getrlimit(getattr(resource, name))
     return None if soft == resource.RLIM_INFINITY else soft
 
 

@@ -1,6 +1,6 @@
 """Files written so that a reader never sees half of one: a temp file beside the target, renamed onto it
 (``atomic_write``), with the modes any new file gets under the umask (not mkstemp's private 0600); lines
-appended without following a link (``append_line``); CSV rows, JSON and PNG figures the same way.
+appended without following a link (``append_line``); CSV rows and JSON the same way (PNG figures: ``figures``).
 
 A write the system cuts short (a full disk, ``ulimit -f``) is the OSError that names the file, not a library's
 RuntimeError; Ctrl-C during a write waits until the file is in place. Torch-free.

@@ -14,6 +14,8 @@ import socket
 import stat
 from pathlib import Path
 
+from filelock import lock_descriptor
+
 from dllab import DllabError
 
 LOCK_NAME = ".dllab.lock"
@@ -27,8 +29,6 @@ def hold(folder: Path, what: str = "run folder") -> None:
     A folder inside one this process already holds is covered by that lock (a multi-seed run's ``seed<N>/``
     folders): it takes no lock of its own, so the sub-folders carry no lock file and a writer never waits
     on itself."""
-    from filelock import lock_descriptor
-
     key = str(Path(folder).resolve())
     if _covered(key):
         return

@@ -74,12 +74,18 @@ class Registered:
 @dataclass
 class Experiment:
     """An experiment: its config class (a ``config.RunConfig``), the profiles (flat dotted overrides of the
-    config's defaults; smoke, quick and paper are required), the run function and the spec's numbers."""
+    config's defaults; smoke, quick and paper are required), where its run function is, and the spec's numbers.
+
+    It is registered on its config class, which lives in a torch-free module (the CLI checks a whole config
+    before torch loads), and names its run function as ``"module:function"``: the module that wires the
+    layers below together, imported when the experiment first runs."""
     name: str
     description: str
     config_cls: type
     profiles: dict[str, dict[str, Any]]   # profile -> overrides on top of the config's defaults
-    run: Callable                          # run(cfg, run_dir: runs.Run) -> summary dict
+    # run(cfg, run: runner.run.Run) -> summary dict, as "module:function" (imported on the first run), or the
+    # function itself (a test's stub; an experiment defined in a script)
+    target: str | Callable
     reference: dict[str, Any] = field(default_factory=dict)   # spec numbers beside the run's, keyed as the summary
     notes: str = ""                        # the spec's claims, quoted in the report
     # metrics(cfg) -> the summary keys a run of ``cfg`` reports, in the summary's order, computed from the
@@ -89,8 +95,33 @@ class Experiment:
     metrics: Callable[[Any], list[str]] | None = None
 
     def __post_init__(self):
-        # A misspelt profile key, or a missing profile, is an error when the experiment registers.
+        # A misspelt profile key, a missing profile or a run target that is no "module:function" is an error
+        # when the experiment registers.
         self.config_cls.check_profiles(self.name, self.profiles)
+        if callable(self.target):
+            return
+        module, _, function = str(self.target).partition(":")
+        if not module or not function:
+            raise DllabError(f"experiment '{self.name}': run={self.target!r} must name its run function as "
+                             "'module:function'")
+
+    def run(self, cfg, run) -> dict[str, float]:
+        """Run ``cfg`` in the run folder ``run`` (a ``runner.run.Run``); returns the summary."""
+        return self.run_function()(cfg, run)
+
+    def run_function(self) -> Callable:
+        """The run function, its module imported on first use (with torch and whatever else it needs)."""
+        return self.target if callable(self.target) else _resolve(self.target)
+
+
+@cache
+def _resolve(target: str) -> Callable:
+    """The object a ``"module:attribute"`` target names (the registry is the one place that imports by name)."""
+    module, _, attribute = target.partition(":")
+    function = getattr(importlib.import_module(module), attribute, None)
+    if not callable(function):
+        raise DllabError(f"{target}: {module} defines no function {attribute}")
+    return function
 
 
 _loaded: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
@@ -99,15 +130,15 @@ _loaded: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
 def register(kind: str, name: str, **meta) -> Callable[[Any], Any]:
     """Decorator: the decorated object is the ``kind`` plug-in called ``name``. Both must be literal strings
     (the static index reads them without running the module); ``meta`` is kept for its users (a sink's
-    ``requires``, an experiment's config and profiles...). An experiment's ``meta`` is checked now: its
-    config class, profiles (smoke, quick, paper), reference numbers, notes and metrics."""
+    ``requires``...). An experiment decorates its config class and gives ``run="module:function"``, its
+    profiles (smoke, quick, paper), reference numbers, notes and metrics; they are checked now."""
     if kind not in KINDS:
         raise ValueError(f"unknown plug-in kind {kind!r}; one of {', '.join(KINDS)}")
 
     def deco(obj):
         if kind == "experiment":
-            meta["config_cls"] = meta.pop("config")
-            _loaded[kind][name] = Registered(Experiment(name, run=obj, **meta), meta)
+            spec = {("target" if k == "run" else k): v for k, v in meta.items()}
+            _loaded[kind][name] = Registered(Experiment(name, config_cls=obj, **spec), meta)
         else:
             _loaded[kind][name] = Registered(obj, meta)
         return obj

@@ -13,6 +13,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dllab import DllabError
 
@@ -27,7 +28,6 @@ def _first_line(e: BaseException) -> str:
 def decode_image(path: Path) -> np.ndarray:
     """An image file as uint8 (H, W, 3). Grey, palette, CMYK and RGBA images are converted to RGB (alpha is
     dropped), as torchvision's ImageFolder loader does, so one tree may mix them."""
-    from PIL import Image
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))

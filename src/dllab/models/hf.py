@@ -16,7 +16,11 @@ import contextlib
 import importlib.util
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from dllab import DllabError
 from dllab.core import environ
@@ -47,7 +51,6 @@ def minilm_path() -> Path:
 
 
 def _in_hf_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
     try:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:  # an id the hub would reject (bad characters, ...) is simply not cached
@@ -87,7 +90,6 @@ def open_model(name: str, fallback: str = "", reporter: Reporter = QUIET) -> tup
 def _quiet_transformers():
     """Hide the "Loading weights" bar and the "newly initialized: classifier" report: a fresh head is the
     point of fine-tuning, and the run's report says which model was used."""
-    from transformers.utils import logging as hf_logging
     level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -100,7 +102,6 @@ def _quiet_transformers():
 
 
 def _from_pretrained(auto_cls, source: str, **kwargs):
-    from safetensors import SafetensorError
     local_only = Path(source).is_dir() or not environ.hub_reachable()
     try:
         with _quiet_transformers():
@@ -117,7 +118,6 @@ PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 def check_weight_files(folder: Path) -> None:
     """A local model folder must hold its weights as safetensors, each with a readable header: pickled
     weights (``pytorch_model.bin``) are refused rather than unpickled, and a damaged file is named."""
-    from safetensors import safe_open
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_WEIGHT_SUFFIXES)
@@ -144,7 +144,6 @@ def _load_model(auto_cls, source: str, **kwargs) -> nn.Module:
 
 
 def load_config(source: str):
-    from transformers import AutoConfig
     return _from_pretrained(AutoConfig, source)
 
 
@@ -159,20 +158,17 @@ def describe(name: str, config) -> str:
 
 
 def load_tokenizer(source: str):
-    from transformers import AutoTokenizer
     return _from_pretrained(AutoTokenizer, source)
 
 
 def load_encoder(source: str) -> nn.Module:
     """The bare transformer (no head): what feature extraction reads hidden states from."""
-    from transformers import AutoModel
     return _load_model(AutoModel, source)
 
 
 def load_classifier(source: str, num_labels: int | None = 2) -> nn.Module:
     """``AutoModelForSequenceClassification``: a new random head on [CLS] when ``num_labels`` is given,
     the model's own (already trained) head when it is None."""
-    from transformers import AutoModelForSequenceClassification
     kwargs = {} if num_labels is None else {"num_labels": num_labels}
     return _load_model(AutoModelForSequenceClassification, source, **kwargs)
 

@@ -17,6 +17,7 @@ from dllab.ood.settings import METRICS, AutoencoderConfig, OdinSetting
 from dllab.train.inference import logits_of
 from dllab.ood.base import Detector, LogitDetector
 from dllab.ood.datasets import OODSet
+from dllab.ood.metrics import ood_metrics
 
 
 def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
@@ -53,8 +54,6 @@ def ood_evaluation(model, id_x, ood_sets: dict[str, torch.Tensor], detectors: di
 
     Returns (scores {"id" | ood name: {"logits" | detector: tensor}}, metrics {ood: {detector: {metric: v}}}).
     """
-    from dllab.ood.metrics import ood_metrics  # scikit-learn: imported when needed, not by `dllab list`
-
     scores = {"id": score_images(model, id_x, detectors, batch_size)}
     metrics = {}
     for name, x in ood_sets.items():

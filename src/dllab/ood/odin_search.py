@@ -15,6 +15,7 @@ from dllab.ood.settings import OdinGridConfig
 from dllab.ood.msp import msp_scores
 from dllab.train.inference import logits_of
 from dllab.ood.odin import odin_grid
+from dllab.ood.metrics import ood_metrics
 
 
 def split_mask(n: int, fraction: float, g: torch.Generator) -> torch.Tensor:
@@ -36,8 +37,6 @@ def odin_search(model, id_x, ood_x, id_val: torch.Tensor, ood_val: torch.Tensor,
     same batches as the grid, so the (T=1, eps=0) cell equals MSP bit for bit. Pass the same ``id_cache``
     dict for several OOD sets and the ID images are scored once.
     """
-    from dllab.ood.metrics import ood_metrics
-
     Ts, Es = [float(t) for t in temperatures], [float(e) for e in epsilons]
     if not Ts or not Es:
         raise DllabError("odin.temperatures and odin.epsilons need at least one value each")

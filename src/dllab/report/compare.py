@@ -13,8 +13,10 @@ from dllab import DllabError
 from dllab.store.records import read_history as read_history_csv
 from dllab.core import untrusted
 from dllab.core.config import flat_yaml
-from dllab.core.files import atomic_write_text, save_png
+from dllab.core.files import save_png
+from dllab.core.files import atomic_write_text
 from dllab.report.render import Doc, md_text, read_run, with_std
+from dllab.report import plots
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
@@ -51,8 +53,6 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 def curves_figure(histories: dict[str, list[dict]]):
     """One panel per history column, a line per run and variant."""
-    from dllab.report import plots
-
     panels: dict[str, dict[str, tuple[list, list]]] = {}
     for col in CURVES:
         lines = {}

@@ -17,14 +17,15 @@ from urllib.parse import quote
 
 from dllab import DllabError
 from dllab.core import untrusted
+from dllab.core.files import atomic_write_text
+from dllab.core.registry import get_experiment
+from dllab.store.folder import read_env
+from dllab.store.records import read_metrics, read_report_state
 
 RunInfo = dict[str, Any]
 
 
 def read_run(path: Path) -> RunInfo:
-    from dllab.store.folder import read_env
-    from dllab.store.records import read_metrics, read_report_state
-
     path = Path(path).resolve()
     if path.is_dir():
         untrusted.check_tree(path)   # a link inside could copy another file of the user's into the report
@@ -83,8 +84,6 @@ def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[l
 
 def _experiment(name: str):
     """The registered experiment of a run folder, or None (a run of an experiment this version lacks)."""
-    from dllab.core.registry import get_experiment
-
     try:
         return get_experiment(name)
     except DllabError:
@@ -205,8 +204,6 @@ def _versions(env: dict) -> dict:
 
 def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
     """Write ``out`` (.md) and its .html twin for the given run folders."""
-    from dllab.core.files import atomic_write_text
-
     runs = [read_run(Path(p)) for p in run_dirs]
     out = Path(out)
     md_path = out if out.suffix == ".md" else out.with_suffix(".md")

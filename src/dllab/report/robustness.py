@@ -11,6 +11,7 @@ import torch
 
 from dllab.report import plots
 from dllab.core.items import Figure, Item, Table
+from dllab.ood.metrics import roc_pr_curves
 
 
 def k255(eps: float) -> str:
@@ -59,8 +60,6 @@ def ood_histograms(scores: dict, labels: dict[str, str]) -> list[Item]:
 def roc_figures(scores: dict, metrics: dict, labels: dict[str, str], file_prefix: str = "",
                 caption_prefix: str = "") -> list[Item]:
     """roc_pr_<ood>.png per OOD set: every detector's ROC and precision-recall curve."""
-    from dllab.ood.metrics import roc_pr_curves
-
     figures: list[Item] = []
     for ood, per_det in metrics.items():
         curves = {}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dllab.core.files import atomic_write_text, save_png
+from dllab.core.files import save_png
+from dllab.core.files import atomic_write_text
 from dllab.report.render import Doc, md_text, with_std
+from dllab.report import plots
 
 
 def _number(text: str) -> float | None:
@@ -17,8 +19,6 @@ def _number(text: str) -> float | None:
 def metric_figure(rows: list[dict], keys: list[str], metric: str):
     """Per swept key: every point's metric (± std over seeds) at its value, one line per setting of the
     other keys, so an interaction shows as lines that cross."""
-    from dllab.report import plots
-
     panels, errors, xticks, logx = {}, {}, {}, []
     for key in keys:
         values = list(dict.fromkeys(r[key] for r in rows))

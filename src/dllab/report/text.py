@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dllab.core.progress import mmss
 from dllab.core.items import Figure, Item, Note, Table
+from dllab.report.plots import bar_chart
 
 
 def classifiers_report(acc: dict[str, dict[str, float]], timings: dict[str, float], reference: dict,
                        model_name: str, pooling: str, k: int, n_train: int) -> list[Item]:
     """The frozen-embedding classifiers: a table beside the spec's validation accuracy, and a bar chart."""
-    from dllab.report.plots import bar_chart
-
     rows = []
     for clf, a in acc.items():
         ref = reference.get(f"{clf}.val_acc")
@@ -29,8 +28,6 @@ def classifiers_report(acc: dict[str, dict[str, float]], timings: dict[str, floa
 def strategies_report(results: dict[str, dict], reference: dict, model_name: str, setting: str) -> list[Item]:
     """The fine-tuning strategies table (``setting``: data size, epochs, batch...), notes on how time and
     memory were measured, and two bar charts."""
-    from dllab.report.plots import bar_chart
-
     kinds = sorted({r["memory_kind"] for r in results.values()})
     rows = []
     for s, r in results.items():

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dllab.core.items import Figure, Item, Note, Table
+from dllab.report import plots
+from dllab.report.variants import accuracy_table, curves_figure
+from dllab.report.significance import pretraining_verdict
 
 if TYPE_CHECKING:
     from dllab.data.images import ImageData
@@ -50,8 +53,6 @@ def accuracy_figure(summary: dict[str, float], methods: list[str], title: str,
                     reference: dict[str, float] | None) -> list[Item]:
     """All methods side by side: classical classifiers, fine-tuning variants, scratch (and the spec's
     validation accuracy, when ``reference`` is given: the run is in the spec's setting)."""
-    from dllab.report import plots
-
     methods = [n for n in methods if f"{n}.test_acc" in summary]
     if not methods:
         return []
@@ -68,8 +69,6 @@ def variants_report(history: list[dict[str, Any]], results: dict[str, dict], tun
                     src_data: ImageData | None) -> list[Item]:
     """The fine-tuning variants' table and curves, and the source model's curves when it was trained here
     (from the run's ``history``)."""
-    from dllab.report.variants import accuracy_table, curves_figure
-
     items: list[Item] = []
     if tuned:
         items += accuracy_table(results, tuned, "Fine-tuning variants (target dataset)")
@@ -85,8 +84,6 @@ def closing_notes(results: dict[str, dict], summary: dict[str, float], target: I
                   spec_verdict: str = "") -> list[Item]:
     """Whether pretraining beat scratch by more than sampling noise (and ``spec_verdict``, the spec's answer),
     frozen features against fine-tuning, and which weights test_acc measures."""
-    from dllab.report.significance import pretraining_verdict
-
     notes: list[Item] = []
     n_eval = len(target.val) if target.val is not None else len(target.test)
     if sentence := pretraining_verdict(results, n_eval, "val" if target.val is not None else "test",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dllab.core.items import Figure, Item, Table
+from dllab.report import plots
 
 if TYPE_CHECKING:   # report modules import no torch for their type hints
     from dllab.train.variants import Variant
@@ -33,8 +34,6 @@ def curves_figure(history: list[dict[str, Any]], names: list[str], file: str, ca
     """Loss and accuracy per epoch of the variants ``names`` (their rows of ``history``), one figure."""
     if not names:
         return []
-    from dllab.report import plots  # matplotlib: imported once there is a figure to draw, not before training
-
     rows = {n: [r for r in history if r.get("variant") == n] for n in names}
     return [Figure(plots.training_curves(rows, title), file, caption)]
 
@@ -55,8 +54,6 @@ def plain_vs_residual(history: list[dict[str, Any]], results: dict, variants: li
 
 def gradient_figure(results: dict, names: list[str]) -> list[Item]:
     """Per-layer gradient norms of ``names`` in their first and last epoch (``train.grad_norms``)."""
-    from dllab.report import plots
-
     series = {}
     for n in names:
         gn = results[n].get("grad_norms")
@@ -74,8 +71,6 @@ def gradient_figure(results: dict, names: list[str]) -> list[Item]:
 
 def accuracy_vs_depth(results: dict, depths: list[int]) -> list[Item]:
     """Test accuracy against depth, plain (``plain_d<k>``) vs residual (``res_d<k>``)."""
-    from dllab.report import plots
-
     series = {kind: [results[f"{p}_d{d}"]["test_acc"] if f"{p}_d{d}" in results else float("nan") for d in depths]
               for kind, p in (("plain", "plain"), ("residual", "res"))}
     return [Figure(plots.line_plot(depths, series, "depth (blocks)", "test accuracy", "test accuracy vs depth"),

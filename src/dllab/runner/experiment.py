@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from dllab import DllabError
-from dllab.core import distributed, environ, lock
-from dllab.core.config import TrainConfig, make_config, sections
+from dllab.core import distributed, environ, lock, ranks
+from dllab.core.config import TrainConfig, check_seeds, make_config, sections
 from dllab.core.machine import describe_device, git_commit, resolve_device, seed_everything, versions
 from dllab.core.registry import Experiment, get_experiment
 from dllab.report.render import write_report
 from dllab.runner.run import Run
 from dllab.store.folder import read_json
+from dllab.train.checkpoint import check_spec, load_checkpoint
 
 
 def _execute(exp: Experiment, run: Run) -> dict[str, float]:
@@ -37,7 +38,7 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     device = run.device
     started = time.time()
     run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
-                  world_size=distributed.world_size(), backend=distributed.backend(device),
+                  world_size=ranks.world_size(), backend=distributed.backend(device),
                   omp_wait_policy=environ.omp_wait_policy()[0] or "(OpenMP default)",
                   precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
     summary = exp.run(cfg, run)
@@ -89,7 +90,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
                           {"seed": seeds[0] if seeds is not None else seed, "device": device or None})
         check_global_batches(cfg)
         resolve_device(cfg.device)  # fail before creating a folder
-        env = {"command": command, "started": now, "world_size": distributed.world_size(),
+        env = {"command": command, "started": now, "world_size": ranks.world_size(),
                **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
         run = distributed.on_main(Run.create, exp.name, cfg, out=out, quiet=quiet, env=env, on_created=on_start)
         run.log(f"{exp.name} ({cfg.profile}) -> {run.path}", echo=False)
@@ -115,8 +116,6 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     """The run folder to continue, checked before any work: its seeds, its number of processes, and every
     checkpoint, model and result (a damaged or crafted one is refused now, not after minutes of data loading
     and earlier variants). Returns (run, experiment name, seeds)."""
-    from dllab.train.checkpoint import check_spec, load_checkpoint
-
     run = Run.open_for_resume(resume, get_experiment, quiet=quiet)   # config.yaml checked whole as it is read
     if on_start is not None:
         on_start(run.path)
@@ -140,7 +139,7 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
 def check_world_size(run: Run) -> None:
     """A run continues with as many processes as it started with: the batches each rank took, and so the
     numbers, depend on it (a run from before torchrun support was a single process)."""
-    started, now = run.env.get("world_size", 1), distributed.world_size()
+    started, now = run.env.get("world_size", 1), ranks.world_size()
     if started != now:
         how = ("without --nproc or torchrun" if started == 1 else
                f"with `dllab run --nproc {started} --resume {run.path}` (or torchrun --nproc-per-node / --nnodes "
@@ -162,17 +161,6 @@ def _train_sections(cfg, prefix: str = ""):
     for key, section in sections(cfg, prefix):
         if isinstance(section, TrainConfig):
             yield key, section
-
-
-def check_seeds(seeds: list[int]) -> None:
-    if not seeds:
-        raise DllabError("--seeds lists no seed; give comma-separated integers, e.g. --seeds 0,1,2")
-    bad = [s for s in seeds if not 0 <= s <= 2**32 - 1]
-    if bad:
-        raise DllabError(f"--seeds: seed {bad[0]} is out of range; seeds are integers from 0 to {2**32 - 1}")
-    dup = sorted({s for s in seeds if seeds.count(s) > 1})
-    if dup:
-        raise DllabError(f"--seeds lists seed {dup[0]} twice; a mean over seeds needs distinct seeds")
 
 
 def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:

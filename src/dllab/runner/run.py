@@ -21,14 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from dllab.core import distributed
+from dllab.core import distributed, machine
+from dllab.core.events import CheckpointIO, TrainingHooks
 from dllab.core.items import Item
 from dllab.store.checkpoints import RunCheckpoints
 from dllab.store.folder import RunFolder
 from dllab.store.records import RunRecords
-from dllab.core.events import CheckpointIO, TrainingHooks
 from dllab.tracking.tracker import Tracker
-
+from dllab.train.checkpoint import FileCheckpoint
 
 
 class Run:
@@ -85,8 +85,7 @@ class Run:
         """The torch.device of this run (``cfg.device`` resolved once; under torchrun on CUDA, this rank's
         GPU); experiments and loops use it."""
         if self._device is None:
-            from dllab.core.machine import resolve_device
-            self._device = distributed.device_for(resolve_device(self.cfg.device))
+            self._device = distributed.device_for(machine.resolve_device(self.cfg.device))
         return self._device
 
     def write_env(self, **extra) -> None:
@@ -132,7 +131,7 @@ class Run:
         return self.records.variant_history(variant)
 
     def result(self, variant: str) -> dict | None:
-        return self.records.result(variant)
+        return distributed.on_main(self.records.result, variant)
 
     def save_result(self, variant: str, result: dict) -> None:
         self.records.save_result(variant, result)
@@ -141,13 +140,15 @@ class Run:
         return self.records.save_arrays(name, arrays)
 
     def cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
-        return self.records.cached_arrays(name, key, compute)
+        """``records.cached_arrays``: under torchrun rank 0 reads or computes the arrays, and hands them to the
+        other ranks."""
+        return distributed.on_main(self.records.cached_arrays, name, key, compute)
 
     def write_metrics(self, summary: dict[str, float], **extra) -> None:
         self.records.write_metrics(summary, **extra)
 
     def metrics(self) -> dict:
-        return self.records.metrics()
+        return distributed.on_main(self.records.metrics)
 
     def reuse_or_run(self, name: str, compute: Callable[[], dict | None], key: str | None = None
                      ) -> tuple[dict | None, bool]:
@@ -184,11 +185,9 @@ class Run:
         pass   # the result is saved by reuse_or_run, the model by the training function (``models``)
 
     def checkpoint_io(self, variant: str) -> CheckpointIO:
-        from dllab.train.checkpoint import FileCheckpoint  # torch: this module loads with `dllab list`, torch must not
         return FileCheckpoint(self.checkpoint_path(variant))
 
     def model_io(self, variant: str) -> CheckpointIO:
-        from dllab.train.checkpoint import FileCheckpoint
         return FileCheckpoint(self.checkpoints.model(variant))
 
     def record_precision(self, who: str, precision) -> None:

@@ -37,11 +37,12 @@ from typing import Callable
 
 from dllab import DllabError
 from dllab.core import cpus, environ, lock, untrusted
-from dllab.core.config import apply_overrides, make_config
+from dllab.core.config import apply_overrides, check_seeds, make_config
 from dllab.runner import sweep_ray
 from dllab.runner.launch import child_env
 from dllab.core.registry import Experiment, get_experiment
 from dllab.core.files import TMP_SUFFIX, atomic_write_json, dir_mode, write_csv
+from dllab.report.sweep import write_sweep_report
 from dllab.store.records import read_metrics
 from dllab.runner.sweep_spec import SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec
 
@@ -55,7 +56,6 @@ def check_spec(spec: SweepSpec):
     check_size(spec)
     base = make_config(exp.config_cls, exp.profiles, spec.profile, spec.sets)
     if spec.seeds is not None:
-        from dllab.runner.experiment import check_seeds
         check_seeds(spec.seeds)
     overridden = {s.split("=", 1)[0].strip() for s in spec.sets}
     for key, values in spec.grid.items():
@@ -222,8 +222,6 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
     """Run (or continue) the sweep; returns its folder, with sweep.csv and the report written. Everything is
     checked before the folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a
     sweep refused for its input leaves no file behind."""
-    from dllab.report.sweep import write_sweep_report
-
     points, metric, declared = _checked(spec, jobs, goal, metric)
     with _ray_session(ray):
         folder = open_sweep(spec, out).resolve()

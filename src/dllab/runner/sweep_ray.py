@@ -17,7 +17,7 @@ from dllab.core import cpus
 
 def _ray():
     try:
-        import ray
+        import ray   # the optional extra dllab[ray]: only a sweep with --ray needs it
     except ImportError as e:
         raise DllabError("--ray needs Ray: pip install 'dllab[ray]'") from e
     return ray

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dllab import DllabError
-from dllab.core import distributed, environ, lock, untrusted
+from dllab.core import environ, lock, ranks, untrusted
 from dllab.core.config import dump_yaml, load_yaml
 from dllab.core.files import (TMP_SUFFIX, append_line, atomic_write_json, atomic_write_text, dir_mode,
                               remove_stale_temp_files, sigint_deferred)
@@ -52,7 +52,7 @@ def config_digest(text: str) -> str:
 def _hold_as_writer(path: Path) -> None:
     """The writer's lock of a run folder, taken by the process that writes it: rank 0 under torchrun (the
     other ranks write nothing). A second writer gets a one-line error naming the holder's PID."""
-    if distributed.is_main():
+    if ranks.is_main():
         lock.hold(path, "run folder")
 
 
@@ -74,7 +74,7 @@ class RunFolder:
     @property
     def writes(self) -> bool:
         """Whether this process writes the run folder: always, except on torchrun's ranks other than 0."""
-        return distributed.is_main()
+        return ranks.is_main()
 
     @classmethod
     def create(cls, experiment: str, cfg, out: str | None = None, quiet: bool = False,

@@ -7,15 +7,18 @@
     *.png, *.npz             the figures, and arrays worth keeping (the numbers behind a figure, caches)
 
 The tracker (``tracking.Tracker``) receives what is recorded: the new epochs' rows, each figure as it is
-saved, the final summary. Under torchrun only rank 0 writes; the other ranks keep the same state in memory.
+saved, the final summary. Under torchrun only rank 0 writes; the other ranks keep the same state in memory
+(what rank 0 reads, ``runner.run.Run`` hands to them).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from dllab import DllabError
-from dllab.core import distributed, untrusted
+from dllab.core import untrusted
 from dllab.core.files import atomic_write, atomic_write_json, save_png, write_csv
 from dllab.core.items import Figure, Item, Note, Table
 from dllab.store.folder import RunFolder, read_json
@@ -56,8 +59,7 @@ class RunRecords:
 
     def result(self, name: str) -> dict | None:
         p = self.path / "results" / f"{name}.json"
-        return distributed.on_main(lambda: read_json(p, f"; delete it to train {name} again")
-                                   if p.exists() else None)
+        return read_json(p, f"; delete it to train {name} again") if p.exists() else None
 
     def save_result(self, name: str, result: dict) -> None:
         if self.folder.writes:
@@ -70,7 +72,7 @@ class RunRecords:
         self.tracker.finish(summary)   # hparams beside the final numbers; closes the event files
 
     def metrics(self) -> dict:
-        return distributed.on_main(read_metrics, self.path / "metrics.json")
+        return read_metrics(self.path / "metrics.json")
 
     # --- the report: notes, tables, figures --------------------------------------------------------
     def add(self, *items: Item) -> None:
@@ -126,8 +128,6 @@ class RunRecords:
     def save_arrays(self, name: str, arrays: dict) -> Path:
         """``name`` (.npz) in the run folder, compressed and written atomically (a reader never sees half a
         file): the numbers behind a figure, so it can be redrawn without rerunning."""
-        import numpy as np
-
         if self.folder.writes:
             atomic_write(self.path / name, lambda f: np.savez_compressed(f, **arrays))
         return self.path / name
@@ -135,12 +135,7 @@ class RunRecords:
     def cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """``name`` (.npz) in the run folder: ``compute()``'s arrays, computed once and reused while ``key``
         (a string that changes with whatever they depend on) matches; a stale or damaged file is computed
-        again, with a note. Returns (arrays, reused). Under torchrun rank 0 reads or computes them."""
-        return distributed.on_main(self._cached_arrays, name, key, compute)
-
-    def _cached_arrays(self, name: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
-        import numpy as np
-
+        again, with a note. Returns (arrays, reused)."""
         path = self.path / name
         if path.exists():
             try:

@@ -5,7 +5,7 @@ it, which precision and learning rate it trains with, or that it is evaluated as
 then trains every strategy as the same ``TextTask`` of the one training loop (``train.loop.fit``, which image
 classifiers use too), so differences in the results table come from the strategy, not from different loops.
 
-``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2.py``): it has ``lr.<strategy>``,
+``ctx.cfg`` is the experiment's ``finetune`` section (see ``experiments/lab2/config.py``): it has ``lr.<strategy>``,
 ``amp``, ``lora.{r,alpha,dropout,target_modules}`` and ``pretrained_model``.
 
 Under torchrun (see dllab.core.distributed) every strategy that trains does so data-parallel, in PyTorch's
@@ -39,7 +39,7 @@ from dllab.core.events import QUIET, Callback, CheckpointIO, Reporter
 from dllab.models.common import count_parameters
 from dllab.core.registry import register
 from dllab.train.loop import Meter, Task, fit
-from dllab.train.precision import Precision, resolve_precision
+from dllab.train.precision import ALIASES, Precision, resolve_precision
 from dllab.models import hf
 
 
@@ -114,6 +114,8 @@ def full_amp(ctx: StrategyContext) -> Prepared:
 def lora(ctx: StrategyContext) -> Prepared:
     """Low-rank adapters on the attention projections (query/value by default) plus a trainable head
     (peft's ``modules_to_save``); the pretrained weights stay frozen."""
+    # peft loads here, when LoRA is asked for: seconds of imports that every other strategy (and
+    # lab2.features) would pay if it loaded at the top of this module.
     from peft import LoraConfig, TaskType, get_peft_model
     model = ctx.fresh_classifier()
     c = ctx.cfg.lora
@@ -155,7 +157,6 @@ def amp_precision(setting: str, device: torch.device) -> Precision:
     ``auto`` picks what ``train.precision=auto`` would pick for a transformer (bf16 on GPUs that have it,
     else fp16 + GradScaler; on CPU bf16 where the probe measured it faster). Where that is fp32, mixed
     precision has nothing to show: ``StrategySkipped`` with the probe's figures as the reason."""
-    from dllab.train.precision import ALIASES
     if ALIASES.get(setting, setting) not in ("auto", "bf16-mixed", "fp16-mixed"):
         raise DllabError(f"finetune.amp={setting}: choose auto, bf16-mixed or fp16-mixed (or bf16, fp16)")
     prec = resolve_precision(setting, device, model_kind="transformer")

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from dllab import DllabError
-from dllab.core import distributed, untrusted
+from dllab.core import distributed, ranks, untrusted
 from dllab.core.files import atomic_write
+from dllab.core.registry import build_model
 
 CHECKPOINT_LIMIT = 16 * 2**30   # far above any model the labs train; a bound on what a crafted file can make us read
 # Model constructor arguments a saved spec may carry: plain values only (a spec is rebuilt with them).
@@ -41,7 +42,7 @@ def plain(obj: Any) -> Any:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    if not distributed.is_main():
+    if not ranks.is_main():
         return
     state = plain(state)
     atomic_write(path, lambda f: torch.save(state, f))
@@ -169,8 +170,6 @@ def check_spec(path: Path, spec: Any) -> dict[str, Any]:
 
 def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a saved model. ``expect`` = spec kwargs that must match (e.g. the architecture's depth)."""
-    from dllab.core.registry import build_model
-
     blob = load_checkpoint(path)
     spec = check_spec(path, blob.get("spec"))
     for k, v in (expect or {}).items():

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from dllab import DllabError
-from dllab.core import cpus, environ, untrusted
+from dllab.core import cpus, distributed, environ, untrusted
+from dllab.core.files import atomic_write_json
 
 NAMES = ("fp32", "bf16-mixed", "fp16-mixed")
 SETTINGS = ("auto", *NAMES)
@@ -325,7 +326,6 @@ def cpu_figures(probe: Callable[[], dict] = probe_cpu) -> tuple[dict[str, dict],
 
 
 def _save_cache(path: Path, entries: dict) -> None:
-    from dllab.core.files import atomic_write_json
     try:
         atomic_write_json(path, entries)      # (a temp file renamed over ``path``: a link there is replaced)
     except OSError:
@@ -369,7 +369,6 @@ def resolve_precision(setting: str, device: torch.device, model_kind: str = "con
         if setting == "auto":
             return Precision("fp32", device, f"auto: fp32 on {dev} (see dllab.train.precision)")
         return Precision(setting, device, "explicit setting")
-    from dllab.core import distributed
     figs, _ = distributed.on_main(cpu_figures)   # under torchrun: rank 0's probe decides for every rank
     speedup = figs[model_kind]["speedup"]
     measured = (f"probe: {model_kind} bf16 {speedup:.2f}x fp32's speed on {torch.backends.cpu.get_cpu_capability()}"

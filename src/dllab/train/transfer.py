@@ -6,17 +6,11 @@ stem and the first ``freeze_blocks`` blocks; ``scratch`` is the source's archite
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dllab import DllabError
 from dllab.core.config import OptimConfig
-
-# No torch at import: the experiment's config takes VARIANTS from here while ``dllab list`` stays fast.
-if TYPE_CHECKING:
-    from dllab.train.reuse import SavedCNN
-    from dllab.train.variants import Variant
-
-VARIANTS = ("head", "full_adam", "full_sgd", "partial", "scratch")
+from dllab.train.reuse import SavedCNN
+from dllab.train.settings import VARIANTS
+from dllab.train.variants import Variant
 
 
 def check_variants(names: list[str]) -> None:
@@ -38,8 +32,6 @@ def fine_tune_variant(name: str, source, freeze_blocks: int = 0) -> Variant:
     """``name`` (head, full_*, partial): a copy of the cnn ``source`` with a new classifier for the target's
     classes, the variant's parts frozen. The spec's model defines ``fc = Linear(C, C)`` that its forward never
     calls; here ``head`` trains fc + ReLU + classifier and nothing else."""
-    from dllab.train.variants import Variant
-
     depth = len(source.blocks)
     if name == "partial" and not 0 <= freeze_blocks <= depth:
         raise DllabError(f"freeze_blocks={freeze_blocks}: choose 0..{depth} (the source has {depth} blocks)")
@@ -50,8 +42,6 @@ def fine_tune_variant(name: str, source, freeze_blocks: int = 0) -> Variant:
 def target_variants(names: list[str], source: SavedCNN, adam: OptimConfig, sgd: OptimConfig,
                     freeze_blocks: int) -> list[Variant]:
     """The variants ``names`` with their optimiser (``sgd`` for full_sgd, else ``adam``) and report columns."""
-    from dllab.train.variants import Variant
-
     k, depth = freeze_blocks, len(source.model.blocks)
     trains = {"head": "fc + ReLU + classifier",
               "partial": f"blocks {k + 1}-{depth} + classifier (stem, blocks 1-{k} frozen)"}

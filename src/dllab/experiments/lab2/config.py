@@ -1,20 +1,19 @@
-"""Lab 2 (text): what a pretrained transformer knows about sentiment, and how to adapt it (Rotten Tomatoes).
+"""Lab 2's experiments declared: configs, profiles, the spec's numbers and the summary keys of each run.
+
+Torch-free, so that the CLI checks a whole config before torch loads; the run functions are in
+``experiments/lab2/run.py``. The experiments:
 
 ``lab2.features``  the last layer's [CLS] embedding of every sentence, extracted once, fed to LinearSVC,
                    logistic regression and k-NN: how much sentiment is linearly readable without training.
 ``lab2.finetune``  a sequence classification head on [CLS], trained with each strategy (nothing, everything,
                    head + last layer, mixed precision, LoRA) or replaced by a model already fine-tuned on SST-2.
-
-This module is imported on every CLI call, so ``transformers``/``peft`` are imported inside the run functions.
 """
 from __future__ import annotations
 
 from typing import Literal
 
-from dllab.core import distributed
 from dllab.core.config import Amp, Count, Fraction, NonNegative, Positive, PositiveInt, RunConfig, Section, Unit, plugins, section
 from dllab.core.registry import register
-from dllab.runner.run import Run
 
 
 # --- configs ------------------------------------------------------------------------------------------
@@ -46,13 +45,6 @@ class FeaturesSection(Section):
     k: PositiveInt = 5                  # k-NN neighbours
     batch_size: PositiveInt = 64        # extraction batch (inference only)
     threads: Count = 0                  # torch CPU threads; 0 = torch's default (one per core)
-
-
-class FeaturesConfig(TextRunConfig):
-    features: FeaturesSection = section(FeaturesSection)
-
-    def cpu_threads(self) -> int:
-        return self.features.threads
 
 
 class StrategyLR(Section):
@@ -88,13 +80,6 @@ class FinetuneSection(Section):
     pretrained_model: str = "distilbert-base-uncased-finetuned-sst-2-english"   # "" = skip `pretrained`
     threads: Count = 0                  # torch CPU threads; 0 = torch's default (one per core). On a machine
                                         # busy with other jobs, 1 can beat 2 on 2 cores: --set finetune.threads=1
-
-
-class FinetuneConfig(TextRunConfig):
-    finetune: FinetuneSection = section(FinetuneSection)
-
-    def cpu_threads(self) -> int:
-        return self.finetune.threads
 
 
 # Profiles. smoke: seconds, for tests. quick: minutes on a 2-core CPU, with all-MiniLM-L6-v2 standing in when
@@ -138,40 +123,22 @@ SST2_NOTE = ("SST-2 is built from the same Rotten Tomatoes review snippets (Pang
 # --- lab2.features --------------------------------------------------------------------------------------
 
 def features_metrics(cfg: FeaturesConfig) -> list[str]:
-    """_features' summary keys: each classifier's validation and test accuracy."""
+    """run_features' summary keys: each classifier's validation and test accuracy."""
     return [f"{clf}.{split}_acc" for clf in dict.fromkeys(cfg.features.classifiers) for split in ("val", "test")]
 
 
 @register(
-    "experiment", "lab2.features",
+    "experiment", "lab2.features", run="dllab.experiments.lab2.run:run_features",
     description="Rotten Tomatoes: last-layer [CLS] embeddings of a pretrained transformer + LinearSVC / LogReg / k-NN",
-    config=FeaturesConfig, profiles=FEATURES_PROFILES, reference=FEATURES_REFERENCE,
+    profiles=FEATURES_PROFILES, reference=FEATURES_REFERENCE,
     notes="Spec: DistilBERT's last-layer [CLS] embedding + SVM reaches 82%, logistic regression 83%, "
           "k-NN 74% validation accuracy.",
     metrics=features_metrics)
-def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
-    # Nothing here trains: under torchrun rank 0 extracts and fits alone, the other ranks wait for its summary.
-    return distributed.on_main(_features, cfg, run)
+class FeaturesConfig(TextRunConfig):
+    features: FeaturesSection = section(FeaturesSection)
 
-
-def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
-    from dllab.features.classifiers import fit_classifiers
-    from dllab.report.text import classifiers_report
-    from dllab.experiments.common import load_text_data, open_text_model, text_features
-    fc = cfg.features
-    name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)
-    splits = load_text_data(run, cfg.data, cfg.seed)
-    feats = text_features(run, source, splits, fc.pooling, cfg.data.max_length, fc.batch_size, cfg.seed,
-                          run.device)
-    run.write_env(precision="fp32 (inference only)")
-    timings: dict[str, float] = {}
-    acc = fit_classifiers(*feats["train"], {"validation": feats["validation"], "test": feats["test"]},
-                          names=fc.classifiers, k=fc.k, seed=cfg.seed, timings=timings)
-    for clf, a in acc.items():
-        run.log(f"{clf}: val {a['validation']:.4f} test {a['test']:.4f}")
-    run.add(*classifiers_report(acc, timings, FEATURES_REFERENCE, name, fc.pooling, fc.k, len(feats["train"][1])))
-    return {f"{clf}.{split}_acc": a[long] for clf, a in acc.items()
-            for split, long in (("val", "validation"), ("test", "test"))}
+    def cpu_threads(self) -> int:
+        return self.features.threads
 
 
 # --- lab2.finetune --------------------------------------------------------------------------------------
@@ -189,34 +156,16 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
 
 
 @register(
-    "experiment", "lab2.finetune",
+    "experiment", "lab2.finetune", run="dllab.experiments.lab2.run:run_finetune",
     description="Rotten Tomatoes: fine-tuning strategies (none, full, head+last layer, mixed precision, LoRA, "
                 "SST-2 model)",
-    config=FinetuneConfig, profiles=FINETUNE_PROFILES, reference=FINETUNE_REFERENCE,
+    profiles=FINETUNE_PROFILES, reference=FINETUNE_REFERENCE,
     notes="Spec (DistilBERT, 3 epochs, validation accuracy, wall time): baseline 50%; full 83.96% 8:46; "
           "head + last layer 85.27% 8:59; full with AMP 85.08% 3:30; LoRA 83.20% 7:12; "
           "pretrained SST-2 model 90.53% 0:11.",
     metrics=finetune_metrics)
-def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
-    from dllab.report.text import strategies_report
-    from dllab.text.finetune import SUMMARY_KEYS, log_amp_choice, precisions, run_strategies, tokenized_by
-    from dllab.text.strategies import StrategyContext, TrainSettings
-    from dllab.experiments.common import load_text_data, open_text_model
-    ft = cfg.finetune
-    if "full_amp" in ft.strategies:
-        log_amp_choice(run, ft.amp, run.device)
-    name, source = open_text_model(run, cfg.model.name, cfg.model.fallback)
-    splits = load_text_data(run, cfg.data, cfg.seed)
-    settings = TrainSettings(epochs=ft.epochs, batch_size=ft.batch_size, eval_batch_size=ft.eval_batch_size,
-                             weight_decay=ft.weight_decay, warmup=ft.warmup,
-                             group_by_length=cfg.data.group_by_length, seed=cfg.seed)
-    if "pretrained" in ft.strategies:
-        run.note(SST2_NOTE)
-    results = run_strategies(ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
-                             tokenized_by(splits, cfg.data.max_length), settings, run.training_hooks())
-    run.write_env(precision=precisions(results))
-    if results:
-        run.add(*strategies_report(results, FINETUNE_REFERENCE, name,
-                                   f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "
-                                   f"max_length {cfg.data.max_length}"))
-    return {f"{strategy}.{k}": r[k] for strategy, r in results.items() for k in SUMMARY_KEYS}
+class FinetuneConfig(TextRunConfig):
+    finetune: FinetuneSection = section(FinetuneSection)
+
+    def cpu_threads(self) -> int:
+        return self.finetune.threads

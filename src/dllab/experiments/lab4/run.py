@@ -1,0 +1,161 @@
+"""Lab 4's run functions: train/reuse (the classifier), ood/ (OOD sets, detectors, the ODIN search),
+attacks/ and report/robustness wired together. Under torchrun the classifiers train on every rank and the
+analysis after them runs on rank 0 alone (``distributed.on_main``). The configs are in ``lab4/config.py``.
+"""
+from __future__ import annotations
+
+from dllab.attacks.methods import make_fgsm_loss
+from dllab.attacks.robustness import attack_examples, attack_models, clean_accuracy
+from dllab.core import distributed
+from dllab.data import data_root
+from dllab.data.images import ImageData
+from dllab.experiments.common import get_cnn, load_data, record_ood_sets
+from dllab.experiments.lab4.config import (ADV_REF, FGSM_REF, AdvTrainConfig, FGSMConfig, ODINConfig,
+                                           OODExpConfig)
+from dllab.ood.datasets import OODSet, build_ood_sets
+from dllab.ood.evaluate import build_detectors, evaluate_ood, metric_keys, score_arrays
+from dllab.ood.odin_search import msp_cell, search_arrays, search_sets
+from dllab.report import robustness as report
+from dllab.report.variants import curves_figure
+from dllab.runner.run import Run
+from dllab.train.reuse import CNNSource, SavedCNN, train_and_reload
+from dllab.train.variants import Variant, train_variants
+
+
+# --- wiring shared by the experiments --------------------------------------------------------------
+
+def _analysed(analysis, cfg, run: Run) -> dict[str, float]:
+    """The inputs on every process (training is data-parallel under torchrun), then ``analysis`` on rank 0."""
+    data, ood_sets, cnn = _inputs(cfg, run)
+    return distributed.on_main(analysis, cfg, run, data, ood_sets, cnn)
+
+
+def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], SavedCNN]:
+    """The ID data, the OOD sets (none for lab4.fgsm), the classifier (``model.run``'s cnn, checked first, or
+    trained here last, after every name was checked), in eval mode on the run's device."""
+    ref = CNNSource("model", cfg.model.run, cfg.model.variant, "standard", 5, "classifier", "classifier_standard",
+                    same_classes=True)
+    found = ref.find()   # a wrong or crafted model.run fails before any data is loaded
+    data = load_data(cfg, run)
+    if cfg.profile != "paper":
+        run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
+                 f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
+                 "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
+    ood_sets = (record_ood_sets(run, build_ood_sets(cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root),
+                                                    cfg.ood.limit, cfg.data.allow_fallback and cfg.profile != "paper"))
+                if with_ood else [])
+    arch = {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
+    cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, data, [Variant("standard", "cnn", arch)], run.device,
+                                                         run.training_hooks()), found).ready(run.device)
+    return data, ood_sets, cnn
+
+
+def _ood_scores(cfg, run: Run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
+    """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
+    detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
+                                reporter=run)
+    scores, metrics = evaluate_ood(model, detectors, data, ood_sets, cfg.analysis_batch_size,
+                                   cfg.autoencoder.train_limit, cfg.seed, tag, reporter=run)
+    run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
+                    score_arrays(scores, data.classes, data.test.y, list(detectors)))
+    return detectors, scores, metrics
+
+
+# --- Ex. 1.1-1.2: OOD detection --------------------------------------------------------------------
+
+def run_ood(cfg: OODExpConfig, run: Run) -> dict[str, float]:
+    return _analysed(_ood_analysis, cfg, run)
+
+
+def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[OODSet],
+                  cnn: SavedCNN) -> dict[str, float]:
+    summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
+    detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
+    summary.update(metric_keys(metrics))
+    labels = {d: det.label for d, det in detectors.items()}
+    ae = detectors.get("autoencoder")
+    run.add(*report.ood_metrics_table(metrics, "OOD detection (ID test vs each OOD set; larger score = more OOD)"),
+            *report.classifier_table({"standard": (cnn.origin, cnn.arch, summary["model.test_acc"])},
+                                     len(data.classes), len(data.test)),
+            *report.ood_histograms(scores, labels),
+            *report.roc_figures(scores, metrics, labels),
+            *report.ood_examples({"id": data.test.x, **{s.name: s.x for s in ood_sets}}, scores,
+                                 (lambda x: ae.reconstruct(cnn.model, x)) if ae is not None else None))
+    run.note("scores.npz holds every image's logits and detector scores (ID test and each OOD set), so the "
+             "plots can be redrawn without rerunning: np.load(run/'scores.npz')['id.msp'] etc.")
+    return summary
+
+
+# --- Ex. 2.1: FGSM (or PGD) ------------------------------------------------------------------------
+
+def run_fgsm(cfg: FGSMConfig, run: Run) -> dict[str, float]:
+    data, _, cnn = _inputs(cfg, run, with_ood=False)
+    return distributed.on_main(_fgsm_analysis, cfg, run, data, cnn)
+
+
+def _fgsm_analysis(cfg: FGSMConfig, run: Run, data: ImageData, cnn: SavedCNN) -> dict[str, float]:
+    clean, accs = attack_models({"standard": cnn.model}, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size,
+                                reporter=run)
+    a = cfg.attack.name
+    run.add(*report.attack_accuracy(accs["standard"], a, FGSM_REF if a == "fgsm" else {}),
+            *report.classifier_table({"standard": (cnn.origin, cnn.arch, clean["standard"])}, len(data.classes),
+                                     len(data.test)),
+            *report.attack_examples(*attack_examples(cnn.model, data.test, cfg.attack, cfg.seed), data.classes, a))
+    return {"model.test_acc": clean["standard"], **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
+
+
+# --- Ex. 2.2: FGSM adversarial training ------------------------------------------------------------
+
+def run_adv_train(cfg: AdvTrainConfig, run: Run) -> dict[str, float]:
+    data, ood_sets, std = _inputs(cfg, run)
+    if cfg.model.run:
+        run.note("the standard model is reused, so it was not trained with this run's data and epochs; the "
+                 "adversarially trained model uses the same architecture")
+    adv = Variant("adv", "cnn", dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
+                  meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
+    adv_cnn = train_and_reload(run.path / "models", "adv", 5,
+                               lambda: train_variants(cfg, data, [adv], run.device, run.training_hooks()))
+    return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, adv_cnn, adv.meta["loss"])
+
+
+def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list[OODSet], std: SavedCNN,
+                  adv_cnn: SavedCNN, adv_loss: str) -> dict[str, float]:
+    models = {"standard": std.model, "adv": adv_cnn.model.to(run.device).eval()}
+    clean, accs = attack_models(models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size, reporter=run)
+    summary, scores, metrics = {}, {}, {}
+    for n, model in models.items():
+        summary.update({f"{n}.test_acc": clean[n], **{f"{n}.acc@{e:g}": v for e, v in accs[n].items()}})
+        detectors, scores[n], metrics[n] = _ood_scores(cfg, run, model, data, ood_sets, n)
+        summary.update(metric_keys(metrics[n], n, which=("auroc", "fpr95")))
+    a = cfg.attack.name
+    run.add(*report.comparison_tables(accs, metrics, a,
+                                      {"standard": FGSM_REF, "adv": ADV_REF} if a == "fgsm" else {}),
+            *report.classifier_table({"standard": (std.origin, std.arch, clean["standard"]),
+                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", adv_cnn.arch, clean["adv"])},
+                                     len(data.classes), len(data.test)),
+            *curves_figure(run.history, [n for n in models if run.variant_history(n)], "curves.png",
+                           "Loss and accuracy per epoch, standard vs FGSM adversarial training (dashed: validation; "
+                           "the adv training loss is the mixed clean/adversarial objective)"),
+            *report.comparison_figures(accs, metrics, scores, a, {d: det.label for d, det in detectors.items()}))
+    run.add(*report.attack_examples(*attack_examples(models["adv"], data.test, cfg.attack, cfg.seed), data.classes,
+                                    a, "examples_adv.png", f"{a.upper()} on the adversarially trained model"))
+    return summary
+
+
+# --- Ex. 3.1: ODIN grid search ---------------------------------------------------------------------
+
+def run_odin(cfg: ODINConfig, run: Run) -> dict[str, float]:
+    return _analysed(_odin_analysis, cfg, run)
+
+
+def _odin_analysis(cfg: ODINConfig, run: Run, data: ImageData, ood_sets: list[OODSet],
+                   cnn: SavedCNN) -> dict[str, float]:
+    summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
+    keys, searches = search_sets(cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed,
+                                 reporter=run)
+    for name, (res, id_val, ood_val) in searches.items():
+        run.save_arrays(f"odin_grid_{name}.npz", search_arrays(res, id_val, ood_val))
+        run.add(*report.odin_search_report(res, id_val, ood_val, name, msp_cell(res)))
+    run.note("odin_grid_<ood>.npz holds every image's ODIN score for every (T, eps) (scores_id/scores_ood "
+             "[T, eps, N]), the validation masks and the AUROC/FPR95 grids, so the heat map can be redrawn")
+    return {**summary, **keys}
