@@ -127,6 +127,41 @@ def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkey
     assert len(read_csv(on_ray / "sweep.csv")) == 2
 
 
+def test_ray_tasks_report_each_point_as_it_ends_and_ctrl_c_cancels_the_rest(monkeypatch):
+    """sweep_ray.run_on_ray against a stand-in for Ray (tasks finish in reverse order; the real Ray runs in the
+    slow test above): each point's task runs the point's `dllab run` with its threads and reserves as many CPUs,
+    `done` hears each as it ends, and a Ctrl-C while waiting cancels every task not yet finished."""
+    import types
+
+    from dllab.runner import sweep_ray
+
+    calls, reserved = [], []
+
+    def remote(num_cpus, max_retries):
+        reserved.append((num_cpus, max_retries))
+        return lambda fn: types.SimpleNamespace(remote=lambda *a: ("ref", fn(*a)))
+
+    def wait(refs, num_returns):
+        if interrupt:
+            raise KeyboardInterrupt
+        return refs[-1:], refs[:-1]
+
+    fake = types.SimpleNamespace(remote=remote, wait=wait, get=lambda ref: ref[1],
+                                 cancel=lambda ref, force: calls.append(("cancel", ref[1], force)))
+    monkeypatch.setattr(sweep_ray, "_ray", lambda: fake)
+    todo = [(f"p{i}", ["run", f"point{i}"]) for i in range(3)]
+    run_point = lambda args, threads: (0, f"{args[1]} with {threads} threads")  # noqa: E731
+    interrupt = False
+    sweep_ray.run_on_ray(todo, 2, lambda *a: calls.append(a), run_point)
+    assert reserved == [(2, 0)]
+    assert calls == [(f"p{i}", 0, f"point{i} with 2 threads") for i in (2, 1, 0)]
+    calls.clear()
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        sweep_ray.run_on_ray(todo, 2, lambda *a: calls.append(a), run_point)
+    assert calls == [("cancel", (0, f"point{i} with 2 threads"), True) for i in range(3)]
+
+
 @pytest.mark.parametrize("grid, fragment", [
     (["--grid", "adam.lrr=1e-3,3e-3"], "unknown config key 'adam.lrr'"),
     (["--grid", "width=32,wide"], "width=wide: expected int"),
