@@ -20,15 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 def dllab_in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     """`dllab ARGS` run by the CLI's ``main`` in this process: the exit code, stdout and stderr that
     `python -m dllab ARGS` gives, without the 2-4 s a new process spends importing torch (most of a CLI test's
-    time). ``env`` adds variables and ``cwd`` is the working directory, both for this call only; the run and
-    sweep folder locks the call took are given back after it, as a process's end gives them back. An error
+    time). ``env`` adds variables and ``cwd`` is the working directory, both for this call only; the folder
+    locks the call took and the torch threads it set are given back after it, as a process's end would. An error
     that the CLI lets through is raised here, failing the test, where a process would print a traceback.
     For what needs a real process (a signal, a resource limit, a variable read before `main`, torch not yet
     loaded), start one."""
+    import torch
+
     from dllab.cli.main import main
     from dllab.core import lock
 
-    held_before = set(lock._held)
+    held_before, threads = set(lock._held), torch.get_num_threads()
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         for name, value in (env or {}).items():
@@ -40,6 +42,7 @@ def dllab_in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
         except SystemExit as e:           # argparse's --help, or a child whose parent is gone
             code = e.code
         finally:
+            torch.set_num_threads(threads)
             for folder in set(lock._held) - held_before:
                 lock.release(folder)
     return subprocess.CompletedProcess(["dllab", *map(str, args)], code, out.getvalue(), err.getvalue())
