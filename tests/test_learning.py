@@ -1,7 +1,11 @@
 """Real data, short runs: the loop actually learns (accuracy above a floor)."""
 import json
 
+import pytest
+
 from dllab.runner.experiment import run_experiment
+
+pytestmark = pytest.mark.slow   # real data: seconds of loading and training each
 
 
 def test_basic_mlp_learns_real_mnist_slice(shared_data, tmp_path):

@@ -17,13 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import dllab_in_process
 
 from dllab import DllabError
 from dllab.runner import launch, torchrun
 from dllab.core import lock
 
 TINY = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "train.epochs=1", "--set", "width=8"]
-LONG = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "width=8"]   # + a huge train.epochs
+LONG = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "width=8",   # + a huge train.epochs
+        "--device", "cpu"]   # (--nproc 2 on a machine with one GPU: two CPU processes)
 LOCK = ".dllab.lock"
 
 
@@ -128,7 +130,7 @@ def test_resume_is_refused_while_another_process_writes_the_folder(tmp_path, ima
     before = (run.path / "env.json").read_text()
     holder = Holder(run.path)
     try:
-        one_line_error(dllab("run", "--resume", str(run.path)), f"being written by process {holder.pid};")
+        one_line_error(dllab_in_process("run", "--resume", run.path), f"being written by process {holder.pid};")
         assert (run.path / "env.json").read_text() == before
     finally:
         holder.kill()
@@ -284,10 +286,11 @@ def test_running_out_of_open_files_in_torchrun_is_one_line(monkeypatch):
         torchrun.launch(2, ["run", "lab1.mlp", "--nproc", "2"])
 
 
+@pytest.mark.slow   # starts the torchrun launcher for real
 @needs_linux
 def test_ulimit_n_20_with_nproc_is_one_line():
-    res = subprocess.run(["sh", "-c", 'ulimit -n 20 && exec "$0" -m dllab run lab1.mlp --profile smoke --nproc 2',
-                          sys.executable], capture_output=True, text=True, timeout=300, env=_env())
+    res = subprocess.run(["sh", "-c", 'ulimit -n 20 && exec "$0" -m dllab run lab1.mlp --profile smoke --device cpu '
+                          '--nproc 2', sys.executable], capture_output=True, text=True, timeout=300, env=_env())
     one_line_error(res, "too many open files", "raise `ulimit -n`")
 
 

@@ -42,10 +42,10 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def cpu_only(monkeypatch):
-    """`auto` resolves to the CPU, as on a machine without a GPU (doctor's figures are the CPU's)."""
-    from dllab.core import machine as env
-    real = env.resolve_device
-    monkeypatch.setattr(env, "resolve_device", lambda name: CPU if name == "auto" else real(name))
+    """`auto` resolves to the CPU, as on a machine without a GPU (doctor's figures are the CPU's): torch sees
+    no CUDA or MPS device, whichever module asks and however it imported the resolver."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
 
 
 @pytest.mark.parametrize("speedup, expected", [(2.0, "bf16-mixed"), (1.0, "fp32"), (0.1, "fp32")])
@@ -298,9 +298,8 @@ def test_figures_probed_on_a_busy_machine_are_measured_again_once_it_is_quiet(mo
 
 
 def test_the_probe_records_the_load_and_takes_more_repeats_when_busy(monkeypatch):
-    steps = []
-    real_step = P._step_seconds
-    monkeypatch.setattr(P, "_step_seconds", lambda *a: steps.append(1) or real_step(*a))
+    steps = []      # (each step takes 1 ms here: what is checked is how many the probe takes, not their speed)
+    monkeypatch.setattr(P, "_step_seconds", lambda *a: steps.append(1) or 0.001)
     _load(monkeypatch, 1.8, usable=2)              # less than one CPU free: the probe would share a core
     figs = P.probe_cpu()
     assert figs["measured_at"] == {"others": 1.8, "load": 0.5, "cpus": 2, "busy": True}

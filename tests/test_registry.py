@@ -154,6 +154,7 @@ def test_an_unknown_name_is_one_line_with_the_nearest_and_every_known_one():
         registry.get("ood_set", "svhn")
 
 
+@pytest.mark.slow   # a new process that imports torch (the detector's module)
 def test_get_imports_the_defining_module_on_first_use():
     code = ("import sys; from dllab.core import registry; "
             "print('dllab.ood.energy' in sys.modules, registry.get('detector', 'energy').__name__, "

@@ -8,15 +8,16 @@ import sys
 import time
 
 import pytest
+from conftest import dllab_in_process
 
 from dllab import DllabError
 
 TINY = ["--profile", "smoke", "--set", "data.name=imagefolder"]
 
 
-def dllab(*args, cwd=None, **kw):
-    return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, **kw)
+def dllab(*args, cwd=None, env=None):
+    """The CLI in this process (seconds faster than `python -m dllab`); the tests that kill a sweep start one."""
+    return dllab_in_process(*args, cwd=cwd, env=env)
 
 
 def read_csv(path):
@@ -24,6 +25,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_jobs_2_and_a_killed_sweep_finishes_only_what_was_missing(tmp_path, imagefolder):
     out = tmp_path / "sw"
     cmd = [sys.executable, "-m", "dllab", "sweep", "lab1.mlp", *TINY, "--set", f"data.root={imagefolder}",
@@ -61,6 +63,47 @@ def test_sweep_jobs_2_and_a_killed_sweep_finishes_only_what_was_missing(tmp_path
     assert "Best point for sgd.test_acc" in report and (out / "sweep_sgd.test_acc.png").exists()
 
 
+@pytest.fixture
+def points_in_process(monkeypatch) -> list[list[str]]:
+    """The sweep's points run by the CLI in this process instead of a child process each (seconds faster);
+    the `dllab run` arguments of each point, in order. The slow tests above run them as processes."""
+    from dllab.runner import sweep as sweep_module
+
+    ran = []
+
+    def run_point(args, threads):
+        ran.append(args)
+        res = dllab_in_process(*args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        return res.returncode, (lines[-1] if lines else "")
+
+    monkeypatch.setattr(sweep_module, "run_point", run_point)
+    return ran
+
+
+def test_a_sweep_runs_each_point_once_and_reports_the_mean_over_seeds(tmp_path, imagefolder, points_in_process):
+    from dllab.runner.sweep import sweep
+    from dllab.runner.sweep_spec import SweepSpec
+
+    spec = SweepSpec("lab1.mlp", "smoke", {"width": ["8", "16"]}, [0, 1],
+                     ["data.name=imagefolder", f"data.root={imagefolder}", "train.epochs=1"])
+    out = sweep(spec, str(tmp_path / "sw"), quiet=True)
+    assert [args[:2] for args in points_in_process] == [["run", "lab1.mlp"]] * 2
+    rows = read_csv(out / "sweep.csv")
+    assert [(r["point"], r["width"]) for r in rows] == [("p0_width=8", "8"), ("p1_width=16", "16")]
+    for r in rows:   # each row is the mean over its two seeds, as the point's own metrics.json says
+        seeds = json.loads((out / r["point"] / "metrics.json").read_text())["seeds"]
+        assert float(r["sgd.test_acc"]) == pytest.approx((seeds["0"]["sgd.test_acc"] + seeds["1"]["sgd.test_acc"]) / 2)
+    report = (out / "report.md").read_text()
+    assert "Best point for sgd.test_acc (max)" in report and (out / "sweep_sgd.test_acc.png").is_file()
+    (out / "p1_width=16" / "metrics.json").unlink()   # as if killed before its end: resumed, p0 not run again
+    points_in_process.clear()
+    assert sweep(spec, str(tmp_path / "sw"), quiet=True) == out
+    assert points_in_process == [["run", "--resume", str(out / "p1_width=16"), "--quiet"]]
+    assert read_csv(out / "sweep.csv") == rows
+
+
+@pytest.mark.slow
 def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkeypatch):
     if os.environ.get("CI", "").lower() == "true":
         import ray   # CI installs the ray extra: the Ray path must run there
@@ -84,6 +127,41 @@ def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkey
     assert len(read_csv(on_ray / "sweep.csv")) == 2
 
 
+def test_ray_tasks_report_each_point_as_it_ends_and_ctrl_c_cancels_the_rest(monkeypatch):
+    """sweep_ray.run_on_ray against a stand-in for Ray (tasks finish in reverse order; the real Ray runs in the
+    slow test above): each point's task runs the point's `dllab run` with its threads and reserves as many CPUs,
+    `done` hears each as it ends, and a Ctrl-C while waiting cancels every task not yet finished."""
+    import types
+
+    from dllab.runner import sweep_ray
+
+    calls, reserved = [], []
+
+    def remote(num_cpus, max_retries):
+        reserved.append((num_cpus, max_retries))
+        return lambda fn: types.SimpleNamespace(remote=lambda *a: ("ref", fn(*a)))
+
+    def wait(refs, num_returns):
+        if interrupt:
+            raise KeyboardInterrupt
+        return refs[-1:], refs[:-1]
+
+    fake = types.SimpleNamespace(remote=remote, wait=wait, get=lambda ref: ref[1],
+                                 cancel=lambda ref, force: calls.append(("cancel", ref[1], force)))
+    monkeypatch.setattr(sweep_ray, "_ray", lambda: fake)
+    todo = [(f"p{i}", ["run", f"point{i}"]) for i in range(3)]
+    run_point = lambda args, threads: (0, f"{args[1]} with {threads} threads")  # noqa: E731
+    interrupt = False
+    sweep_ray.run_on_ray(todo, 2, lambda *a: calls.append(a), run_point)
+    assert reserved == [(2, 0)]
+    assert calls == [(f"p{i}", 0, f"point{i} with 2 threads") for i in (2, 1, 0)]
+    calls.clear()
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        sweep_ray.run_on_ray(todo, 2, lambda *a: calls.append(a), run_point)
+    assert calls == [("cancel", (0, f"point{i} with 2 threads"), True) for i in range(3)]
+
+
 @pytest.mark.parametrize("grid, fragment", [
     (["--grid", "adam.lrr=1e-3,3e-3"], "unknown config key 'adam.lrr'"),
     (["--grid", "width=32,wide"], "width=wide: expected int"),
@@ -94,7 +172,7 @@ def test_ray_tasks_give_the_same_sweep_csv_as_jobs(tmp_path, imagefolder, monkey
 ])
 def test_bad_grid_is_one_line_and_leaves_nothing(grid, fragment, tmp_path):
     res = dllab("sweep", "lab1.mlp", "--profile", "smoke", *grid, cwd=tmp_path,
-                env={**os.environ, "DLLAB_SWEEPS": str(tmp_path / "sweeps")})
+                env={"DLLAB_SWEEPS": str(tmp_path / "sweeps")})
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dllab: error: ") and fragment in lines[0], res.stderr
@@ -201,6 +279,44 @@ def test_mlflow_sink_gets_the_same_numbers(tmp_path, monkeypatch):
     params = next(a[0] for n, a, _ in calls if n == "log_params")
     assert params["log.sinks"] == "['mlflow']" and params["seed"] == "0"
     assert calls[-1][0] == "end_run"
+
+
+def test_wandb_sink_gets_the_same_numbers(tmp_path, monkeypatch):
+    # A stand-in for the wandb module (not installed here): records what the sink calls, with W&B's API.
+    import types
+
+    from dllab.core.config import RunConfig
+    from dllab.runner.run import Run
+
+    calls = []
+
+    class FakeRun:
+        def __init__(self):
+            self.summary = {}
+
+        def log(self, values):
+            calls.append(("log", values))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake, wandb_run = types.ModuleType("wandb"), FakeRun()
+    fake.init = lambda **kwargs: calls.append(("init", kwargs)) or wandb_run
+    fake.Image = lambda path: ("image", path)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = RunConfig()
+    cfg.log.sinks = ["wandb"]
+    run = Run(tmp_path / "r", "lab1.mlp", cfg, quiet=True)
+    (tmp_path / "r").mkdir()
+    run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75}], "adam")
+    run.write_metrics({"adam.test_acc": 0.8})
+    (name, init), *_ = calls
+    assert name == "init" and (init["project"], init["name"], init["dir"], init["mode"]) == (
+        "lab1.mlp", "r", str(tmp_path / "r"), "offline")
+    assert init["config"]["log.sinks"] == "['wandb']" and init["config"]["seed"] == 0
+    assert ("log", {"adam/train_loss": 0.5, "adam/val_acc": 0.75, "epoch": 1}) in calls   # the epoch as a field
+    assert wandb_run.summary == {"summary/adam.test_acc": 0.8}
+    assert calls[-1] == ("finish",)
 
 
 def test_a_sink_listed_twice_is_refused_before_a_folder(tmp_path):

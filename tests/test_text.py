@@ -397,7 +397,7 @@ def test_finetune_experiment_end_to_end(tiny_distilbert, tmp_path):
     root = _write_dataset(tmp_path / "data")
     cfg = make_config(FinetuneConfig, FINETUNE_PROFILES, "smoke",
                       [f"model.name={tiny_distilbert}", f"data.root={root}", f"finetune.pretrained_model={sst2}",
-                       "finetune.amp=bf16"])   # full_amp runs on every CPU (auto may skip it)
+                       "finetune.amp=bf16", "device=cpu"])   # full_amp runs on every CPU (auto may skip it)
     run = Run.create("lab2.finetune", cfg, out=str(tmp_path / "run"), quiet=True)
     summary = run_finetune(cfg, run)
     strategies = ["baseline", "full", "head_last", "full_amp", "lora", "pretrained"]
@@ -415,6 +415,28 @@ def test_finetune_experiment_end_to_end(tiny_distilbert, tmp_path):
         run_finetune(cfg, run)
 
 
+def test_features_experiment_end_to_end_and_its_cache(tiny_distilbert, tmp_path):
+    """lab2.features smoke on the tiny DistilBERT and generated reviews: every classifier's accuracies, and a
+    second call reuses features.npz (the real data and model: the slow test below)."""
+    from dllab.core.config import make_config
+    from dllab.experiments.lab2.config import FEATURES_PROFILES, FeaturesConfig
+    from dllab.experiments.lab2.run import run_features
+    from dllab.runner.run import Run
+    root = _write_dataset(tmp_path / "data")
+    cfg = make_config(FeaturesConfig, FEATURES_PROFILES, "smoke", [f"model.name={tiny_distilbert}",
+                                                                   f"data.root={root}", "device=cpu"])
+    run = Run.create("lab2.features", cfg, out=str(tmp_path / "run"), quiet=True)
+    summary = run_features(cfg, run)
+    assert set(summary) == {f"{c}.{s}_acc" for c in ("svm", "logreg", "knn") for s in ("val", "test")}
+    assert all(0 <= v <= 1 for v in summary.values())
+    cache = run.path / "features.npz"
+    stamp = cache.stat().st_mtime_ns
+    assert run_features(cfg, run) == summary and cache.stat().st_mtime_ns == stamp
+    assert "reusing features.npz" in (run.path / "log.txt").read_text()
+    assert json.loads((run.path / "env.json").read_text())["precision"] == "fp32 (inference only)"
+
+
+@pytest.mark.slow
 def test_features_on_real_rotten_tomatoes(tmp_path):
     """lab2.features smoke on all-MiniLM-L6-v2 with 400 real training sentences beats chance clearly."""
     from conftest import require_shared   # $DLLAB_DATA or ../shared/data; skip (fail under CI=true) if missing
@@ -466,6 +488,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_finetune_resumes_after_kill_9_with_identical_metrics(tiny_distilbert, tmp_path):
     """lab2.finetune killed with SIGKILL after its first checkpoint; ``--resume`` ends with the metrics and
     history of an uninterrupted run (CPU, one thread)."""
@@ -475,7 +498,7 @@ def test_finetune_resumes_after_kill_9_with_identical_metrics(tiny_distilbert, t
     root = _write_dataset(tmp_path / "data", {"train": 32, "validation": 16, "test": 16})
     args = ["run", "lab2.finetune", "--profile", "smoke", "--quiet", "--set", f"model.name={tiny_distilbert}",
             "--set", f"data.root={root}", "--set", "finetune.strategies=[full]", "--set", "finetune.epochs=3",
-            "--set", "finetune.threads=1"]
+            "--set", "finetune.threads=1", "--device", "cpu"]
 
     def cli(*extra, code=None):
         return subprocess.run([sys.executable, "-c", code, *extra] if code else

@@ -194,13 +194,16 @@ def test_a_file_size_limit_mid_run_is_one_line_and_resumes_to_the_same_numbers(f
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
+    def dllab_process(*more, **kwargs):   # all three runs in processes of their own, with the same threads
+        return subprocess.run([sys.executable, "-m", "dllab", *more], capture_output=True, text=True, timeout=300,
+                              **kwargs)
+
     cut = tmp_path / "cut"
-    res = subprocess.run([sys.executable, "-m", "dllab", *args, "--out", str(cut)], capture_output=True,
-                         text=True, preexec_fn=small_files, timeout=300)
-    one_line_error(res, "File too large", "checkpoints", f"--resume {cut}")
-    assert dllab("run", "--resume", str(cut), "--quiet").returncode == 0
+    one_line_error(dllab_process(*args, "--out", str(cut), preexec_fn=small_files), "File too large", "checkpoints",
+                   f"--resume {cut}")
+    assert dllab_process("run", "--resume", str(cut), "--quiet").returncode == 0
     whole = tmp_path / "whole"
-    assert dllab(*args, "--out", str(whole)).returncode == 0
+    assert dllab_process(*args, "--out", str(whole)).returncode == 0
     assert _metrics(cut) == _metrics(whole)
 
 
