@@ -48,6 +48,17 @@ def dllab_in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["dllab", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
+def one_line_error(res, *fragments) -> str:
+    """The CLI's answer to bad input: exit code 2 and one line on stderr, `dllab: error: ...`, holding each of
+    ``fragments``, with no traceback. Returns the line."""
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dllab: error: ") and "Traceback" not in res.stderr, res.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
 def _isolate(mp: pytest.MonkeyPatch, base: Path) -> None:
     mp.setenv("DLLAB_CACHE", str(base / "cache"))
     mp.setenv("DLLAB_RUNS", str(base / "runs"))

@@ -7,22 +7,12 @@ import sys
 import time
 
 import pytest
-from conftest import dllab_in_process
+from conftest import dllab_in_process, one_line_error
 
 
 def dllab(*args, cwd=None, env=None):
     """The CLI in this process (seconds faster than `python -m dllab`); the tests of the process itself start one."""
     return dllab_in_process(*args, cwd=cwd, env=env)
-
-
-def assert_one_line_error(res, *fragments):
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dllab: error: "), res.stderr
-    assert "Traceback" not in res.stderr
-    for f in fragments:
-        assert f in lines[0]
-    return lines[0]
 
 
 def test_list_names_every_lab1_experiment():
@@ -70,14 +60,14 @@ print("HEAVY", sorted(m for m in heavy if m in sys.modules), len(experiment_name
 ])
 def test_bad_input_exits_2_with_one_line(args, fragments, tmp_path):
     res = dllab(*args, cwd=tmp_path)
-    assert_one_line_error(res, *fragments)
+    one_line_error(res, *fragments)
     assert not (tmp_path / "runs").exists()  # nothing was created
 
 
 def test_missing_data_offline_under_paper(tmp_path):
     res = dllab("run", "lab1.mlp", "--profile", "paper", "--set", f"data.root={tmp_path / 'nodata'}",
                 "--out", str(tmp_path / "run"), cwd=tmp_path)
-    assert_one_line_error(res, "mnist not found", "MNIST/raw")
+    one_line_error(res, "mnist not found", "MNIST/raw")
     assert not (tmp_path / "run").exists()  # no half-made run folder is left behind
 
 
@@ -86,7 +76,7 @@ def test_existing_out_is_never_overwritten(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     res = dllab("run", "lab1.mlp", "--profile", "smoke", "--out", str(out), cwd=tmp_path)
-    assert_one_line_error(res, "already exists")
+    one_line_error(res, "already exists")
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
 
 
@@ -99,7 +89,7 @@ def test_corrupt_checkpoint_on_resume_is_refused_untouched(tmp_path, imagefolder
     bad.write_bytes(b"\x00garbage")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     res = dllab("run", "--resume", str(run), cwd=tmp_path)
-    assert_one_line_error(res, "sgd.pt is corrupt")
+    one_line_error(res, "sgd.pt is corrupt")
     assert bad.read_bytes() == b"\x00garbage"
     for p, data in before.items():
         if p.name != "env.json":  # the resume records its command before training starts
@@ -133,7 +123,7 @@ def test_run_then_report_two_runs(tmp_path, imagefolder):
 def test_failed_start_leaves_no_empty_runs_folder(tmp_path):
     res = dllab_in_process("run", "lab1.mlp", "--profile", "paper", "--set", f"data.root={tmp_path / 'nodata'}",
                            cwd=tmp_path, env={"DLLAB_RUNS": str(tmp_path / "runs")})
-    assert_one_line_error(res, "mnist not found")
+    one_line_error(res, "mnist not found")
     assert not (tmp_path / "runs").exists()
 
 
@@ -197,13 +187,13 @@ def test_dllab_debug_prints_the_chained_traceback_before_the_one_line_error(tmp_
     (run / "env.json").write_text("{")
     (run / "metrics.json").write_text("{}")
     args = ("report", str(run), "--out", str(tmp_path / "report.md"))
-    line = assert_one_line_error(dllab(*args), "env.json is not valid JSON")     # without it: one line
+    line = one_line_error(dllab(*args), "env.json is not valid JSON")     # without it: one line
     res = dllab(*args, env={"DLLAB_DEBUG": "1"})
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == line   # the same line, last
     assert res.stderr.startswith("Traceback (most recent call last):")
     assert "json.decoder.JSONDecodeError" in res.stderr
     assert "The above exception was the direct cause of the following exception" in res.stderr
-    assert_one_line_error(dllab("list", env={"DLLAB_DEBUG": "maybe"}), "DLLAB_DEBUG=maybe", "expected 1/true")
+    one_line_error(dllab("list", env={"DLLAB_DEBUG": "maybe"}), "DLLAB_DEBUG=maybe", "expected 1/true")
 
 
 @pytest.mark.parametrize("error, fragment", [

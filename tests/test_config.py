@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import dllab_in_process
+from conftest import dllab_in_process, one_line_error
 
 from dllab import DllabError
 from dllab.core.config import apply_overrides, dump_yaml, load_yaml, make_config
@@ -279,15 +279,6 @@ def test_an_old_config_yaml_reads_back_with_the_new_keys_defaulted():
     assert (cfg.data.root, cfg.width, cfg.train.precision, cfg.model) == ("/data", 8, "bf16-mixed", "basic_mlp")
 
 
-def one_line(res, *fragments) -> str:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dllab: error: ") and "Traceback" not in res.stderr, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
-
-
 def _old_run(folder, root) -> None:
     text = OLD_CONFIG_YAML.format(root=root, precision="fp32")
     folder.mkdir()
@@ -313,7 +304,7 @@ def test_a_bad_value_in_config_yaml_is_named_with_the_file(tmp_path, imagefolder
     env = json.loads((run / "env.json").read_text())
     env["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (run / "env.json").write_text(json.dumps(env))
-    one_line(dllab_in_process("run", "--resume", run, cwd=tmp_path), f"{run / 'config.yaml'}: sgd.schedule=sometimes: "
+    one_line_error(dllab_in_process("run", "--resume", run, cwd=tmp_path), f"{run / 'config.yaml'}: sgd.schedule=sometimes: "
                                                                        "choose one of none, cosine or step")
 
 
@@ -338,6 +329,6 @@ def test_a_bad_value_fails_before_any_data_loads_or_folder_exists(experiment, it
     res = subprocess.run([sys.executable, "-c", code, "run", experiment, "--profile", "smoke", "--set",
                           f"data.root={tmp_path / 'nodata'}", "--set", item, "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300, env=os.environ)
-    one_line(res, fragment)
+    one_line_error(res, fragment)
     assert res.stdout.split() == ["False"], res.stdout
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from dllab import DllabError
 from dllab.core import environ
@@ -23,15 +24,6 @@ def dllab(*args, env=None, cwd=None, unset=(), **kwargs):
     full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, cwd=cwd,
                           env=full, timeout=300, **kwargs)
-
-
-def one_line_error(res, *fragments) -> str:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dllab: error: "), res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def made_nothing(tmp_path: Path) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import dllab_in_process
+from conftest import dllab_in_process, one_line_error
 from dllab import DllabError
 from dllab.cli import main as cli
 from dllab.core.files import atomic_write
@@ -32,16 +32,6 @@ def dllab(*args, cwd=None, env=None):
     """The CLI as a user meets it, in this process (seconds faster than `python -m dllab`); the tests that need
     a process of its own (a signal) start one."""
     return dllab_in_process(*args, cwd=cwd, env=env)
-
-
-def one_line_error(res, *fragments) -> str:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dllab: error: "), res.stderr
-    assert "Traceback" not in res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 class Payload:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import dllab_in_process
+from conftest import dllab_in_process, one_line_error
 
 from dllab import DllabError
 from dllab.runner import launch, torchrun
@@ -36,15 +36,6 @@ def _env(**extra: str) -> dict[str, str]:
 def dllab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dllab", *args], capture_output=True, text=True, timeout=300,
                           env=env or _env(), **kw)
-
-
-def one_line_error(res, *fragments) -> str:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dllab: error: ") and "Traceback" not in res.stderr, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 class Holder:
@@ -208,6 +199,13 @@ def test_a_child_whose_parent_is_already_gone_exits_at_once():
     assert dllab("list", env=_env(DLLAB_PARENT_PID=str(os.getpid()))).returncode == 0
 
 
+def _endless_nproc_run(out, imagefolder, **popen):
+    """`dllab run lab1.mlp --nproc 2` that would train for ever: a launcher with two workers to kill."""
+    return subprocess.Popen([sys.executable, "-m", "dllab", "run", "lab1.mlp", *LONG, "--set",
+                             f"data.root={imagefolder}", "--set", "train.epochs=100000", "--quiet",
+                             "--nproc", "2", "--out", str(out)], env=_env(), **popen)
+
+
 def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, seconds: float = 240) -> None:
     """Until a file matching ``pattern`` appears under ``folder`` (while ``proc`` runs)."""
     deadline = time.time() + seconds
@@ -232,10 +230,7 @@ def _kill_9_leaves_nothing(proc: subprocess.Popen, workers: int) -> None:
 @needs_linux
 def test_kill_9_of_the_nproc_launcher_leaves_no_worker(tmp_path, imagefolder):
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "dllab", "run", "lab1.mlp", *LONG, "--set",
-                                 f"data.root={imagefolder}", "--set", "train.epochs=100000", "--quiet",
-                                 "--nproc", "2", "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    launcher = _endless_nproc_run(out, imagefolder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(out, "checkpoints/sgd.pt", launcher)    # both workers are training
     _kill_9_leaves_nothing(launcher, workers=2)
 
@@ -372,10 +367,7 @@ def test_two_resumes_of_one_folder_one_runs_the_other_names_it(finished, tmp_pat
 @needs_linux
 def test_sigterm_to_the_nproc_launcher_says_how_to_continue(tmp_path, imagefolder):
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "dllab", "run", "lab1.mlp", *LONG, "--set",
-                                 f"data.root={imagefolder}", "--set", "train.epochs=100000", "--quiet",
-                                 "--nproc", "2", "--out", str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    launcher = _endless_nproc_run(out, imagefolder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(out, "checkpoints/sgd.pt", launcher)
     tree = _descendants(launcher.pid)
     try:
