@@ -70,11 +70,14 @@ class RunFolder:
         self.path = Path(path)
         self.quiet = quiet
         self.env: dict[str, Any] = env if env is not None else {}
+        # Read once: a process's rank is fixed from its start, and the loops ask on every step (the torchrun
+        # variables read from os.environ each time cost ~35 Python calls a step).
+        self._writes = ranks.is_main()
 
     @property
     def writes(self) -> bool:
         """Whether this process writes the run folder: always, except on torchrun's ranks other than 0."""
-        return ranks.is_main()
+        return self._writes
 
     @classmethod
     def create(cls, experiment: str, cfg, out: str | None = None, quiet: bool = False,
