@@ -25,6 +25,7 @@ from dllab import DllabError
 from dllab.core import distributed
 from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import Batches, ImageData, Split
+from dllab.train.early_stop import EarlyStopping
 from dllab.train.gradients import GradNormRecorder
 from dllab.train.loop import Meter, Task
 from dllab.train.precision import Precision, model_kind, resolve_precision
@@ -124,6 +125,7 @@ class ImageTask(Task):
         super().__init__(name, model, device, precision, train.epochs)
         self.data, self.train, self.optim, self.loss_fn = data, train, optim, loss_fn
         self.sync_bn, self.compile = train.sync_bn, train.compile
+        self.early_stop = EarlyStopping.from_config(train.early_stop)
         self.grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
         self.grad_history: list[list[float]] = []
         self.train_batches = Batches(data.train, distributed.per_rank_batch(train.batch_size), device,
