@@ -1,15 +1,18 @@
-"""Training options of the one loop (issue #22): early stopping (train.early_stop.*), on tiny generated images.
+"""Training options of the one loop (issue #22): early stopping (train.early_stop.*) and gradient clipping
+(train.clip_grad_norm), each on tiny generated images.
 
 Every option is checked against what it must equal: the stop epoch a plateau forces, an uninterrupted fit
-(for a resume).
+(for a resume), torch.nn.utils.clip_grad_norm_ and a hand computation.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import Recorder, dllab_in_process, one_line_error
@@ -19,6 +22,8 @@ from dllab.data.images import ImageData, Split
 from dllab.train import checkpoint as ckpt_mod
 from dllab.train.checkpoint import FileCheckpoint
 from dllab.train.early_stop import EarlyStopping
+from dllab.train.image import ImageTask
+from dllab.train.loop import fit
 from dllab.train.variants import train_model
 
 CPU = torch.device("cpu")
@@ -188,6 +193,7 @@ def test_a_stopped_run_resumed_from_its_folder_ends_as_the_uninterrupted_run(ima
     (["train.early_stop.patience=2", "data.val_fraction=0"],
      ["train.early_stop.monitor=val_acc: this experiment has no validation split", "data.val_fraction"]),
     (["train.early_stop.patiense=2"], ["did you mean 'train.early_stop.patience'"]),
+    (["train.clip_grad_norm=-1"], ["train.clip_grad_norm=-1: must be >= 0"]),
 ])
 def test_a_bad_training_option_is_one_line_before_any_work(sets, fragments, tmp_path):
     args = [x for s in sets for x in ("--set", s)]
@@ -200,3 +206,44 @@ def test_a_train_monitor_needs_no_validation_split():
     out = fit_tiny(train_config("early_stop.monitor=train_loss", "early_stop.patience=1", "early_stop.min_delta=9"),
                    OptimConfig(name="adam", lr=1e-2))
     assert out["stopped_epoch"] == 2 and out["stop_reason"].startswith("train_loss did not fall by more than 9")
+
+
+# --- gradient clipping ---------------------------------------------------------------------------------
+
+def test_clipping_matches_clip_grad_norm_and_a_hand_computation():
+    """One SGD step (lr 1) on one batch with train.clip_grad_norm=0.05: the weights move by the gradient scaled
+    to total norm 0.05, as torch.nn.utils.clip_grad_norm_ scales it and as computed here by hand."""
+    model, seen = tiny_model(), []
+    start = copy.deepcopy(model)
+
+    def loss_fn(m, x, y):
+        seen.append((x.clone(), y.clone()))
+        logits = m(x)
+        return F.cross_entropy(logits, y), logits
+
+    data = tiny_data(n_train=16)
+    task = ImageTask(model, data, train_config(epochs=1, clip_grad_norm=0.05), OptimConfig(name="sgd", lr=1.0,
+                     momentum=0.0), CPU, "v", loss_fn=loss_fn)
+    fit(task)
+    (x, y), = seen
+    by_hand, by_torch = copy.deepcopy(start), copy.deepcopy(start)
+    for m in (by_hand, by_torch):
+        F.cross_entropy(m(x), y).backward()
+    grads = [p.grad for p in by_hand.parameters()]
+    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    assert norm > 0.05 * 5                     # clipping really bites
+    hand = [p.detach() - g * (0.05 / (norm + 1e-6)) for p, g in zip(start.parameters(), grads)]
+    nn.utils.clip_grad_norm_(list(by_torch.parameters()), 0.05)
+    torch_step = [p.detach() - p.grad for p in by_torch.parameters()]
+    final = [p.detach() for p in task.model.parameters()]
+    for f, h, t in zip(final, hand, torch_step):
+        torch.testing.assert_close(f, h, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(f, t, rtol=1e-5, atol=1e-7)
+    moved = math.sqrt(sum(float(((f - p.detach()) ** 2).sum()) for f, p in zip(final, start.parameters())))
+    assert moved == pytest.approx(0.05, rel=1e-4)
+
+
+@pytest.mark.parametrize("off", [None, 0.0])
+def test_no_clip_setting_leaves_the_step_unclipped(off):
+    assert ImageTask(tiny_model(), tiny_data(), train_config(clip_grad_norm=off), OptimConfig(), CPU).max_grad_norm \
+        is None

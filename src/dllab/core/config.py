@@ -156,6 +156,7 @@ class TrainConfig(Section):
     deterministic: bool = False         # bit-repeatable CPU runs (torch.use_deterministic_algorithms)
     threads: Count = 0                  # torch.set_num_threads; 0 = torch's default
     sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    clip_grad_norm: NonNegative | None = None   # clip the gradients' total norm to this (None or 0 = off)
     early_stop: EarlyStopConfig = section(EarlyStopConfig)
 
     def check_early_stop(self, key: str, has_val: bool) -> None:

@@ -125,6 +125,7 @@ class ImageTask(Task):
         super().__init__(name, model, device, precision, train.epochs)
         self.data, self.train, self.optim, self.loss_fn = data, train, optim, loss_fn
         self.sync_bn, self.compile = train.sync_bn, train.compile
+        self.max_grad_norm = train.clip_grad_norm or None    # (the Precision plugin clips, after unscaling)
         self.early_stop = EarlyStopping.from_config(train.early_stop)
         self.grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
         self.grad_history: list[list[float]] = []
