@@ -1,8 +1,8 @@
-"""Training options of the one loop (issue #22): early stopping (train.early_stop.*) and gradient clipping
-(train.clip_grad_norm), each on tiny generated images.
+"""Training options of the one loop (issue #22): early stopping (train.early_stop.*), gradient clipping
+(train.clip_grad_norm) and torch's LR schedulers (optim.schedule), each on tiny generated images.
 
 Every option is checked against what it must equal: the stop epoch a plateau forces, an uninterrupted fit
-(for a resume), torch.nn.utils.clip_grad_norm_ and a hand computation.
+(for a resume), torch.nn.utils.clip_grad_norm_ and a hand computation, torch's own scheduler stepped by hand.
 """
 from __future__ import annotations
 
@@ -138,9 +138,10 @@ def _interrupt_after(saves: int, monkeypatch) -> None:
 def test_an_interrupted_fit_resumes_with_its_patience_counter_and_ends_as_the_uninterrupted_one(tmp_path,
                                                                                                monkeypatch):
     """Killed one epoch before the stop, inside a streak of epochs without improvement (a fresh counter would
-    stop later): the resumed fit stops at the same epoch, with the same weights, history and result."""
+    stop later): the resumed fit stops at the same epoch, with the same weights, history and result. One-cycle's
+    per-step schedule is on too, so its state must come back exactly as well."""
     train = train_config("early_stop.patience=2", "early_stop.monitor=val_loss", epochs=20)
-    optim = OptimConfig(name="adam", lr=0.002)
+    optim = OptimConfig(name="adam", lr=0.005, schedule="onecycle")
 
     def run(path, model):
         hist = HistoryKeeper()
@@ -193,6 +194,7 @@ def test_a_stopped_run_resumed_from_its_folder_ends_as_the_uninterrupted_run(ima
     (["train.early_stop.patience=2", "data.val_fraction=0"],
      ["train.early_stop.monitor=val_acc: this experiment has no validation split", "data.val_fraction"]),
     (["train.early_stop.patiense=2"], ["did you mean 'train.early_stop.patience'"]),
+    (["optim.schedule=linear"], ["choose one of none, cosine, step, onecycle or warmup_cosine"]),
     (["train.clip_grad_norm=-1"], ["train.clip_grad_norm=-1: must be >= 0"]),
 ])
 def test_a_bad_training_option_is_one_line_before_any_work(sets, fragments, tmp_path):
@@ -247,3 +249,62 @@ def test_clipping_matches_clip_grad_norm_and_a_hand_computation():
 def test_no_clip_setting_leaves_the_step_unclipped(off):
     assert ImageTask(tiny_model(), tiny_data(), train_config(clip_grad_norm=off), OptimConfig(), CPU).max_grad_norm \
         is None
+
+
+# --- schedulers ----------------------------------------------------------------------------------------
+
+class LrTask(ImageTask):
+    """Records the lr each optimiser step trains at."""
+
+    def configure_optimizers(self, params):
+        self.opt, sched = super().configure_optimizers(params)
+        self.lrs: list[float] = []
+        return self.opt, sched
+
+    def training_step(self, step_model, batch):
+        self.lrs.append(self.opt.param_groups[0]["lr"])
+        return super().training_step(step_model, batch)
+
+
+EPOCHS, STEPS = 6, 3     # 48 images in batches of 16
+
+
+def _by_hand(optim: OptimConfig) -> list[float]:
+    """The lr of every step from torch's own scheduler, built here and stepped by hand."""
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    sch = torch.optim.lr_scheduler
+    per_step = optim.schedule == "onecycle"
+    scheduler = {
+        "cosine": lambda: sch.CosineAnnealingLR(opt, T_max=EPOCHS),
+        "step": lambda: sch.StepLR(opt, step_size=optim.step_size, gamma=optim.gamma),
+        "onecycle": lambda: sch.OneCycleLR(opt, max_lr=optim.lr, total_steps=EPOCHS * STEPS),
+        "warmup_cosine": lambda: sch.SequentialLR(opt, [
+            sch.LinearLR(opt, start_factor=optim.warmup_start_factor, total_iters=optim.warmup_epochs),
+            sch.CosineAnnealingLR(opt, T_max=EPOCHS - optim.warmup_epochs)], milestones=[optim.warmup_epochs]),
+    }[optim.schedule]()
+    lrs = []
+    for _ in range(EPOCHS):
+        for _ in range(STEPS):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if per_step:
+                scheduler.step()
+        if not per_step:
+            scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("schedule, extra", [("cosine", {}), ("step", {"step_size": 2, "gamma": 0.5}),
+                                             ("onecycle", {}), ("warmup_cosine", {"warmup_epochs": 2})])
+def test_each_schedule_trains_at_torchs_own_schedulers_lrs(schedule, extra):
+    optim = OptimConfig(name="adam", lr=0.02, schedule=schedule, **extra)
+    task = LrTask(tiny_model(), tiny_data(), train_config(epochs=EPOCHS), optim, CPU)
+    fit(task)
+    assert len(task.lrs) == EPOCHS * STEPS
+    assert task.lrs == pytest.approx(_by_hand(optim), rel=1e-12, abs=1e-15)
+    assert task.scheduler_interval == ("step" if schedule == "onecycle" else "epoch")
+    if schedule == "warmup_cosine":   # from lr * start factor, rising linearly to lr, then the cosine
+        per_epoch = task.lrs[::STEPS]
+        assert per_epoch[:3] == pytest.approx([0.002, 0.011, 0.02]) and per_epoch[3] < 0.02
+    if schedule == "onecycle":        # peaks at lr
+        assert max(task.lrs) == pytest.approx(0.02, rel=1e-2) and task.lrs[0] == pytest.approx(0.02 / 25)

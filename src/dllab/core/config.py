@@ -120,9 +120,13 @@ class OptimConfig(Section):
     lr: Positive = 1e-3
     momentum: NonNegative = 0.9         # sgd only
     weight_decay: NonNegative = 0.0
-    schedule: Literal["none", "cosine", "step"] = "none"
+    # torch.optim.lr_scheduler's: none | cosine (CosineAnnealingLR over the epochs) | step (StepLR) | onecycle
+    # (OneCycleLR peaking at lr, stepped per batch) | warmup_cosine (LinearLR for warmup_epochs, then cosine)
+    schedule: Literal["none", "cosine", "step", "onecycle", "warmup_cosine"] = "none"
     step_size: PositiveInt = 30         # step schedule: epochs between decays
     gamma: Positive = 0.1
+    warmup_epochs: PositiveInt = 1      # warmup_cosine: epochs of linear warm-up from warmup_start_factor * lr to lr
+    warmup_start_factor: Annotated[Float, Field(gt=0, le=1)] = 0.1
 
 
 # The history columns of the image loop that early stopping can watch.
