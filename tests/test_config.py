@@ -73,7 +73,7 @@ def test_bad_overrides_are_one_line_errors(item, message):
 
 
 @pytest.mark.parametrize("name, item, allowed", [
-    ("lab1.mlp", "sgd.schedule=foo", "none, cosine or step"),
+    ("lab1.mlp", "sgd.schedule=foo", "none, cosine, step, onecycle or warmup_cosine"),
     ("lab1.mlp", "sgd.name=foo", "sgd, adam or adamw"),
     ("lab1.mlp", "train.precision=foo", "auto, fp32, bf16-mixed or fp16-mixed"),
     ("lab1.mlp", "device=tpu", "auto, cpu, cuda or mps"),
@@ -138,7 +138,7 @@ def test_flags_are_checked_with_the_config():
 
 def test_code_that_sets_a_bad_value_gets_a_one_line_error():
     cfg = cfg_of("lab1.mlp")
-    with pytest.raises(DllabError, match="schedule=cosin: choose one of none, cosine or step"):
+    with pytest.raises(DllabError, match="schedule=cosin: choose one of none, cosine, step, onecycle or warmup_cosine"):
         cfg.sgd.schedule = "cosin"
     assert cfg.sgd.schedule == "none"
 
@@ -305,13 +305,15 @@ def test_a_bad_value_in_config_yaml_is_named_with_the_file(tmp_path, imagefolder
     env["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (run / "env.json").write_text(json.dumps(env))
     one_line_error(dllab_in_process("run", "--resume", run, cwd=tmp_path), f"{run / 'config.yaml'}: sgd.schedule=sometimes: "
-                                                                       "choose one of none, cosine or step")
+                                                                       "choose one of none, cosine, step, onecycle or "
+                                                                       "warmup_cosine")
 
 
 # --- checked whole before any work: exit 2, one line, the key as typed, no folder ---------------------------
 
 @pytest.mark.parametrize("experiment, item, fragment", [
-    ("lab1.mlp", "sgd.schedule=foo", "--set sgd.schedule=foo: choose one of none, cosine or step"),
+    ("lab1.mlp", "sgd.schedule=foo", "--set sgd.schedule=foo: choose one of none, cosine, step, onecycle or "
+                                     "warmup_cosine"),
     ("lab1.mlp", "train.precision=foo", "--set train.precision=foo: choose one of auto, fp32, bf16-mixed or "
                                         "fp16-mixed"),
     ("lab1.mlp", "sgd.name=foo", "--set sgd.name=foo: choose one of sgd, adam or adamw"),

@@ -120,9 +120,33 @@ class OptimConfig(Section):
     lr: Positive = 1e-3
     momentum: NonNegative = 0.9         # sgd only
     weight_decay: NonNegative = 0.0
-    schedule: Literal["none", "cosine", "step"] = "none"
+    # torch.optim.lr_scheduler's: none | cosine (CosineAnnealingLR over the epochs) | step (StepLR) | onecycle
+    # (OneCycleLR peaking at lr, stepped per batch) | warmup_cosine (LinearLR for warmup_epochs, then cosine)
+    schedule: Literal["none", "cosine", "step", "onecycle", "warmup_cosine"] = "none"
     step_size: PositiveInt = 30         # step schedule: epochs between decays
     gamma: Positive = 0.1
+    warmup_epochs: PositiveInt = 1      # warmup_cosine: epochs of linear warm-up from warmup_start_factor * lr to lr
+    warmup_start_factor: Annotated[Float, Field(gt=0, le=1)] = 0.1
+
+
+# The history columns of the image loop that early stopping can watch.
+MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+class EarlyStopConfig(Section):
+    """Stop training when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs; the
+    weights kept are those of its best epoch (of ``val_acc`` for a ``train_*`` monitor)."""
+    monitor: Literal[MONITORS] = "val_acc"
+    mode: Literal["auto", "max", "min"] = "auto"   # auto: min for a *_loss column, max for an *_acc one
+    patience: Count = 0                 # epochs without improvement before stopping; 0 = off
+    min_delta: NonNegative = 0.0        # a smaller change than this is no improvement
+
+    @property
+    def direction(self) -> str:
+        """max or min: ``mode``, with auto read from the monitor's name."""
+        if self.mode != "auto":
+            return self.mode
+        return "min" if self.monitor.endswith("_loss") else "max"
 
 
 class TrainConfig(Section):
@@ -136,6 +160,16 @@ class TrainConfig(Section):
     deterministic: bool = False         # bit-repeatable CPU runs (torch.use_deterministic_algorithms)
     threads: Count = 0                  # torch.set_num_threads; 0 = torch's default
     sync_bn: bool = False               # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    clip_grad_norm: NonNegative | None = None   # clip the gradients' total norm to this (None or 0 = off)
+    early_stop: EarlyStopConfig = section(EarlyStopConfig)
+
+    def check_early_stop(self, key: str, has_val: bool) -> None:
+        """A ``val_*`` monitor needs a validation split: one line naming the key, before any work."""
+        es = self.early_stop
+        if es.patience and es.monitor.startswith("val_") and not has_val:
+            raise DllabError(f"{key}.early_stop.monitor={es.monitor}: this experiment has no validation split "
+                             f"(its data.val_fraction is 0); set data.val_fraction > 0, or monitor train_loss or "
+                             "train_acc")
 
 
 def _distinct_installed_sinks(sinks: list[str]) -> list[str]:

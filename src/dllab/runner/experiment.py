@@ -9,6 +9,7 @@ Under torchrun every rank runs this code; rank 0 alone creates, reopens and chec
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import shlex
 import shutil
@@ -89,6 +90,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
         cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets,
                           {"seed": seeds[0] if seeds is not None else seed, "device": device or None})
         check_global_batches(cfg)
+        check_early_stopping(cfg)
         resolve_device(cfg.device)  # fail before creating a folder
         env = {"command": command, "started": now, "world_size": ranks.world_size(),
                **({"seeds": seeds} if seeds and len(seeds) > 1 else {})}
@@ -154,6 +156,15 @@ def check_global_batches(cfg) -> None:
     (the training loop splits it with the same ``distributed.per_rank_batch``)."""
     for key, train in _train_sections(cfg):
         distributed.per_rank_batch(train.batch_size, f"{key}.batch_size")
+
+
+def check_early_stopping(cfg) -> None:
+    """Early stopping on a validation column needs the ``data`` section beside its ``train`` section to carve a
+    validation split: checked before any work."""
+    for key, train in _train_sections(cfg):
+        parent = functools.reduce(getattr, key.split(".")[:-1], cfg)
+        data = getattr(parent, "data", None)
+        train.check_early_stop(key, has_val=getattr(data, "val_fraction", 1) > 0)
 
 
 def _train_sections(cfg, prefix: str = ""):

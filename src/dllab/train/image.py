@@ -7,8 +7,10 @@
     unless ``train.sync_bn``);
   - loss: ``loss_fn(model, x, y) -> (loss, logits)`` inside autocast (cross-entropy, or another objective such
     as adversarial training);
-  - per epoch: train loss/acc, validation loss/acc, learning rate, seconds; the scheduler steps per epoch;
-    optionally per-layer gradient norms (``train.grad_norms``), recorded at their true scale;
+  - per epoch: train loss/acc, validation loss/acc, learning rate, seconds; the scheduler (torch's, from
+    ``optim.schedule``) steps per epoch, one-cycle's per step; optionally per-layer gradient norms
+    (``train.grad_norms``), recorded at their true scale; optionally early stopping (``train.early_stop``);
+  - gradients clipped to ``train.clip_grad_norm`` (by the Precision plugin, after unscaling), if set;
   - the final AND the best-validation weights are tested (all the weights: BatchNorm statistics too).
 The epoch's training loss and accuracy, and the validation and test loss and accuracy, are sums all-reduced
 over the ranks (each rank evaluates every N-th row), so every rank holds the same history.
@@ -25,6 +27,7 @@ from dllab import DllabError
 from dllab.core import distributed
 from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import Batches, ImageData, Split
+from dllab.train.early_stop import EarlyStopping
 from dllab.train.gradients import GradNormRecorder
 from dllab.train.loop import Meter, Task
 from dllab.train.precision import Precision, model_kind, resolve_precision
@@ -47,14 +50,35 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     raise DllabError(f"optim.name={cfg.name}: choose sgd, adam or adamw")
 
 
-def make_scheduler(opt, cfg: OptimConfig, epochs: int):
+# How often each ``optim.schedule`` steps: OneCycleLR is defined over the optimiser steps, the others over epochs.
+STEP_SCHEDULES = ("onecycle",)
+
+
+def scheduler_interval(cfg: OptimConfig) -> str:
+    """"step" or "epoch": when the loop steps ``cfg.schedule``'s scheduler (``Task.scheduler_interval``)."""
+    return "step" if cfg.schedule in STEP_SCHEDULES else "epoch"
+
+
+def make_scheduler(opt, cfg: OptimConfig, epochs: int, steps_per_epoch: int = 1):
+    """``cfg.schedule`` as torch.optim.lr_scheduler's scheduler for ``opt`` over ``epochs`` (None: a constant lr)."""
+    sched = torch.optim.lr_scheduler
     if cfg.schedule == "none":
         return None
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+        return sched.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    raise DllabError(f"optim.schedule={cfg.schedule}: choose none, cosine or step")
+        return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == "onecycle":
+        # Momentum (or Adam's beta1) is cycled against the lr, as in the one-cycle policy, unless the optimiser
+        # has none to cycle (SGD without momentum keeps none).
+        cycle = not (cfg.name == "sgd" and cfg.momentum == 0)
+        return sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(epochs * steps_per_epoch, 1),
+                                cycle_momentum=cycle)
+    if cfg.schedule == "warmup_cosine":
+        warm = sched.LinearLR(opt, start_factor=cfg.warmup_start_factor, total_iters=cfg.warmup_epochs)
+        cosine = sched.CosineAnnealingLR(opt, T_max=max(epochs - cfg.warmup_epochs, 1))
+        return sched.SequentialLR(opt, [warm, cosine], milestones=[cfg.warmup_epochs])
+    raise DllabError(f"optim.schedule={cfg.schedule}: choose none, cosine, step, onecycle or warmup_cosine")
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -124,6 +148,9 @@ class ImageTask(Task):
         super().__init__(name, model, device, precision, train.epochs)
         self.data, self.train, self.optim, self.loss_fn = data, train, optim, loss_fn
         self.sync_bn, self.compile = train.sync_bn, train.compile
+        self.max_grad_norm = train.clip_grad_norm or None    # (the Precision plugin clips, after unscaling)
+        self.early_stop = EarlyStopping.from_config(train.early_stop)
+        self.scheduler_interval = scheduler_interval(optim)
         self.grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
         self.grad_history: list[list[float]] = []
         self.train_batches = Batches(data.train, distributed.per_rank_batch(train.batch_size), device,
@@ -131,7 +158,7 @@ class ImageTask(Task):
 
     def configure_optimizers(self, params):
         opt = make_optimizer(params, self.optim)
-        return opt, make_scheduler(opt, self.optim, self.train.epochs)
+        return opt, make_scheduler(opt, self.optim, self.train.epochs, self.num_batches())
 
     def train_mode(self, step_model: nn.Module) -> None:
         set_train_mode(self.model)

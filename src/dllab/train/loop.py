@@ -11,6 +11,11 @@ autocast as the task wants), the evaluation of a split, the history row and the 
     it and ends with exactly the numbers of an uninterrupted one (same seed, CPU, deterministic): the task's
     batches depend only on (seed, epoch) or on a generator whose state is checkpointed, and the RNG states are
     saved with the weights;
+  - with ``task.early_stop`` (``train.early_stop``, see train/early_stop.py): after each epoch its monitor's
+    history column is watched, and the fit ends early once it has not improved for ``patience`` epochs; the
+    best weights are then the monitor's best epoch's (a validation monitor's), the stop is recorded in the
+    history row (``stop_reason``), the log, the report's notes and the result (``stopped_epoch``), and the
+    counter travels in the checkpoint;
   - at the end: the tests (of the final and/or the best weights, as the task says) and ``on_fit_end``.
 A task with 0 epochs is validated and tested as it is.
 
@@ -35,6 +40,7 @@ from dllab.core.machine import seconds_since_process_start
 from dllab.core.events import QUIET, Callback, CheckpointIO, Reporter
 from dllab.core.progress import progress_bar
 from dllab.train.checkpoint import restore_training_state, trained_weights, training_state
+from dllab.train.early_stop import EarlyStopping
 from dllab.train.precision import Precision
 
 BAR_EVERY = 10   # steps between progress-bar updates of the running loss (each one waits for the device)
@@ -59,6 +65,7 @@ class Task:
     """What one kind of training brings to ``fit``; subclasses fill in the methods that raise here."""
     scheduler_interval = "epoch"            # the LR scheduler steps once per "epoch" or per optimiser "step"
     max_grad_norm: float | None = None      # clip the gradients' total norm (after unscaling)
+    early_stop: EarlyStopping | None = None   # stop when a history column stops improving (train.early_stop)
     trainable_only = False                  # checkpoints and the best state keep only the trainable weights
     test_final = False                      # test the final weights too, before the best-validation ones
     sync_bn = False                         # DDP: BatchNorm statistics over the global batch
@@ -203,6 +210,8 @@ class _Loop:
         try:
             self.history, self.best = list(progress["history"]), dict(progress["best"])
             self.task.load_state_dict(progress)
+            if self.task.early_stop is not None:   # the patience counter goes on where the killed run left it
+                self.task.early_stop.load_state_dict(progress["early_stop"])
         except (KeyError, TypeError, ValueError) as e:
             raise DllabError(f"checkpoint {self.checkpoint} does not match this variant; delete it to restart "
                              "the variant") from e
@@ -215,8 +224,8 @@ class _Loop:
         t0 = time.perf_counter()
         train, lr = self.train_epoch()
         val = task.validate(self.model)
-        self.track_best(val)
         row = task.history_row(self.epoch, train, val, lr, time.perf_counter() - t0)
+        self.track_best(val, self.watch(row))
         self.history.append(row)
         if not math.isfinite(row["train_loss"]):
             self.reporter.note(f"[{task.name}] training loss became {row['train_loss']} in epoch {self.epoch}")
@@ -225,8 +234,11 @@ class _Loop:
         line = task.epoch_line(row)
         if line:
             self.reporter.log(line)
-        if self.checkpoint is not None and self.epoch < task.epochs:   # after the last, the result replaces it
+        if self.checkpoint is not None and self.epoch < task.epochs and not self.should_stop:
+            # (after the last epoch the result replaces the checkpoint)
             progress = {"history": self.history, "best": self.best, **task.state_dict()}
+            if task.early_stop is not None:
+                progress["early_stop"] = task.early_stop.state_dict()
             self.checkpoint.save(training_state(self.epoch, self.model, self.opt, self.sched, self.precision,
                                                 progress, task.trainable_only))
 
@@ -257,17 +269,35 @@ class _Loop:
         task.on_train_epoch_end()
         return summary, lr
 
-    def track_best(self, val: dict[str, float]) -> None:
-        """Keep the weights of the best validation accuracy so far (the first epoch that reached it). The last
+    def watch(self, row: dict[str, Any]) -> bool | None:
+        """Early stopping's look at the epoch's ``row``: whether its validation monitor improved (None when there
+        is no early stopping or it watches a training column). A stop is recorded in the row and the log."""
+        es = self.task.early_stop
+        if es is None:
+            return None
+        improved = es.update(self.epoch, row)
+        if es.stopped:
+            self.should_stop = True
+            row["stop_reason"] = es.reason
+            self.reporter.log(f"[{self.task.name}] early stopping after epoch {self.epoch}/{self.task.epochs}: "
+                              f"{es.reason}")
+            self.reporter.note(f"{self.task.name} stopped early after epoch {self.epoch} of {self.task.epochs}: "
+                               f"{es.reason}")
+        return improved if es.monitor.startswith("val_") else None
+
+    def track_best(self, val: dict[str, float], improved: bool | None = None) -> None:
+        """Keep the weights of the best epoch so far: that of the best validation accuracy (the first epoch that
+        reached it), or with early stopping on a validation column the monitor's best (``improved``). The last
         epoch's need no copy: they are the model's own at the end."""
         acc = val.get("val_acc")
-        if acc is None or not acc > self.best["val_acc"]:
+        better = acc is not None and acc > self.best["val_acc"] if improved is None else improved
+        if not better:
             return
         state = None
         if self.epoch < self.task.epochs:
             weights = trained_weights(self.model, self.task.trainable_only)
             state = _copy_weights(weights, self.best["state"])
-        self.best = {"val_acc": acc, "epoch": self.epoch, "state": state}
+        self.best = {"val_acc": -1.0 if acc is None else acc, "epoch": self.epoch, "state": state}
 
     def validate_as_is(self) -> None:
         """A task that does not train: one validation, recorded as epoch 0."""
@@ -289,6 +319,8 @@ class _Loop:
                 self.model.load_state_dict(best["state"], strict=not task.trainable_only)
             tests["best"] = task.test(self.model)
         result = task.result(self.history, {"epoch": best["epoch"], "val_acc": best["val_acc"]}, tests)
+        if task.early_stop is not None:   # 0: it ran every epoch
+            result.update(stopped_epoch=task.early_stop.stopped_epoch, stop_reason=task.early_stop.reason)
         for cb in self.callbacks:
             cb.on_fit_end(task.name, result)
         return result
