@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
+from dllab.cli.configfile import config_option, print_config
 from dllab.core import cpus, environ, ranks, registry, untrusted
 from dllab.core.config import PROFILES, run_config
 from dllab.runner.launch import die_with_parent, interrupted, resume_command, under_launcher
@@ -83,6 +84,11 @@ def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel over N processes on this machine (one per GPU, or CPU processes): "
                         "shorthand for `torchrun --standalone --nproc-per-node N -m dllab run ...`")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="a YAML config file (a run's config.yaml, or --print-config's output; may name the "
+                        "experiment and profile): under --set")
+    r.add_argument("--print-config", action="store_true",
+                   help="print the complete config file of this command line and exit without running")
 
 
 def _add_report(rep: argparse.ArgumentParser) -> None:
@@ -152,12 +158,16 @@ def _from_plugin(entry: registry.Entry) -> str:
 
 
 def cmd_run(args: argparse.Namespace, call: Invocation) -> int:
+    file = config_option(args)   # --config: read and checked now; it may name the experiment and profile
     if not args.experiment and not args.resume:
-        raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
+        raise DllabError("dllab run needs an experiment name (see `dllab list`), a --config file naming one "
+                         "(experiment: ...) or --resume RUN_DIR")
     if args.seed is not None and args.seeds is not None:
         raise DllabError("use either --seed N or --seeds A,B,C, not both")
     if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
-        run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
+        cfg = run_config(args.experiment, args.profile, args.sets, args.seed, args.device, file)
+        if args.print_config:
+            return print_config(args.experiment, cfg)
     from dllab.cli.run import run_command   # torch: loaded only now, once the config has passed
 
     return run_command(args, call.argv, call.started)

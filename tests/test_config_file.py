@@ -1,0 +1,149 @@
+"""Config files: `dllab run --config FILE` (under --set, over the profile), `--print-config`, the file read as
+untrusted data and checked as --set is; `dllab --version`."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import dllab_in_process, one_line_error
+
+import dllab
+
+
+def printed(tmp_path, *args) -> dict:
+    """`dllab run ... --print-config`: exit 0, a YAML file on stdout; its keys."""
+    res = dllab_in_process("run", *args, "--print-config", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
+
+
+def write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def summary(run) -> dict:
+    return json.loads((run / "metrics.json").read_text())["summary"]
+
+
+# --- --print-config, and feeding it back ------------------------------------------------------------------
+
+def test_print_config_is_complete_names_experiment_and_profile_and_runs_nothing(tmp_path):
+    cfg = printed(tmp_path, "lab1.mlp", "--profile", "smoke", "--set", "adam.lr=3e-4", "--seed", "7")
+    assert cfg["experiment"] == "lab1.mlp" and cfg["profile"] == "smoke"
+    assert cfg["train"]["epochs"] == 1 and cfg["data"]["train_limit"] == 2000      # the profile's
+    assert cfg["adam"]["lr"] == 3e-4 and cfg["seed"] == 7                          # the command line's
+    assert cfg["sgd"]["name"] == "sgd" and cfg["log"]["sinks"] == ["tensorboard"]  # every key
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_printed_config_reproduces_the_run(tmp_path):
+    """The acceptance check: `--print-config > c.yaml && dllab run --config c.yaml` gives the metrics of the
+    command line it was printed from; the run's own config.yaml, fed back with the experiment, is the same
+    config again. (A --set the profile does not give shows that the file's keys reach the run.)"""
+    command = ["lab1.mlp", "--profile", "smoke", "--set", "data.train_limit=1000"]
+    res = dllab_in_process("run", *command, "--print-config", cwd=tmp_path)
+    conf = write(tmp_path / "c.yaml", res.stdout)
+    direct = dllab_in_process("run", *command, "--out", "direct", "--quiet", cwd=tmp_path)
+    from_file = dllab_in_process("run", "--config", conf, "--out", "from_file", "--quiet", cwd=tmp_path)
+    assert direct.returncode == 0 and from_file.returncode == 0, direct.stderr + from_file.stderr
+    assert summary(tmp_path / "from_file") == summary(tmp_path / "direct")
+    assert (tmp_path / "from_file/config.yaml").read_text() == (tmp_path / "direct/config.yaml").read_text()
+    again = dllab_in_process("run", "lab1.mlp", "--config", tmp_path / "direct/config.yaml", "--print-config",
+                             cwd=tmp_path)
+    assert again.stdout == res.stdout
+
+
+def test_the_file_lies_over_the_profile_and_under_set(tmp_path):
+    conf = write(tmp_path / "exp.yaml", "experiment: lab1.mlp\nprofile: smoke\ntrain:\n  epochs: 2\n"
+                                        "  batch_size: 64\nadam.lr: 0.01\n")   # flat dotted keys work too
+    cfg = printed(tmp_path, "--config", conf, "--set", "train.epochs=3")
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["batch_size"] == 64 and cfg["adam"]["lr"] == 0.01
+    assert cfg["data"]["train_limit"] == 2000 and cfg["profile"] == "smoke"
+    # Without profile: in the file, --profile (else quick) is the one under it.
+    part = write(tmp_path / "part.yaml", "train:\n  epochs: 2\n")
+    cfg = printed(tmp_path, "lab1.mlp", "--config", part, "--profile", "smoke")
+    assert (cfg["profile"], cfg["train"]["epochs"], cfg["data"]["train_limit"]) == ("smoke", 2, 2000)
+    assert printed(tmp_path, "lab1.mlp", "--config", part)["profile"] == "quick"
+
+
+def test_an_empty_file_changes_nothing(tmp_path):
+    empty = write(tmp_path / "empty.yaml", "")
+    assert printed(tmp_path, "lab1.mlp", "--config", empty) == printed(tmp_path, "lab1.mlp")
+
+
+# --- bad files: one line naming the file and the key, before any folder -----------------------------------
+
+@pytest.mark.parametrize("text, fragments", [
+    ("train:\n  epoch: 3\n", ["bad.yaml: unknown config key 'train.epoch' (did you mean 'train.epochs'?)",
+                              "keys of train: epochs, batch_size"]),
+    ("trian.epochs: 3\n", ["unknown config key 'trian.epochs' (did you mean 'train.epochs'?)",
+                           "top-level keys: profile, seed"]),
+    ("sgd:\n  schedule: sometimes\n", ["bad.yaml: sgd.schedule=sometimes: choose one of none, cosine or step"]),
+    ("train:\n  epochs: three\n", ["bad.yaml: train.epochs=three: expected int"]),
+    ("train:\n  epochs: 0\n", ["bad.yaml: train.epochs=0: must be >= 1"]),
+    ("data:\n  name: mnst\n", ["bad.yaml: data.name=mnst: unknown dataset 'mnst' (did you mean 'mnist'?)"]),
+    ("train: 3\n", ["bad.yaml: 'train' is a section"]),
+    ("data:\n  root: \"a\\nb\"\n", ["data.root=a\\nb: contains a control character"]),
+    ("experiment: lab1.mpl\n", ["bad.yaml: experiment=lab1.mpl: unknown experiment 'lab1.mpl' (did you mean "
+                                "'lab1.mlp'?)"]),
+    ("profile: fast\n", ["bad.yaml: profile=fast: choose one of smoke, quick, paper"]),
+    ("- train.epochs: 3\n", ["bad.yaml: expected a mapping of config keys", "found list"]),
+    ("train: {epochs: 3\n", ["bad.yaml is not valid YAML"]),
+    ("a: &x 1\nb: *x\n", ["bad.yaml is not valid YAML", "not allowed"]),
+    ("data:\n  root: !!binary G1sxbQ==\n", ["bad.yaml is not valid YAML (YAML tags are not allowed)"]),
+    ("seed: !!python/object/apply:os.getpid []\n", ["YAML tags are not allowed"]),
+])
+def test_a_bad_file_is_one_line_naming_the_file_and_key(tmp_path, text, fragments):
+    bad = write(tmp_path / "bad.yaml", text)
+    res = dllab_in_process("run", "lab1.mlp", "--profile", "smoke", "--config", bad, "--out", "run", cwd=tmp_path)
+    one_line_error(res, *fragments)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_misspelt_key_fails_before_torch_loads(tmp_path):
+    """The file is checked whole before the run command's module (and torch with it) loads."""
+    bad = write(tmp_path / "bad.yaml", "experiment: lab1.mlp\nadam:\n  lrr: 0.01\n")
+    code = "import sys; from dllab.cli.main import main; rc = main(sys.argv[1:]); print('torch' in sys.modules); " \
+           "sys.exit(rc)"
+    res = subprocess.run([sys.executable, "-c", code, "run", "--config", str(bad)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, env=os.environ)
+    one_line_error(res, "bad.yaml: unknown config key 'adam.lrr' (did you mean 'adam.lr'?)")
+    assert res.stdout.split() == ["False"], res.stdout
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p.mkdir(), "is a folder, not a regular file"),
+    (lambda p: os.mkfifo(p), "is a FIFO, not a regular file"),
+    (lambda p: p.write_text("#" * (4 * 2**20 + 1)), "more than the 4 MiB"),
+    (lambda p: p.write_bytes(b"seed: \xff\n"), "is not UTF-8 text"),
+    (lambda p: None, "is missing"),
+])
+def test_the_file_is_read_as_untrusted_data(tmp_path, make, fragment):
+    make(tmp_path / "c.yaml")
+    one_line_error(dllab_in_process("run", "lab1.mlp", "--config", tmp_path / "c.yaml", cwd=tmp_path), fragment)
+
+
+def test_a_link_named_on_the_command_line_is_followed(tmp_path):
+    write(tmp_path / "real.yaml", "train:\n  epochs: 2\n")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "real.yaml")
+    assert printed(tmp_path, "lab1.mlp", "--config", tmp_path / "link.yaml")["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["lab4.ood"], "c.yaml says experiment: lab1.mlp, the command line the experiment name lab4.ood"),
+    (["--profile", "quick"], "c.yaml says profile: smoke, the command line --profile quick"),
+    (["--resume", "somewhere"], "--resume continues a run exactly as it started; drop --config"),
+])
+def test_the_file_and_the_command_line_may_not_disagree(tmp_path, args, fragment):
+    conf = write(tmp_path / "c.yaml", "experiment: lab1.mlp\nprofile: smoke\n")
+    one_line_error(dllab_in_process("run", *args, "--config", conf, cwd=tmp_path), fragment)
+
+
+def test_a_file_without_an_experiment_needs_one_on_the_command_line(tmp_path):
+    conf = write(tmp_path / "c.yaml", "train:\n  epochs: 2\n")
+    one_line_error(dllab_in_process("run", "--config", conf, cwd=tmp_path), "needs an experiment name")
+    one_line_error(dllab_in_process("run", "--resume", "x", "--print-config", cwd=tmp_path),
+                   "--print-config prints the config of a new run")
