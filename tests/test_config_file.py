@@ -147,3 +147,37 @@ def test_a_file_without_an_experiment_needs_one_on_the_command_line(tmp_path):
     one_line_error(dllab_in_process("run", "--config", conf, cwd=tmp_path), "needs an experiment name")
     one_line_error(dllab_in_process("run", "--resume", "x", "--print-config", cwd=tmp_path),
                    "--print-config prints the config of a new run")
+
+
+# --- dllab sweep --config ----------------------------------------------------------------------------------
+
+from test_sweep import points_in_process  # noqa: E402,F401  (the fixture: points run in this process)
+
+
+def test_a_sweep_takes_a_config_file_under_its_grid(tmp_path, imagefolder, points_in_process):
+    conf = write(tmp_path / "c.yaml", f"experiment: lab1.mlp\nprofile: smoke\nwidth: 32\ndata:\n  name: imagefolder\n"
+                                      f"  root: {imagefolder}\nlog:\n  sinks: []\n")
+    res = dllab_in_process("sweep", "--config", conf, "--grid", "width=8,16", "--out", "sw", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    sweep = tmp_path / "sw"
+    assert all(args[args.index("--config") + 1] == str(sweep / "sweep_config.yaml") for args in points_in_process)
+    assert json.loads((sweep / "sweep.json").read_text())["config"] == {"width": 32, "data.name": "imagefolder",
+                                                                         "data.root": str(imagefolder),
+                                                                         "log.sinks": []}
+    for point, width in (("p0_width=8", 8), ("p1_width=16", 16)):   # the grid over the file, the file over smoke
+        cfg = yaml.safe_load((sweep / point / "config.yaml").read_text())
+        assert (cfg["width"], cfg["data"]["name"], cfg["profile"], cfg["train"]["epochs"]) == (width, "imagefolder",
+                                                                                               "smoke", 1)
+    points_in_process.clear()   # the same command is the same sweep: nothing runs again
+    assert dllab_in_process("sweep", "--config", conf, "--grid", "width=8,16", "--out", "sw", "--quiet",
+                            cwd=tmp_path).returncode == 0
+    assert points_in_process == []
+
+
+def test_a_sweep_with_a_bad_config_file_leaves_no_folder(tmp_path):
+    conf = write(tmp_path / "c.yaml", "experiment: lab1.mlp\nadam:\n  lrr: 0.1\n")
+    one_line_error(dllab_in_process("sweep", "--config", conf, "--grid", "width=8,16", cwd=tmp_path),
+                   "c.yaml: unknown config key 'adam.lrr' (did you mean 'adam.lr'?)")
+    one_line_error(dllab_in_process("sweep", "--resume", tmp_path, "--config", conf, cwd=tmp_path),
+                   "drop --config")
+    assert not (tmp_path / "sweeps").exists()

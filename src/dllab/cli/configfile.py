@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from dllab import DllabError
-from dllab.core.config import ConfigFile, RunConfig, config_file_text, read_config_file, with_command_line
+from dllab.core.config import ConfigFile, RunConfig, config_file_text, read_config_file, run_config, with_command_line
 
 
 def config_option(args: argparse.Namespace) -> ConfigFile | None:
@@ -34,3 +34,13 @@ def print_config(experiment: str, cfg: RunConfig) -> int:
     """``--print-config``: ``cfg`` as a complete config file (every key, resolved) on stdout; nothing runs."""
     print(config_file_text(experiment, cfg), end="")
     return 0
+
+
+def sweep_config(args: argparse.Namespace) -> dict:
+    """``dllab sweep --config FILE``: the file's keys (flat and dotted, for sweep.json), checked against the
+    experiment now so that an error names the file; its experiment and profile fill in the command line's."""
+    file = config_option(args)
+    if file is None or not args.experiment:
+        return {}
+    run_config(args.experiment, args.profile or "quick", file=file)
+    return file.values

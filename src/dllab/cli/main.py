@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
-from dllab.cli.configfile import config_option, print_config
+from dllab.cli.configfile import config_option, print_config, sweep_config
 from dllab.core import cpus, environ, ranks, registry, untrusted
 from dllab.core.config import PROFILES, run_config
 from dllab.runner.launch import die_with_parent, interrupted, resume_command, under_launcher
@@ -99,7 +99,7 @@ def _add_report(rep: argparse.ArgumentParser) -> None:
 
 def _add_sweep(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
-    sw.add_argument("--profile", default="quick", choices=PROFILES)
+    sw.add_argument("--profile", default=None, choices=PROFILES, help="the profile (default quick)")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="a config key and its values (repeat for more keys; the Cartesian product runs)")
     sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -116,6 +116,8 @@ def _add_sweep(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--out", default=None, help="sweep folder; default sweeps/<exp>/<time> (the same command "
                                                  "continues its latest sweep)")
     sw.add_argument("--resume", default=None, metavar="SWEEP_DIR", help="continue a sweep folder")
+    sw.add_argument("--config", default=None, metavar="FILE",
+                    help="a YAML config file for every point (as `dllab run --config`), under --set and --grid")
     sw.add_argument("--quiet", action="store_true")
 
 
@@ -179,17 +181,19 @@ def cmd_sweep(args: argparse.Namespace, call: Invocation) -> None:
 
     if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
         raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")
+    config = sweep_config(args)   # --config: read and checked now; it may name the experiment and profile
     if args.resume:
         given = [f for f, v in (("an experiment name", args.experiment), ("--grid", args.grid), ("--set", args.sets),
-                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out)) if v]
+                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out),
+                                ("--profile", args.profile)) if v]
         if given:
             raise DllabError(f"--resume continues a sweep exactly as it started; drop {', '.join(given)}")
         spec, out = read_spec(args.resume), args.resume
     else:
         if not args.experiment:
             raise DllabError("dllab sweep needs an experiment name (see `dllab list`) or --resume SWEEP_DIR")
-        spec = new_spec(experiment=args.experiment, profile=args.profile, grid=parse_grid(args.grid),
-                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device)
+        spec = new_spec(experiment=args.experiment, profile=args.profile or "quick", grid=parse_grid(args.grid),
+                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device, config=config)
         out = args.out
     print(sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet))
 
