@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -181,3 +182,17 @@ def test_a_sweep_with_a_bad_config_file_leaves_no_folder(tmp_path):
     one_line_error(dllab_in_process("sweep", "--resume", tmp_path, "--config", conf, cwd=tmp_path),
                    "drop --config")
     assert not (tmp_path / "sweeps").exists()
+
+
+# --- dllab --version ---------------------------------------------------------------------------------------
+
+def test_version_names_dllab_and_torch(tmp_path):
+    import importlib.metadata
+    import tomllib
+
+    res = dllab_in_process("--version", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith(f"dllab {dllab.__version__} (torch "), res
+    assert importlib.metadata.version("torch") in res.stdout
+    # One version: the package's metadata (pyproject.toml) says what dllab.__version__ says.
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == dllab.__version__

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import os
+import platform
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
+from dllab import DllabError, __version__  # torch-free, as everything imported here: torch loads in main
 from dllab.cli.configfile import config_option, print_config, sweep_config
 from dllab.core import cpus, environ, ranks, registry, untrusted
 from dllab.core.config import PROFILES, run_config
@@ -56,8 +58,18 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from e
 
 
+def version() -> str:
+    """``dllab --version``: dllab's, and the torch it runs on (from the package metadata: nothing is imported)."""
+    try:
+        torch = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch = "not installed"
+    return f"dllab {__version__} (torch {torch}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dllab", description="Run, reproduce and report deep-learning lab experiments.")
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="every experiment with its description, then every other plug-in by kind")
     _add_run(sub.add_parser("run", help="run an experiment"))
