@@ -2,6 +2,7 @@
 untrusted data and checked as --set is; `dllab --version`."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,38 @@ def test_version_names_dllab_and_torch(tmp_path):
     # One version: the package's metadata (pyproject.toml) says what dllab.__version__ says.
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == dllab.__version__
+
+
+# --- dllab completion bash|zsh -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_the_completion_script_lists_experiments_profiles_and_keys(tmp_path, shell):
+    from dllab.core.registry import experiment_names
+
+    res = dllab_in_process("completion", shell, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for word in [*experiment_names(), "smoke quick paper", "train.epochs", "adam.lr", "ood.detectors",
+                 "finetune.lr.full", "--print-config", "--config", "completion"]:
+        assert word in res.stdout, word
+
+
+def complete(script, *words: str) -> list[str]:
+    """What bash offers after ``words`` (the last one being completed) with the script loaded."""
+    driver = ('source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMPREPLY=(); '
+              '_dllab_complete dllab "${COMP_WORDS[-1]}" 2>/dev/null; printf "%s\\n" "${COMPREPLY[@]}"')
+    res = subprocess.run(["bash", "-c", driver, "bash", str(script), "dllab", *words], capture_output=True,
+                         text=True, timeout=60)
+    return res.stdout.split()
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="bash is not installed")
+def test_bash_completes_experiments_and_the_keys_of_the_experiment_typed(tmp_path):
+    script = write(tmp_path / "dllab.bash", dllab_in_process("completion", "bash", cwd=tmp_path).stdout)
+    assert complete(script, "sw") == ["sweep"]
+    assert complete(script, "run", "lab1.m") == ["lab1.mlp", "lab1.mlp-depth"]
+    assert complete(script, "run", "lab1.mlp", "--profile", "q") == ["quick"]
+    assert complete(script, "run", "lab1.mlp", "--set", "train.ep") == ["train.epochs="]
+    assert complete(script, "run", "lab1.mlp", "--set", "ood.det") == []           # not a key of lab1.mlp
+    assert complete(script, "run", "lab4.ood", "--set", "ood.det") == ["ood.detectors="]
+    assert complete(script, "run", "--set", "ood.det") == ["ood.detectors="]       # no experiment: every key
+    assert complete(script, "sweep", "lab1.mlp", "--grid", "wid") == ["width="]

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)"))
     _add_compare(sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves"))
     _add_doctor(sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates"))
+    sub.add_parser("completion", help="print the shell completion script (see the README to install it)"
+                   ).add_argument("shell", choices=["bash", "zsh"])
     return p
 
 
@@ -232,10 +234,16 @@ def cmd_report(args: argparse.Namespace, call: Invocation) -> None:
     print(html)
 
 
+def cmd_completion(args: argparse.Namespace, call: Invocation) -> None:
+    from dllab.cli.completion import script
+
+    print(script(args.shell, build_parser()), end="")
+
+
 # Each subcommand's function: it prints its answer on stdout and returns the exit code (None: 0).
 COMMANDS: dict[str, Callable[[argparse.Namespace, Invocation], int | None]] = {
     "list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "compare": cmd_compare, "doctor": cmd_doctor,
-    "report": cmd_report,
+    "report": cmd_report, "completion": cmd_completion,
 }
 COMPUTING = ("run", "sweep", "doctor")   # the commands that train or time: environment checked, OpenMP set
 
