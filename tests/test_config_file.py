@@ -71,6 +71,13 @@ def test_the_file_lies_over_the_profile_and_under_set(tmp_path):
     assert printed(tmp_path, "lab1.mlp", "--config", part)["profile"] == "quick"
 
 
+def test_numbers_where_text_belongs_are_their_text(tmp_path):
+    """`classes: [0, 1]` (class indices) means what `--set data.classes=[0,1]` means, not 'expected text'."""
+    conf = write(tmp_path / "c.yaml", "data:\n  classes: [0, 1]\n")
+    assert printed(tmp_path, "lab1.mlp", "--config", conf)["data"]["classes"] == ["0", "1"]
+    assert printed(tmp_path, "lab1.mlp", "--set", "data.classes=[0,1]")["data"]["classes"] == ["0", "1"]
+
+
 def test_an_empty_file_changes_nothing(tmp_path):
     empty = write(tmp_path / "empty.yaml", "")
     assert printed(tmp_path, "lab1.mlp", "--config", empty) == printed(tmp_path, "lab1.mlp")

@@ -77,8 +77,10 @@ Amp = Annotated[Literal["auto", "bf16-mixed", "fp16-mixed"], BeforeValidator(_pr
 
 class Section(BaseModel):
     """A config section: attribute access, checked on every assignment, unknown keys refused."""
+    # A number where text belongs is its text: `classes: [0, 1]` in a config file means the classes "0" and "1",
+    # as `--set data.classes=[0,1]` does.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,
-                              allow_inf_nan=False)
+                              allow_inf_nan=False, coerce_numbers_to_str=True)
 
     @field_validator("*", mode="before")
     @classmethod
