@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import os
+import platform
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dllab import DllabError  # torch-free, as everything imported here: torch loads in main
+from dllab import DllabError, __version__  # torch-free, as everything imported here: torch loads in main
+from dllab.cli.configfile import config_option, print_config, sweep_config
 from dllab.core import cpus, environ, ranks, registry, untrusted
 from dllab.core.config import PROFILES, run_config
 from dllab.runner.launch import die_with_parent, interrupted, resume_command, under_launcher
@@ -55,8 +58,18 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from e
 
 
+def version() -> str:
+    """``dllab --version``: dllab's, and the torch it runs on (from the package metadata: nothing is imported)."""
+    try:
+        torch = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch = "not installed"
+    return f"dllab {__version__} (torch {torch}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dllab", description="Run, reproduce and report deep-learning lab experiments.")
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="every experiment with its description, then every other plug-in by kind")
     _add_run(sub.add_parser("run", help="run an experiment"))
@@ -64,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)"))
     _add_compare(sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves"))
     _add_doctor(sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates"))
+    sub.add_parser("completion", help="print the shell completion script (see the README to install it)"
+                   ).add_argument("shell", choices=["bash", "zsh"])
     return p
 
 
@@ -83,6 +98,11 @@ def _add_run(r: argparse.ArgumentParser) -> None:
     r.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel over N processes on this machine (one per GPU, or CPU processes): "
                         "shorthand for `torchrun --standalone --nproc-per-node N -m dllab run ...`")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="a YAML config file (a run's config.yaml, or --print-config's output; may name the "
+                        "experiment and profile): under --set")
+    r.add_argument("--print-config", action="store_true",
+                   help="print the complete config file of this command line and exit without running")
 
 
 def _add_report(rep: argparse.ArgumentParser) -> None:
@@ -93,7 +113,7 @@ def _add_report(rep: argparse.ArgumentParser) -> None:
 
 def _add_sweep(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("experiment", nargs="?", help="experiment name (see `dllab list`)")
-    sw.add_argument("--profile", default="quick", choices=PROFILES)
+    sw.add_argument("--profile", default=None, choices=PROFILES, help="the profile (default quick)")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="a config key and its values (repeat for more keys; the Cartesian product runs)")
     sw.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -110,6 +130,8 @@ def _add_sweep(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--out", default=None, help="sweep folder; default sweeps/<exp>/<time> (the same command "
                                                  "continues its latest sweep)")
     sw.add_argument("--resume", default=None, metavar="SWEEP_DIR", help="continue a sweep folder")
+    sw.add_argument("--config", default=None, metavar="FILE",
+                    help="a YAML config file for every point (as `dllab run --config`), under --set and --grid")
     sw.add_argument("--quiet", action="store_true")
 
 
@@ -152,12 +174,16 @@ def _from_plugin(entry: registry.Entry) -> str:
 
 
 def cmd_run(args: argparse.Namespace, call: Invocation) -> int:
+    file = config_option(args)   # --config: read and checked now; it may name the experiment and profile
     if not args.experiment and not args.resume:
-        raise DllabError("dllab run needs an experiment name (see `dllab list`) or --resume RUN_DIR")
+        raise DllabError("dllab run needs an experiment name (see `dllab list`), a --config file naming one "
+                         "(experiment: ...) or --resume RUN_DIR")
     if args.seed is not None and args.seeds is not None:
         raise DllabError("use either --seed N or --seeds A,B,C, not both")
     if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
-        run_config(args.experiment, args.profile, args.sets, args.seed, args.device)
+        cfg = run_config(args.experiment, args.profile, args.sets, args.seed, args.device, file)
+        if args.print_config:
+            return print_config(args.experiment, cfg)
     from dllab.cli.run import run_command   # torch: loaded only now, once the config has passed
 
     return run_command(args, call.argv, call.started)
@@ -169,17 +195,19 @@ def cmd_sweep(args: argparse.Namespace, call: Invocation) -> None:
 
     if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
         raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")
+    config = sweep_config(args)   # --config: read and checked now; it may name the experiment and profile
     if args.resume:
         given = [f for f, v in (("an experiment name", args.experiment), ("--grid", args.grid), ("--set", args.sets),
-                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out)) if v]
+                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out),
+                                ("--profile", args.profile)) if v]
         if given:
             raise DllabError(f"--resume continues a sweep exactly as it started; drop {', '.join(given)}")
         spec, out = read_spec(args.resume), args.resume
     else:
         if not args.experiment:
             raise DllabError("dllab sweep needs an experiment name (see `dllab list`) or --resume SWEEP_DIR")
-        spec = new_spec(experiment=args.experiment, profile=args.profile, grid=parse_grid(args.grid),
-                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device)
+        spec = new_spec(experiment=args.experiment, profile=args.profile or "quick", grid=parse_grid(args.grid),
+                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device, config=config)
         out = args.out
     print(sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet))
 
@@ -206,10 +234,16 @@ def cmd_report(args: argparse.Namespace, call: Invocation) -> None:
     print(html)
 
 
+def cmd_completion(args: argparse.Namespace, call: Invocation) -> None:
+    from dllab.cli.completion import script
+
+    print(script(args.shell, build_parser()), end="")
+
+
 # Each subcommand's function: it prints its answer on stdout and returns the exit code (None: 0).
 COMMANDS: dict[str, Callable[[argparse.Namespace, Invocation], int | None]] = {
     "list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "compare": cmd_compare, "doctor": cmd_doctor,
-    "report": cmd_report,
+    "report": cmd_report, "completion": cmd_completion,
 }
 COMPUTING = ("run", "sweep", "doctor")   # the commands that train or time: environment checked, OpenMP set
 

@@ -24,7 +24,8 @@ def run_command(args: argparse.Namespace, argv: list[str], started: list) -> int
         distributed.init()
         run = experiment.run_experiment(args.experiment, args.profile, args.sets, args.seed, args.seeds, args.device,
                                         args.out, args.resume, args.quiet, argv,
-                                        on_start=functools.partial(_on_start, started))
+                                        on_start=functools.partial(_on_start, started),
+                                        config_file=args.config_file)
         if not ranks.is_main():
             return 0
         if not args.quiet:  # the numbers on the console; stdout stays just the run folder, for scripts

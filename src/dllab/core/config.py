@@ -18,6 +18,8 @@ import functools
 import importlib.util
 import sys
 import typing
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
 import yaml
@@ -75,8 +77,10 @@ Amp = Annotated[Literal["auto", "bf16-mixed", "fp16-mixed"], BeforeValidator(_pr
 
 class Section(BaseModel):
     """A config section: attribute access, checked on every assignment, unknown keys refused."""
+    # A number where text belongs is its text: `classes: [0, 1]` in a config file means the classes "0" and "1",
+    # as `--set data.classes=[0,1]` does.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,
-                              allow_inf_nan=False)
+                              allow_inf_nan=False, coerce_numbers_to_str=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -271,10 +275,11 @@ def _field(cfg: Section, key: str, origin: str) -> tuple[Section, str]:
         fields = type(obj).model_fields
         if part not in fields:
             prefix = ".".join(parts[:i])
-            known = [f"{prefix}.{n}" if prefix else n for n in fields]
-            close = difflib.get_close_matches(key, known, n=1)
+            # The nearest of every key, not only this section's: 'trian.epochs' is 'train.epochs' misspelt.
+            close = difflib.get_close_matches(key, config_keys(cfg), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DllabError(f"{origin}: unknown config key '{key}'{hint}; see config.yaml of any run for the keys")
+            raise DllabError(f"{origin}: unknown config key '{key}'{hint}; "
+                             f"{f'keys of {prefix}' if prefix else 'top-level keys'}: {', '.join(fields)}")
         if i < len(parts) - 1:
             obj = getattr(obj, part)
     if isinstance(getattr(obj, parts[-1]), Section):   # profiles use flat dotted keys only, as --set does
@@ -322,14 +327,17 @@ def apply_overrides(cfg: Section, overrides: dict[str, Any] | list[str], origin:
 
 
 def make_config(config_cls: type[RunConfig], profiles: dict, profile: str, overrides: list[str] | None = None,
-                flags: dict[str, Any] | None = None) -> RunConfig:
-    """The config of a new run: the class's defaults, the profile's keys, the ``--set`` overrides, then the
-    command-line ``flags`` (``{"seed": 3, "device": "cpu"}``; None = not given), each checked as it is set."""
+                flags: dict[str, Any] | None = None, file: ConfigFile | None = None) -> RunConfig:
+    """The config of a new run: the class's defaults, the profile's keys, a ``--config`` file's keys, the
+    ``--set`` overrides, then the command-line ``flags`` (``{"seed": 3, "device": "cpu"}``; None = not given),
+    each checked as it is set."""
     if profile not in PROFILES:
         raise DllabError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     cfg = config_cls()
     apply_overrides(cfg, profiles.get(profile, {}), f"profile '{profile}'")
     cfg.profile = profile
+    if file is not None:
+        apply_overrides(cfg, file.values, file.path)
     apply_overrides(cfg, overrides or [])
     for key, value in (flags or {}).items():
         if value is not None:
@@ -338,10 +346,11 @@ def make_config(config_cls: type[RunConfig], profiles: dict, profile: str, overr
 
 
 def run_config(experiment: str, profile: str | None = None, sets: list[str] | None = None, seed: int | None = None,
-               device: str | None = None) -> RunConfig:
+               device: str | None = None, file: ConfigFile | None = None) -> RunConfig:
     """The config a new ``dllab run experiment`` starts with (profile default quick), checked whole."""
     exp = registry.get_experiment(experiment)
-    return make_config(exp.config_cls, exp.profiles, profile or "quick", sets, {"seed": seed, "device": device})
+    return make_config(exp.config_cls, exp.profiles, profile or "quick", sets, {"seed": seed, "device": device},
+                       file)
 
 
 def check_seeds(seeds: list[int]) -> None:
@@ -402,3 +411,70 @@ def load_yaml(config_cls: type[RunConfig], text: str, origin: str = "config.yaml
     cfg = config_cls()
     apply_overrides(cfg, flat_yaml(text, origin), origin)
     return cfg
+
+
+# --- config files (--config) -----------------------------------------------------------------------------
+
+CONFIG_FILE_LIMIT = untrusted.TEXT_LIMIT
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config file given with ``--config``: a run's config.yaml (sections nested, or flat dotted keys) with
+    optional top-level ``experiment:`` and ``profile:`` keys. ``values`` holds every other key, flat and
+    dotted, as YAML typed it; ``make_config`` checks each as it sets it, an error naming the file and the key."""
+    path: str
+    experiment: str | None = None
+    profile: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def read_config_file(path: str) -> ConfigFile:
+    """``path`` read as untrusted input (a regular file of at most 4 MiB, YAML without aliases or tags, a
+    mapping at the top), its ``experiment`` and ``profile`` checked; every problem is one line naming it."""
+    given = Path(path)
+    # A link the user names on the command line is theirs to follow; none is followed past it.
+    text = untrusted.read_text(given.resolve() if given.is_symlink() else given, CONFIG_FILE_LIMIT)
+    data = untrusted.load_yaml(text, path, fix="fix it (`dllab run EXP --print-config` writes a valid one)")
+    if data is None:
+        data = {}    # an empty file: nothing changed
+    if not isinstance(data, dict):
+        raise DllabError(f"{path}: expected a mapping of config keys (key: value lines), found "
+                         f"{type(data).__name__}; `dllab run EXP --print-config` writes a valid file")
+    values = flatten(data)
+    experiment, profile = values.pop("experiment", None), values.pop("profile", None)
+    if experiment is not None and (not isinstance(experiment, str) or experiment not in registry.names("experiment")):
+        raise DllabError(f"{path}: experiment={untrusted.printable(experiment)}: "
+                         f"{registry.unknown('experiment', experiment)}")
+    if profile is not None and profile not in PROFILES:
+        raise DllabError(f"{path}: profile={untrusted.printable(profile)}: choose one of {', '.join(PROFILES)}")
+    return ConfigFile(path, experiment, profile, values)
+
+
+def with_command_line(file: ConfigFile, experiment: str | None, profile: str | None) -> tuple[str | None, str | None]:
+    """The experiment and profile of a run given ``--config file`` and, maybe, an experiment name and
+    ``--profile`` on the command line. A file that says otherwise than the command line is an error, not a
+    silent choice: the profile lies under the file's keys, so the wrong one would change only the label."""
+    for what, typed, written in (("experiment", experiment, file.experiment), ("profile", profile, file.profile)):
+        if typed is not None and written is not None and typed != written:
+            flag = "the experiment name" if what == "experiment" else "--profile"
+            raise DllabError(f"{file.path} says {what}: {written}, the command line {flag} {typed}; "
+                             f"drop one of them")
+    return experiment or file.experiment, profile or file.profile
+
+
+def config_keys(cfg: Section, prefix: str = "") -> list[str]:
+    """Every field of ``cfg`` as the dotted key ``--set`` takes (sections' fields, not the sections)."""
+    keys = []
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        keys += config_keys(value, f"{prefix}{name}.") if isinstance(value, Section) else [f"{prefix}{name}"]
+    return keys
+
+
+def config_file_text(experiment: str, cfg: RunConfig) -> str:
+    """``cfg`` as a complete config file for ``dllab run --config``: every key with its resolved value, the
+    experiment first (the profile is the config's own first key)."""
+    header = (f"# dllab run --config FILE: {experiment}, profile {cfg.profile}, every key. Keep the ones you\n"
+              "# change (the profile gives the others); --set on the command line still wins.\n")
+    return header + yaml.safe_dump({"experiment": experiment, **to_dict(cfg)}, sort_keys=False)

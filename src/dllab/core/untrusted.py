@@ -132,22 +132,26 @@ def _first_line(e: BaseException) -> str:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without anchors and aliases: dllab's config.yaml never uses them, and an alias bomb
-    (a billion laughs) expands a small file into gigabytes."""
+    """PyYAML's safe loader without anchors, aliases or explicit tags: dllab's config.yaml never uses them, an
+    alias bomb (a billion laughs) expands a small file into gigabytes, and a tag turns text into another type
+    behind the checks on text (``!!binary`` bytes may carry control characters)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "tag", None) not in (None, "!"):   # "!": a quoted scalar's non-specific tag
+            raise yaml.composer.ComposerError(None, None, "YAML tags are not allowed", event.start_mark)
         node = super().compose_node(parent, index)
         if getattr(node, "anchor", None) is not None:
             raise yaml.composer.ComposerError(None, None, "YAML anchors are not allowed", node.start_mark)
         return node
 
 
-def load_yaml(text: str, origin: str) -> Any:
-    """``text`` parsed as YAML without aliases and with a bounded depth; errors are one line naming
-    ``origin``."""
+def load_yaml(text: str, origin: str, fix: str = "restore it or start a new run") -> Any:
+    """``text`` parsed as YAML without aliases or tags and with a bounded depth; errors are one line naming
+    ``origin`` and ending in ``fix``."""
     if len(text) > TEXT_LIMIT:
         raise DllabError(f"{origin} is larger than the {TEXT_LIMIT // MiB} MiB a config can be")
     try:
@@ -156,7 +160,7 @@ def load_yaml(text: str, origin: str) -> Any:
         raise DllabError(f"{origin} is nested too deeply to be a dllab config") from e
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise DllabError(f"{origin} is not valid YAML ({problem}); restore it or start a new run") from e
+        raise DllabError(f"{origin} is not valid YAML ({problem}); {fix}") from e
     if _depth(data) > MAX_DEPTH:
         raise DllabError(f"{origin} is nested too deeply to be a dllab config")
     return data

@@ -21,7 +21,7 @@ import torch
 
 from dllab import DllabError
 from dllab.core import distributed, environ, lock, ranks
-from dllab.core.config import TrainConfig, check_seeds, make_config, sections
+from dllab.core.config import ConfigFile, TrainConfig, check_seeds, make_config, sections
 from dllab.core.machine import describe_device, git_commit, resolve_device, seed_everything, versions
 from dllab.core.registry import Experiment, get_experiment
 from dllab.report.render import write_report
@@ -67,14 +67,16 @@ def aggregate(summaries: list[dict[str, float]]) -> dict[str, float]:
 def run_experiment(name: str | None, profile: str | None = None, sets: list[str] | None = None,
                    seed: int | None = None, seeds: list[int] | None = None, device: str | None = None,
                    out: str | None = None, resume: str | None = None, quiet: bool = False,
-                   argv: list[str] | None = None, on_start=None) -> Run:
+                   argv: list[str] | None = None, on_start=None, config_file: ConfigFile | None = None) -> Run:
     """Start (or, with ``resume``, continue) a run. ``on_start(path)`` is called as soon as the folder exists,
-    so a caller can name it if the run is interrupted."""
+    so a caller can name it if the run is interrupted. ``config_file``: a ``--config`` file's keys, under
+    ``sets``."""
     command = "dllab " + shlex.join(argv if argv is not None else sys.argv[1:])
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     if resume:
         given = [flag for flag, v in (("an experiment name", name), ("--profile", profile), ("--set", sets),
-                                      ("--seed", seed), ("--seeds", seeds), ("--device", device), ("--out", out))
+                                      ("--seed", seed), ("--seeds", seeds), ("--device", device), ("--out", out),
+                                      ("--config", config_file and config_file.path))
                  if v not in (None, [], "")]
         if given:
             raise DllabError(f"--resume continues a run exactly as it started; drop {', '.join(given)} (start a "
@@ -88,7 +90,7 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
             check_seeds(seeds)
         # The whole config (profile, --set, the flags) is checked here, before any data loads or folder exists.
         cfg = make_config(exp.config_cls, exp.profiles, profile or "quick", sets,
-                          {"seed": seeds[0] if seeds is not None else seed, "device": device or None})
+                          {"seed": seeds[0] if seeds is not None else seed, "device": device or None}, config_file)
         check_global_batches(cfg)
         check_early_stopping(cfg)
         resolve_device(cfg.device)  # fail before creating a folder

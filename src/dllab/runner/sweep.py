@@ -35,16 +35,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from dllab import DllabError
 from dllab.core import cpus, environ, lock, untrusted
-from dllab.core.config import apply_overrides, check_seeds, make_config
+from dllab.core.config import ConfigFile, apply_overrides, check_seeds, make_config
 from dllab.runner import sweep_ray
 from dllab.runner.launch import child_env
 from dllab.core.registry import Experiment, get_experiment
-from dllab.core.files import TMP_SUFFIX, atomic_write_json, dir_mode, write_csv
+from dllab.core.files import TMP_SUFFIX, atomic_write_json, atomic_write_text, dir_mode, write_csv
 from dllab.report.sweep import write_sweep_report
 from dllab.store.records import read_metrics
 from dllab.runner.sweep_spec import SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec
+
+POINT_CONFIG = "sweep_config.yaml"   # with --config: the file's keys, which every point's `dllab run --config` reads
 
 
 def check_spec(spec: SweepSpec):
@@ -54,7 +58,8 @@ def check_spec(spec: SweepSpec):
     applied)."""
     exp = get_experiment(spec.experiment)
     check_size(spec)
-    base = make_config(exp.config_cls, exp.profiles, spec.profile, spec.sets)
+    file = ConfigFile(f"{SPEC_FILE} config", values=spec.config) if spec.config else None
+    base = make_config(exp.config_cls, exp.profiles, spec.profile, spec.sets, file=file)
     if spec.seeds is not None:
         check_seeds(spec.seeds)
     overridden = {s.split("=", 1)[0].strip() for s in spec.sets}
@@ -193,7 +198,17 @@ def point_args(spec: SweepSpec, point: Point, folder: Path) -> list[str]:
         args += ["--seeds", ",".join(map(str, spec.seeds))]
     if spec.device:
         args += ["--device", spec.device]
+    if spec.config:
+        args += ["--config", str(folder.parent / POINT_CONFIG)]
     return args
+
+
+def write_point_config(spec: SweepSpec, folder: Path) -> None:
+    """The points' --config file, written from sweep.json (which holds the keys, so that the same spec is the
+    same sweep) each time the sweep runs: a point reads the keys the sweep was started with."""
+    if spec.config:
+        atomic_write_text(folder / POINT_CONFIG, "# --config of this sweep's points, from sweep.json\n"
+                          + yaml.safe_dump(spec.config, sort_keys=False))
 
 
 def run_point(args: list[str], threads: int) -> tuple[int, str]:
@@ -266,6 +281,7 @@ def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, r
         if not quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    write_point_config(spec, folder)
     todo = [(p, point_args(spec, p, folder / p.name)) for p in points
             if not (folder / p.name / "metrics.json").exists()]
     say(f"sweep {spec.experiment} ({spec.profile}): {len(points)} points, {len(points) - len(todo)} already "

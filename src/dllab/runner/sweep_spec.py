@@ -36,7 +36,12 @@ MAX_SEEDS = 1_000
 MAX_SETS = 100
 MAX_NAME = 200               # a point's folder name: the file system allows 255, the run's temp folder adds 14
 
+MAX_CONFIG_KEYS = 1_000      # keys of a --config file (a complete one has about 30-80)
+
 Text = Annotated[str, Field(min_length=1, max_length=MAX_VALUE_CHARS)]
+# A --config file's value as YAML typed it (checked against the experiment's config by check_spec)
+Scalar = Annotated[str, Field(max_length=MAX_VALUE_CHARS)] | bool | int | float | None
+ConfigValue = Scalar | Annotated[list[Scalar], Field(max_length=MAX_VALUES)]
 
 
 @dataclass(config=ConfigDict(strict=True, extra="forbid"))
@@ -51,12 +56,14 @@ class SweepSpec:
     sets: Annotated[list[Text], Field(max_length=MAX_SETS)] = field(default_factory=list)
     sample: Annotated[int, Field(ge=0)] = 0   # 0 = the whole Cartesian product; K = K points drawn with seed 0
     device: Literal["auto", "cpu", "cuda", "mps"] | None = None
+    # a --config file's keys, flat and dotted: under --set and the grid, over the profile
+    config: Annotated[dict[Text, ConfigValue], Field(max_length=MAX_CONFIG_KEYS)] = field(default_factory=dict)
 
 
 _SCHEMA = TypeAdapter(SweepSpec)
 # The command-line option behind each field, to name it in an error about a spec typed there.
 _OPTIONS = {"experiment": "the experiment name", "profile": "--profile", "grid": "--grid", "seeds": "--seeds",
-            "sets": "--set", "sample": "--sample", "device": "--device"}
+            "sets": "--set", "sample": "--sample", "device": "--device", "config": "--config"}
 
 
 @dataclasses.dataclass
