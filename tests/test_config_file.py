@@ -90,7 +90,7 @@ def test_an_empty_file_changes_nothing(tmp_path):
                               "keys of train: epochs, batch_size"]),
     ("trian.epochs: 3\n", ["unknown config key 'trian.epochs' (did you mean 'train.epochs'?)",
                            "top-level keys: profile, seed"]),
-    ("sgd:\n  schedule: sometimes\n", ["bad.yaml: sgd.schedule=sometimes: choose one of none, cosine or step"]),
+    ("sgd:\n  schedule: sometimes\n", ["bad.yaml: sgd.schedule=sometimes: choose one of none, cosine, step, onecycle or warmup_cosine"]),
     ("train:\n  epochs: three\n", ["bad.yaml: train.epochs=three: expected int"]),
     ("train:\n  epochs: 0\n", ["bad.yaml: train.epochs=0: must be >= 1"]),
     ("data:\n  name: mnst\n", ["bad.yaml: data.name=mnst: unknown dataset 'mnst' (did you mean 'mnist'?)"]),
