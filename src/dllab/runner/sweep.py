@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.core import cpus, environ, lock, untrusted
 from dllab.core.config import apply_overrides, check_seeds, make_config
 from dllab.runner import sweep_ray
@@ -60,9 +60,9 @@ def check_spec(spec: SweepSpec):
     overridden = {s.split("=", 1)[0].strip() for s in spec.sets}
     for key, values in spec.grid.items():
         if key in overridden:
-            raise DllabError(f"--grid {key} is also given with --set; keep one of them")
+            raise ConfigError(f"--grid {key} is also given with --set; keep one of them")
         if key in ("seed", "profile"):
-            raise DllabError(f"--grid {key}: use --seeds / --profile instead")
+            raise ConfigError(f"--grid {key}: use --seeds / --profile instead")
         for v in values:   # on a copy of the base config: the profile and --set are not parsed again per value
             cfg = copy.deepcopy(base)
             apply_overrides(cfg, [f"{key}={v}"], "--grid")
@@ -92,8 +92,8 @@ def choose_metric(metric: str | None, keys: list[str], what: str) -> str | None:
     if metric not in keys:
         close = difflib.get_close_matches(metric, keys, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DllabError(f"--metric {metric}: not a summary key of {what}{hint}; choose from "
-                         f"{', '.join(keys) or 'none (it reports no number)'}")
+        raise ConfigError(f"--metric {metric}: not a summary key of {what}{hint}; choose from "
+                          f"{', '.join(keys) or 'none (it reports no number)'}")
     return metric
 
 
@@ -122,10 +122,10 @@ def _holds(path: Path, spec: SweepSpec, out: str) -> bool:
     spec_file = path / SPEC_FILE
     if spec_file.exists() or spec_file.is_symlink():
         if load_spec(spec_file) != spec:
-            raise DllabError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
+            raise ConfigError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
         return True
     if path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
-        raise DllabError(f"--out {out} exists and is not a sweep folder; choose a new folder")
+        raise ConfigError(f"--out {out} exists and is not a sweep folder; choose a new folder")
     return False
 
 
@@ -244,9 +244,9 @@ def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple
     """The options and the spec checked: (the points, the metric the report ranks by, the summary keys every
     point reports, or None when the experiment does not declare them)."""
     if jobs < 1:
-        raise DllabError(f"--jobs {jobs}: must be >= 1")
+        raise ConfigError(f"--jobs {jobs}: must be >= 1")
     if goal not in ("max", "min"):
-        raise DllabError(f"--goal {goal}: choose max or min")
+        raise ConfigError(f"--goal {goal}: choose max or min")
     base = check_spec(spec)
     points = expand(spec)
     declared = summary_keys(get_experiment(spec.experiment), base, points)
