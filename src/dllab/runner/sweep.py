@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -217,11 +217,26 @@ def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass
+class SweepOutcome:
+    """A finished (or continued) sweep: its folder, sweep.csv's rows, and the summary key its report ranks the
+    points by (None: nothing is ranked)."""
+    folder: Path
+    rows: list[dict]
+    metric: str | None
+
+
 def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | None = None,
           metric: str | None = None, goal: str = "max", quiet: bool = False) -> Path:
-    """Run (or continue) the sweep; returns its folder, with sweep.csv and the report written. Everything is
-    checked before the folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a
-    sweep refused for its input leaves no file behind."""
+    """Run (or continue) the sweep; returns its folder (``run_sweep``)."""
+    return run_sweep(spec, out, jobs, ray, metric, goal, quiet).folder
+
+
+def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | None = None,
+              metric: str | None = None, goal: str = "max", quiet: bool = False) -> SweepOutcome:
+    """Run (or continue) the sweep, with sweep.csv and the report written. Everything is checked before the
+    folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a sweep refused for its
+    input leaves no file behind."""
     points, metric, declared = _checked(spec, jobs, goal, metric)
     with _ray_session(ray):
         folder = open_sweep(spec, out).resolve()
@@ -236,7 +251,7 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
     if failed:
         raise DllabError(f"{len(failed)} of {len(points)} points failed ({', '.join(failed)}); see their log.txt, "
                          f"then run the same command again to retry them (sweep.csv has the {len(rows)} finished)")
-    return folder
+    return SweepOutcome(folder, rows, metric)
 
 
 def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple[list[Point], str | None,
