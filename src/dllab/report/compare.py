@@ -23,7 +23,7 @@ CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 def read_config(path: Path) -> dict[str, Any]:
     if not (path / "config.yaml").exists():
-        raise RunFolderError(f"{path / 'config.yaml'} is missing; compare needs run folders made by `dllab run`")
+        raise RunFolderError(f"{path / 'config.yaml'} is missing; pass a run folder made by `dllab run`")
     return flat_yaml(untrusted.read_text(path / "config.yaml"), str(path / "config.yaml"))
 
 
