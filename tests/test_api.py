@@ -159,3 +159,22 @@ def test_a_resume_given_settings_is_a_resume_error(two_runs):
 def test_every_error_class_is_a_dllab_error():
     assert all(issubclass(c, DllabError) for c in (ConfigError, DataError, RunFolderError, ResumeError, PluginError))
     assert dllab.errors.DllabError is DllabError and dllab.DllabError is DllabError
+
+
+@pytest.mark.slow
+def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
+    """examples/quickstart.ipynb, executed as it is (smoke profile) in a fresh kernel: every cell runs."""
+    if os.environ.get("CI", "").lower() == "true":   # CI installs the test extra: the notebook must run there
+        import nbclient
+        import nbformat
+    else:
+        nbclient = pytest.importorskip("nbclient")
+        nbformat = pytest.importorskip("nbformat")
+    from conftest import REPO
+
+    monkeypatch.setenv("DLLAB_RUNS", str(tmp_path / "runs"))   # the kernel inherits the environment
+    notebook = nbformat.read(REPO / "examples" / "quickstart.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "ConfigError: --set train.epochs=0: must be >= 1" in notebook.cells[-1].outputs[0]["text"]
+    assert (tmp_path / "compare.md").is_file() and len(list((tmp_path / "runs" / "lab1.mlp").iterdir())) == 2
