@@ -178,3 +178,13 @@ def test_the_quickstart_notebook_runs(tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert "ConfigError: --set train.epochs=0: must be >= 1" in notebook.cells[-1].outputs[0]["text"]
     assert (tmp_path / "compare.md").is_file() and len(list((tmp_path / "runs" / "lab1.mlp").iterdir())) == 2
+
+
+def test_the_nproc_launcher_checks_the_config_before_torchrun(capsys, monkeypatch):
+    """`dllab run --nproc` stays CLI-only; through the API's config check, a bad value is one line, exit 2,
+    before the launcher module (torchrun) is imported to start any process."""
+    from dllab.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "dllab.runner.torchrun", None)   # importing it now would fail the test
+    assert main(["run", "lab1.mlp", "--nproc", "2", "--profile", "smoke", "--set", "train.epochs=0"]) == 2
+    assert capsys.readouterr().err.strip() == "dllab: error: --set train.epochs=0: must be >= 1"
