@@ -120,6 +120,8 @@ def test_a_sweep_of_two_points(images, tmp_path, points_in_process):
 ])
 def test_bad_input_raises_its_class_before_any_work(call, error, fragment, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for name, folder in (("DLLAB_RUNS", "runs"), ("DLLAB_SWEEPS", "sweeps")):
+        monkeypatch.setenv(name, str(tmp_path / folder))
     with pytest.raises(error) as e:
         call()
     assert fragment in str(e.value) and len(str(e.value).splitlines()) == 1
