@@ -156,6 +156,24 @@ def imagefolder(tmp_path) -> Path:
     return make_imagefolder(tmp_path / "tiny")
 
 
+@pytest.fixture
+def points_in_process(monkeypatch) -> list[list[str]]:
+    """The sweep's points run by the CLI in this process instead of a child process each (seconds faster);
+    the `dllab run` arguments of each point, in order. (test_sweep's slow tests run them as processes.)"""
+    from dllab.runner import sweep as sweep_module
+
+    ran = []
+
+    def run_point(args, threads):
+        ran.append(args)
+        res = dllab_in_process(*args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        return res.returncode, (lines[-1] if lines else "")
+
+    monkeypatch.setattr(sweep_module, "run_point", run_point)
+    return ran
+
+
 class Recorder:
     """A ``dllab.core.events.Reporter`` that keeps what it is told: how a test calls a lower layer with no run."""
 

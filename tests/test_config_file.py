@@ -160,7 +160,6 @@ def test_a_file_without_an_experiment_needs_one_on_the_command_line(tmp_path):
 
 # --- dllab sweep --config ----------------------------------------------------------------------------------
 
-from test_sweep import points_in_process  # noqa: E402,F401  (the fixture: points run in this process)
 
 
 def test_a_sweep_takes_a_config_file_under_its_grid(tmp_path, imagefolder, points_in_process):

@@ -63,24 +63,6 @@ def test_sweep_jobs_2_and_a_killed_sweep_finishes_only_what_was_missing(tmp_path
     assert "Best point for sgd.test_acc" in report and (out / "sweep_sgd.test_acc.png").exists()
 
 
-@pytest.fixture
-def points_in_process(monkeypatch) -> list[list[str]]:
-    """The sweep's points run by the CLI in this process instead of a child process each (seconds faster);
-    the `dllab run` arguments of each point, in order. The slow tests above run them as processes."""
-    from dllab.runner import sweep as sweep_module
-
-    ran = []
-
-    def run_point(args, threads):
-        ran.append(args)
-        res = dllab_in_process(*args)
-        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        return res.returncode, (lines[-1] if lines else "")
-
-    monkeypatch.setattr(sweep_module, "run_point", run_point)
-    return ran
-
-
 def test_a_sweep_runs_each_point_once_and_reports_the_mean_over_seeds(tmp_path, imagefolder, points_in_process):
     from dllab.runner.sweep import sweep
     from dllab.runner.sweep_spec import SweepSpec

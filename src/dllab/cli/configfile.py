@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from dllab import DllabError
-from dllab.core.config import ConfigFile, RunConfig, config_file_text, read_config_file, run_config, with_command_line
+from dllab import ConfigError, ResumeError
+from dllab.core.config import ConfigFile, RunConfig, config_file_text, read_config_file, with_command_line
 
 
 def config_option(args: argparse.Namespace) -> ConfigFile | None:
@@ -19,11 +19,11 @@ def config_option(args: argparse.Namespace) -> ConfigFile | None:
     the command line leaves out (``args`` is updated). Also kept in ``args.config_file`` for the run."""
     args.config_file = None
     if getattr(args, "print_config", False) and args.resume:
-        raise DllabError("--print-config prints the config of a new run; a run's own is its config.yaml")
+        raise ConfigError("--print-config prints the config of a new run; a run's own is its config.yaml")
     if not args.config:
         return None
     if args.resume:
-        raise DllabError(f"--resume continues a run exactly as it started; drop --config {args.config}")
+        raise ResumeError(f"--resume continues a run exactly as it started; drop --config {args.config}")
     file = read_config_file(args.config)
     args.experiment, args.profile = with_command_line(file, args.experiment, args.profile)
     args.config_file = file
@@ -35,12 +35,3 @@ def print_config(experiment: str, cfg: RunConfig) -> int:
     print(config_file_text(experiment, cfg), end="")
     return 0
 
-
-def sweep_config(args: argparse.Namespace) -> dict:
-    """``dllab sweep --config FILE``: the file's keys (flat and dotted, for sweep.json), checked against the
-    experiment now so that an error names the file; its experiment and profile fill in the command line's."""
-    file = config_option(args)
-    if file is None or not args.experiment:
-        return {}
-    run_config(args.experiment, args.profile or "quick", file=file)
-    return file.values

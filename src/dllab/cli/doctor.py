@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dllab import DllabError
+from dllab import DataError, DllabError
 from dllab.core import cpus, environ, machine
 from dllab.data import data_root
 from dllab.data.text import local_folder
@@ -164,6 +164,6 @@ def main(profile: str | None = None, root_setting: str = "") -> int:
     info = collect(profile, root_setting)
     print(render(info))
     if info["missing"]:
-        raise DllabError(f"profile {profile} needs {', '.join(info['missing'])}, not found here (data root: "
-                         f"{data_root(root_setting)}; see the lines above)")
+        raise DataError(f"profile {profile} needs {', '.join(info['missing'])}, not found here (data root: "
+                        f"{data_root(root_setting)}; see the lines above)")
     return 0

@@ -11,10 +11,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dllab import DllabError, __version__  # torch-free, as everything imported here: torch loads in main
-from dllab.cli.configfile import config_option, print_config, sweep_config
+from dllab import ConfigError, DllabError, __version__  # torch-free, as everything imported here: torch loads in main
+from dllab import api
+from dllab.cli.configfile import config_option, print_config
 from dllab.core import cpus, environ, ranks, registry, untrusted
-from dllab.core.config import PROFILES, run_config
+from dllab.core.config import PROFILES
 from dllab.runner.launch import die_with_parent, interrupted, resume_command, under_launcher
 
 
@@ -48,7 +49,7 @@ def choose_omp_wait_policy() -> None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + message
-        raise DllabError(f"{message} (see `{self.prog} --help`)")
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
 def _seeds(text: str) -> list[int]:
@@ -174,50 +175,29 @@ def _from_plugin(entry: registry.Entry) -> str:
 
 
 def cmd_run(args: argparse.Namespace, call: Invocation) -> int:
-    file = config_option(args)   # --config: read and checked now; it may name the experiment and profile
-    if not args.experiment and not args.resume:
-        raise DllabError("dllab run needs an experiment name (see `dllab list`), a --config file naming one "
-                         "(experiment: ...) or --resume RUN_DIR")
-    if args.seed is not None and args.seeds is not None:
-        raise DllabError("use either --seed N or --seeds A,B,C, not both")
-    if args.experiment and not args.resume:   # the whole config, checked before torch loads (seconds)
-        cfg = run_config(args.experiment, args.profile, args.sets, args.seed, args.device, file)
-        if args.print_config:
-            return print_config(args.experiment, cfg)
-    from dllab.cli.run import run_command   # torch: loaded only now, once the config has passed
+    config_option(args)   # --config: read and checked now; it may name the experiment and profile
+    if args.print_config:   # the whole config, checked and printed; nothing runs and torch does not load
+        cfg = api.config(args.experiment, args.profile, args.sets, seed=args.seed, seeds=args.seeds,
+                         device=args.device, config_file=args.config_file)
+        return print_config(args.experiment, cfg)
+    from dllab.cli.run import run_command   # (torch loads in dllab.api.run, once the config has passed)
 
     return run_command(args, call.argv, call.started)
 
 
 def cmd_sweep(args: argparse.Namespace, call: Invocation) -> None:
-    from dllab.runner.sweep import sweep
-    from dllab.runner.sweep_spec import new_spec, parse_grid, read_spec
-
-    if args.sample is not None and args.sample < 1:   # 0 is not "all": leaving --sample out is
-        raise DllabError(f"--sample {args.sample}: must be >= 1 (leave --sample out to run every point)")
-    config = sweep_config(args)   # --config: read and checked now; it may name the experiment and profile
-    if args.resume:
-        given = [f for f, v in (("an experiment name", args.experiment), ("--grid", args.grid), ("--set", args.sets),
-                                ("--seeds", args.seeds), ("--sample", args.sample), ("--out", args.out),
-                                ("--profile", args.profile)) if v]
-        if given:
-            raise DllabError(f"--resume continues a sweep exactly as it started; drop {', '.join(given)}")
-        spec, out = read_spec(args.resume), args.resume
-    else:
-        if not args.experiment:
-            raise DllabError("dllab sweep needs an experiment name (see `dllab list`) or --resume SWEEP_DIR")
-        spec = new_spec(experiment=args.experiment, profile=args.profile or "quick", grid=parse_grid(args.grid),
-                        seeds=args.seeds, sets=args.sets, sample=args.sample or 0, device=args.device, config=config)
-        out = args.out
-    print(sweep(spec, out, args.jobs, args.ray, args.metric, args.goal, args.quiet))
+    config_option(args)   # --config: read and checked now; it may name the experiment and profile
+    result = api.sweep(args.experiment, args.grid, profile=args.profile, overrides=args.sets, seeds=args.seeds,
+                       sample=args.sample, jobs=args.jobs, device=args.device, out=args.out, metric=args.metric,
+                       goal=args.goal, ray=args.ray, quiet=args.quiet, resume=args.resume,
+                       config_file=args.config_file)
+    print(result.path)
 
 
 def cmd_compare(args: argparse.Namespace, call: Invocation) -> None:
-    from dllab.report.compare import compare
-
-    md, html = compare(args.runs, args.out, args.force)
+    md = api.compare(args.runs, args.out, args.force)
     print(md)
-    print(html)
+    print(md.with_suffix(".html"))
 
 
 def cmd_doctor(args: argparse.Namespace, call: Invocation) -> int:

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Iterator, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from dllab import DllabError
+from dllab import ConfigError, PluginError, RunFolderError
 from dllab.core import registry, untrusted
 
 PROFILES = ("smoke", "quick", "paper")
@@ -97,7 +97,7 @@ class Section(BaseModel):
         try:
             super().__setattr__(name, value)
         except ValidationError as e:   # code that sets a field (cfg.seed = ...) gets the one-line error too
-            raise DllabError(explain(e, _where("", name, value))) from e
+            raise ConfigError(explain(e, _where("", name, value))) from e
 
 
 def section(cls: type[Section], **defaults) -> Any:
@@ -171,7 +171,7 @@ class TrainConfig(Section):
         """A ``val_*`` monitor needs a validation split: one line naming the key, before any work."""
         es = self.early_stop
         if es.patience and es.monitor.startswith("val_") and not has_val:
-            raise DllabError(f"{key}.early_stop.monitor={es.monitor}: this experiment has no validation split "
+            raise ConfigError(f"{key}.early_stop.monitor={es.monitor}: this experiment has no validation split "
                              f"(its data.val_fraction is 0); set data.val_fraction > 0, or monitor train_loss or "
                              "train_acc")
 
@@ -216,12 +216,12 @@ class RunConfig(Section):
         config with a valid value: a misspelt key is an error when the experiment registers, never dropped."""
         for profile in profiles:
             if profile not in PROFILES:
-                raise DllabError(f"experiment {experiment}: unknown profile '{profile}'; choose from "
-                                 f"{', '.join(PROFILES)}")
+                raise PluginError(f"experiment {experiment}: unknown profile '{profile}'; choose from "
+                                  f"{', '.join(PROFILES)}")
         missing = [p for p in PROFILES if p not in profiles]
         if missing:
-            raise DllabError(f"experiment {experiment} has no '{missing[0]}' profile; every experiment has "
-                             f"{', '.join(PROFILES)}")
+            raise PluginError(f"experiment {experiment} has no '{missing[0]}' profile; every experiment has "
+                              f"{', '.join(PROFILES)}")
         for profile, overrides in profiles.items():
             apply_overrides(cls(), overrides, f"experiment {experiment}, profile '{profile}'")
 
@@ -271,19 +271,19 @@ def _field(cfg: Section, key: str, origin: str) -> tuple[Section, str]:
     obj = cfg
     for i, part in enumerate(parts):
         if not isinstance(obj, Section):
-            raise DllabError(f"{origin}: unknown config key '{key}': '{'.'.join(parts[:i])}' has no sub-keys")
+            raise ConfigError(f"{origin}: unknown config key '{key}': '{'.'.join(parts[:i])}' has no sub-keys")
         fields = type(obj).model_fields
         if part not in fields:
             prefix = ".".join(parts[:i])
             # The nearest of every key, not only this section's: 'trian.epochs' is 'train.epochs' misspelt.
             close = difflib.get_close_matches(key, config_keys(cfg), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DllabError(f"{origin}: unknown config key '{key}'{hint}; "
-                             f"{f'keys of {prefix}' if prefix else 'top-level keys'}: {', '.join(fields)}")
+            raise ConfigError(f"{origin}: unknown config key '{key}'{hint}; "
+                              f"{f'keys of {prefix}' if prefix else 'top-level keys'}: {', '.join(fields)}")
         if i < len(parts) - 1:
             obj = getattr(obj, part)
     if isinstance(getattr(obj, parts[-1]), Section):   # profiles use flat dotted keys only, as --set does
-        raise DllabError(f"{origin}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
+        raise ConfigError(f"{origin}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
     return obj, parts[-1]
 
 
@@ -294,7 +294,7 @@ def _from_text(text: str, annotation: Any, where: str) -> Any:
         return text
     body = text.strip()
     if body.startswith("[") != body.endswith("]"):
-        raise DllabError(f"{where}: unbalanced brackets; write a list as [a,b] (or a,b)")
+        raise ConfigError(f"{where}: unbalanced brackets; write a list as [a,b] (or a,b)")
     if body.startswith("["):
         body = body[1:-1]
     return [s.strip() for s in body.split(",") if s.strip()]
@@ -309,7 +309,7 @@ def set_key(cfg: Section, key: str, value: Any, origin: str = "--set") -> None:
     try:
         BaseModel.__setattr__(obj, name, value)
     except ValidationError as e:
-        raise DllabError(explain(e, where)) from e
+        raise ConfigError(explain(e, where)) from e
 
 
 def apply_overrides(cfg: Section, overrides: dict[str, Any] | list[str], origin: str = "--set") -> None:
@@ -321,7 +321,7 @@ def apply_overrides(cfg: Section, overrides: dict[str, Any] | list[str], origin:
         return
     for item in overrides:
         if "=" not in item:
-            raise DllabError(f"{origin} {item}: expected key=value, e.g. {origin} train.epochs=5")
+            raise ConfigError(f"{origin} {item}: expected key=value, e.g. {origin} train.epochs=5")
         k, v = item.split("=", 1)
         set_key(cfg, k.strip(), v.strip(), origin)
 
@@ -332,7 +332,7 @@ def make_config(config_cls: type[RunConfig], profiles: dict, profile: str, overr
     ``--set`` overrides, then the command-line ``flags`` (``{"seed": 3, "device": "cpu"}``; None = not given),
     each checked as it is set."""
     if profile not in PROFILES:
-        raise DllabError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     cfg = config_cls()
     apply_overrides(cfg, profiles.get(profile, {}), f"profile '{profile}'")
     cfg.profile = profile
@@ -356,13 +356,13 @@ def run_config(experiment: str, profile: str | None = None, sets: list[str] | No
 def check_seeds(seeds: list[int]) -> None:
     """``--seeds``: at least one, each a valid seed, none twice (a mean over seeds needs distinct seeds)."""
     if not seeds:
-        raise DllabError("--seeds lists no seed; give comma-separated integers, e.g. --seeds 0,1,2")
+        raise ConfigError("--seeds lists no seed; give comma-separated integers, e.g. --seeds 0,1,2")
     bad = [s for s in seeds if not 0 <= s <= 2**32 - 1]
     if bad:
-        raise DllabError(f"--seeds: seed {bad[0]} is out of range; seeds are integers from 0 to {2**32 - 1}")
+        raise ConfigError(f"--seeds: seed {bad[0]} is out of range; seeds are integers from 0 to {2**32 - 1}")
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
-        raise DllabError(f"--seeds lists seed {dup[0]} twice; a mean over seeds needs distinct seeds")
+        raise ConfigError(f"--seeds lists seed {dup[0]} twice; a mean over seeds needs distinct seeds")
 
 
 def sections(cfg: Section, prefix: str = "") -> Iterator[tuple[str, Section]]:
@@ -401,8 +401,8 @@ def flat_yaml(text: str, origin: str = "config.yaml") -> dict[str, Any]:
     """A saved config.yaml's keys, flat and dotted; invalid YAML or a non-mapping is a one-line error."""
     data = untrusted.load_yaml(text, origin)
     if not isinstance(data, dict):
-        raise DllabError(f"{origin} is damaged: expected a mapping of config keys, found "
-                         f"{type(data).__name__}; restore it or start a new run")
+        raise RunFolderError(f"{origin} is damaged: expected a mapping of config keys, found "
+                             f"{type(data).__name__}; restore it or start a new run")
     return flatten(data)
 
 
@@ -433,21 +433,24 @@ def read_config_file(path: str) -> ConfigFile:
     """``path`` read as untrusted input (a regular file of at most 4 MiB, YAML without aliases or tags, a
     mapping at the top), its ``experiment`` and ``profile`` checked; every problem is one line naming it."""
     given = Path(path)
-    # A link the user names on the command line is theirs to follow; none is followed past it.
-    text = untrusted.read_text(given.resolve() if given.is_symlink() else given, CONFIG_FILE_LIMIT)
-    data = untrusted.load_yaml(text, path, fix="fix it (`dllab run EXP --print-config` writes a valid one)")
+    try:   # read as a run folder's files are; a problem with it is the user's config, not a run folder
+        # A link the user names on the command line is theirs to follow; none is followed past it.
+        text = untrusted.read_text(given.resolve() if given.is_symlink() else given, CONFIG_FILE_LIMIT)
+        data = untrusted.load_yaml(text, path, fix="fix it (`dllab run EXP --print-config` writes a valid one)")
+    except RunFolderError as e:
+        raise ConfigError(str(e)) from e
     if data is None:
         data = {}    # an empty file: nothing changed
     if not isinstance(data, dict):
-        raise DllabError(f"{path}: expected a mapping of config keys (key: value lines), found "
+        raise ConfigError(f"{path}: expected a mapping of config keys (key: value lines), found "
                          f"{type(data).__name__}; `dllab run EXP --print-config` writes a valid file")
     values = flatten(data)
     experiment, profile = values.pop("experiment", None), values.pop("profile", None)
     if experiment is not None and (not isinstance(experiment, str) or experiment not in registry.names("experiment")):
-        raise DllabError(f"{path}: experiment={untrusted.printable(experiment)}: "
+        raise ConfigError(f"{path}: experiment={untrusted.printable(experiment)}: "
                          f"{registry.unknown('experiment', experiment)}")
     if profile is not None and profile not in PROFILES:
-        raise DllabError(f"{path}: profile={untrusted.printable(profile)}: choose one of {', '.join(PROFILES)}")
+        raise ConfigError(f"{path}: profile={untrusted.printable(profile)}: choose one of {', '.join(PROFILES)}")
     return ConfigFile(path, experiment, profile, values)
 
 
@@ -458,7 +461,7 @@ def with_command_line(file: ConfigFile, experiment: str | None, profile: str | N
     for what, typed, written in (("experiment", experiment, file.experiment), ("profile", profile, file.profile)):
         if typed is not None and written is not None and typed != written:
             flag = "the experiment name" if what == "experiment" else "--profile"
-            raise DllabError(f"{file.path} says {what}: {written}, the command line {flag} {typed}; "
+            raise ConfigError(f"{file.path} says {what}: {written}, the command line {flag} {typed}; "
                              f"drop one of them")
     return experiment or file.experiment, profile or file.profile
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.core import ranks
 
 T = TypeVar("T")
@@ -170,8 +170,8 @@ def wrap(model, device, sync_bn: bool = False):
     if not active():
         return model
     if sync_bn and device.type != "cuda":
-        raise DllabError(f"train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
-                         f"{device.type}); leave it off: each rank's BatchNorm then uses its share of the batch")
+        raise ConfigError(f"train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
+                          f"{device.type}); leave it off: each rank's BatchNorm then uses its share of the batch")
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index if device.index is not None else ranks.local_rank()] if device.type == "cuda" else None
@@ -182,8 +182,8 @@ def per_rank_batch(batch_size: int, what: str = "train.batch_size") -> int:
     """The share of a global batch that one rank takes."""
     n = part()[1]
     if batch_size % n:
-        raise DllabError(f"{what}={batch_size} is the global batch and must divide evenly over the {n} "
-                         f"processes; choose a multiple of {n}")
+        raise ConfigError(f"{what}={batch_size} is the global batch and must divide evenly over the {n} "
+                          f"processes; choose a multiple of {n}")
     return batch_size // n
 
 

@@ -36,7 +36,7 @@ try:
 except ImportError:           # Windows: no limits to read
     resource = None
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.core import untrusted
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -101,7 +101,7 @@ def switch(name: str) -> bool:
         return True
     if value in FALSE_WORDS:
         return False
-    raise DllabError(f"{name}={shown(os.environ[name])}: expected 1/true/yes/on or 0/false/no/off (or unset)")
+    raise ConfigError(f"{name}={shown(os.environ[name])}: expected 1/true/yes/on or 0/false/no/off (or unset)")
 
 
 def offline() -> bool:
@@ -130,8 +130,8 @@ def hf_endpoint() -> str | None:
         return None
     value = text("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
     if not _endpoint_ok(value):
-        raise DllabError(f"HF_ENDPOINT={shown(os.environ['HF_ENDPOINT'])}: expected an http(s) URL with a host, "
-                         f"e.g. {DEFAULT_HF_ENDPOINT}; fix or unset it (or set DLLAB_OFFLINE=1)")
+        raise ConfigError(f"HF_ENDPOINT={shown(os.environ['HF_ENDPOINT'])}: expected an http(s) URL with a host, "
+                          f"e.g. {DEFAULT_HF_ENDPOINT}; fix or unset it (or set DLLAB_OFFLINE=1)")
     return value.rstrip("/")
 
 
@@ -186,15 +186,15 @@ def _launch_info(values: tuple[str | None, ...]) -> LaunchInfo:
         # copied shell environment, a job script) and init_process_group would wait hours for peers that
         # never come.
         leftovers = " ".join(n for n in TORCHRUN_VARIABLES if env[n])
-        raise DllabError(f"WORLD_SIZE={world} is set, but this process was not started by torchrun (no "
-                         f"TORCHELASTIC_RUN_ID), so no other process will join it; unset {leftovers}, or start "
-                         f"several processes with `dllab run --nproc N` or torchrun")
+        raise ConfigError(f"WORLD_SIZE={world} is set, but this process was not started by torchrun (no "
+                          f"TORCHELASTIC_RUN_ID), so no other process will join it; unset {leftovers}, or start "
+                          f"several processes with `dllab run --nproc N` or torchrun")
     rank = _whole("RANK", env["RANK"] or "0", 0, world - 1)
     local_world = _whole("LOCAL_WORLD_SIZE", env["LOCAL_WORLD_SIZE"] or str(world), 1, world)
     local_rank = _whole("LOCAL_RANK", env["LOCAL_RANK"] or "0", 0, local_world - 1)
     if not env["MASTER_ADDR"]:
-        raise DllabError(f"WORLD_SIZE={world} but MASTER_ADDR is not set: torchrun sets it; start the "
-                         "processes with torchrun or `dllab run --nproc N`")
+        raise ConfigError(f"WORLD_SIZE={world} but MASTER_ADDR is not set: torchrun sets it; start the "
+                          "processes with torchrun or `dllab run --nproc N`")
     _whole("MASTER_PORT", env["MASTER_PORT"] or "29500", 1, 65535)
     return LaunchInfo(world, rank, local_rank)
 
@@ -206,8 +206,8 @@ def _whole(name: str, value: str, low: int, high: int | None = None) -> int:
     except ValueError:
         number = None
     if number is None or number < low or (high is not None and number > high):
-        raise DllabError(f"{name}={shown(value)}: expected a whole number {bounds} (torchrun sets it; "
-                         f"unset it outside torchrun)")
+        raise ConfigError(f"{name}={shown(value)}: expected a whole number {bounds} (torchrun sets it; "
+                          f"unset it outside torchrun)")
     return number
 
 

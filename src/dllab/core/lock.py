@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import lock_descriptor
 
-from dllab import DllabError
+from dllab import RunFolderError
 
 LOCK_NAME = ".dllab.lock"
 _held: dict[str, int] = {}   # resolved folder -> descriptor of its lock file, kept open while this process lives
@@ -35,8 +35,8 @@ def hold(folder: Path, what: str = "run folder") -> None:
     fd = _open(Path(key) / LOCK_NAME, what)
     try:
         if not lock_descriptor(fd, blocking=False):
-            raise DllabError(f"{folder} is being written by {holder(fd)}; wait for it to finish (or stop it), "
-                             f"then try again")
+            raise RunFolderError(f"{folder} is being written by {holder(fd)}; wait for it to finish (or stop it), "
+                                 f"then try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     except BaseException:
@@ -48,8 +48,8 @@ def hold(folder: Path, what: str = "run folder") -> None:
 def _open(path: Path, what: str) -> int:
     """The lock file, created if missing; a link, folder or FIFO in its place (a crafted or damaged folder)
     is a one-line error, never followed or waited on."""
-    not_regular = DllabError(f"{path} is not a regular file; a {what} may hold only regular files and folders "
-                             f"(remove {path.name})")
+    not_regular = RunFolderError(f"{path} is not a regular file; a {what} may hold only regular files and folders "
+                                 f"(remove {path.name})")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as e:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dllab import DllabError, __version__
+from dllab import ConfigError, __version__
 
 DISTRIBUTIONS = {"sklearn": "scikit-learn"}   # import name -> pip distribution name, where they differ
 
@@ -25,11 +25,11 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DllabError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DllabError("--device mps: MPS is not available here; use --device cpu or auto")
+        raise ConfigError("--device mps: MPS is not available here; use --device cpu or auto")
     if name not in ("cpu", "cuda", "mps"):
-        raise DllabError(f"--device {name}: choose auto, cpu, cuda or mps")
+        raise ConfigError(f"--device {name}: choose auto, cpu, cuda or mps")
     return torch.device(name)
 
 

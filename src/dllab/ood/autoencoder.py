@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.data.images import to_unit_float
 from dllab.models.decoder import conv_decoder
 from dllab.core.registry import register
@@ -32,8 +32,8 @@ from dllab.ood.base import Detector
 
 def _check_encoder(model: nn.Module) -> None:
     if not callable(getattr(model, "feature_maps", None)):
-        raise DllabError(f"{type(model).__name__} has no feature_maps(x); the autoencoder detector needs "
-                         "a convolutional classifier such as the 'cnn' model")
+        raise ConfigError(f"{type(model).__name__} has no feature_maps(x); the autoencoder detector needs "
+                          "a convolutional classifier such as the 'cnn' model")
 
 
 def train_autoencoder(encoder_model: nn.Module, x_train, epochs: int = 5, lr: float = 1e-3,

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dllab import DllabError
+from dllab import ConfigError, DataError, DllabError
 from dllab.core import registry
 from dllab.data.images import DatasetMissing, ImageData, Split, balanced_subset, read_dataset
 from dllab.core.registry import register
@@ -58,11 +58,11 @@ def complement_split(split: Split, classes: list[str], id_classes: list[str]) ->
     """The examples of ``split`` whose class is NOT in ``id_classes``, relabelled 0..m-1 in class order."""
     unknown = [c for c in id_classes if c not in classes]
     if unknown:
-        raise DllabError(f"ood heldout: ID classes {unknown} are not classes of the dataset ({', '.join(classes)})")
+        raise ConfigError(f"ood heldout: ID classes {unknown} are not classes of the dataset ({', '.join(classes)})")
     out_idx = [i for i, c in enumerate(classes) if c not in id_classes]
     if not out_idx:
-        raise DllabError("ood heldout: the in-distribution data uses every class, so none is held out; "
-                         "set data.classes to a subset, e.g. --set data.classes=[0,1,2,3,4,5]")
+        raise ConfigError("ood heldout: the in-distribution data uses every class, so none is held out; "
+                          "set data.classes to a subset, e.g. --set data.classes=[0,1,2,3,4,5]")
     remap = torch.full((len(classes),), -1, dtype=torch.int64)
     remap[torch.tensor(out_idx)] = torch.arange(len(out_idx))
     new = remap[split.y]
@@ -125,8 +125,8 @@ def cifar100_20(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,
         raise DatasetMissing(f"OOD set cifar100-20 (set ood.root to its data folder): {e}") from e
     missing = [c for c in CIFAR100_20 if c not in classes]
     if missing:
-        raise DllabError(f"ood cifar100-20: {source} has no class {', '.join(missing)}; "
-                         "expected CIFAR-100's fine class names (apple, ..., wardrobe)")
+        raise DataError(f"ood cifar100-20: {source} has no class {', '.join(missing)}; "
+                        "expected CIFAR-100's fine class names (apple, ..., wardrobe)")
     # The 20 classes are the "ID classes" of a complement of the other 80.
     others = [c for c in classes if c not in CIFAR100_20]
     out, out_classes = complement_split(test, classes, others)
@@ -159,7 +159,7 @@ def build_ood_set(name: str, id_data: ImageData, root: Path, limit: int = 0, see
     allow_fallback=) -> OODSet``) for the in-distribution data ``id_data``."""
     ood = registry.get("ood_set", name)(id_data, Path(root), limit=limit, seed=seed, allow_fallback=allow_fallback)
     if len(ood) == 0:
-        raise DllabError(f"OOD set '{name}' is empty")
+        raise DataError(f"OOD set '{name}' is empty")
     return ood
 
 
@@ -168,6 +168,6 @@ def build_ood_sets(names: list[str], id_data: ImageData, root: Path, limit: int 
     """Every OOD set of ``names`` (duplicates once, seed 0), in order; each says where it came from
     (``source``) and what a reader should know of it (``warnings``)."""
     if not names:
-        raise DllabError("ood.names is empty; name at least one OOD set, e.g. --set ood.names=[heldout,mnist]")
+        raise ConfigError("ood.names is empty; name at least one OOD set, e.g. --set ood.names=[heldout,mnist]")
     return [build_ood_set(name, id_data, root, limit=limit, seed=0, allow_fallback=allow_fallback)
             for name in dict.fromkeys(names)]

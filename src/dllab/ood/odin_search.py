@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dllab import DllabError
+from dllab import ConfigError
 from dllab.core.events import QUIET, Reporter
 from dllab.ood.settings import OdinGridConfig
 from dllab.ood.msp import msp_scores
@@ -21,11 +21,11 @@ from dllab.ood.metrics import ood_metrics
 def split_mask(n: int, fraction: float, g: torch.Generator) -> torch.Tensor:
     """A seeded boolean mask with round(n * fraction) True entries (the validation part)."""
     if not 0 < fraction < 1:
-        raise DllabError(f"odin.val_fraction={fraction}: must be between 0 and 1")
+        raise ConfigError(f"odin.val_fraction={fraction}: must be between 0 and 1")
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=g)[:int(round(n * fraction))]] = True
     if mask.all() or not mask.any():
-        raise DllabError(f"odin.val_fraction={fraction} leaves an empty validation or test part of {n} images")
+        raise ConfigError(f"odin.val_fraction={fraction} leaves an empty validation or test part of {n} images")
     return mask
 
 
@@ -39,7 +39,7 @@ def odin_search(model, id_x, ood_x, id_val: torch.Tensor, ood_val: torch.Tensor,
     """
     Ts, Es = [float(t) for t in temperatures], [float(e) for e in epsilons]
     if not Ts or not Es:
-        raise DllabError("odin.temperatures and odin.epsilons need at least one value each")
+        raise ConfigError("odin.temperatures and odin.epsilons need at least one value each")
     cache = id_cache if id_cache is not None else {}
     if cache.get("key") != (Ts, Es, batch_size):
         cache.update(key=(Ts, Es, batch_size), grid=odin_grid(model, id_x, Ts, Es, batch_size),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dllab import DllabError
+from dllab import ConfigError, RunFolderError
 from dllab.store.records import read_history as read_history_csv
 from dllab.core import untrusted
 from dllab.core.config import flat_yaml
@@ -23,7 +23,7 @@ CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 def read_config(path: Path) -> dict[str, Any]:
     if not (path / "config.yaml").exists():
-        raise DllabError(f"{path / 'config.yaml'} is missing; compare needs run folders made by `dllab run`")
+        raise RunFolderError(f"{path / 'config.yaml'} is missing; pass a run folder made by `dllab run`")
     return flat_yaml(untrusted.read_text(path / "config.yaml"), str(path / "config.yaml"))
 
 
@@ -32,7 +32,7 @@ def read_history(path: Path, env: dict) -> list[dict]:
     hist = path / "history.csv"
     if not hist.exists() and isinstance(seeds, list) and seeds:
         if not all(type(s) is int and s >= 0 for s in seeds):   # a path made of it must stay in the folder
-            raise DllabError(f"{path / 'env.json'} is damaged: 'seeds' is not a list of seed numbers")
+            raise RunFolderError(f"{path / 'env.json'} is damaged: 'seeds' is not a list of seed numbers")
         hist = path / f"seed{seeds[0]}" / "history.csv"
     return read_history_csv(hist)
 
@@ -68,14 +68,14 @@ def curves_figure(histories: dict[str, list[dict]]):
 
 def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, Path]:
     if len(run_dirs) < 2:
-        raise DllabError("dllab compare needs at least two run folders")
+        raise ConfigError("dllab compare needs at least two run folders")
     if not out.strip():
-        raise DllabError("--out is empty; give a file name such as --out compare.md")
+        raise ConfigError("--out is empty; give a file name such as --out compare.md")
     md = Path(out) if Path(out).suffix == ".md" else Path(out).with_suffix(".md")
     if not force:
         for f in (md, md.with_suffix(".html"), md.with_suffix(".png")):
             if f.exists():
-                raise DllabError(f"{f} already exists; choose another --out, or add --force to replace it")
+                raise ConfigError(f"{f} already exists; choose another --out, or add --force to replace it")
     runs = [read_run(Path(p)) for p in run_dirs]
     names = labels([r["path"] for r in runs])
     configs = [read_config(r["path"]) for r in runs]

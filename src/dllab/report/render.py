@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dllab import DllabError
+from dllab import DllabError, RunFolderError
 from dllab.core import untrusted
 from dllab.core.files import atomic_write_text
 from dllab.core.registry import get_experiment
@@ -30,7 +30,7 @@ def read_run(path: Path) -> RunInfo:
     if path.is_dir():
         untrusted.check_tree(path)   # a link inside could copy another file of the user's into the report
     if not (path / "env.json").is_file() or not (path / "metrics.json").is_file():
-        raise DllabError(f"{path} is not a finished run folder (env.json and metrics.json are needed)")
+        raise RunFolderError(f"{path} is not a finished run folder (env.json and metrics.json are needed)")
     env = read_env(path / "env.json")
     summary = read_metrics(path / "metrics.json")["summary"]
     state_file = path / "report_state.json"

@@ -41,6 +41,12 @@ def metric_figure(rows: list[dict], keys: list[str], metric: str):
     return plots.line_panels(panels, metric, errors=errors, xticks=xticks, logx=tuple(logx))
 
 
+def best_point(rows: list[dict], metric: str | None, goal: str) -> dict | None:
+    """The row with the highest (goal max) or lowest (min) ``metric``; None when no row reports it."""
+    ranked = [r for r in rows if isinstance(r.get(metric), (int, float))] if metric else []
+    return (max if goal == "max" else min)(ranked, key=lambda r: r[metric]) if ranked else None
+
+
 def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None, goal: str) -> Path:
     """report.md + report.html in the sweep folder (and sweep_<metric>.png when a finished point reports
     ``metric``, the key the sweep checked before its points ran; None: nothing is ranked)."""
@@ -53,7 +59,7 @@ def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None,
                  f"{len(rows)} finished points; every point is a run folder here (dllab report / compare read them)"])
     ranked = [r for r in rows if isinstance(r.get(metric), (int, float))] if metric else []
     if ranked:
-        best = (max if goal == "max" else min)(ranked, key=lambda r: r[metric])
+        best = best_point(ranked, metric, goal)
         doc.heading(f"Best point for {metric} ({goal})", 2)
         doc.para(f"{best['point']}: {metric} = {with_std(best, metric)} ("
                  + ", ".join(f"{k}={best[k]}" for k in keys) + ")")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError, ResumeError, RunFolderError
 from dllab.core import distributed, environ, lock, ranks
 from dllab.core.config import ConfigFile, TrainConfig, check_seeds, make_config, sections
 from dllab.core.machine import describe_device, git_commit, resolve_device, seed_everything, versions
@@ -79,8 +79,8 @@ def run_experiment(name: str | None, profile: str | None = None, sets: list[str]
                                       ("--config", config_file and config_file.path))
                  if v not in (None, [], "")]
         if given:
-            raise DllabError(f"--resume continues a run exactly as it started; drop {', '.join(given)} (start a "
-                             "new run to change settings)")
+            raise ResumeError(f"--resume continues a run exactly as it started; drop {', '.join(given)} (start a "
+                              "new run to change settings)")
         run, exp_name, seeds = distributed.on_main(_reopen, resume, quiet, on_start,
                                                    {"command": command, "started": now})
         exp = get_experiment(exp_name)
@@ -126,7 +126,7 @@ def _reopen(resume: str, quiet: bool, on_start, this_resume: dict) -> tuple[Run,
     exp = get_experiment(run.experiment)
     seeds = run.env.get("seeds")
     if seeds is not None and not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
-        raise DllabError(f"{run.path / 'env.json'} is damaged: 'seeds' is not a list of integers")
+        raise RunFolderError(f"{run.path / 'env.json'} is damaged: 'seeds' is not a list of integers")
     check_world_size(run)
     for ck in sorted(run.path.glob("**/checkpoints/*.pt")):
         load_checkpoint(ck)
@@ -148,8 +148,8 @@ def check_world_size(run: Run) -> None:
         how = ("without --nproc or torchrun" if started == 1 else
                f"with `dllab run --nproc {started} --resume {run.path}` (or torchrun --nproc-per-node / --nnodes "
                f"giving {started} processes in all)")
-        raise DllabError(f"{run.path} was started with {started} process{'es' if started != 1 else ''}, this is "
-                         f"{now}; resume it {how}")
+        raise ResumeError(f"{run.path} was started with {started} process{'es' if started != 1 else ''}, this is "
+                          f"{now}; resume it {how}")
 
 
 def check_global_batches(cfg) -> None:
@@ -224,14 +224,14 @@ def report(run_dirs: list[str], out: str | None, force: bool = False) -> tuple[P
     """One report over ``run_dirs``; an existing file is replaced only with ``force``, except a single run's
     own report.md/html (dllab wrote them there and rewrites them whenever the run resumes)."""
     if not run_dirs:
-        raise DllabError("dllab report needs at least one run folder")
+        raise ConfigError("dllab report needs at least one run folder")
     if out is not None and not out.strip():
-        raise DllabError("--out is empty; give a file name such as --out report.md")
+        raise ConfigError("--out is empty; give a file name such as --out report.md")
     own = Path(run_dirs[0]) / "report.md"
     target = Path(out) if out else (own if len(run_dirs) == 1 else Path("report.md"))
     md = target if target.suffix == ".md" else target.with_suffix(".md")
     if not force and md.resolve() != own.resolve():
         for f in (md, md.with_suffix(".html")):
             if f.exists():
-                raise DllabError(f"{f} already exists; choose another --out, or add --force to replace it")
+                raise ConfigError(f"{f} already exists; choose another --out, or add --force to replace it")
     return write_report([Path(p) for p in run_dirs], md)

@@ -31,13 +31,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.core import cpus, environ, lock, untrusted
 from dllab.core.config import ConfigFile, apply_overrides, check_seeds, make_config
 from dllab.runner import sweep_ray
@@ -65,9 +65,9 @@ def check_spec(spec: SweepSpec):
     overridden = {s.split("=", 1)[0].strip() for s in spec.sets}
     for key, values in spec.grid.items():
         if key in overridden:
-            raise DllabError(f"--grid {key} is also given with --set; keep one of them")
+            raise ConfigError(f"--grid {key} is also given with --set; keep one of them")
         if key in ("seed", "profile"):
-            raise DllabError(f"--grid {key}: use --seeds / --profile instead")
+            raise ConfigError(f"--grid {key}: use --seeds / --profile instead")
         for v in values:   # on a copy of the base config: the profile and --set are not parsed again per value
             cfg = copy.deepcopy(base)
             apply_overrides(cfg, [f"{key}={v}"], "--grid")
@@ -97,8 +97,8 @@ def choose_metric(metric: str | None, keys: list[str], what: str) -> str | None:
     if metric not in keys:
         close = difflib.get_close_matches(metric, keys, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DllabError(f"--metric {metric}: not a summary key of {what}{hint}; choose from "
-                         f"{', '.join(keys) or 'none (it reports no number)'}")
+        raise ConfigError(f"--metric {metric}: not a summary key of {what}{hint}; choose from "
+                          f"{', '.join(keys) or 'none (it reports no number)'}")
     return metric
 
 
@@ -127,10 +127,10 @@ def _holds(path: Path, spec: SweepSpec, out: str) -> bool:
     spec_file = path / SPEC_FILE
     if spec_file.exists() or spec_file.is_symlink():
         if load_spec(spec_file) != spec:
-            raise DllabError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
+            raise ConfigError(f"--out {out} holds another sweep (its {SPEC_FILE} differs); choose a new folder")
         return True
     if path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
-        raise DllabError(f"--out {out} exists and is not a sweep folder; choose a new folder")
+        raise ConfigError(f"--out {out} exists and is not a sweep folder; choose a new folder")
     return False
 
 
@@ -232,11 +232,26 @@ def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass
+class SweepOutcome:
+    """A finished (or continued) sweep: its folder, sweep.csv's rows, and the summary key its report ranks the
+    points by (None: nothing is ranked)."""
+    folder: Path
+    rows: list[dict]
+    metric: str | None
+
+
 def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | None = None,
           metric: str | None = None, goal: str = "max", quiet: bool = False) -> Path:
-    """Run (or continue) the sweep; returns its folder, with sweep.csv and the report written. Everything is
-    checked before the folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a
-    sweep refused for its input leaves no file behind."""
+    """Run (or continue) the sweep; returns its folder (``run_sweep``)."""
+    return run_sweep(spec, out, jobs, ray, metric, goal, quiet).folder
+
+
+def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | None = None,
+              metric: str | None = None, goal: str = "max", quiet: bool = False) -> SweepOutcome:
+    """Run (or continue) the sweep, with sweep.csv and the report written. Everything is checked before the
+    folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a sweep refused for its
+    input leaves no file behind."""
     points, metric, declared = _checked(spec, jobs, goal, metric)
     with _ray_session(ray):
         folder = open_sweep(spec, out).resolve()
@@ -251,7 +266,7 @@ def sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str | Non
     if failed:
         raise DllabError(f"{len(failed)} of {len(points)} points failed ({', '.join(failed)}); see their log.txt, "
                          f"then run the same command again to retry them (sweep.csv has the {len(rows)} finished)")
-    return folder
+    return SweepOutcome(folder, rows, metric)
 
 
 def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple[list[Point], str | None,
@@ -259,9 +274,9 @@ def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple
     """The options and the spec checked: (the points, the metric the report ranks by, the summary keys every
     point reports, or None when the experiment does not declare them)."""
     if jobs < 1:
-        raise DllabError(f"--jobs {jobs}: must be >= 1")
+        raise ConfigError(f"--jobs {jobs}: must be >= 1")
     if goal not in ("max", "min"):
-        raise DllabError(f"--goal {goal}: choose max or min")
+        raise ConfigError(f"--goal {goal}: choose max or min")
     base = check_spec(spec)
     points = expand(spec)
     declared = summary_keys(get_experiment(spec.experiment), base, points)

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError, ResumeError, RunFolderError
 from dllab.core import untrusted
 from dllab.core.config import PROFILES
 
@@ -87,7 +87,7 @@ def new_spec(**fields) -> SweepSpec:
     try:
         return SweepSpec(**fields)
     except ValidationError as e:
-        raise DllabError(_problem(e, _OPTIONS)) from e
+        raise ConfigError(_problem(e, _OPTIONS)) from e
 
 
 def read_spec(folder: str) -> SweepSpec:
@@ -95,7 +95,7 @@ def read_spec(folder: str) -> SweepSpec:
     sweep.json is one line naming it."""
     path = Path(folder) / SPEC_FILE
     if not Path(folder).is_dir() or not (path.exists() or path.is_symlink()):
-        raise DllabError(f"--resume {folder}: not a sweep folder (no {SPEC_FILE})")
+        raise ResumeError(f"--resume {folder}: not a sweep folder (no {SPEC_FILE})")
     return load_spec(path)
 
 
@@ -106,9 +106,9 @@ def load_spec(path: Path) -> SweepSpec:
         spec = _SCHEMA.validate_json(data, strict=True)
         check_size(spec)
     except ValidationError as e:
-        raise DllabError(f"{path} is not a valid sweep file: {_problem(e)}; fix it or start a new sweep") from e
+        raise RunFolderError(f"{path} is not a valid sweep file: {_problem(e)}; fix it or start a new sweep") from e
     except DllabError as e:
-        raise DllabError(f"{path} is not a valid sweep file: {e}") from e
+        raise RunFolderError(f"{path} is not a valid sweep file: {e}") from e
     return spec
 
 
@@ -116,17 +116,17 @@ def check_size(spec: SweepSpec) -> int:
     """Refuse a grid too large to check or run (see the limits above); returns its number of points."""
     values = sum(len(v) for v in spec.grid.values())
     if values > MAX_VALUES:
-        raise DllabError(f"--grid: {values} values in all; a sweep takes at most {MAX_VALUES}")
+        raise ConfigError(f"--grid: {values} values in all; a sweep takes at most {MAX_VALUES}")
     total = math.prod(len(v) for v in spec.grid.values())
     if spec.sample:
         if spec.sample > total:
-            raise DllabError(f"--sample {spec.sample}: the grid has only {total} points")
+            raise ConfigError(f"--sample {spec.sample}: the grid has only {total} points")
         if spec.sample > MAX_POINTS or total > MAX_GRID:
-            raise DllabError(f"--sample {spec.sample} of {total} points: a sweep runs at most {MAX_POINTS:,} "
-                             f"points, drawn from at most {MAX_GRID:,}")
+            raise ConfigError(f"--sample {spec.sample} of {total} points: a sweep runs at most {MAX_POINTS:,} "
+                              f"points, drawn from at most {MAX_GRID:,}")
     elif total > MAX_POINTS:
-        raise DllabError(f"--grid: {total:,} points; a sweep runs at most {MAX_POINTS:,} (use --sample K to "
-                         "draw K of them)")
+        raise ConfigError(f"--grid: {total:,} points; a sweep runs at most {MAX_POINTS:,} (use --sample K to "
+                          "draw K of them)")
     return total
 
 
@@ -147,20 +147,20 @@ def split_values(text: str) -> list[str]:
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
     """``--grid KEY=V1,V2`` options -> {key: [values]}; malformed, empty or repeated ones are one-line errors."""
     if not items:
-        raise DllabError("dllab sweep needs at least one --grid KEY=V1,V2 (e.g. --grid adam.lr=1e-3,3e-3)")
+        raise ConfigError("dllab sweep needs at least one --grid KEY=V1,V2 (e.g. --grid adam.lr=1e-3,3e-3)")
     grid: dict[str, list[str]] = {}
     for item in items:
         if "=" not in item:
-            raise DllabError(f"--grid {item}: expected KEY=V1,V2,..., e.g. --grid adam.lr=1e-3,3e-3")
+            raise ConfigError(f"--grid {item}: expected KEY=V1,V2,..., e.g. --grid adam.lr=1e-3,3e-3")
         key, text = (s.strip() for s in item.split("=", 1))
         values = split_values(text)
         if not values:
-            raise DllabError(f"--grid {item}: lists no value; give one or more comma-separated values")
+            raise ConfigError(f"--grid {item}: lists no value; give one or more comma-separated values")
         if key in grid:
-            raise DllabError(f"--grid {key} is given twice; list all its values in one --grid")
+            raise ConfigError(f"--grid {key} is given twice; list all its values in one --grid")
         dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
-            raise DllabError(f"--grid {key} lists {dup[0]} twice")
+            raise ConfigError(f"--grid {key} lists {dup[0]} twice")
         grid[key] = values
     return grid
 

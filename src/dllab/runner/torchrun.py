@@ -17,7 +17,7 @@ from torch.distributed import run as elastic_run
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.core import cpus, environ, ranks
 from dllab.runner.launch import (NOTE_DIR_PREFIX, NOTE_NAME, PARENT_PID, RUN_FOLDER_FILE, interrupted,
                                  without_nproc)
@@ -32,9 +32,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     process's own one-line error was printed by that process; a process that died (killed, crashed) is
     named here."""
     if nproc < 1:
-        raise DllabError(f"--nproc {nproc}: give the number of processes, 1 or more")
+        raise ConfigError(f"--nproc {nproc}: give the number of processes, 1 or more")
     if ranks.launched():
-        raise DllabError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
+        raise ConfigError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
     _check_open_files(_MIN_OPEN_FILES + _OPEN_FILES_PER_PROCESS * nproc)
     try:
         with tempfile.TemporaryDirectory(prefix=NOTE_DIR_PREFIX) as tmp:

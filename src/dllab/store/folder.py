@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError, ResumeError, RunFolderError
 from dllab.core import environ, lock, ranks, untrusted
 from dllab.core.config import dump_yaml, load_yaml
 from dllab.core.files import (TMP_SUFFIX, append_line, atomic_write_json, atomic_write_text, dir_mode,
@@ -32,7 +32,7 @@ def read_json(path: Path, what: str = "") -> dict[str, Any]:
     file is a one-line error (``what`` is appended to it: what the user can do about it)."""
     obj = untrusted.read_json(path, what)
     if not isinstance(obj, dict):
-        raise DllabError(f"{path} is damaged: expected a JSON object, found {type(obj).__name__}{what}")
+        raise RunFolderError(f"{path} is damaged: expected a JSON object, found {type(obj).__name__}{what}")
     return obj
 
 
@@ -40,7 +40,7 @@ def read_env(path: Path, what: str = "") -> dict[str, Any]:
     """A run folder's env.json, which must name its experiment."""
     env = read_json(path, what)
     if not isinstance(env.get("experiment"), str):
-        raise DllabError(f"{path} names no experiment{what}")
+        raise RunFolderError(f"{path} names no experiment{what}")
     return env
 
 
@@ -91,7 +91,7 @@ class RunFolder:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
         except OSError as e:
-            raise DllabError(f"cannot create run folder {path}: {e.strerror}") from e
+            raise RunFolderError(f"cannot create run folder {path}: {e.strerror}") from e
         try:
             os.chmod(tmp, dir_mode())
             text = dump_yaml(cfg)
@@ -115,22 +115,22 @@ class RunFolder:
         (no links inside, config.yaml unedited since the start) and locked before anything in it is read."""
         p = Path(path)
         if not p.is_dir():
-            raise DllabError(f"--resume {path}: no such folder; pass a run folder that `dllab run` created")
+            raise ResumeError(f"--resume {path}: no such folder; pass a run folder that `dllab run` created")
         untrusted.check_tree(p)   # a link inside could send this run's writes (log.txt, models/) elsewhere
         if not (p / "config.yaml").is_file() or not (p / "env.json").is_file():
-            raise DllabError(f"--resume {path}: not a run folder (no config.yaml/env.json); "
-                             "pass a folder that `dllab run` created")
+            raise ResumeError(f"--resume {path}: not a run folder (no config.yaml/env.json); "
+                              "pass a folder that `dllab run` created")
         _hold_as_writer(p)   # before anything here is read for the resume or changed (the stale temp files)
         env = read_env(p / "env.json", "; the run cannot be resumed")
         exp = registry_lookup(env["experiment"])
         try:
             text = untrusted.read_text(p / "config.yaml")
         except DllabError as e:
-            raise DllabError(f"{e}; the run cannot be resumed") from e
+            raise type(e)(f"{e}; the run cannot be resumed") from e
         recorded = env.get("config_sha256")
         if recorded and recorded != config_digest(text):
-            raise DllabError(f"{p / 'config.yaml'} was edited after the run started, so it no longer describes "
-                             "its checkpoints; restore it, or start a new run with --set for the change")
+            raise ResumeError(f"{p / 'config.yaml'} was edited after the run started, so it no longer describes "
+                              "its checkpoints; restore it, or start a new run with --set for the change")
         cfg = load_yaml(exp.config_cls, text, origin=str(p / "config.yaml"))
         remove_stale_temp_files(p)
         return cls(p, quiet, env), exp, cfg
@@ -146,8 +146,8 @@ class RunFolder:
         sources = self.env.get("data_sources")
         sources = dict(sources) if isinstance(sources, dict) else {}
         if key in sources and sources[key] != source:
-            raise DllabError(f"{key}: this run started with data from {sources[key]!r} but now finds "
-                             f"{source!r}; restore the original data (or start a new run)")
+            raise ResumeError(f"{key}: this run started with data from {sources[key]!r} but now finds "
+                              f"{source!r}; restore the original data (or start a new run)")
         if sources.get(key) != source:
             sources[key] = source
             self.write_env(data_sources=sources)
@@ -167,11 +167,11 @@ def _new_path(experiment: str, profile: str, out: str | None) -> Path:
     (with -2, -3... when that exists)."""
     if out is not None:
         if not out.strip():
-            raise DllabError("--out is empty; give a folder name, or leave --out out for runs/<experiment>/")
+            raise ConfigError("--out is empty; give a folder name, or leave --out out for runs/<experiment>/")
         path = Path(out)
         if path.exists() or path.is_symlink():
-            raise DllabError(f"--out {out} already exists; choose a new folder (runs are never overwritten)"
-                             f" or continue it with --resume {out}")
+            raise ConfigError(f"--out {out} already exists; choose a new folder (runs are never overwritten)"
+                              f" or continue it with --resume {out}")
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = default_runs_root() / experiment / f"{stamp}-{profile}"

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dllab import DllabError
+from dllab import RunFolderError
 from dllab.core import untrusted
 from dllab.core.files import atomic_write, atomic_write_json, save_png, write_csv
 from dllab.core.items import Figure, Item, Note, Table
@@ -154,7 +154,7 @@ def read_metrics(path: Path) -> dict[str, Any]:
     """A run folder's metrics.json, whose ``summary`` must be an object of headline numbers."""
     m = read_json(path)
     if not isinstance(m.get("summary"), dict):
-        raise DllabError(f"{path} is damaged: 'summary' is not an object")
+        raise RunFolderError(f"{path} is damaged: 'summary' is not an object")
     return m
 
 
@@ -169,8 +169,8 @@ def read_report_state(path: Path) -> tuple[list[str], list[tuple], list[tuple]]:
           and isinstance(figures, list) and all(isinstance(f, list) and len(f) == 2
                                                  and all(isinstance(x, str) for x in f) for f in figures))
     if not ok:
-        raise DllabError(f"{path} is damaged (expected notes, tables and figures lists); delete it to rebuild "
-                         "the report from a resumed run")
+        raise RunFolderError(f"{path} is damaged (expected notes, tables and figures lists); delete it to rebuild "
+                             "the report from a resumed run")
     return list(notes), [tuple(t) for t in tables], [tuple(f) for f in figures]
 
 

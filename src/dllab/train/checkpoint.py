@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError, ResumeError, RunFolderError
 from dllab.core import distributed, ranks, untrusted
 from dllab.core.files import atomic_write
 from dllab.core.registry import build_model
@@ -54,7 +54,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
-        raise DllabError(f"checkpoint {path} does not exist")
+        raise RunFolderError(f"checkpoint {path} does not exist")
     try:
         with untrusted.open_regular(path, CHECKPOINT_LIMIT) as f:
             blob = torch.load(f, map_location="cpu", weights_only=True)
@@ -63,12 +63,13 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
-            raise DllabError(f"{path} holds Python objects ({found.group(1)}), not just tensors and plain values; "
-                             "dllab does not load such files (they could run code): use a file written by dllab") from e
-        raise DllabError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}); delete it (a checkpoint "
-                         "restarts its variant, a model is trained again)") from e
+            raise RunFolderError(f"{path} holds Python objects ({found.group(1)}), not just tensors and plain "
+                                 "values; dllab does not load such files (they could run code): use a file written "
+                                 "by dllab") from e
+        raise RunFolderError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}); delete it (a checkpoint "
+                             "restarts its variant, a model is trained again)") from e
     if not isinstance(blob, dict):
-        raise DllabError(f"{path} is not a dllab checkpoint (it holds a {type(blob).__name__}, not a dict)")
+        raise RunFolderError(f"{path} is not a dllab checkpoint (it holds a {type(blob).__name__}, not a dict)")
     return blob
 
 
@@ -121,9 +122,9 @@ def restore_training_state(ck: dict[str, Any], model: torch.nn.Module, optimizer
     (epoch, progress)."""
     started_in = ck.get("precision", precision.name)
     if started_in != precision.name:   # e.g. `auto` re-probed differently: never mix precisions in one run
-        raise DllabError(f"{where} was trained in {started_in}, but this machine now resolves {precision.name} "
-                         f"({precision.reason or 'explicit setting'}); resume where the run started, or delete "
-                         "the checkpoint to restart that variant")
+        raise ResumeError(f"{where} was trained in {started_in}, but this machine now resolves {precision.name} "
+                          f"({precision.reason or 'explicit setting'}); resume where the run started, or delete "
+                          "the checkpoint to restart that variant")
     try:
         partial = bool(ck.get("trainable_only"))
         missing = model.load_state_dict(ck["model"], strict=not partial).missing_keys
@@ -139,8 +140,8 @@ def restore_training_state(ck: dict[str, Any], model: torch.nn.Module, optimizer
             torch.cuda.set_rng_state(ck["rng_cuda"])
         return int(ck["epoch"]), dict(ck["progress"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise DllabError(f"checkpoint {where} does not match this variant ({type(e).__name__}); delete it to "
-                         "restart the variant") from e
+        raise RunFolderError(f"checkpoint {where} does not match this variant ({type(e).__name__}); delete it to "
+                             "restart the variant") from e
 
 
 def model_state(model: torch.nn.Module, classes: list[str], **meta) -> dict[str, Any]:
@@ -158,13 +159,13 @@ def save_model(path: Path, model: torch.nn.Module, classes: list[str], **meta) -
 def check_spec(path: Path, spec: Any) -> dict[str, Any]:
     """The saved ``spec`` if it has the shape dllab writes ({"name": str, "kwargs": {str: plain value}})."""
     if not spec:
-        raise DllabError(f"{path} holds no model spec; it was not written by dllab's save_model")
+        raise RunFolderError(f"{path} holds no model spec; it was not written by dllab's save_model")
     ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("kwargs"), dict)
           and all(isinstance(k, str) and (isinstance(v, _SPEC_VALUE_TYPES) or
                                           (isinstance(v, list) and all(isinstance(i, _SPEC_VALUE_TYPES) for i in v)))
                   for k, v in spec["kwargs"].items()))
     if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in spec["kwargs"].values()):
-        raise DllabError(f"{path}: the model spec is malformed (expected a name and plain keyword arguments)")
+        raise RunFolderError(f"{path}: the model spec is malformed (expected a name and plain keyword arguments)")
     return spec
 
 
@@ -175,16 +176,16 @@ def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.
     for k, v in (expect or {}).items():
         have = spec["name"] if k == "name" else spec["kwargs"].get(k)
         if have != v:
-            raise DllabError(f"{path}: the saved model has {k}={have!r} but this experiment needs {k}={v!r}; "
-                             "point to a run of the right architecture")
+            raise ConfigError(f"{path}: the saved model has {k}={have!r} but this experiment needs {k}={v!r}; "
+                              "point to a run of the right architecture")
     classes = blob.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise DllabError(f"{path}: 'classes' is malformed (expected a list of class names)")
+        raise RunFolderError(f"{path}: 'classes' is malformed (expected a list of class names)")
     try:
         model = build_model(spec["name"], **spec["kwargs"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise DllabError(f"{path}: the model spec cannot be built ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise RunFolderError(f"{path}: the model spec cannot be built ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from e
     load_weights(path, model, blob.get("state_dict"))
     return model, blob
 
@@ -192,12 +193,12 @@ def load_model(path: Path, expect: dict[str, Any] | None = None) -> tuple[torch.
 def load_weights(path: Path, model: torch.nn.Module, state: Any) -> None:
     """``model.load_state_dict(state)``, with a one-line error when the weights do not fit."""
     if not isinstance(state, dict):
-        raise DllabError(f"{path} holds no weights (state_dict)")
+        raise RunFolderError(f"{path} holds no weights (state_dict)")
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DllabError(f"{path}: weights do not fit the model ({first})") from e
+        raise RunFolderError(f"{path}: weights do not fit the model ({first})") from e
 
 
 def find_run_model(run_dir: str | Path, variant: str = "", prefer: tuple[str, ...] = ()) -> Path:
@@ -208,15 +209,15 @@ def find_run_model(run_dir: str | Path, variant: str = "", prefer: tuple[str, ..
     models = Path(run_dir) / "models"
     available = sorted(p.stem for p in models.glob("*.pt")) if models.is_dir() else []
     if not available:
-        raise DllabError(f"{run_dir} holds no trained models (no models/*.pt); pass a finished run folder")
+        raise RunFolderError(f"{run_dir} holds no trained models (no models/*.pt); pass a finished run folder")
     if variant:
         if variant not in available:
-            raise DllabError(f"{run_dir} has no model '{variant}'; it has {', '.join(available)}")
+            raise ConfigError(f"{run_dir} has no model '{variant}'; it has {', '.join(available)}")
         return models / f"{variant}.pt"
     if len(available) == 1:
         return models / f"{available[0]}.pt"
     for name in prefer:
         if name in available:
             return models / f"{name}.pt"
-    raise DllabError(f"{run_dir} has several models ({', '.join(available)}); choose one with the "
-                     "experiment's variant setting")
+    raise ConfigError(f"{run_dir} has several models ({', '.join(available)}); choose one with the "
+                      "experiment's variant setting")

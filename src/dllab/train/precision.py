@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dllab import DllabError
+from dllab import ConfigError, DllabError
 from dllab.core import cpus, distributed, environ, untrusted
 from dllab.core.files import atomic_write_json
 
@@ -75,7 +75,7 @@ class Precision:
 
     def __post_init__(self):
         if self.name not in NAMES:
-            raise DllabError(f"precision {self.name}: choose one of {', '.join(SETTINGS)}")
+            raise ConfigError(f"precision {self.name}: choose one of {', '.join(SETTINGS)}")
         # Disabled unless fp16: then scale/unscale_/update do nothing and step() is optimizer.step().
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16-mixed")
 
@@ -122,7 +122,7 @@ class Precision:
 def normalise(setting: str, key: str = "train.precision") -> str:
     s = ALIASES.get(setting, setting)
     if s not in SETTINGS:
-        raise DllabError(f"{key}={setting}: choose one of {', '.join(SETTINGS)}")
+        raise ConfigError(f"{key}={setting}: choose one of {', '.join(SETTINGS)}")
     return s
 
 
@@ -356,11 +356,11 @@ def resolve_precision(setting: str, device: torch.device, model_kind: str = "con
         raise ValueError(f"model_kind {model_kind}: one of {MODEL_KINDS}")
     dev = device.type
     if setting == "fp16-mixed" and dev != "cuda":
-        raise DllabError(f"precision fp16-mixed needs a CUDA device (device is {dev}); use auto or bf16-mixed")
+        raise ConfigError(f"precision fp16-mixed needs a CUDA device (device is {dev}); use auto or bf16-mixed")
     if dev == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if setting == "bf16-mixed" and not bf16_ok:
-            raise DllabError("precision bf16-mixed: this GPU does not support bf16; use auto or fp16-mixed")
+            raise ConfigError("precision bf16-mixed: this GPU does not support bf16; use auto or fp16-mixed")
         if setting == "auto":
             name = "bf16-mixed" if bf16_ok else "fp16-mixed"
             return Precision(name, device, f"auto: CUDA {'supports' if bf16_ok else 'lacks'} bf16")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dllab import DllabError
+from dllab import ConfigError
 from dllab.core.events import QUIET, Reporter
 from dllab.train.checkpoint import find_run_model, load_model
 
@@ -93,8 +93,8 @@ class CNNSource:
         once), or None when it is trained here."""
         if not self.run:
             if self.variant and self.variant != self.name:
-                raise DllabError(f"{self.key}.variant={self.variant} needs {self.key}.run (the run folder that "
-                                 "holds it)")
+                raise ConfigError(f"{self.key}.variant={self.variant} needs {self.key}.run (the run folder that "
+                                  "holds it)")
             return None
         prefer = (self.name, f"res_d{self.depth}", f"plain_d{self.depth}")
         return load_cnn(find_run_model(self.run, self.variant, prefer=prefer), self.depth, reused=True)
@@ -116,11 +116,11 @@ class CNNSource:
         """One-line refusal when ``saved`` cannot take ``data``'s images or, with ``same_classes``, was trained
         on other classes."""
         if self.same_classes and saved.classes != list(data.classes):
-            raise DllabError(f"{saved.path}: the model was trained on {len(saved.classes)} classes "
-                             f"({_show(saved.classes)}) but the in-distribution data has {len(data.classes)} "
-                             f"({_show(data.classes)}); set data.classes to the model's classes (data.classes=[] "
-                             "for all)")
+            raise ConfigError(f"{saved.path}: the model was trained on {len(saved.classes)} classes "
+                              f"({_show(saved.classes)}) but the in-distribution data has {len(data.classes)} "
+                              f"({_show(data.classes)}); set data.classes to the model's classes (data.classes=[] "
+                              "for all)")
         channels = saved.kwargs.get("in_channels", 3)
         if channels != data.shape[0]:
-            raise DllabError(f"{saved.path}: the saved model takes {channels}-channel images, the "
-                             f"{data.name} images here have {data.shape[0]}")
+            raise ConfigError(f"{saved.path}: the saved model takes {channels}-channel images, the "
+                              f"{data.name} images here have {data.shape[0]}")

@@ -6,7 +6,7 @@ stem and the first ``freeze_blocks`` blocks; ``scratch`` is the source's archite
 """
 from __future__ import annotations
 
-from dllab import DllabError
+from dllab import ConfigError
 from dllab.core.config import OptimConfig
 from dllab.train.reuse import SavedCNN
 from dllab.train.settings import VARIANTS
@@ -16,7 +16,7 @@ from dllab.train.variants import Variant
 def check_variants(names: list[str]) -> None:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
-        raise DllabError(f"variants: unknown '{unknown[0]}'; choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"variants: unknown '{unknown[0]}'; choose from {', '.join(VARIANTS)}")
 
 
 def frozen_prefixes(variant: str, freeze_blocks: int) -> list[str]:
@@ -34,7 +34,7 @@ def fine_tune_variant(name: str, source, freeze_blocks: int = 0) -> Variant:
     calls; here ``head`` trains fc + ReLU + classifier and nothing else."""
     depth = len(source.blocks)
     if name == "partial" and not 0 <= freeze_blocks <= depth:
-        raise DllabError(f"freeze_blocks={freeze_blocks}: choose 0..{depth} (the source has {depth} blocks)")
+        raise ConfigError(f"freeze_blocks={freeze_blocks}: choose 0..{depth} (the source has {depth} blocks)")
     return Variant(name, "cnn", {"hidden": source.num_features if name == "head" else 0}, start=source,
                    frozen=tuple(frozen_prefixes(name, freeze_blocks)))
 
