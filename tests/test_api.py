@@ -190,3 +190,19 @@ def test_the_nproc_launcher_checks_the_config_before_torchrun(capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "dllab.runner.torchrun", None)   # importing it now would fail the test
     assert main(["run", "lab1.mlp", "--nproc", "2", "--profile", "smoke", "--set", "train.epochs=0"]) == 2
     assert capsys.readouterr().err.strip() == "dllab: error: --set train.epochs=0: must be >= 1"
+
+
+def test_a_config_file_reaches_the_api_and_its_errors_are_config_errors(tmp_path):
+    """``config_file`` as ``--config`` takes it: it may name the experiment and profile, ``overrides`` go over it,
+    and a misspelt key in it is a ConfigError naming the file (torch-free: nothing runs)."""
+    f = tmp_path / "exp.yaml"
+    f.write_text("experiment: lab1.mlp\nprofile: smoke\nadam:\n  lr: 0.003\ntrain:\n  epochs: 2\n")
+    cfg = dllab.config(None, overrides={"train.epochs": 3}, config_file=f)
+    assert (cfg.profile, cfg.adam.lr, cfg.train.epochs) == ("smoke", 0.003, 3)
+    f.write_text("trian:\n  epochs: 2\n")
+    with pytest.raises(dllab.ConfigError, match=r"exp\.yaml: unknown config key 'trian.epochs' \(did you mean 'train.epochs'"):
+        dllab.config("lab1.mlp", config_file=f)
+    f.write_text("{")
+    with pytest.raises(dllab.ConfigError, match="is not valid YAML"):
+        dllab.run("lab1.mlp", config_file=f, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
