@@ -117,7 +117,8 @@ def run(experiment: str | None = None, profile: str | None = None, overrides: Ov
     sets, seed_list = _overrides(overrides), _seed_list(seeds)
     out, resume = _text(out), _text(resume)
     if command is None:
-        command = _run_command(experiment, profile, _texts(overrides), seed, seed_list, device, out, resume, quiet)
+        command = _run_command(experiment, profile, _texts(overrides), seed, seed_list, device, out, resume, quiet,
+                               file.path if file else None)
     distributed.init()   # under torchrun: join the other processes (nothing otherwise)
     try:
         done = runner.run_experiment(experiment, profile, sets, seed, seed_list, device, out, resume, quiet,
@@ -353,11 +354,12 @@ def _text(path: PathLike | None) -> str | None:
     return None if path is None else os.fspath(path)
 
 
-def _run_command(experiment, profile, sets, seed, seeds, device, out, resume, quiet) -> list[str]:
+def _run_command(experiment, profile, sets, seed, seeds, device, out, resume, quiet, config_file=None) -> list[str]:
     """The ``dllab run`` arguments that do what a ``run`` call does (recorded in env.json)."""
     argv = ["run", *([experiment] if experiment else [])]
-    for flag, value in (("--profile", profile), ("--seed", seed), ("--seeds", ",".join(map(str, seeds or [])) or None),
-                        ("--device", device), ("--out", out), ("--resume", resume)):
+    for flag, value in (("--profile", profile), ("--config", config_file), ("--seed", seed),
+                        ("--seeds", ",".join(map(str, seeds or [])) or None), ("--device", device), ("--out", out),
+                        ("--resume", resume)):
         if value is not None:
             argv += [flag, str(value)]
     for s in sets:
