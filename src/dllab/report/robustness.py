@@ -27,7 +27,8 @@ def classifier_table(models: dict[str, tuple[str, dict | str, float]], classes: 
     return [Table("Models" if several else "Classifier",
                   [*(["model"] if several else []), "source", "architecture", "ID classes", "test images",
                    "clean test accuracy (fp32)"],
-                  [[*([n] if several else []), source, f"cnn {arch}" if isinstance(arch, dict) else arch, classes, test_images, acc]
+                  [[*([n] if several else []), source, f"cnn {arch}" if isinstance(arch, dict) else arch, classes,
+                    test_images, acc]
                    for n, (source, arch, acc) in models.items()])]
 
 

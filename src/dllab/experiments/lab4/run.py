@@ -117,8 +117,8 @@ def _fgsm_analysis(cfg: FGSMConfig, run: Run, data: ImageData, cnn: SavedCNN) ->
                                 reporter=run)
     a = cfg.attack.name
     run.add(*report.attack_accuracy(accs["standard"], a, FGSM_REF if a == "fgsm" else {}),
-            *report.classifier_table({"standard": (cnn.origin, _architecture(cnn), clean["standard"])}, len(data.classes),
-                                     len(data.test)),
+            *report.classifier_table({"standard": (cnn.origin, _architecture(cnn), clean["standard"])},
+                                     len(data.classes), len(data.test)),
             *report.attack_examples(*attack_examples(cnn.model, data.test, cfg.attack, cfg.seed), data.classes, a))
     return {"model.test_acc": clean["standard"], **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
 
@@ -150,7 +150,8 @@ def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list
     run.add(*report.comparison_tables(accs, metrics, a,
                                       {"standard": FGSM_REF, "adv": ADV_REF} if a == "fgsm" else {}),
             *report.classifier_table({"standard": (std.origin, _architecture(std), clean["standard"]),
-                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", adv__architecture(cnn), clean["adv"])},
+                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", _architecture(adv_cnn),
+                                              clean["adv"])},
                                      len(data.classes), len(data.test)),
             *curves_figure(run.history, [n for n in models if run.variant_history(n)], "curves.png",
                            "Loss and accuracy per epoch, standard vs FGSM adversarial training (dashed: validation; "
