@@ -57,16 +57,18 @@ def tiny_resnet(num_classes, in_channels=3, depth=2, residual=True):
 
 
 class Headless(nn.Module):
-    def __init__(self, num_classes):
+    """A linear classifier with no features method and no named head: enough for attacks, not for detectors."""
+
+    def __init__(self, num_classes, pixels):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(pixels, num_classes))
 
     def forward(self, x):
         return self.net(x)
 
 
-def headless(num_classes, **_):
-    return Headless(num_classes)
+def headless(num_classes, in_channels=3, image_size=32, **_):
+    return Headless(num_classes, in_channels * image_size * image_size)
 
 
 def no_classes(in_channels=3):
