@@ -171,14 +171,16 @@ def title_of(env: dict) -> str:
 
 
 def _spec_text(env: dict, exp) -> tuple[dict, str, str]:
-    """(reference numbers, claims, description) of the spec for this run: none of them for a run on the user's
-    own dataset (they name and measure the spec's data), but one sentence naming what the run used."""
+    """(reference numbers, claims, description) of the spec for this run. For a run on another dataset than the
+    experiment's own, the spec's prose (which names its dataset) gives way to one sentence naming what the run
+    used; the spec's numbers stay in their column (experiments say in their notes how far they compare)."""
     if exp is None:
         return {}, "", ""
     if env.get("spec_data") is False and _part(env, "dataset"):
         model = f" with the model {env['model']}" if _part(env, "model") else ""
-        return {}, "", (f"{exp.name} run on the dataset {env['dataset']}{model}. The spec's description, claims "
-                        "and reference numbers are about its own dataset, so they are left out here.")
+        return exp.reference, "", (f"{exp.name} run on the dataset {env['dataset']}{model}. The spec's description "
+                                   "and claims are about its own dataset, so they are left out here; its numbers, "
+                                   "where it gives any, are in the spec column for reference only.")
     return exp.reference, exp.notes, exp.description
 
 
