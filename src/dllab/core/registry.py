@@ -29,6 +29,8 @@ import difflib
 import importlib
 import importlib.machinery
 import importlib.metadata
+import inspect
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -124,6 +126,37 @@ def _resolve(target: str) -> Callable:
     return function
 
 
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` is a ``"package.module:attribute"`` import path rather than a registered name."""
+    return ":" in name
+
+
+def load_callable(target: str) -> Callable:
+    """The callable an import path ``"package.module:attribute"`` names (a user's model factory), imported now:
+    a malformed path, a module that cannot be imported or an attribute that is missing or not callable is a
+    one-line PluginError naming it."""
+    if not IMPORT_PATH.fullmatch(target):
+        raise PluginError(f"'{target}' is not an import path; write it as package.module:function")
+    module, _, attribute = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:   # ModuleNotFoundError included: the package is not installed or not on the path
+        raise PluginError(f"{target}: cannot import {module} ({type(e).__name__}: {e}); install the package or "
+                          "add its folder to PYTHONPATH") from e
+    except Exception as e:     # the user's module raised while it was imported
+        raise PluginError(f"{target}: importing {module} failed ({type(e).__name__}: {e})") from e
+    for part in attribute.split("."):
+        obj = getattr(obj, part, None)
+    if obj is None:
+        raise PluginError(f"{target}: {module} has no attribute {attribute}")
+    if not callable(obj):
+        raise PluginError(f"{target}: {attribute} is a {type(obj).__name__}, not a callable that builds a model")
+    return obj
+
+
 _loaded: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
 
 
@@ -189,11 +222,28 @@ def experiment_names() -> list[str]:
 
 
 def build_model(name: str, **kwargs) -> Any:
-    """The model ``name`` built with ``kwargs``, remembering how, so that a saved checkpoint can rebuild it
-    (train.checkpoint.load_model)."""
-    model = get("model", name)(**kwargs)
+    """The model ``name`` (a registered model, or a factory's import path ``"package.module:function"``) built
+    with those of ``kwargs`` it accepts (all of them when it takes ``**kwargs``), remembering how, so that a
+    saved checkpoint can rebuild it (train.checkpoint.load_model)."""
+    factory = load_callable(name) if is_import_path(name) else get("model", name)
+    kwargs = accepted_kwargs(factory, kwargs)
+    model = factory(**kwargs)
     model.dllab_spec = {"name": name, "kwargs": dict(kwargs)}
     return model
+
+
+def accepted_kwargs(factory: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` less those ``factory`` has no parameter for, so that a user's ``resnet(num_classes=10)`` need not
+    take every argument an experiment passes (``image_size``, ``stats``...); all of them when it takes
+    ``**kwargs`` or its signature cannot be read."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return dict(kwargs)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 # --- the static index -------------------------------------------------------------------------------------

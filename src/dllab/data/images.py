@@ -68,6 +68,11 @@ class ImageData:
     stats: str | None        # key into models.common.DATASET_STATS for the model's Normalize
     source: str              # where the pixels came from (recorded in env.json)
     warnings: list[str] = field(default_factory=list)
+    label: str = ""          # how reports and metrics name the dataset (``dataset_label``); "" = ``name``
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
 
     @property
     def num_classes(self) -> int:
@@ -450,7 +455,19 @@ def load_images(cfg, seed: int = 0, profile: str = "quick") -> ImageData:
     test = balanced_subset(test, cfg.test_limit, torch.Generator().manual_seed(0))
     train, val = split_validation(train, cfg.val_fraction, g)
     stats = cfg.name if cfg.name in ("mnist", "cifar10", "cifar100") else None
-    return ImageData(cfg.name, classes, train, val, test, stats, source, warns)
+    return ImageData(cfg.name, classes, train, val, test, stats, source, list(warns), dataset_label(cfg.name, root))
+
+
+# How reports name dllab's own datasets; any other is named by its registered name or, an ImageFolder, its folder.
+DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def dataset_label(name: str, root: Path) -> str:
+    """The dataset ``name`` read from ``root`` as reports, TensorBoard, env.json and metrics.json name it:
+    ``CIFAR-10``, a plug-in's registered name, or an ImageFolder's folder name (``shapes (ImageFolder)``)."""
+    if name == "imagefolder":
+        return f"{Path(root).resolve().name} (ImageFolder)"
+    return DATASET_TITLES.get(name, name)
 
 
 # --- batches on the device ------------------------------------------------------------------------

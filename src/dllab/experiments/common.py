@@ -38,8 +38,22 @@ def load_data(cfg, run, data_cfg: DataConfig | None = None, key: str = "data") -
         run.note(w)
     desc = describe_data(data)
     run.write_env(data=desc, data_fallback=bool(data.warnings))
+    if key == "data":   # the run's dataset, by name (report title, metrics.json, TensorBoard's hparams)
+        run.write_env(dataset=data.title, spec_data=spec_data(cfg))
     run.log(f"data: {desc}")
     return data
+
+
+def spec_data(cfg) -> bool:
+    """Whether the run's ``data.name`` is the experiment's own dataset (its config's default), which its spec's
+    description, claims and numbers are about."""
+    return cfg.data.name == type(cfg).model_fields["data"].get_default(call_default_factory=True).name
+
+
+def record_model(run, model: str) -> None:
+    """The run's model (a registered name or a factory's import path) in env.json: the report, metrics.json and
+    TensorBoard's hparams name it."""
+    run.write_env(model=model)
 
 
 def describe_data(data: ImageData) -> str:

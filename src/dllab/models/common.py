@@ -52,6 +52,14 @@ class Classifier(nn.Module):
         return [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``model.weight_layers()``, or for a user's model that has none, its Linear/Conv layers in definition order
+    (``train.grad_norms`` records one gradient norm per layer)."""
+    if callable(getattr(model, "weight_layers", None)):
+        return model.weight_layers()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Parameters of ``model`` (only those that train, with ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -159,22 +159,53 @@ class Doc:
                 f"<style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
 
 
+def _part(env: dict, key: str) -> str | None:
+    """The run's ``dataset`` or ``model`` name as env.json records it (None: an older run, a text experiment)."""
+    return env[key] if isinstance(env.get(key), str) else None
+
+
+def title_of(env: dict) -> str:
+    """A run's title: its experiment, and the dataset when it is the user's (not the one the spec is about)."""
+    own = env.get("spec_data") is False and _part(env, "dataset")
+    return f"{env['experiment']} on {env['dataset']}" if own else env["experiment"]
+
+
+def _spec_text(env: dict, exp) -> tuple[dict, str, str]:
+    """(reference numbers, claims, description) of the spec for this run. For a run on another dataset than the
+    experiment's own, the spec's prose (which names its dataset) gives way to one sentence naming what the run
+    used; the spec's numbers stay in their column (experiments say in their notes how far they compare)."""
+    if exp is None:
+        return {}, "", ""
+    if env.get("spec_data") is False and _part(env, "dataset"):
+        model = f" with the model {env['model']}" if _part(env, "model") else ""
+        return exp.reference, "", (f"{exp.name} run on the dataset {env['dataset']}{model}. The spec's description "
+                                   "and claims are about its own dataset, so they are left out here; its numbers, "
+                                   "where it gives any, are in the spec column for reference only.")
+    return exp.reference, exp.notes, exp.description
+
+
+def _parts_line(env: dict) -> list[str]:
+    """The report's bullet naming the run's dataset and model, when env.json records them."""
+    named = [f"{k}: {env[k]}" for k in ("dataset", "model") if _part(env, k)]
+    return [", ".join(named)] if named else []
+
+
 def render(runs: list[RunInfo], root: Path) -> Doc:
     doc = Doc(root)
-    title = runs[0]["env"]["experiment"] if len(runs) == 1 else "dllab report"
+    title = title_of(runs[0]["env"]) if len(runs) == 1 else "dllab report"
     doc.heading(title, 1)
     for info in runs:
         env = info["env"]
         name = env["experiment"]
-        exp = _experiment(name)
-        reference, claims, description = (exp.reference, exp.notes, exp.description) if exp else ({}, "", "")
+        reference, claims, description = _spec_text(env, _experiment(name))
         if len(runs) > 1:
-            doc.heading(f"{name} — {info['path'].name}", 2)
+            doc.heading(f"{title_of(env)} — {info['path'].name}", 2)
         if description:
             doc.para(description)
         doc.bullets([f"command: `{env.get('command', '')}`",
                      f"profile: {env.get('profile')}, seed(s): {env.get('seeds', env.get('seed'))}, "
                      f"device: {env.get('device')}, precision: {env.get('precision', 'see config')}",
+                     *_parts_line(env),
                      f"data: {env.get('data', '—')}",
                      f"git commit: {env.get('git_commit')}, torch {_versions(env).get('torch')}",
                      f"wall time: {env.get('seconds', '—')} s"])

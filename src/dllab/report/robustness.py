@@ -19,14 +19,16 @@ def k255(eps: float) -> str:
     return f"{eps * 255:.3g}/255"
 
 
-def classifier_table(models: dict[str, tuple[str, dict, float]], classes: int, test_images: int) -> list[Item]:
+def classifier_table(models: dict[str, tuple[str, dict | str, float]], classes: int, test_images: int) -> list[Item]:
     """The classifier (or, with several, one row per model): name -> (where it came from, its cnn's
-    architecture, its clean test accuracy), beside the ID data's number of classes and test images."""
+    architecture (its arguments; a user's model as text), its clean test accuracy), beside the ID data's number
+    of classes and test images."""
     several = len(models) > 1
     return [Table("Models" if several else "Classifier",
                   [*(["model"] if several else []), "source", "architecture", "ID classes", "test images",
                    "clean test accuracy (fp32)"],
-                  [[*([n] if several else []), source, f"cnn {arch}", classes, test_images, acc]
+                  [[*([n] if several else []), source, f"cnn {arch}" if isinstance(arch, dict) else arch, classes,
+                    test_images, acc]
                    for n, (source, arch, acc) in models.items()])]
 
 

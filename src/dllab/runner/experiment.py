@@ -43,12 +43,21 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
                   omp_wait_policy=environ.omp_wait_policy()[0] or "(OpenMP default)",
                   precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
     summary = exp.run(cfg, run)
-    run.write_metrics(summary)
+    run.write_metrics(summary, **parts(run.env))
     run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),
                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if run.writes:
         write_report([run.path], run.path / "report.md")
     return summary
+
+
+# What a run records of its own parts in env.json (``experiments.common``) and repeats in metrics.json.
+PARTS = ("dataset", "model")
+
+
+def parts(env: dict) -> dict[str, str]:
+    """The run's dataset and model names, as its env.json records them (experiments without them: none)."""
+    return {k: env[k] for k in PARTS if isinstance(env.get(k), str)}
 
 
 def aggregate(summaries: list[dict[str, float]]) -> dict[str, float]:
@@ -194,9 +203,10 @@ def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:
         run.log(f"--- seed {s} ---")
         summaries.append(_execute(exp, sub))
     summary = aggregate(summaries)
-    run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)})
     # The top-level report shows the first seed's plots and tables beside the aggregated numbers.
     first = distributed.on_main(Run.open_for_resume, str(run.path / f"seed{seeds[0]}"), get_experiment, quiet=True)
+    run.write_env(**parts(first.env), **({"spec_data": first.env["spec_data"]} if "spec_data" in first.env else {}))
+    run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)}, **parts(first.env))
     run.records.copy_report(first.records, f"seed{seeds[0]}/")
     run.note(f"numbers are mean ± std over seeds {seeds}; plots and tables are from seed {seeds[0]}")
     run.write_env(seconds=round(time.time() - started, 1), device=first.env.get("device"),

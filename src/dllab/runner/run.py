@@ -90,6 +90,7 @@ class Run:
 
     def write_env(self, **extra) -> None:
         self.folder.write_env(**extra)
+        self.tracker.label(**extra)
 
     def check_source(self, key: str, source: str) -> None:
         self.folder.check_source(key, source)

@@ -30,6 +30,11 @@ def flat_config(cfg) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(to_dict(cfg)).items()}
 
 
+# What a run records of its own parts (env.json's dataset and model names), shown beside the config's keys in the
+# hparams: the config only says data.name=imagefolder, or a factory's import path under model.factory.
+LABELS = ("dataset", "model")
+
+
 class Tracker:
     """The sinks of one run folder, opened on first use (a run that logs nothing opens nothing)."""
 
@@ -39,11 +44,17 @@ class Tracker:
         self.names: list[str] = list(log.sinks) if log is not None else []
         self.every_steps: int = log.every_steps if log is not None else 0
         self._sinks: list | None = None
+        self.labels: dict[str, str] = {}
+
+    def label(self, **env) -> None:
+        """Keep the ``LABELS`` among ``env`` (what the run writes to env.json) for the hparams; the data and
+        model are known before the first epoch opens the sinks."""
+        self.labels.update({k: str(v) for k, v in env.items() if k in LABELS})
 
     @property
     def sinks(self) -> list:
         if self._sinks is None:   # a Run without a config (benchmarks, tests) has no sinks
-            hparams = flat_config(self.cfg) if self.names else {}
+            hparams = {**flat_config(self.cfg), **self.labels} if self.names else {}
             self._sinks = [registry.get("sink", n)(self.path, self.experiment, hparams) for n in self.names]
         return self._sinks
 

@@ -27,6 +27,7 @@ from dllab import DllabError
 from dllab.core import distributed
 from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import Batches, ImageData, Split
+from dllab.models.common import weight_layers
 from dllab.train.early_stop import EarlyStopping
 from dllab.train.gradients import GradNormRecorder
 from dllab.train.loop import Meter, Task
@@ -151,7 +152,7 @@ class ImageTask(Task):
         self.max_grad_norm = train.clip_grad_norm or None    # (the Precision plugin clips, after unscaling)
         self.early_stop = EarlyStopping.from_config(train.early_stop)
         self.scheduler_interval = scheduler_interval(optim)
-        self.grads = GradNormRecorder(model.weight_layers()) if train.grad_norms else None
+        self.grads = GradNormRecorder(weight_layers(model)) if train.grad_norms else None
         self.grad_history: list[list[float]] = []
         self.train_batches = Batches(data.train, distributed.per_rank_batch(train.batch_size), device,
                                      shuffle=True, augment=augment, seed=seed, part=distributed.part())

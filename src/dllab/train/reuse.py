@@ -34,6 +34,11 @@ class SavedCNN:
         return self.blob["spec"]["kwargs"]
 
     @property
+    def name(self) -> str:
+        """The model it was built by: ``cnn``, another registered model or a factory's import path."""
+        return self.blob["spec"]["name"]
+
+    @property
     def arch(self) -> dict[str, Any]:
         """What to build the same architecture again with: depth, width, residual."""
         return {k: self.kwargs[k] for k in ("depth", "base_channels", "residual") if k in self.kwargs}
@@ -54,21 +59,26 @@ class SavedCNN:
 
     def describe(self) -> str:
         kw = self.kwargs
+        if self.name != "cnn":   # a user's model: its name and the architecture arguments it took
+            return self.name + (f" ({', '.join(f'{k} {v}' for k, v in self.arch.items())})" if self.arch else "")
         return (f"cnn depth {kw.get('depth')}, {kw.get('base_channels')} channels, "
                 f"{'residual' if kw.get('residual') else 'plain'}")
 
 
-def load_cnn(path: Path, depth: int, reused: bool) -> SavedCNN:
-    """The saved depth-``depth`` cnn at ``path``; any other architecture is a one-line DllabError."""
-    model, blob = load_model(path, expect={"name": "cnn", "depth": depth})
-    return SavedCNN(model, blob, Path(path), reused)
+def load_cnn(path: Path, depth: int, reused: bool, model: str = "cnn") -> SavedCNN:
+    """The saved depth-``depth`` cnn at ``path`` (or a model built by ``model``, a user's: any depth); any other
+    architecture is a one-line DllabError. A file naming another model is refused before anything is built, so a
+    crafted file cannot make dllab import a factory the config does not name."""
+    expect = {"name": model, **({"depth": depth} if model == "cnn" else {})}
+    found, blob = load_model(path, expect=expect)
+    return SavedCNN(found, blob, Path(path), reused)
 
 
-def train_and_reload(models: Path, name: str, depth: int, train: Callable[[], Any]) -> SavedCNN:
-    """``train()`` trains variant ``name``, which saves it to ``models``/<name>.pt (the run's models folder);
-    the model is then read back from there, the way a model of another run is read."""
+def train_and_reload(models: Path, name: str, depth: int, train: Callable[[], Any], model: str = "cnn") -> SavedCNN:
+    """``train()`` trains variant ``name`` (built by ``model``), which saves it to ``models``/<name>.pt (the run's
+    models folder); the model is then read back from there, the way a model of another run is read."""
     train()
-    return load_cnn(Path(models) / f"{name}.pt", depth, reused=False)
+    return load_cnn(Path(models) / f"{name}.pt", depth, reused=False, model=model)
 
 
 def _show(classes: list[str]) -> str:
@@ -87,6 +97,7 @@ class CNNSource:
     role: str                # what the report calls it: "classifier", "source model"
     env_key: str             # env.json records where it came from under this key
     same_classes: bool = False   # it must have been trained on the data's classes (an OOD classifier)
+    model: str = "cnn"       # what builds it: "cnn", another registered model or a factory's import path
 
     def find(self) -> SavedCNN | None:
         """The reused model, loaded and checked (call it before loading data, so a wrong folder fails at
@@ -97,7 +108,8 @@ class CNNSource:
                                   "holds it)")
             return None
         prefer = (self.name, f"res_d{self.depth}", f"plain_d{self.depth}")
-        return load_cnn(find_run_model(self.run, self.variant, prefer=prefer), self.depth, reused=True)
+        return load_cnn(find_run_model(self.run, self.variant, prefer=prefer), self.depth, reused=True,
+                        model=self.model)
 
     def get(self, data, models: Path, train: Callable[[], Any], found: SavedCNN | None = None,
             reporter: Reporter = QUIET) -> SavedCNN:
@@ -106,7 +118,7 @@ class CNNSource:
         came from (env.json records it under ``env_key``)."""
         saved = found or self.find()
         if saved is None:
-            return train_and_reload(models, self.name, self.depth, train)
+            return train_and_reload(models, self.name, self.depth, train, self.model)
         self.check(saved, data)
         reporter.note(f"{self.role}: {saved.path} ({saved.describe()}; trained on {len(saved.classes)} classes) "
                       "— reused, not trained in this run")

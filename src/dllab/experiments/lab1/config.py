@@ -8,8 +8,9 @@ variant but trains on less data/fewer epochs (and, for the CNN, fewer channels) 
 """
 from __future__ import annotations
 
-from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, TrainConfig, plugin, section
+from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
 from dllab.core.registry import register
+from dllab.models.factory import ModelFactory, ModelName
 
 def _accuracy_keys(variants: list[str], with_val: bool) -> list[str]:
     """``<variant>.test_acc`` (and ``.val_acc`` when there is a validation split) per variant, in order."""
@@ -45,7 +46,9 @@ class MLPConfig(RunConfig):
     # The spec: SGD lr 0.1 (no momentum given, so none) against Adam lr 1e-3.
     sgd: OptimConfig = section(OptimConfig, name="sgd", lr=0.1, momentum=0.0)
     adam: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
-    model: plugin("model") = "basic_mlp"   # both variants' model: a registered name (built with width=...)
+    # both variants' model: a registered name or a factory's import path package.module:function (built with
+    # width=... and the data's num_classes, in_channels, image_size, stats)
+    model: ModelName = "basic_mlp"
 
 
 # --- Ex. 1.2: MLP depth, plain vs residual ---------------------------------------------------------
@@ -88,6 +91,12 @@ def cnn_depth_metrics(cfg: CNNDepthConfig) -> list[str]:
     return [f"{v}.{k}" for k in ("test_acc", "val_acc")[:1 + (cfg.data.val_fraction > 0)] for v in names]
 
 
+class CNNModelConfig(Section):
+    # "" = dllab's cnn; else a registered model or a factory's import path package.module:function, built for
+    # each variant with depth, residual, base_channels and the data's num_classes, in_channels, image_size, stats
+    factory: ModelFactory = ""
+
+
 @register(
     "experiment", "lab1.cnn-depth", run="dllab.experiments.lab1.run:run_cnn_depth",
     description="CNNs on CIFAR-10 at depths 5/10/15, plain vs residual (spec Ex. 1.3)",
@@ -111,6 +120,7 @@ class CNNDepthConfig(RunConfig):
     data: DataConfig = section(DataConfig, name="cifar10", val_fraction=0.1, augment=True)
     train: TrainConfig = section(TrainConfig, epochs=100, batch_size=128, grad_norms=True)
     optim: OptimConfig = section(OptimConfig, name="adam", lr=1e-3)
+    model: CNNModelConfig = section(CNNModelConfig)
     base_channels: PositiveInt = 64
     plain_depths: list[PositiveInt] = [5, 10, 15]
     residual_depths: list[PositiveInt] = [5, 10, 15]

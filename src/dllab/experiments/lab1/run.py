@@ -5,7 +5,7 @@ Thin on purpose: each function loads its data (``experiments.common``), trains i
 """
 from __future__ import annotations
 
-from dllab.experiments.common import load_data
+from dllab.experiments.common import load_data, record_model
 from dllab.experiments.lab1.config import CNNDepthConfig, MLPConfig, MLPDepthConfig
 from dllab.report.variants import accuracy_table, accuracy_vs_depth, curves_figure, plain_vs_residual
 from dllab.runner.run import Run
@@ -15,6 +15,7 @@ from dllab.train.variants import Variant, train_variants
 
 def run_mlp(cfg: MLPConfig, run: Run) -> dict[str, float]:
     data = load_data(cfg, run)
+    record_model(run, cfg.model)
     variants = [Variant(name, cfg.model, {"width": cfg.width}, optim=opt, meta={"optimizer": f"{opt.name} lr {opt.lr:g}"})
                 for name, opt in (("sgd", cfg.sgd), ("adam", cfg.adam))]
     results = train_variants(cfg, data, variants, run.device, run.training_hooks())
@@ -33,6 +34,7 @@ def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs)
 
 def run_mlp_depth(cfg: MLPDepthConfig, run: Run) -> dict[str, float]:
     data = load_data(cfg, run)
+    record_model(run, "mlp")
     variants = _depth_variants("mlp", cfg.plain_depths, cfg.residual_depths, width=cfg.width)
     results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     summary: dict[str, float] = {}
@@ -49,7 +51,9 @@ def run_mlp_depth(cfg: MLPDepthConfig, run: Run) -> dict[str, float]:
 
 def run_cnn_depth(cfg: CNNDepthConfig, run: Run) -> dict[str, float]:
     data = load_data(cfg, run)
-    variants = _depth_variants("cnn", cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
+    model = cfg.model.factory or "cnn"   # a user's model is built for each variant with the same arguments
+    record_model(run, model)
+    variants = _depth_variants(model, cfg.plain_depths, cfg.residual_depths, base_channels=cfg.base_channels)
     results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     run.add(*plain_vs_residual(run.history, results, variants, "CNNs"),
             *accuracy_vs_depth(results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths))))

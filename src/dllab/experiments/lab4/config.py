@@ -21,6 +21,7 @@ from __future__ import annotations
 from dllab.attacks.settings import AdvConfig, AttackConfig
 from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
 from dllab.core.registry import register
+from dllab.models.factory import ModelFactory
 from dllab.ood.settings import METRICS, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
 
 QUICK_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]   # CIFAR-10 classes 0-5
@@ -92,6 +93,10 @@ def odin_metrics(cfg: ODINConfig) -> list[str]:
 # --- configs ---------------------------------------------------------------------------------------
 
 class ModelConfig(Section):
+    # the classifier trained here: "" = dllab's cnn, else a registered model or a factory's import path
+    # package.module:function (called with depth, base_channels, residual, num_classes, in_channels, image_size,
+    # stats: those it accepts); a reused model.run must have been built by the same one
+    factory: ModelFactory = ""
     run: str = ""                 # reuse the cnn of this finished run folder ("" = train it in this run)
     variant: str = ""             # model of that run ("" = its only one, else res_d5, plain_d5, standard)
     base_channels: PositiveInt = 64   # when trained here (depth is always 5)

@@ -9,9 +9,10 @@ from dllab.attacks.robustness import attack_examples, attack_models, clean_accur
 from dllab.core import distributed
 from dllab.data import data_root
 from dllab.data.images import ImageData
-from dllab.experiments.common import get_cnn, load_data, record_ood_sets
+from dllab.experiments.common import get_cnn, load_data, record_model, record_ood_sets, spec_data
 from dllab.experiments.lab4.config import (ADV_REF, FGSM_REF, AdvTrainConfig, FGSMConfig, ODINConfig,
                                            OODExpConfig)
+from dllab.models.factory import check_model_has
 from dllab.ood.datasets import OODSet, build_ood_sets
 from dllab.ood.evaluate import build_detectors, evaluate_ood, metric_keys, score_arrays
 from dllab.ood.odin_search import msp_cell, search_arrays, search_sets
@@ -19,7 +20,7 @@ from dllab.report import robustness as report
 from dllab.report.variants import curves_figure
 from dllab.runner.run import Run
 from dllab.train.reuse import CNNSource, SavedCNN, train_and_reload
-from dllab.train.variants import Variant, train_variants
+from dllab.train.variants import Variant, build_for, train_variants
 
 
 # --- wiring shared by the experiments --------------------------------------------------------------
@@ -33,11 +34,13 @@ def _analysed(analysis, cfg, run: Run) -> dict[str, float]:
 def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSet], SavedCNN]:
     """The ID data, the OOD sets (none for lab4.fgsm), the classifier (``model.run``'s cnn, checked first, or
     trained here last, after every name was checked), in eval mode on the run's device."""
+    model = cfg.model.factory or "cnn"
     ref = CNNSource("model", cfg.model.run, cfg.model.variant, "standard", 5, "classifier", "classifier_standard",
-                    same_classes=True)
+                    same_classes=True, model=model)
     found = ref.find()   # a wrong or crafted model.run fails before any data is loaded
     data = load_data(cfg, run)
-    if cfg.profile != "paper":
+    record_model(run, model)
+    if cfg.profile != "paper" and spec_data(cfg):
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
                  f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
@@ -45,9 +48,25 @@ def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSe
                                                     cfg.ood.limit, cfg.data.allow_fallback and cfg.profile != "paper"))
                 if with_ood else [])
     arch = {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
-    cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, data, [Variant("standard", "cnn", arch)], run.device,
-                                                         run.training_hooks()), found).ready(run.device)
+    standard = Variant("standard", model, arch)
+    if found is None and model != "cnn":   # a user's model lacking what the analysis calls fails before training
+        check_model_has(build_for(data, standard, cfg.seed), _needs(cfg), model, "lab4's analysis calls it")
+    cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, data, [standard], run.device, run.training_hooks()),
+                  found).ready(run.device)
     return data, ood_sets, cnn
+
+
+def _architecture(saved: SavedCNN) -> dict | str:
+    """The classifier table's architecture column: the cnn's arguments, or the user's model by name."""
+    return saved.arch if saved.name == "cnn" else saved.describe()
+
+
+def _needs(cfg) -> list[tuple[str, ...]]:
+    """What the classifier must have besides ``forward``: the features and classifier head of the detectors
+    (``forward_features`` is timm's name), and ``feature_maps`` (at the input's size) for the autoencoder."""
+    detectors = getattr(getattr(cfg, "ood", None), "detectors", []) if isinstance(cfg, OODExpConfig) else []
+    needs = [("features", "forward_features"), ("classifier", "fc", "head")] if detectors else []
+    return needs + ([("feature_maps",)] if "autoencoder" in detectors else [])
 
 
 def _ood_scores(cfg, run: Run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
@@ -75,7 +94,7 @@ def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[O
     labels = {d: det.label for d, det in detectors.items()}
     ae = detectors.get("autoencoder")
     run.add(*report.ood_metrics_table(metrics, "OOD detection (ID test vs each OOD set; larger score = more OOD)"),
-            *report.classifier_table({"standard": (cnn.origin, cnn.arch, summary["model.test_acc"])},
+            *report.classifier_table({"standard": (cnn.origin, _architecture(cnn), summary["model.test_acc"])},
                                      len(data.classes), len(data.test)),
             *report.ood_histograms(scores, labels),
             *report.roc_figures(scores, metrics, labels),
@@ -98,8 +117,8 @@ def _fgsm_analysis(cfg: FGSMConfig, run: Run, data: ImageData, cnn: SavedCNN) ->
                                 reporter=run)
     a = cfg.attack.name
     run.add(*report.attack_accuracy(accs["standard"], a, FGSM_REF if a == "fgsm" else {}),
-            *report.classifier_table({"standard": (cnn.origin, cnn.arch, clean["standard"])}, len(data.classes),
-                                     len(data.test)),
+            *report.classifier_table({"standard": (cnn.origin, _architecture(cnn), clean["standard"])},
+                                     len(data.classes), len(data.test)),
             *report.attack_examples(*attack_examples(cnn.model, data.test, cfg.attack, cfg.seed), data.classes, a))
     return {"model.test_acc": clean["standard"], **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
 
@@ -111,10 +130,10 @@ def run_adv_train(cfg: AdvTrainConfig, run: Run) -> dict[str, float]:
     if cfg.model.run:
         run.note("the standard model is reused, so it was not trained with this run's data and epochs; the "
                  "adversarially trained model uses the same architecture")
-    adv = Variant("adv", "cnn", dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
+    adv = Variant("adv", std.name, dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
                   meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
     adv_cnn = train_and_reload(run.path / "models", "adv", 5,
-                               lambda: train_variants(cfg, data, [adv], run.device, run.training_hooks()))
+                               lambda: train_variants(cfg, data, [adv], run.device, run.training_hooks()), std.name)
     return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, adv_cnn, adv.meta["loss"])
 
 
@@ -130,8 +149,9 @@ def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list
     a = cfg.attack.name
     run.add(*report.comparison_tables(accs, metrics, a,
                                       {"standard": FGSM_REF, "adv": ADV_REF} if a == "fgsm" else {}),
-            *report.classifier_table({"standard": (std.origin, std.arch, clean["standard"]),
-                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", adv_cnn.arch, clean["adv"])},
+            *report.classifier_table({"standard": (std.origin, _architecture(std), clean["standard"]),
+                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", _architecture(adv_cnn),
+                                              clean["adv"])},
                                      len(data.classes), len(data.test)),
             *curves_figure(run.history, [n for n in models if run.variant_history(n)], "curves.png",
                            "Loss and accuracy per epoch, standard vs FGSM adversarial training (dashed: validation; "

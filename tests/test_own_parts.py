@@ -1,0 +1,259 @@
+"""Your own parts in any image experiment: a package with its own model (a tiny ResNet, by import path and
+registered through the ``dllab.plugins`` entry points), its own ImageFolder dataset (made here), a detector and
+an attack, run through lab1.cnn-depth and lab4.* on the smoke profile; the report, env.json, metrics.json and
+TensorBoard's hparams name the user's dataset and model; a wrong import path or a model lacking what an
+experiment calls is one line before any work."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import dllab_in_process, make_imagefolder, one_line_error
+from dllab.core import registry
+
+# The user's package: a tiny ResNet (residual blocks at the input's size, so the autoencoder detector can decode
+# its feature maps) and factories that get wrong what an experiment needs.
+NETS = '''\
+"""A tiny ResNet: a stem, a few basic residual blocks, global pooling, a linear head."""
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, width, residual=True):
+        super().__init__()
+        self.residual = residual
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return (self.body(x) + x if self.residual else self.body(x)).relu()
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, num_classes, in_channels=3, blocks=2, width=8, residual=True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.layers = nn.Sequential(*[Block(width, residual) for _ in range(blocks)])
+        self.fc = nn.Linear(width, num_classes)
+
+    def feature_maps(self, x):
+        return self.layers(self.stem(x))
+
+    def forward_features(self, x):
+        return self.feature_maps(x).mean((2, 3))
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))
+
+
+def tiny_resnet(num_classes, in_channels=3, depth=2, residual=True):
+    """No **kwargs: dllab passes only the arguments named here."""
+    return TinyResNet(num_classes, in_channels, depth, 8, residual)
+
+
+class Headless(nn.Module):
+    """A linear classifier with no features method and no named head: enough for attacks, not for detectors."""
+
+    def __init__(self, num_classes, pixels):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(pixels, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def headless(num_classes, in_channels=3, image_size=32, **_):
+    return Headless(num_classes, in_channels * image_size * image_size)
+
+
+def no_classes(in_channels=3):
+    return TinyResNet(10, in_channels)
+
+
+NOT_CALLABLE = 3
+'''
+
+PLUGINS = '''\
+"""The same ResNet registered by name, a detector and an attack, through the dllab.plugins entry point."""
+import torch
+
+from dllab.core.registry import register
+from dllab.ood.base import LogitDetector
+from own_parts_pkg.nets import TinyResNet
+
+
+@register("model", "tiny_resnet")
+def tiny_resnet(num_classes=10, in_channels=3, residual=True, **_):
+    """A tiny ResNet of two basic blocks, 8 channels."""
+    return TinyResNet(num_classes, in_channels, 2, 8, residual)
+
+
+@register("detector", "min_logit_gap")
+class MinLogitGap(LogitDetector):
+    """Minus the gap between the two largest logits (a small gap = unsure = more OOD)."""
+
+    def score_logits(self, logits):
+        top2 = logits.topk(2, dim=1).values
+        return top2[:, 1] - top2[:, 0]
+
+
+@register("attack", "noise_sign")
+def noise_sign(model, x, y, eps):
+    """A random sign step of size eps (no gradient): a weak attack."""
+    g = torch.Generator().manual_seed(0)
+    step = torch.randint(0, 2, x.shape, generator=g).to(x.device, x.dtype) * 2 - 1
+    return (x.detach() + eps * step).clamp(0, 1)
+'''
+
+FACTORY = "own_parts_pkg.nets:tiny_resnet"
+SMOKE = ["--profile", "smoke", "--set", "data.name=imagefolder", "--set", "log.sinks=[tensorboard]"]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """The user's package installed as pip leaves it (the package and its dist-info with the entry point) in a
+    folder put on sys.path, the registry's index read again with it (and again without it afterwards)."""
+    base = tmp_path_factory.mktemp("own")
+    pkg = base / "own_parts_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(NETS)
+    (pkg / "plugins.py").write_text(PLUGINS)
+    info = base / "own_parts_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: own-parts-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dllab.plugins]\nownparts = own_parts_pkg.plugins\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(base))
+        registry._index.cache_clear()
+        yield base
+    registry._index.cache_clear()
+    for kind, name in (("model", "tiny_resnet"), ("detector", "min_logit_gap"), ("attack", "noise_sign")):
+        registry._loaded[kind].pop(name, None)
+    for m in [m for m in sys.modules if m.startswith("own_parts_pkg")]:
+        del sys.modules[m]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """The user's ImageFolder: 3 classes of generated 16x16 images."""
+    return make_imagefolder(tmp_path_factory.mktemp("data") / "shapes", classes=("circle", "square", "star"),
+                            n_train=24, n_test=8, size=16)
+
+
+def _run(*args, out: Path):
+    res = dllab_in_process("run", *args, "--out", out, "--quiet")
+    assert res.returncode == 0, res.stderr
+    return json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
+
+
+def _assert_named(metrics: dict, report: str, out: Path, model: str) -> None:
+    """The user's dataset and model are named in metrics.json, env.json and the report; the spec's datasets
+    are not (the report of a run on other data leaves the spec's description, claims and numbers out)."""
+    assert metrics["dataset"] == "shapes (ImageFolder)" and metrics["model"] == model
+    env = json.loads((out / "env.json").read_text())
+    assert env["dataset"] == "shapes (ImageFolder)" and env["model"] == model and env["spec_data"] is False
+    assert report.startswith("# ") and "on shapes (ImageFolder)" in report.splitlines()[0]
+    assert f"dataset: shapes (ImageFolder), model: {model}" in report
+    for spec_name in ("CIFAR", "MNIST", "mnist", "cifar"):
+        assert spec_name not in report, spec_name
+
+
+def test_a_factory_model_trains_on_an_imagefolder_in_cnn_depth(package, shapes, tmp_path):
+    out = tmp_path / "cnn"
+    metrics, report = _run("lab1.cnn-depth", *SMOKE, "--set", f"data.root={shapes}", "--set",
+                           f"model.factory={FACTORY}", "--set", "plain_depths=[1]", "--set", "residual_depths=[2]",
+                           out=out)
+    _assert_named(metrics, report, out, FACTORY)
+    assert set(metrics["summary"]) == {"plain_d1.test_acc", "res_d2.test_acc", "plain_d1.val_acc", "res_d2.val_acc"}
+    import torch
+
+    saved = torch.load(out / "models" / "res_d2.pt", weights_only=True)
+    # only the arguments the factory names were passed, and saved, so the model rebuilds from its spec
+    assert saved["spec"] == {"name": FACTORY, "kwargs": {"num_classes": 3, "in_channels": 3, "depth": 2,
+                                                         "residual": True}}
+    assert any(k.startswith("layers.1.body") for k in saved["state_dict"])   # the user's ResNet, two blocks
+    # TensorBoard's hparams (in the event file) name the dataset and model beside the config keys
+    raw = b"".join(p.read_bytes() for p in out.glob("events.out.tfevents.*"))
+    assert b"shapes (ImageFolder)" in raw and FACTORY.encode() in raw
+
+
+@pytest.fixture(scope="module")
+def ood_run(package, shapes, tmp_path_factory) -> Path:
+    """lab4.ood on the user's data (2 ID classes, the third held out) with the plug-in model and detector."""
+    out = tmp_path_factory.mktemp("lab4") / "ood"
+    res = dllab_in_process("run", "lab4.ood", *SMOKE, "--set", f"data.root={shapes}", "--set",
+                           "data.classes=[circle,square]", "--set", "model.factory=tiny_resnet", "--set",
+                           "ood.names=[heldout,noise]", "--set", "ood.detectors=[msp,autoencoder,min_logit_gap]",
+                           "--out", out, "--quiet")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_a_plugin_model_and_detector_run_lab4_ood_on_an_imagefolder(ood_run):
+    metrics = json.loads((ood_run / "metrics.json").read_text())
+    report = (ood_run / "report.md").read_text()
+    _assert_named(metrics, report, ood_run, "tiny_resnet")
+    for ood in ("heldout", "noise"):
+        for det in ("msp", "autoencoder", "min_logit_gap"):
+            assert 0 <= metrics["summary"][f"{ood}.{det}.auroc"] <= 1
+    assert "tiny_resnet" in report and "min_logit_gap" in report
+
+
+def test_a_plugin_attack_runs_lab4_fgsm_on_the_reused_user_model(ood_run, shapes, tmp_path):
+    out = tmp_path / "fgsm"
+    metrics, report = _run("lab4.fgsm", *SMOKE, "--set", f"data.root={shapes}", "--set",
+                           "data.classes=[circle,square]", "--set", "model.factory=tiny_resnet", "--set",
+                           f"model.run={ood_run}", "--set", "attack.name=noise_sign", out=out)
+    assert set(metrics["summary"]) == {"model.test_acc", "noise_sign.acc@0", "noise_sign.acc@0.01",
+                                       "noise_sign.acc@0.05"}
+    assert metrics["summary"]["noise_sign.acc@0"] == metrics["summary"]["model.test_acc"]
+    assert "reused, not trained in this run" in report and "tiny_resnet" in report
+
+
+def test_a_reused_model_built_by_another_factory_is_refused(ood_run, shapes, tmp_path):
+    res = dllab_in_process("run", "lab4.fgsm", *SMOKE, "--set", f"data.root={shapes}", "--set",
+                           f"model.run={ood_run}", "--out", tmp_path / "r")
+    one_line_error(res, "name='tiny_resnet'", "needs name='cnn'")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("factory, fragment", [
+    ("no_such_pkg.nets:resnet", "cannot import no_such_pkg"),
+    ("own_parts_pkg.nets:resnet99", "own_parts_pkg.nets has no attribute resnet99"),
+    ("own_parts_pkg.nets:NOT_CALLABLE", "NOT_CALLABLE is a int, not a callable"),
+    ("own_parts_pkg.nets:no_classes", "takes no num_classes argument"),
+    ("own_parts_pkg.nets", "unknown model 'own_parts_pkg.nets'"),
+    ("own_parts_pkg.nets:", "is not an import path"),
+])
+def test_a_bad_factory_is_one_line_before_any_work(package, factory, fragment, tmp_path):
+    res = dllab_in_process("run", "lab1.cnn-depth", "--profile", "smoke", "--set", f"model.factory={factory}",
+                           "--out", tmp_path / "r")
+    one_line_error(res, "model.factory", fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_lab1_mlp_takes_a_factory_as_its_model(package):
+    from dllab import api
+
+    assert api.config("lab1.mlp", "smoke", {"model": FACTORY}).model == FACTORY
+
+
+def test_a_model_lacking_what_lab4_calls_is_one_line_before_training(package, shapes, tmp_path):
+    res = dllab_in_process("run", "lab4.ood", *SMOKE, "--set", f"data.root={shapes}", "--set",
+                           "data.classes=[circle,square]", "--set", "model.factory=own_parts_pkg.nets:headless",
+                           "--set", "ood.names=[noise]", "--out", tmp_path / "r", "--quiet")
+    one_line_error(res, "model own_parts_pkg.nets:headless (Headless) has no 'features' or 'forward_features'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_readme_names_what_a_factory_is_called_with():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Your own model, dataset, detector or attack"):]
+    for word in ("model.factory", "num_classes", "in_channels", "image_size", "imagefolder", "dllab.plugins"):
+        assert word in section, word
