@@ -257,3 +257,15 @@ def test_the_readme_names_what_a_factory_is_called_with():
     section = readme[readme.index("### Your own model, dataset, detector or attack"):]
     for word in ("model.factory", "num_classes", "in_channels", "image_size", "imagefolder", "dllab.plugins"):
         assert word in section, word
+
+
+def test_a_profiles_own_dataset_keeps_the_spec_and_a_users_does_not():
+    """lab1.transfer's quick profile stands CIFAR-10 classes in for CIFAR-100 (not there offline): that is still
+    the experiment the spec describes, so its report keeps the spec's text; an ImageFolder is the user's own."""
+    from dllab.core.config import run_config
+    from dllab.experiments.common import spec_data
+
+    assert spec_data(run_config("lab1.transfer", "quick"), "lab1.transfer")
+    assert spec_data(run_config("lab1.transfer", "paper"), "lab1.transfer")
+    assert not spec_data(run_config("lab1.transfer", "quick", ["data.name=imagefolder"]), "lab1.transfer")
+    assert not spec_data(run_config("lab1.cnn-depth", "quick", ["data.name=mnist"]), "lab1.cnn-depth")

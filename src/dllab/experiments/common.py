@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dllab.core import distributed
+from dllab.core import distributed, registry
 from dllab.features.classifiers import probe, probe_key
 from dllab.features.image import extract_splits, feature_splits, fingerprint
 from dllab.ood.datasets import OODSet
@@ -39,15 +39,18 @@ def load_data(cfg, run, data_cfg: DataConfig | None = None, key: str = "data") -
     desc = describe_data(data)
     run.write_env(data=desc, data_fallback=bool(data.warnings))
     if key == "data":   # the run's dataset, by name (report title, metrics.json, TensorBoard's hparams)
-        run.write_env(dataset=data.title, spec_data=spec_data(cfg))
+        run.write_env(dataset=data.title, spec_data=spec_data(cfg, run.experiment))
     run.log(f"data: {desc}")
     return data
 
 
-def spec_data(cfg) -> bool:
-    """Whether the run's ``data.name`` is the experiment's own dataset (its config's default), which its spec's
-    description, claims and numbers are about."""
-    return cfg.data.name == type(cfg).model_fields["data"].get_default(call_default_factory=True).name
+def spec_data(cfg, experiment: str) -> bool:
+    """Whether the run's ``data.name`` is one of the experiment's own datasets, which its spec's description,
+    claims and numbers are about: its config's default, or one its profiles choose (lab1.transfer's quick profile
+    stands CIFAR-10 classes in for CIFAR-100, which is not there offline: still the experiment as the spec has it)."""
+    own = {type(cfg).model_fields["data"].get_default(call_default_factory=True).name}
+    own |= {p["data.name"] for p in registry.get_experiment(experiment).profiles.values() if "data.name" in p}
+    return cfg.data.name in own
 
 
 def record_model(run, model: str) -> None:

@@ -40,7 +40,7 @@ def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSe
     found = ref.find()   # a wrong or crafted model.run fails before any data is loaded
     data = load_data(cfg, run)
     record_model(run, model)
-    if cfg.profile != "paper" and spec_data(cfg):
+    if cfg.profile != "paper" and spec_data(cfg, run.experiment):
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
                  f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
