@@ -53,7 +53,7 @@ def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSe
 def _ood_scores(cfg, run: Run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
     """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
     detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
-                                reporter=run)
+                                reporter=run, ood=cfg.ood)
     scores, metrics = evaluate_ood(model, detectors, data, ood_sets, cfg.analysis_batch_size,
                                    cfg.autoencoder.train_limit, cfg.seed, tag, reporter=run)
     run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
