@@ -8,7 +8,7 @@ For each image separately, on its penultimate activations f(x) (non-negative: th
     score(x) = -logsumexp_k h(f'(x))_k                             the energy of the head's logits of f'(x)
 
 As in the authors' code, "the largest" are the top round(D (1 - p/100)) values (ties broken by ``topk``). Of the
-paper's three variants this is ASH-S (prune + scale, its best on CIFAR); ASH-P (prune only) and ASH-B
+paper's three variants this is ASH-S (prune, then scale); ASH-P (prune only) and ASH-B
 (binarise) are not offered. It learns nothing from ID data. Applied, as OpenOOD does for CIFAR models, to the
 pooled penultimate vector. At p = 0 nothing is pruned, s1 / s2 = 1 and the score is the energy of h(e f(x)).
 

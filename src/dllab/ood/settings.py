@@ -25,7 +25,7 @@ class KNNConfig(Section):         # ood/knn.py
 
 
 class VimConfig(Section):         # ood/vim.py
-    dim: Count = 0                # principal subspace; 0 = the paper's rule (1000 if D >= 2048, 512 if D >= 768, D/2)
+    dim: Count = 0                # principal subspace; 0 = the authors' rule (1000 if D >= 2048, 512 if D > 512, D/2)
 
 
 class ReactConfig(Section):       # ood/react.py

@@ -12,8 +12,9 @@ With the linear head logits l(x) = W f(x) + b on the penultimate features f:
 
 The score is a monotone function of the paper's ViM(x), so it ranks images (and gives AUROC, FPR95) the same,
 and it is minus the score the authors' code computes (energy - v); it is used because ViM(x) itself rounds to
-0 or 1 in float32 for large logits. ``dim`` defaults to the paper's rule: 1000 for D >= 2048 feature
-dimensions, 512 for D >= 768, else D/2.
+0 or 1 in float32 for large logits. ``dim`` defaults to the authors' rule (their benchmark code): 1000 for
+D >= 2048 feature dimensions, else 512; where 512 leaves no residual (D <= 512, CIFAR-size models) it is D/2,
+OpenOOD's choice for ResNet-18 on CIFAR-10 (256 of 512).
 
 Wang, Li, Feng & Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022.
 https://arxiv.org/abs/2203.10807
@@ -29,8 +30,9 @@ from dllab.ood.base import FeatureDetector
 
 
 def paper_dim(feature_dim: int) -> int:
-    """The principal subspace's dimension by the paper's rule for ``feature_dim`` (D) features."""
-    return 1000 if feature_dim >= 2048 else 512 if feature_dim >= 768 else feature_dim // 2
+    """The principal subspace's dimension for ``feature_dim`` (D) features: the authors' 1000 or 512, D/2 where
+    512 would leave no residual (see the module docstring)."""
+    return 1000 if feature_dim >= 2048 else 512 if feature_dim > 512 else feature_dim // 2
 
 
 def linear_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +81,7 @@ class ViM(FeatureDetector):
 
     score(x) = alpha ||(I - P P^T)(f(x) - u)|| - logsumexp_k l_k(x): the virtual logit against the real ones
     (larger = more OOD; a monotone function of the paper's ViM probability). ``dim`` (``ood.vim.dim``, 0 = the
-    paper's rule) is P's dimension. See the module docstring.
+    authors' rule) is P's dimension. See the module docstring.
 
     Wang, Li, Feng & Zhang, CVPR 2022. https://arxiv.org/abs/2203.10807
     """
@@ -89,12 +91,12 @@ class ViM(FeatureDetector):
     def __init__(self, dim: int = 0, batch_size: int = 256):
         super().__init__(batch_size)
         if dim < 0:
-            raise DllabError(f"vim: dim must be >= 0 (0 = the paper's rule), got {dim}")
+            raise DllabError(f"vim: dim must be >= 0 (0 = the authors' rule), got {dim}")
         self.dim = dim
 
     @classmethod
     def from_settings(cls, batch_size: int = 256, vim=None, **_) -> "ViM":
-        """``vim``: the experiment's ``ood.vim`` section (``dim``); the paper's rule when absent."""
+        """``vim``: the experiment's ``ood.vim`` section (``dim``); the authors' rule when absent."""
         return cls(batch_size=batch_size) if vim is None else cls(vim.dim, batch_size)
 
     def fit_features(self, model, features: torch.Tensor, y=None) -> "ViM":
