@@ -30,8 +30,8 @@ class Detector:
     @classmethod
     def from_settings(cls, batch_size: int = 256, **settings) -> "Detector":
         """The detector as an experiment sets it up. ``settings`` holds the experiment's detector sections by
-        name (``odin``, ``autoencoder``), ``seed`` and ``progress``; a detector takes what it needs (this
-        default: nothing but the batch size)."""
+        name (``odin``, ``autoencoder``, and ``ood``'s sub-sections ``knn``, ``vim``, ``react``, ``ash``), ``seed``
+        and ``progress``; a detector takes what it needs (this default: nothing but the batch size)."""
         return cls(batch_size=batch_size)
 
     def fit(self, model: torch.nn.Module, x=None, y=None) -> "Detector":
