@@ -33,8 +33,8 @@ def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, au
         reporter.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} "
                      f"reconstruction MSE {loss:.5f}")
 
-    settings = {**dict(sections(ood if ood is not None else OODConfig())), "odin": odin, "autoencoder": autoencoder, "seed": seed,
-                "progress": progress}
+    ood_sections = dict(sections(ood if ood is not None else OODConfig()))
+    settings = {**ood_sections, "odin": odin, "autoencoder": autoencoder, "seed": seed, "progress": progress}
     detectors = {d: registry.get("detector", d).from_settings(batch_size=batch_size, **settings)
                  for d in dict.fromkeys(names)}
     for name, det in detectors.items():
