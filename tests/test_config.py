@@ -92,7 +92,7 @@ def test_a_fixed_choice_names_the_key_as_typed_and_its_values(name, item, allowe
     ("lab1.mlp", "model=cnnn", "unknown model 'cnnn' (did you mean 'cnn'?); known: basic_mlp, cnn"),
     ("lab1.mlp", "log.sinks=[tensorboard,nosuch]", "unknown sink 'nosuch'; known: mlflow, tensorboard, wandb"),
     ("lab4.ood", "ood.names=[heldout,nois]", "unknown OOD set 'nois' (did you mean 'noise'?)"),
-    ("lab4.ood", "ood.detectors=[msp,mahalanobis]", "unknown detector 'mahalanobis'; known: autoencoder, energy"),
+    ("lab4.ood", "ood.detectors=[msp,gram]", "unknown detector 'gram'; known: ash, autoencoder, energy"),
     ("lab4.fgsm", "attack.name=cw", "unknown attack 'cw'; known: fgsm, pgd"),
     ("lab2.finetune", "finetune.strategies=[full,fancy]", "unknown strategy 'fancy'"),
     ("lab2.features", "features.classifiers=[svm,tree]", "unknown classifier 'tree'; known: knn, logreg, svm"),
@@ -319,8 +319,8 @@ def test_a_bad_value_in_config_yaml_is_named_with_the_file(tmp_path, imagefolder
     ("lab1.mlp", "sgd.name=foo", "--set sgd.name=foo: choose one of sgd, adam or adamw"),
     ("lab1.mlp", "data.classes=[0,1", "--set data.classes=[0,1: unbalanced brackets"),
     ("lab1.mlp", "data.name=mnst", "--set data.name=mnst: unknown dataset 'mnst' (did you mean 'mnist'?); known: "),
-    ("lab4.ood", "ood.detectors=[msp,mahalanobis]", "--set ood.detectors=[msp,mahalanobis]: unknown detector "
-                                                    "'mahalanobis'; known: autoencoder, energy, max_logit, msp, odin"),
+    ("lab4.ood", "ood.detectors=[msp,gram]", "--set ood.detectors=[msp,gram]: unknown detector 'gram'; known: ash, "
+                                             "autoencoder, energy, knn, mahalanobis, max_logit, msp, odin, react, vim"),
 ])
 def test_a_bad_value_fails_before_any_data_loads_or_folder_exists(experiment, item, fragment, tmp_path):
     # data.root names no folder: a check made after the data loaded would fail there, with another message.

@@ -107,7 +107,8 @@ DETECTORS = ("autoencoder", "energy", "max_logit", "msp", "odin")
 
 
 def test_detectors_registry_and_bad_logits():
-    assert registry.names("detector") == list(DETECTORS)
+    # and the feature-space ones, tested in test_ood_feature_detectors.py
+    assert registry.names("detector") == sorted([*DETECTORS, "ash", "knn", "mahalanobis", "react", "vim"])
     logit_only = {n for n in DETECTORS if issubclass(registry.get("detector", n), LogitDetector)}
     assert logit_only == {"msp", "max_logit", "energy"}
     logits = torch.randn(5, 4)
@@ -373,8 +374,8 @@ def test_build_detectors_takes_the_sections_settings_and_checks_the_names():
     assert [d.label for d in dets.values()] == ["ODIN (T=2, eps=0.01)", "MSP", "autoencoder MSE"]
     a.progress(1, 0.5)
     assert reporter.logs == ["[m] decoder epoch 1/2 reconstruction MSE 0.50000"]
-    with pytest.raises(DllabError, match="unknown detector 'mahalanobis'; known: autoencoder, energy"):
-        build_detectors(["msp", "mahalanobis"], 16, OdinSetting(), ae)
+    with pytest.raises(DllabError, match="unknown detector 'gram'; known: ash, autoencoder, energy"):
+        build_detectors(["msp", "gram"], 16, OdinSetting(), ae)
 
 
 def test_evaluate_ood_fits_on_a_balanced_subset_and_scores_every_image():

@@ -248,7 +248,7 @@ def test_a_model_lacking_what_lab4_calls_is_one_line_before_training(package, sh
     res = dllab_in_process("run", "lab4.ood", *SMOKE, "--set", f"data.root={shapes}", "--set",
                            "data.classes=[circle,square]", "--set", "model.factory=own_parts_pkg.nets:headless",
                            "--set", "ood.names=[noise]", "--out", tmp_path / "r", "--quiet")
-    one_line_error(res, "model own_parts_pkg.nets:headless (Headless) has no 'features' or 'forward_features'")
+    one_line_error(res, "model own_parts_pkg.nets:headless (Headless) has no 'feature_maps'")
     assert not (tmp_path / "r").exists()
 
 
@@ -269,3 +269,14 @@ def test_a_profiles_own_dataset_keeps_the_spec_and_a_users_does_not():
     assert spec_data(run_config("lab1.transfer", "paper"), "lab1.transfer")
     assert not spec_data(run_config("lab1.transfer", "quick", ["data.name=imagefolder"]), "lab1.transfer")
     assert not spec_data(run_config("lab1.cnn-depth", "quick", ["data.name=mnist"]), "lab1.cnn-depth")
+
+
+def test_a_feature_detector_on_a_model_without_forward_head_is_one_line_before_training(package, shapes, tmp_path):
+    """Each detector says what it calls on the model (``needs``): knn reads forward_features and forward_head,
+    which the tiny ResNet lacks in part, so the run stops before training, naming the missing method."""
+    res = dllab_in_process("run", "lab4.ood", *SMOKE, "--set", f"data.root={shapes}", "--set",
+                           "data.classes=[circle,square]", "--set", f"model.factory={FACTORY}",
+                           "--set", "ood.names=[noise]", "--set", "ood.detectors=[msp,knn]",
+                           "--out", tmp_path / "r", "--quiet")
+    one_line_error(res, f"model {FACTORY} (TinyResNet) has no 'forward_head'")
+    assert not (tmp_path / "r").exists()

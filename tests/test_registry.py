@@ -148,8 +148,8 @@ def test_the_static_index_is_what_importing_every_module_registers():
 def test_an_unknown_name_is_one_line_with_the_nearest_and_every_known_one():
     with pytest.raises(DllabError) as e:
         registry.get("detector", "enrgy")
-    assert str(e.value) == ("unknown detector 'enrgy' (did you mean 'energy'?); known: autoencoder, energy, "
-                            "max_logit, msp, odin")
+    assert str(e.value) == ("unknown detector 'enrgy' (did you mean 'energy'?); known: ash, autoencoder, energy, "
+                            "knn, mahalanobis, max_logit, msp, odin, react, vim")
     with pytest.raises(DllabError, match="unknown OOD set 'svhn'; known: cifar100-20, heldout, mnist, noise"):
         registry.get("ood_set", "svhn")
 
@@ -197,7 +197,8 @@ def test_dllab_list_shows_every_kind_and_imports_no_torch():
     assert out[0] == "experiments (profiles: smoke, quick, paper):"
     assert any(line.split()[:1] == ["lab4.ood"] and "OOD detection" in line for line in out)
     for line in ("models: basic_mlp, cnn, conv_decoder, mlp", "datasets: cifar10, cifar100, imagefolder, mnist",
-                 "OOD sets: cifar100-20, heldout, mnist, noise", "detectors: autoencoder, energy, max_logit, msp, odin",
+                 "OOD sets: cifar100-20, heldout, mnist, noise", "detectors: ash, autoencoder, energy, knn, "
+                 "mahalanobis, max_logit, msp, odin, react, vim",
                  "attacks: fgsm, pgd", "strategies: baseline, full, full_amp, head_last, lora, pretrained",
                  "classifiers: knn, logreg, svm", "sinks: mlflow, tensorboard, wandb"):
         assert line in out
@@ -214,7 +215,7 @@ def test_a_plugin_package_is_listed_without_being_imported(plugin, tmp_path):
     mark = tmp_path / "imported"
     res = dllab("list", plugin=plugin, mark=mark)
     assert res.returncode == 0, res.stderr
-    assert "detectors: autoencoder, class_mean [plug-in: dllab-testplug], energy" in res.stdout
+    assert "detectors: ash, autoencoder, class_mean [plug-in: dllab-testplug], energy" in res.stdout
     assert "models: basic_mlp, cnn, conv_decoder, mlp, tiny_convnet [plug-in: dllab-testplug]" in res.stdout
     assert "datasets: cifar10, cifar100, imagefolder, mnist, stripes [plug-in: dllab-testplug]" in res.stdout
     assert not mark.exists()

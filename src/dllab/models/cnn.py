@@ -42,7 +42,7 @@ class CNN(Classifier):
     rebuild from the spec alone.
     """
 
-    num_features: int   # the width of ``features(x)``, the classifier's input
+    num_features: int   # the width of ``forward_features(x)``, the classifier's input
 
     def __init__(self, in_channels=3, base_channels=64, depth=5, residual=False, num_classes=10, stats="cifar10",
                  head_hidden=0):
@@ -67,7 +67,7 @@ class CNN(Classifier):
         """(N, C, H, W) after the last block: the encoder of the OOD autoencoder."""
         return self.blocks(self.stem(self.normalize(x)))
 
-    def features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
         return self.pool(self.feature_maps(x))
 
 

@@ -30,15 +30,28 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Base: ``forward(x) = classifier(features(x))``, so transfer and OOD code reuse any model."""
+    """Base: ``forward(x) = forward_head(forward_features(x))``, so transfer and OOD code reuse any model.
+
+    The two halves carry timm's names. ``forward_features(x)`` is the penultimate representation, one (N, D)
+    vector per image (unlike timm's, already pooled), and ``forward_head(f)`` maps it to the logits: the
+    feature-space OOD detectors (ood/mahalanobis.py, knn.py, vim.py, react.py, ash.py) read the one and edit
+    what goes into the other.
+    """
 
     classifier: nn.Module
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features(x)``, by the name the feature extraction of lab1.transfer calls."""
+        return self.forward_features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.forward_head(self.forward_features(x))
 
     def freeze(self, prefixes: tuple[str, ...] = ()) -> None:
         """Parameters whose name starts with one of ``prefixes`` stop training (requires_grad off), the rest

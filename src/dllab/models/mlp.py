@@ -40,7 +40,7 @@ class MLP(Classifier):
         self.blocks = nn.Sequential(*[block(width) for _ in range(depth)])
         self.classifier = nn.Linear(width, num_classes)
 
-    def features(self, x):
+    def forward_features(self, x):
         return self.blocks(self.stem(self.normalize(x)))
 
 
@@ -54,7 +54,7 @@ class BasicMLP(Classifier):
         self.fc2 = nn.Linear(width, width)
         self.classifier = nn.Linear(width, num_classes)
 
-    def features(self, x):
+    def forward_features(self, x):
         x = self.normalize(x).flatten(1)
         return torch.relu(self.fc2(torch.relu(self.fc1(x))))
 

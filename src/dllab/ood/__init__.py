@@ -2,7 +2,8 @@
 
 Detectors are objects, as in pytorch-ood (see ``base``), one class per file, each registered by name
 (``@register("detector", "msp")``; ``registry.get("detector", name)`` is the class): ``fit(model, x, y)``
-(ID training images and labels; a no-op except for the autoencoder, which trains and keeps its decoder) and
+(ID training images and labels; a no-op for the logit detectors; the autoencoder trains and keeps its decoder,
+the feature-space detectors, ``mahalanobis``, ``knn``, ``vim``, ``react``, learn from the penultimate features) and
 ``score(model, x)``, one score per input with pytorch-ood's convention: **larger score = more likely OOD**.
 The logit-based ones also take a (N, K) logit tensor, so one forward pass over a dataset serves all of them::
 

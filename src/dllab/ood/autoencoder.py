@@ -163,6 +163,8 @@ class Autoencoder(Detector):
     ``progress(epoch, mean_loss)`` is called after each epoch; ``batch_size`` is for scoring.
     """
 
+    needs = (("feature_maps",),)
+
     label = "autoencoder MSE"
 
     def __init__(self, epochs: int = 5, lr: float = 1e-3, fit_batch_size: int = 128, hidden: int = 32,

@@ -7,19 +7,25 @@ A detector is one file: a ``Detector`` subclass registered with ``@register("det
 name is its config name (``ood.detectors``) and its summary keys' (``<name>.auroc``...); ``from_settings``
 builds it from the experiment's settings. Detectors that read nothing but the logits are ``LogitDetector``s:
 ``score_logits`` lets one forward pass over a dataset serve all of them
-(``analysis.ood.evaluate.score_images``).
+(``analysis.ood.evaluate.score_images``). Those that read the penultimate features (``model.forward_features``,
+and may feed edited ones to ``model.forward_head``) are ``FeatureDetector``s: ``fit_features`` and
+``score_features`` take the (N, D) features, so one feature pass serves all of them too.
 """
 from __future__ import annotations
 
 import torch
 
-from dllab.train.inference import logits_of
+from dllab import ConfigError, DllabError
+from dllab.train.inference import eval_mode, logits_of, model_device_dtype, outputs_of
 
 
 class Detector:
     """Base detector. ``batch_size``: images per forward pass when scoring; ``label``: its name in figures."""
 
     label = ""            # its name in figures ("" = its registered name)
+    # What it calls on the model besides forward: each a tuple of alternative names. An experiment checks a
+    # user's model against it before training, so a missing method is one line then, not after the training.
+    needs: tuple[tuple[str, ...], ...] = ()
 
     def __init__(self, batch_size: int = 256):
         self.batch_size = batch_size
@@ -27,8 +33,8 @@ class Detector:
     @classmethod
     def from_settings(cls, batch_size: int = 256, **settings) -> "Detector":
         """The detector as an experiment sets it up. ``settings`` holds the experiment's detector sections by
-        name (``odin``, ``autoencoder``), ``seed`` and ``progress``; a detector takes what it needs (this
-        default: nothing but the batch size)."""
+        name (``odin``, ``autoencoder``, and ``ood``'s sub-sections ``knn``, ``vim``, ``react``, ``ash``), ``seed``
+        and ``progress``; a detector takes what it needs (this default: nothing but the batch size)."""
         return cls(batch_size=batch_size)
 
     def fit(self, model: torch.nn.Module, x=None, y=None) -> "Detector":
@@ -50,4 +56,53 @@ class LogitDetector(Detector):
         return self.score_logits(logits_of(model, x, self.batch_size))
 
     def score_logits(self, logits) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def check_feature_model(model: torch.nn.Module) -> None:
+    """A one-line error unless ``model`` has ``forward_features(x)`` and ``forward_head(features)``."""
+    if not all(callable(getattr(model, m, None)) for m in ("forward_features", "forward_head")):
+        raise ConfigError(f"the feature-space OOD detectors need a model with forward_features(x) and "
+                          f"forward_head(features), as dllab's cnn and mlp have; {type(model).__name__} has not")
+
+
+def features_of(model: torch.nn.Module, data, batch_size: int = 256) -> torch.Tensor:
+    """``model.forward_features`` of ``data`` (images or a loader), in eval mode: a CPU float32 (N, D) tensor."""
+    check_feature_model(model)
+    return outputs_of(model, data, batch_size, model.forward_features)
+
+
+def head_logits(model: torch.nn.Module, features: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``model.forward_head`` of (N, D) ``features`` (batches on the model's device, eval mode): CPU float32
+    (N, K) logits. ``head_logits(model, features_of(model, x))`` equals ``logits_of(model, x)``."""
+    dev, dtype = model_device_dtype(model)
+    with eval_mode(model), torch.inference_mode():
+        return torch.cat([model.forward_head(f.to(dev, dtype)).float().cpu() for f in features.split(batch_size)])
+
+
+class FeatureDetector(Detector):
+    """A detector that reads the penultimate features (and may run the head on edited ones).
+
+    ``fit``/``score`` run the model to get the features; ``fit_features``/``score_features`` are the detector.
+    ``fits = False`` for one that learns nothing (its ``fit`` runs no model)."""
+
+    fits = True
+    needs = (("forward_features",), ("forward_head",))
+
+    def fit(self, model: torch.nn.Module, x=None, y=None) -> "FeatureDetector":
+        if not self.fits:
+            return self
+        if x is None:
+            raise DllabError(f"{type(self).__name__} is fitted on in-distribution training images: pass them as x")
+        return self.fit_features(model, features_of(model, x, self.batch_size), y)
+
+    def fit_features(self, model: torch.nn.Module, features: torch.Tensor, y=None) -> "FeatureDetector":
+        """Learn from the (N, D) ID training ``features`` (and labels ``y``); returns self."""
+        return self
+
+    def score(self, model: torch.nn.Module, x) -> torch.Tensor:
+        return self.score_features(model, features_of(model, x, self.batch_size))
+
+    def score_features(self, model: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """(N,) CPU float32 scores of (N, D) ``features``, larger = more OOD."""
         raise NotImplementedError

@@ -13,24 +13,28 @@ import torch
 from dllab.core import registry
 from dllab.data.images import ImageData, Split, balanced_subset
 from dllab.core.events import QUIET, Reporter
-from dllab.ood.settings import METRICS, AutoencoderConfig, OdinSetting
+from dllab.core.config import sections
+from dllab.ood.settings import METRICS, AutoencoderConfig, OdinSetting, OODConfig
 from dllab.train.inference import logits_of
-from dllab.ood.base import Detector, LogitDetector
+from dllab.ood.base import Detector, FeatureDetector, LogitDetector, features_of
 from dllab.ood.datasets import OODSet
 from dllab.ood.metrics import ood_metrics
 
 
 def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, autoencoder: AutoencoderConfig,
-                    seed: int = 0, tag: str = "", reporter: Reporter = QUIET) -> dict[str, Detector]:
+                    seed: int = 0, tag: str = "", reporter: Reporter = QUIET,
+                    ood: OODConfig | None = None) -> dict[str, Detector]:
     """The registered detectors ``names`` (each once), not fitted yet: build them once per model, since the
     autoencoder's decoder belongs to the model it was fitted on. Each takes what it needs of the settings
-    (``Detector.from_settings``): ``odin``, ``autoencoder``, ``seed`` (the decoder's shuffling) and
-    ``progress``, which sends a fitting detector's epochs to ``reporter``'s log under ``tag``."""
+    (``Detector.from_settings``): ``odin``, ``autoencoder``, ``seed`` (the decoder's shuffling),
+    ``progress``, which sends a fitting detector's epochs to ``reporter``'s log under ``tag``, and the
+    sub-sections of ``ood`` by name (``knn``, ``vim``, ``react``, ``ash``; their defaults when ``ood`` is None)."""
     def progress(epoch: int, loss: float) -> None:
         reporter.log(f"[{tag or 'autoencoder'}] decoder epoch {epoch}/{autoencoder.epochs} "
                      f"reconstruction MSE {loss:.5f}")
 
-    settings = {"odin": odin, "autoencoder": autoencoder, "seed": seed, "progress": progress}
+    ood_sections = dict(sections(ood if ood is not None else OODConfig()))
+    settings = {**ood_sections, "odin": odin, "autoencoder": autoencoder, "seed": seed, "progress": progress}
     detectors = {d: registry.get("detector", d).from_settings(batch_size=batch_size, **settings)
                  for d in dict.fromkeys(names)}
     for name, det in detectors.items():
@@ -38,12 +42,24 @@ def build_detectors(names: Sequence[str], batch_size: int, odin: OdinSetting, au
     return detectors
 
 
+def _learns_from_features(det: Detector) -> bool:
+    return isinstance(det, FeatureDetector) and det.fits
+
+
 def score_images(model, x, detectors: dict[str, Detector], batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """{"logits": (N, K), name: (N,)} for images ``x``; one forward pass serves the logit detectors."""
+    """{"logits": (N, K), name: (N,)} for images ``x``; one forward pass serves the logit detectors, one more
+    (``model.forward_features``) the feature detectors."""
     logits = logits_of(model, x, batch_size)
+    wanted = any(isinstance(d, FeatureDetector) for d in detectors.values())
+    features = features_of(model, x, batch_size) if wanted else None
     out = {"logits": logits}
     for name, det in detectors.items():
-        out[name] = det.score_logits(logits) if isinstance(det, LogitDetector) else det.score(model, x)
+        if isinstance(det, LogitDetector):
+            out[name] = det.score_logits(logits)
+        elif isinstance(det, FeatureDetector):
+            out[name] = det.score_features(model, features)
+        else:
+            out[name] = det.score(model, x)
     return out
 
 
@@ -67,8 +83,14 @@ def fit_and_evaluate(model, detectors: dict[str, Detector], train: Split, id_x, 
     """Fit every detector on ``train`` (ID training images and labels), then ``ood_evaluation``; what fitting
     did (a note, right after each fit) and each OOD set's AUROCs (a log line) go to ``reporter`` (``tag`` names
     the model when there are two)."""
+    # One pass over the training images gives the features every feature detector that learns is fitted on.
+    wanted = any(_learns_from_features(d) for d in detectors.values())
+    features = features_of(model, train.x, batch_size) if wanted else None
     for name, det in detectors.items():
-        det.fit(model, train.x, train.y)
+        if _learns_from_features(det):
+            det.fit_features(model, features, train.y)
+        else:
+            det.fit(model, train.x, train.y)
         if note := det.fit_note():
             reporter.note(f"{name} detector{' (' + tag + ')' if tag else ''}: {note}")
     scores, metrics = ood_evaluation(model, id_x, ood_sets, detectors, batch_size)

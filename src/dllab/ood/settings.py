@@ -1,5 +1,6 @@
-"""Settings of OOD detection, as config sections: the OOD sets and detectors, ODIN's one setting and its grid
-search, the autoencoder detector's decoder.
+"""Settings of OOD detection, as config sections: the OOD sets and detectors (with the feature-space detectors'
+own settings as sub-sections, ``--set ood.knn.k=10``), ODIN's one setting and its grid search, the autoencoder
+detector's decoder.
 
 Experiment configs hold them as sections (``--set ood.detectors=[msp,energy]``) and hand them whole to the analysis
 functions that read them. Torch-free: experiment configs import them when they register, and the OOD sets,
@@ -11,9 +12,28 @@ from typing import Annotated
 
 from pydantic import Field
 
-from dllab.core.config import Count, Float, NonNegative, Positive, PositiveInt, Section, plugins
+from dllab.core.config import Count, Float, NonNegative, Positive, PositiveInt, Section, plugins, section
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")   # what analysis.ood.metrics measures per (OOD set, detector)
+
+
+Percentile = Annotated[Float, Field(ge=0, le=100)]
+
+
+class KNNConfig(Section):         # ood/knn.py
+    k: PositiveInt = 50           # the k-th nearest ID training feature; Sun et al.'s CIFAR-10 value
+
+
+class VimConfig(Section):         # ood/vim.py
+    dim: Count = 0                # principal subspace; 0 = the authors' rule (1000 if D >= 2048, 512 if D > 512, D/2)
+
+
+class ReactConfig(Section):       # ood/react.py
+    percentile: Percentile = 90.0     # clip at this percentile of the ID training activations (Sun et al.'s 90)
+
+
+class AshConfig(Section):         # ood/ash.py
+    percentile: Annotated[Float, Field(ge=0, lt=100)] = 90.0   # prune this share of each feature vector
 
 
 class OODConfig(Section):
@@ -21,6 +41,11 @@ class OODConfig(Section):
     limit: Count = 0              # images per OOD set (class-balanced), 0 = all
     root: str = ""                # "" = data.root ($DLLAB_DATA, else ./data)
     detectors: plugins("detector", min_length=1) = ["msp", "max_logit", "energy", "odin", "autoencoder"]
+    # settings of the feature-space detectors, read only when ``detectors`` names them
+    knn: KNNConfig = section(KNNConfig)
+    vim: VimConfig = section(VimConfig)
+    react: ReactConfig = section(ReactConfig)
+    ash: AshConfig = section(AshConfig)
 
 
 class OdinSetting(Section):       # the one ODIN setting lab4.ood and lab4.adv-train score with

@@ -82,11 +82,17 @@ def logits_of(model: torch.nn.Module, data, batch_size: int = 256) -> torch.Tens
 
     Batches go to where the model's parameters are; the model is not moved.
     """
+    return outputs_of(model, data, batch_size)
+
+
+def outputs_of(model: torch.nn.Module, data, batch_size: int = 256, forward=None) -> torch.Tensor:
+    """``logits_of`` with ``forward(xb)`` (e.g. ``model.forward_features``) in place of ``model(xb)``."""
+    forward = model if forward is None else forward
     dev, dtype = model_device_dtype(model)
     out = []
     with eval_mode(model), torch.inference_mode():
         for xb in image_batches(data, batch_size, dev, dtype):
-            out.append(model(xb).float().cpu())
+            out.append(forward(xb).float().cpu())
     if not out:
         raise DllabError("no images to score: the dataset or loader is empty")
     return torch.cat(out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dllab.attacks.methods import make_fgsm_loss
 from dllab.attacks.robustness import attack_examples, attack_models, clean_accuracy
-from dllab.core import distributed
+from dllab.core import distributed, registry
 from dllab.data import data_root
 from dllab.data.images import ImageData
 from dllab.experiments.common import get_cnn, load_data, record_model, record_ood_sets, spec_data
@@ -62,17 +62,17 @@ def _architecture(saved: SavedCNN) -> dict | str:
 
 
 def _needs(cfg) -> list[tuple[str, ...]]:
-    """What the classifier must have besides ``forward``: the features and classifier head of the detectors
-    (``forward_features`` is timm's name), and ``feature_maps`` (at the input's size) for the autoencoder."""
-    detectors = getattr(getattr(cfg, "ood", None), "detectors", []) if isinstance(cfg, OODExpConfig) else []
-    needs = [("features", "forward_features"), ("classifier", "fc", "head")] if detectors else []
-    return needs + ([("feature_maps",)] if "autoencoder" in detectors else [])
+    """What the classifier must have besides ``forward``: what the configured detectors call on it (each
+    detector class says so: ``forward_features``/``forward_head`` for the feature-space ones, ``feature_maps``
+    for the autoencoder)."""
+    detectors = cfg.ood.detectors if isinstance(cfg, OODExpConfig) else []
+    return list(dict.fromkeys(need for name in detectors for need in registry.get("detector", name).needs))
 
 
 def _ood_scores(cfg, run: Run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
     """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
     detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
-                                reporter=run)
+                                reporter=run, ood=cfg.ood)
     scores, metrics = evaluate_ood(model, detectors, data, ood_sets, cfg.analysis_batch_size,
                                    cfg.autoencoder.train_limit, cfg.seed, tag, reporter=run)
     run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
