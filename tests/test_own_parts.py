@@ -345,6 +345,8 @@ def test_lab1_transfer_fine_tunes_a_factory_model_from_one_imagefolder_to_anothe
     assert all(torch.equal(source[k], partial[k]) for k in source if k.startswith(("stem.", "layers.0.")))
     assert not all(torch.equal(source[k], partial[k]) for k in source if k.startswith("layers.1."))
     assert "the new classifier (reset_classifier)" in report and "all but the stem and layers 1-1" in report
+    # the notes say the target is the user's dataset (not CIFAR-100 missing offline) and leave the spec's verdict out
+    assert "(the user's own dataset)" in report and "The spec found" not in report
 
 
 def test_lab1_transfer_reuses_a_source_of_its_factory_and_refuses_another(transfer_run, shapes, marks, tmp_path):

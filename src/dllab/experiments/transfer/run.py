@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dllab import DllabError
 from dllab.data.images import ImageData
-from dllab.experiments.common import classical_probe, describe_data, get_cnn, load_data, record_model
+from dllab.experiments.common import (classical_probe, describe_data, get_cnn, load_data, record_model,
+                                      spec_data)
 from dllab.experiments.transfer.config import REFERENCE, SPEC_VERDICT, TransferConfig
 from dllab.report import transfer as report
 from dllab.runner.run import Run
@@ -45,7 +46,8 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
     tuned = target_variants(cfg.variants, source, cfg.optim, cfg.sgd, cfg.freeze_blocks,  # fails before training
                             target.num_classes)
     spec_setting = cfg.data.name == "cifar100" and not cfg.data.classes
-    run.add(*report.note_classes(source, target, spec_setting))
+    stand_in = spec_data(cfg, run.experiment)   # one of the experiment's own datasets, not the user's
+    run.add(*report.note_classes(source, target, spec_setting, stand_in))
     result = source.blob.get("result") or {}
     summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
     if cfg.classifiers:
@@ -64,5 +66,5 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
             *report.accuracy_figure(summary, list(cfg.classifiers) + list(cfg.variants),
                                     f"target: {cfg.data.name}, {target.num_classes} classes",
                                     REFERENCE if spec_setting else None),
-            *report.closing_notes(results, summary, target, SPEC_VERDICT))
+            *report.closing_notes(results, summary, target, SPEC_VERDICT if stand_in else ""))
     return summary
