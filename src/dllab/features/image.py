@@ -18,15 +18,18 @@ from dllab.train.precision import Precision
 @torch.inference_mode()
 def extract_features(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1024,
                      precision: str = "fp32") -> np.ndarray:
-    """``model.features`` of every image of ``split`` (eval mode: BatchNorm uses its running statistics);
-    ``precision`` is a resolved name (fp32 | bf16-mixed | fp16-mixed, see train/precision.py)."""
+    """``model.features`` (or ``forward_features``) of every image of ``split`` (eval mode: BatchNorm uses its
+    running statistics); ``precision`` is a resolved name (fp32 | bf16-mixed | fp16-mixed, see train/precision.py)."""
     model.eval().to(device)
+    # dllab's models have ``features``; a user's model may have timm's ``forward_features``, whose (N, C, H, W)
+    # maps are pooled to one vector per image as a CNN's classifier pools them
+    features = model.features if callable(getattr(model, "features", None)) else model.forward_features
     prec = Precision(precision, device)
     out = []
     for x, _ in Batches(split, batch_size, device):
         with prec.autocast():
-            f = model.features(x)
-        out.append(f.float().cpu())
+            f = features(x)
+        out.append((f.mean((2, 3)) if f.ndim == 4 else f.flatten(1)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 

@@ -19,13 +19,16 @@ def _show(classes: list[str]) -> str:
     return ", ".join(classes[:10]) + ("..." if len(classes) > 10 else "")
 
 
-def note_classes(source: SavedCNN, target: ImageData, spec_setting: bool) -> list[Item]:
-    """Say when the target is not the spec's CIFAR-100 (``spec_setting`` False), and when the source model
-    has seen some of the target's classes (not a clean transfer)."""
+def note_classes(source: SavedCNN, target: ImageData, spec_setting: bool, stand_in: bool = True) -> list[Item]:
+    """Say when the target is not the spec's CIFAR-100 (``spec_setting`` False): a profile's stand-in for it
+    (``stand_in``) or the user's own dataset; and when the source model has seen some of the target's classes (not
+    a clean transfer)."""
     notes: list[Item] = []
     if not spec_setting:
-        notes.append(Note(f"the target is not CIFAR-100 (not available offline): source = {len(source.classes)} "
-                          f"classes ({', '.join(source.classes[:10])}), target = {target.name} classes "
+        why = "not available offline" if stand_in else "the user's own dataset"
+        notes.append(Note(f"the target is not CIFAR-100 ({why}): source = {len(source.classes)} "
+                          f"classes ({', '.join(source.classes[:10])}), "
+                          f"target = {target.name if stand_in else target.title} classes "
                           f"{_show(target.classes)}; the spec's numbers (CIFAR-100, 100 classes) are not "
                           "comparable with this run's"))
     shared = [c for c in target.classes if c in source.classes]

@@ -14,7 +14,7 @@ import torch
 from dllab.core.config import OptimConfig, TrainConfig
 from dllab.data.images import ImageData
 from dllab.core.events import TrainingHooks
-from dllab.models.common import count_parameters
+from dllab.models.common import Classifier, count_parameters
 from dllab.core.registry import build_model
 from dllab.train.checkpoint import model_state
 from dllab.train.image import ImageTask, LossFn, cross_entropy_loss
@@ -43,12 +43,15 @@ def build_for(data: ImageData, variant: Variant, seed: int) -> torch.nn.Module:
     if variant.start is not None:
         model = copy.deepcopy(variant.start)
         model.reset_classifier(data.num_classes, **variant.kwargs)
+        spec = getattr(model, "dllab_spec", None)
+        if spec and "num_classes" in spec["kwargs"]:   # a user's model: its saved spec rebuilds the new classifier
+            model.dllab_spec = {**spec, "kwargs": {**spec["kwargs"], "num_classes": data.num_classes}}
     else:
         c, h, _ = data.shape
         model = build_model(variant.model, num_classes=data.num_classes, in_channels=c, image_size=h,
                             stats=data.stats, **variant.kwargs)
-    if variant.frozen:
-        model.freeze(variant.frozen)
+    if variant.frozen:   # Classifier's freeze, called on any module: a user's model has none of its own
+        Classifier.freeze(model, variant.frozen)
     return model
 
 

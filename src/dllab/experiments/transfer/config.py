@@ -6,6 +6,7 @@ Torch-free, so that the CLI checks a whole config before torch loads; the run fu
 Source model (train.reuse): ``--set source.run=RUN_DIR`` reuses a finished run's depth-5 cnn (a
 lab1.cnn-depth run's ``res_d5``, else ``plain_d5``; a lab1.transfer run's ``source``; or ``source.variant``),
 else it is trained here as variant ``source`` (models/source.pt, so the next run can point at it).
+``source.factory`` makes it the user's model instead of the cnn (train.transfer says what the variants need of it).
 On the target dataset (variants: train.transfer): LinearSVC and k-NN on the frozen, cached source features
 (features.image, features.classifiers); fine-tuning with a new classifier: ``head`` (only fc + ReLU +
 classifier train), ``full_adam``, ``full_sgd``, ``partial`` (stem and the first ``freeze_blocks`` blocks
@@ -21,6 +22,7 @@ from typing import Literal
 
 from dllab.core.config import Count, DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, plugins, section
 from dllab.core.registry import register
+from dllab.models.factory import ModelFactory
 from dllab.train.settings import VARIANTS
 
 
@@ -28,6 +30,10 @@ from dllab.train.settings import VARIANTS
 
 class SourceConfig(Section):
     """Where the pretrained CNN comes from: a finished run (``run``), else trained here on ``data``."""
+    # "" = dllab's cnn; else a registered model or a factory's import path package.module:function (called with
+    # depth, base_channels, residual, num_classes, in_channels, image_size, stats: those it accepts), which also
+    # builds ``scratch``; a reused source.run must have been built by the same one
+    factory: ModelFactory = ""
     run: str = ""                       # finished run folder whose saved model is the source
     variant: str = ""                   # model name in that run; "" -> source, res_d<depth>, plain_d<depth>
     depth: PositiveInt = 5              # the spec's depth-5 CNN; a loaded model must have this depth

@@ -4,28 +4,35 @@ from __future__ import annotations
 
 from dllab import DllabError
 from dllab.data.images import ImageData
-from dllab.experiments.common import classical_probe, describe_data, get_cnn, load_data
+from dllab.experiments.common import (classical_probe, describe_data, get_cnn, load_data, record_model,
+                                      spec_data)
 from dllab.experiments.transfer.config import REFERENCE, SPEC_VERDICT, TransferConfig
 from dllab.report import transfer as report
 from dllab.runner.run import Run
 from dllab.train.reuse import CNNSource, SavedCNN
-from dllab.train.transfer import check_variants, target_variants
-from dllab.train.variants import Variant, train_variants
+from dllab.train.transfer import check_source_model, check_variants, target_variants
+from dllab.train.variants import Variant, build_for, train_variants
 
 
 def get_source(cfg: TransferConfig, run: Run) -> tuple[SavedCNN, ImageData, ImageData | None]:
     """(the source model, the target data, the source data when the source is trained here)."""
     src = cfg.source
-    ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model")
-    found = ref.find()  # a wrong source.run fails before any data is loaded
+    model = src.factory or "cnn"
+    ref = CNNSource("source", src.run, src.variant, "source", src.depth, "source model", "source_model", model=model)
+    found = ref.find()  # a wrong source.run (or one built by another model) fails before any data is loaded
     target = load_data(cfg, run)
+    record_model(run, model)
     src_data = None if found else load_data(cfg, run, src.data, key="source.data")
     if src_data is not None and src_data.shape[0] != target.shape[0]:
         raise DllabError(f"source images have {src_data.shape[0]} channels, target images {target.shape[0]}")
     arch = {"base_channels": src.base_channels, "depth": src.depth, "residual": src.residual}
-    source = get_cnn(run, ref, target, lambda: train_variants(cfg, src_data, [Variant("source", "cnn", arch)],
-                                                              run.device, run.training_hooks(), src.train,
-                                                              src.optim, src.data.augment), found)
+    variant = Variant("source", model, arch)
+    if model != "cnn":   # a user's model lacking what the variants call fails before the source trains
+        check_source_model(found.model if found else build_for(src_data, variant, cfg.seed), model, cfg.variants,
+                           cfg.classifiers, cfg.freeze_blocks, target.num_classes)
+    source = get_cnn(run, ref, target, lambda: train_variants(cfg, src_data, [variant], run.device,
+                                                              run.training_hooks(), src.train, src.optim,
+                                                              src.data.augment), found)
     # Where the pixels came from, both datasets (load_data wrote only the last one it loaded).
     run.write_env(data=(f"source: {describe_data(src_data)} | " if src_data else "")
                   + f"target: {describe_data(target)}",
@@ -36,9 +43,11 @@ def get_source(cfg: TransferConfig, run: Run) -> tuple[SavedCNN, ImageData, Imag
 def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
     check_variants(cfg.variants)
     source, target, src_data = get_source(cfg, run)
-    tuned = target_variants(cfg.variants, source, cfg.optim, cfg.sgd, cfg.freeze_blocks)  # fails before training
+    tuned = target_variants(cfg.variants, source, cfg.optim, cfg.sgd, cfg.freeze_blocks,  # fails before training
+                            target.num_classes)
     spec_setting = cfg.data.name == "cifar100" and not cfg.data.classes
-    run.add(*report.note_classes(source, target, spec_setting))
+    stand_in = spec_data(cfg, run.experiment)   # one of the experiment's own datasets, not the user's
+    run.add(*report.note_classes(source, target, spec_setting, stand_in))
     result = source.blob.get("result") or {}
     summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
     if cfg.classifiers:
@@ -46,7 +55,7 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
                                     cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed)
         run.add(*report.classical_table(accs, dim, cfg.knn_k))
         summary.update({f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a})
-    if "head" in cfg.variants:
+    if "head" in cfg.variants and source.name == "cnn":   # a user's model has no spec'd fc layer to speak of
         run.add(*report.note_head(source.model.num_features, target.num_classes))
     results = train_variants(cfg, target, tuned, run.device, run.training_hooks())
     for name, res in results.items():
@@ -57,5 +66,5 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
             *report.accuracy_figure(summary, list(cfg.classifiers) + list(cfg.variants),
                                     f"target: {cfg.data.name}, {target.num_classes} classes",
                                     REFERENCE if spec_setting else None),
-            *report.closing_notes(results, summary, target, SPEC_VERDICT))
+            *report.closing_notes(results, summary, target, SPEC_VERDICT if stand_in else ""))
     return summary
