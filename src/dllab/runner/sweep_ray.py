@@ -47,8 +47,8 @@ def connected(address: str):
 
 def run_on_ray(todo: list, threads: int, done: Callable, run_point: Callable, extra_env: dict | None = None) -> None:
     """Every (point, args) of ``todo`` as a Ray task on the Ray ``connected`` reached, each running
-    ``run_point(args, threads, extra_env)`` (the sweep's `dllab run` child); ``done(point, code, last error line)`` as each
-    ends."""
+    ``run_point(args, threads, extra_env)`` (the sweep's `dllab run` child; ``extra_env``: how it joins the
+    sweep's tracking); ``done(point, code, last error line)`` as each ends."""
     ray = _ray()
     task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
     pending = {task.remote(args, threads, extra_env): point for point, args in todo}
