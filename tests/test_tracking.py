@@ -110,15 +110,14 @@ def test_wandb_rows_carry_their_epoch_and_quiet_means_quiet(sink_homes, capfd, m
     from dllab.core import untrusted
 
     monkeypatch.setenv("WANDB_RUN_GROUP", "lab1.mlp/20260101-000000")   # what a sweep gives its points
-    run = tracked_run(sink_homes, ["wandb"], every_steps=2)
-    with run.tracking():
-        for step in (2, 4):
-            run.log_step("adam", step, 0.5 + step)      # epoch 1 (nothing recorded yet)
-        run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75}], "adam")
-        run.log_step("adam", 6, 0.25)                   # epoch 2
-        run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75},
-                         {"variant": "adam", "epoch": 2, "train_loss": 0.25, "val_acc": 0.8}], "adam")
-        run.write_metrics({"adam.test_acc": 0.8})
+    run = tracked_run(sink_homes, ["wandb"], every_steps=2)   # (opened on first use, closed by the summary)
+    for step in (2, 4):
+        run.log_step("adam", step, 0.5 + step)      # epoch 1 (nothing recorded yet)
+    run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75}], "adam")
+    run.log_step("adam", 6, 0.25)                   # epoch 2
+    run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75},
+                     {"variant": "adam", "epoch": 2, "train_loss": 0.25, "val_acc": 0.8}], "adam")
+    run.write_metrics({"adam.test_acc": 0.8})
     out, err = capfd.readouterr()
     assert "wandb" not in (out + err).lower(), out + err     # --quiet: nothing from W&B itself
     rows = [r for r in wandb_rows(run.path) if "adam/step_loss" in r or "adam/train_loss" in r]
