@@ -132,7 +132,7 @@ def test_ray_tasks_report_each_point_as_it_ends_and_ctrl_c_cancels_the_rest(monk
                                  cancel=lambda ref, force: calls.append(("cancel", ref[1], force)))
     monkeypatch.setattr(sweep_ray, "_ray", lambda: fake)
     todo = [(f"p{i}", ["run", f"point{i}"]) for i in range(3)]
-    run_point = lambda args, threads: (0, f"{args[1]} with {threads} threads")  # noqa: E731
+    run_point = lambda args, threads, extra_env: (0, f"{args[1]} with {threads} threads")  # noqa: E731
     interrupt = False
     sweep_ray.run_on_ray(todo, 2, lambda *a: calls.append(a), run_point)
     assert reserved == [(2, 0)]

@@ -255,7 +255,8 @@ def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str |
     """Run (or continue) the sweep, with sweep.csv and the report written. Everything is checked before the
     folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a sweep refused for its
     input leaves no file behind."""
-    points, metric, declared, base = _checked(spec, jobs, goal, metric)
+    points, metric, declared = _checked(spec, jobs, goal, metric)
+    base = check_spec(spec)   # the config every point starts from: its log section names the sweep's sinks
     with _ray_session(ray):
         folder = open_sweep(spec, out).resolve()
         try:
@@ -275,9 +276,9 @@ def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str |
 
 
 def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple[list[Point], str | None,
-                                                                                 list[str] | None, object]:
+                                                                                 list[str] | None]:
     """The options and the spec checked: (the points, the metric the report ranks by, the summary keys every
-    point reports, or None when the experiment does not declare them, the config every point starts from)."""
+    point reports, or None when the experiment does not declare them)."""
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be >= 1")
     if goal not in ("max", "min"):
@@ -287,7 +288,7 @@ def _checked(spec: SweepSpec, jobs: int, goal: str, metric: str | None) -> tuple
     declared = summary_keys(get_experiment(spec.experiment), base, points)
     if declared is not None:   # a typo in --metric is found now, not after hours of points
         metric = choose_metric(metric, declared, f"every point of this {spec.experiment} sweep")
-    return points, metric, declared, base
+    return points, metric, declared
 
 
 def _ray_session(address: str | None):

@@ -71,4 +71,9 @@ class WandbSink:
 
     def close(self, ok: bool = True) -> None:
         self.run.finish(exit_code=0 if ok else 1)
+        if self.wandb.run is None:
+            # finish() returns before W&B's service has written the run's file (offline, it can still be
+            # empty): tearing the service down waits for it, so the run folder is whole when the run ends.
+            # Not while another W&B run of this process (a caller's own) is open: it would end it.
+            self.wandb.teardown()
         drop_links(self.folder)
