@@ -164,9 +164,9 @@ def points_in_process(monkeypatch) -> list[list[str]]:
 
     ran = []
 
-    def run_point(args, threads):
+    def run_point(args, threads, extra_env=None):
         ran.append(args)
-        res = dllab_in_process(*args)
+        res = dllab_in_process(*args, env=extra_env)
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         return res.returncode, (lines[-1] if lines else "")
 

@@ -38,9 +38,10 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def files(folder: Path) -> set[str]:
-    """The run folder's files; TensorBoard's event file as a pattern (its name holds the time, host and pid)."""
-    names = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    return {"events.out.tfevents.*" if n.startswith("events.out.tfevents.") else n for n in names}
+    """The run folder's files; TensorBoard's event files as patterns (their names hold the time, host and pid)."""
+    names = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+    return {str(n.parent / "events.out.tfevents.*") if n.name.startswith("events.out.tfevents.") else str(n)
+            for n in names}
 
 
 def history(folder: Path) -> list[dict]:

@@ -204,7 +204,7 @@ def test_a_factory_model_trains_on_an_imagefolder_in_cnn_depth(package, shapes, 
                                                          "residual": True}}
     assert any(k.startswith("layers.1.body") for k in saved["state_dict"])   # the user's ResNet, two blocks
     # TensorBoard's hparams (in the event file) name the dataset and model beside the config keys
-    raw = b"".join(p.read_bytes() for p in out.glob("events.out.tfevents.*"))
+    raw = b"".join(p.read_bytes() for p in (out / "tb").glob("events.out.tfevents.*"))
     assert b"shapes (ImageFolder)" in raw and FACTORY.encode() in raw
 
 

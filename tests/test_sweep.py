@@ -1,4 +1,4 @@
-"""dllab sweep (local --jobs and Ray), TensorBoard event files, dllab compare."""
+"""dllab sweep (local --jobs and Ray), dllab compare (the tracking sinks: test_tracking.py)."""
 import csv
 import json
 import os
@@ -132,7 +132,7 @@ def test_ray_tasks_report_each_point_as_it_ends_and_ctrl_c_cancels_the_rest(monk
                                  cancel=lambda ref, force: calls.append(("cancel", ref[1], force)))
     monkeypatch.setattr(sweep_ray, "_ray", lambda: fake)
     todo = [(f"p{i}", ["run", f"point{i}"]) for i in range(3)]
-    run_point = lambda args, threads: (0, f"{args[1]} with {threads} threads")  # noqa: E731
+    run_point = lambda args, threads, extra_env: (0, f"{args[1]} with {threads} threads")  # noqa: E731
     interrupt = False
     sweep_ray.run_on_ray(todo, 2, lambda *a: calls.append(a), run_point)
     assert reserved == [(2, 0)]
@@ -180,34 +180,6 @@ def test_grid_values_keep_lists_whole():
         "data.classes": ["[0,1]", "[2,3]"], "adam.lr": ["1e-3", "3e-3"]}
 
 
-def test_tensorboard_events_equal_history_csv(tmp_path, imagefolder):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from dllab.runner.experiment import run_experiment
-
-    run = run_experiment("lab1.mlp", "smoke", ["data.name=imagefolder", f"data.root={imagefolder}",
-                                               "train.epochs=2", "log.every_steps=1"],
-                         out=str(tmp_path / "run"), quiet=True)
-    ea = EventAccumulator(str(run.path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    ea.Reload()
-    tags = ea.Tags()
-    history = run.history
-    assert {r["variant"] for r in history} == {"sgd", "adam"} and len(history) == 4
-    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-        for variant in ("sgd", "adam"):
-            events = ea.Scalars(f"{variant}/{col}")
-            rows = [r for r in history if r["variant"] == variant]
-            assert [e.step for e in events] == [r["epoch"] for r in rows]
-            assert [e.value for e in events] == pytest.approx([r[col] for r in rows], rel=1e-6)
-    steps = ea.Scalars("adam/step_loss")   # every step (every_steps=1), numbered on across epochs
-    per_epoch = len(steps) // 2
-    assert per_epoch >= 1 and [e.step for e in steps] == list(range(1, 2 * per_epoch + 1))
-    summary = run.metrics()["summary"]
-    assert ea.Scalars("summary/adam.test_acc")[0].value == pytest.approx(summary["adam.test_acc"], rel=1e-6)
-    assert "curves" in tags["images"]
-    assert ea.PluginTagToContent("hparams")   # the hparams dashboard's experiment and session records
-
-
 def test_unknown_or_missing_sink_is_refused_before_a_folder(tmp_path):
     res = dllab("run", "lab1.mlp", "--profile", "smoke", "--set", "log.sinks=[tensorboard,nosuch]",
                 "--out", str(tmp_path / "r"), cwd=tmp_path)
@@ -232,73 +204,6 @@ def test_compare_names_the_key_that_differs(tmp_path, imagefolder):
     assert "data:image/png;base64," in (tmp_path / "cmp.html").read_text()
     again = dllab("compare", *outs, "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
-
-
-def test_mlflow_sink_gets_the_same_numbers(tmp_path, monkeypatch):
-    # A stand-in for the mlflow module (not installed here): records what the sink calls, with mlflow's API.
-    import types
-
-    from dllab.core.config import RunConfig
-    from dllab.runner.run import Run
-
-    calls = []
-    fake = types.ModuleType("mlflow")
-    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "log_artifact",
-                 "end_run"):
-        setattr(fake, name, lambda *a, _n=name, **k: calls.append((_n, a, k)))
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    cfg = RunConfig()
-    cfg.log.sinks = ["mlflow"]
-    run = Run(tmp_path / "r", "lab1.mlp", cfg, quiet=True)
-    (tmp_path / "r").mkdir()
-    run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75}], "adam")
-    run.write_metrics({"adam.test_acc": 0.8})
-    assert ("set_tracking_uri", ((tmp_path / "mlruns").resolve().as_uri(),), {}) in calls
-    assert ("log_metrics", ({"adam/train_loss": 0.5, "adam/val_acc": 0.75},), {"step": 1}) in calls
-    assert ("log_metrics", ({"summary/adam.test_acc": 0.8},), {}) in calls
-    params = next(a[0] for n, a, _ in calls if n == "log_params")
-    assert params["log.sinks"] == "['mlflow']" and params["seed"] == "0"
-    assert calls[-1][0] == "end_run"
-
-
-def test_wandb_sink_gets_the_same_numbers(tmp_path, monkeypatch):
-    # A stand-in for the wandb module (not installed here): records what the sink calls, with W&B's API.
-    import types
-
-    from dllab.core.config import RunConfig
-    from dllab.runner.run import Run
-
-    calls = []
-
-    class FakeRun:
-        def __init__(self):
-            self.summary = {}
-
-        def log(self, values):
-            calls.append(("log", values))
-
-        def finish(self):
-            calls.append(("finish",))
-
-    fake, wandb_run = types.ModuleType("wandb"), FakeRun()
-    fake.init = lambda **kwargs: calls.append(("init", kwargs)) or wandb_run
-    fake.Image = lambda path: ("image", path)
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    cfg = RunConfig()
-    cfg.log.sinks = ["wandb"]
-    run = Run(tmp_path / "r", "lab1.mlp", cfg, quiet=True)
-    (tmp_path / "r").mkdir()
-    run.add_history([{"variant": "adam", "epoch": 1, "train_loss": 0.5, "val_acc": 0.75}], "adam")
-    run.write_metrics({"adam.test_acc": 0.8})
-    (name, init), *_ = calls
-    assert name == "init" and (init["project"], init["name"], init["dir"], init["mode"]) == (
-        "lab1.mlp", "r", str(tmp_path / "r"), "offline")
-    assert init["config"]["log.sinks"] == "['wandb']" and init["config"]["seed"] == 0
-    assert ("log", {"adam/train_loss": 0.5, "adam/val_acc": 0.75, "epoch": 1}) in calls   # the epoch as a field
-    assert wandb_run.summary == {"summary/adam.test_acc": 0.8}
-    assert calls[-1] == ("finish",)
 
 
 def test_a_sink_listed_twice_is_refused_before_a_folder(tmp_path):

@@ -196,6 +196,10 @@ class LogConfig(Section):
     """Where a run's numbers go besides its folder's files (src/dllab/tracking.py)."""
     sinks: Annotated[plugins("sink"), AfterValidator(_distinct_installed_sinks)] = ["tensorboard"]
     every_steps: PositiveInt = 50       # the training loss goes to the sinks every this many steps
+    # A sink that cannot start (a broken library, an unreachable store): warn = one warning line and the run
+    # goes on without it; fail = the run is refused before any work (exit 2). A sink that fails mid-run is
+    # always switched off with a warning: the run and its folder never depend on a sink.
+    on_sink_error: Literal["warn", "fail"] = "warn"
 
 
 class RunConfig(Section):

@@ -16,7 +16,8 @@ One reading everywhere:
     ``MASTER_PORT``) count only in a process torchrun started (it sets ``TORCHELASTIC_RUN_ID``);
   - ``OMP_WAIT_POLICY`` as libgomp reads it (ACTIVE or PASSIVE, any case, blanks around);
   - ``DLLAB_DEBUG`` (a switch): the CLI prints the full traceback before its one-line error;
-  - what dllab hands its own child processes (``DLLAB_LAUNCH_RUN_FOLDER_FILE``, ``DLLAB_PARENT_PID``) and what
+  - what dllab hands its own child processes (``DLLAB_LAUNCH_RUN_FOLDER_FILE``, ``DLLAB_PARENT_PID``,
+    ``DLLAB_MLFLOW_PARENT_RUN_ID``) and what
     it passes on to libraries (``OMP_NUM_THREADS``, ``MLFLOW_TRACKING_URI``): read here too, empty as unset.
 """
 from __future__ import annotations
@@ -269,8 +270,17 @@ def take_parent_pid() -> str | None:
 
 
 def mlflow_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` ('' when unset or empty: the MLflow sink then uses ``./mlruns``)."""
+    """``MLFLOW_TRACKING_URI`` ('' when unset or empty: the MLflow sink then uses ``sqlite:///./mlflow.db``)."""
     return text("MLFLOW_TRACKING_URI")
+
+
+# The MLflow run a sweep's point nests under (the sweep sets it for its points).
+MLFLOW_PARENT_RUN = "DLLAB_MLFLOW_PARENT_RUN_ID"
+
+
+def mlflow_parent_run_id() -> str:
+    """``DLLAB_MLFLOW_PARENT_RUN_ID``, the sweep's MLflow run ('' when unset: the run is not nested)."""
+    return text(MLFLOW_PARENT_RUN)
 
 
 # --- all at once --------------------------------------------------------------------------------------

@@ -42,12 +42,13 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
                   world_size=ranks.world_size(), backend=distributed.backend(device),
                   omp_wait_policy=environ.omp_wait_policy()[0] or "(OpenMP default)",
                   precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
-    summary = exp.run(cfg, run)
-    run.write_metrics(summary, **parts(run.env))
-    run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),
-                  finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if run.writes:
-        write_report([run.path], run.path / "report.md")
+    with run.tracking():   # the sinks close after the report, which they keep too
+        summary = exp.run(cfg, run)
+        run.write_metrics(summary, **parts(run.env))
+        run.write_env(versions=versions(), seconds=round(run.env.get("seconds", 0) + time.time() - started, 1),
+                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if run.writes:
+            write_report([run.path], run.path / "report.md")
     return summary
 
 

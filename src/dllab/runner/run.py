@@ -18,8 +18,9 @@ runs/<experiment>/<timestamp>-<profile>/
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dllab.core import distributed, machine
 from dllab.core.events import CheckpointIO, TrainingHooks
@@ -44,7 +45,7 @@ class Run:
         self.experiment = experiment
         self.cfg = cfg
         self.folder = RunFolder(path, quiet, env)
-        self.tracker = Tracker(self.folder.path, experiment, cfg)
+        self.tracker = Tracker(self.folder.path, experiment, cfg, quiet, log=self.folder.log)
         self.records = RunRecords(self.folder, self.tracker)
         self.checkpoints = RunCheckpoints(self.folder.path)
         self._device = None
@@ -205,6 +206,21 @@ class Run:
             self.log(f"{who + ': ' if who else ''}precision {line}")
             if precision.warning:
                 self.log(f"warning: {precision.warning}")
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """The tracking sinks open as the work starts (one that cannot start is a warning, or with
+        log.on_sink_error=fail a DllabError before any work) and close when it ends, saying how it ended."""
+        if not self.writes:
+            yield
+            return
+        self.tracker.start(self.history)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.tracker.close(ok)
 
     # --- training: checkpoints and the step loss -----------------------------------------------------
     def checkpoint_path(self, variant: str) -> Path:

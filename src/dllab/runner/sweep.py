@@ -46,6 +46,7 @@ from dllab.core.registry import Experiment, get_experiment
 from dllab.core.files import TMP_SUFFIX, atomic_write_json, atomic_write_text, dir_mode, write_csv
 from dllab.report.sweep import write_sweep_report
 from dllab.store.records import read_metrics
+from dllab.tracking.tracker import SweepTracker
 from dllab.runner.sweep_spec import SPEC_FILE, Point, SweepSpec, check_size, expand, load_spec
 
 POINT_CONFIG = "sweep_config.yaml"   # with --config: the file's keys, which every point's `dllab run --config` reads
@@ -211,21 +212,23 @@ def write_point_config(spec: SweepSpec, folder: Path) -> None:
                           + yaml.safe_dump(spec.config, sort_keys=False))
 
 
-def run_point(args: list[str], threads: int) -> tuple[int, str]:
-    """One `dllab run` in a child process with ``threads`` intra-op threads; (exit code, its last error line).
-    The child dies with this process, however it ends (``launch.child_env``)."""
-    env = child_env({**os.environ, "OMP_NUM_THREADS": str(threads)})
+def run_point(args: list[str], threads: int, extra_env: dict[str, str] | None = None) -> tuple[int, str]:
+    """One `dllab run` in a child process with ``threads`` intra-op threads and ``extra_env`` (how it joins the
+    sweep's tracking: ``tracking.SweepTracker``); (exit code, its last error line). The child dies with this
+    process, however it ends (``launch.child_env``)."""
+    env = child_env({**os.environ, **(extra_env or {}), "OMP_NUM_THREADS": str(threads)})
     p = subprocess.run([sys.executable, "-m", "dllab", *args], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     return p.returncode, (lines[-1] if lines else "")
 
 
-def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done: Callable) -> None:
+def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done: Callable,
+              extra_env: dict[str, str] | None = None) -> None:
     """``jobs`` points at a time on this machine, each with ``threads`` threads."""
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = {pool.submit(run_point, args, threads): point for point, args in todo}
+        futures = {pool.submit(run_point, args, threads, extra_env): point for point, args in todo}
         for f in as_completed(futures):
             done(futures[f], *f.result())
     finally:   # on Ctrl-C the running children got it too; the waiting points must not start
@@ -253,14 +256,17 @@ def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str |
     folder is made (the spec, --metric and, with ``ray``, the connection to Ray), so a sweep refused for its
     input leaves no file behind."""
     points, metric, declared = _checked(spec, jobs, goal, metric)
+    base = check_spec(spec)   # the config every point starts from: its log section names the sweep's sinks
     with _ray_session(ray):
         folder = open_sweep(spec, out).resolve()
         try:
-            failed = _run_points(spec, points, folder, jobs, ray, quiet)
-            rows = collect(spec, points, folder)
-            if declared is None and rows:   # the experiment does not declare its keys: its finished points do
-                metric = choose_metric(metric, _row_keys(rows, spec), f"this {spec.experiment} sweep")
-            write_sweep_report(folder, spec, rows, metric, goal)
+            # the sinks' sweep (an MLflow parent run, a W&B group) closes after the report, which it keeps
+            with SweepTracker(folder, spec.experiment, base, quiet) as tracking_env:
+                failed = _run_points(spec, points, folder, jobs, ray, quiet, tracking_env)
+                rows = collect(spec, points, folder)
+                if declared is None and rows:   # the experiment does not declare its keys: its points do
+                    metric = choose_metric(metric, _row_keys(rows, spec), f"this {spec.experiment} sweep")
+                write_sweep_report(folder, spec, rows, metric, goal)
         finally:
             lock.release(folder)
     if failed:
@@ -290,7 +296,7 @@ def _ray_session(address: str | None):
 
 
 def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, ray: str | None,
-                quiet: bool) -> list[str]:
+                quiet: bool, extra_env: dict[str, str]) -> list[str]:
     """Every point without a metrics.json, ``jobs`` at a time or as Ray tasks; returns the failed ones' names."""
     def say(msg: str) -> None:
         if not quiet:
@@ -312,9 +318,9 @@ def _run_points(spec: SweepSpec, points: list[Point], folder: Path, jobs: int, r
 
     threads = max(1, cpus.usable() // jobs)
     if ray:
-        sweep_ray.run_on_ray(todo, threads, done, run_point)
+        sweep_ray.run_on_ray(todo, threads, done, run_point, extra_env)
     elif todo:
-        run_local(todo, jobs, threads, done)
+        run_local(todo, jobs, threads, done, extra_env)
     return failed
 
 

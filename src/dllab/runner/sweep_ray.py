@@ -45,13 +45,13 @@ def connected(address: str):
             ray.shutdown()
 
 
-def run_on_ray(todo: list, threads: int, done: Callable, run_point: Callable) -> None:
+def run_on_ray(todo: list, threads: int, done: Callable, run_point: Callable, extra_env: dict | None = None) -> None:
     """Every (point, args) of ``todo`` as a Ray task on the Ray ``connected`` reached, each running
-    ``run_point(args, threads)`` (the sweep's `dllab run` child); ``done(point, code, last error line)`` as each
-    ends."""
+    ``run_point(args, threads, extra_env)`` (the sweep's `dllab run` child; ``extra_env``: how it joins the
+    sweep's tracking); ``done(point, code, last error line)`` as each ends."""
     ray = _ray()
     task = ray.remote(num_cpus=threads, max_retries=0)(run_point)
-    pending = {task.remote(args, threads): point for point, args in todo}
+    pending = {task.remote(args, threads, extra_env): point for point, args in todo}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
