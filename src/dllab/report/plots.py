@@ -12,6 +12,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+# A series this short gets a marker on each point: a line needs two points to show at all, and a few points
+# read better as dots joined by lines (a 1-epoch run's curves would otherwise be empty plots).
+FEW_POINTS = 12
+
+
+def point_markers(n_points: int, size: float = 4) -> dict:
+    """The ``plot``/``errorbar`` keywords that mark each point of a series of ``n_points`` (none for a long one)."""
+    return {"marker": "o", "ms": size} if n_points <= FEW_POINTS else {}
+
 
 def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure:
     """Loss and accuracy per epoch for several variants on one figure (train solid, validation dashed)."""
@@ -21,14 +30,17 @@ def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure
     for i, (name, rows) in enumerate(histories.items()):
         c = colors[i % len(colors)]
         ep = [r["epoch"] for r in rows]
+        marks = point_markers(len(ep))
         for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
-            ax.plot(ep, [r[f"train_{key}"] for r in rows], color=c, label=f"{name} train")
+            ax.plot(ep, [r[f"train_{key}"] for r in rows], color=c, label=f"{name} train", **marks)
             if rows and f"val_{key}" in rows[0]:
-                ax.plot(ep, [r[f"val_{key}"] for r in rows], color=c, ls="--", label=f"{name} val")
+                ax.plot(ep, [r[f"val_{key}"] for r in rows], color=c, ls="--", mfc="none", label=f"{name} val",
+                        **marks)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     ax_acc.legend(fontsize=7, ncol=2 if len(histories) > 3 else 1)
     if title:
         fig.suptitle(title)
@@ -41,7 +53,7 @@ def gradient_norms(series: dict[str, tuple[list[str], list[float]]], title: str 
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     for label, (_, norms) in series.items():
-        ax.semilogy(range(len(norms)), norms, marker="o", ms=3, label=label)
+        ax.semilogy(range(len(norms)), norms, label=label, **point_markers(len(norms), 3))
     ax.set(xlabel="layer index (input -> output)", ylabel="mean |grad W| (L2)", title=title or "gradient norms")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -73,7 +85,7 @@ def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabe
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     for name, ys in series.items():
-        ax.plot(x, ys, marker="o", label=name)
+        ax.plot(x, ys, label=name, **point_markers(len(ys), 6))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if len(series) > 1:
@@ -220,7 +232,7 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]], ylabel: str = "
     for ax, (panel, lines) in zip(axes[0], panels.items()):
         for name, (x, y) in lines.items():
             err = (errors or {}).get(panel, {}).get(name)
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=name)
+            ax.errorbar(x, y, yerr=err, capsize=3, label=name, **point_markers(len(y)))
         if xticks and panel in xticks:
             ax.set_xticks(range(len(xticks[panel])), xticks[panel], rotation=20, ha="right")
         if panel in logx:
