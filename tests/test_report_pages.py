@@ -24,3 +24,57 @@ def test_a_one_point_series_is_drawn_as_a_marker(figure):
     assert lines
     for line in lines:
         assert line.get_marker() not in (None, "", "None", " "), line.get_label()
+
+
+# --- text in the PNGs is readable where the report shows them ---------------------------------------
+
+PAGE_PX = 1100   # report pages are at most this wide (Doc.to_html's style), so a wider PNG is shown shrunk
+
+
+def _smallest_text_px(fig, tmp_path) -> float:
+    """The smallest text of ``fig`` saved as reports save it, in pixels as the HTML page shows the PNG."""
+    import numpy as np
+    from matplotlib.text import Text
+    from PIL import Image
+
+    from dllab.core.files import save_png
+
+    png = save_png(fig, tmp_path / "fig.png")
+    width = Image.open(png).size[0]
+    dpi = 110
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return float(np.min(sizes)) * dpi / 72 * min(1.0, PAGE_PX / width)
+
+
+def _odin_grid():
+    import numpy as np
+    T = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    eps = [0, 0.0005, 0.001, 0.0014, 0.002, 0.0024, 0.005]
+    grid = np.linspace(0.5, 0.9, len(T) * len(eps)).reshape(len(T), len(eps))
+    return plots.heatmap({"validation AUROC (500 ID + 500 OOD)": grid, "test AUROC (500 ID + 500 OOD)": grid},
+                         [f"{t:g}" for t in T], [f"{e:g}" for e in eps], "epsilon", "temperature T",
+                         "ODIN AUROC, ID test vs heldout", mark=(6, 0))
+
+
+def _ood_histograms():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    groups = {"ID test": rng.normal(0, 1, 500), "OOD heldout": rng.normal(1, 1, 500), "OOD mnist": rng.normal(2, 1, 500)}
+    return plots.score_histograms({k: groups for k in ("max logit", "max softmax probability", "energy score",
+                                                       "ODIN (T=1000, eps=0.0014) score", "autoencoder score")},
+                                  "ID test vs OOD")
+
+
+def _compare_curves():
+    from dllab.report.compare import curves_figure
+    rows = [{"epoch": e, "variant": v, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 1 - 1 / e,
+             "val_acc": 0.9 - 1 / e} for v in ("sgd", "adam") for e in range(1, 6)]
+    return curves_figure({"20261207-101010-lab1.mlp": rows, "20261207-111111-lab1.mlp": rows})
+
+
+@pytest.mark.parametrize("figure", [_odin_grid, _ood_histograms, _compare_curves,
+                                    lambda: plots.training_curves({v: [{"epoch": 1, "train_loss": 1.0,
+                                                                        "train_acc": 0.5}] for v in "abcde"})],
+                         ids=["odin_heatmap", "ood_histograms", "compare_curves", "training_curves"])
+def test_text_in_report_figures_is_at_least_9_px_as_the_page_shows_it(figure, tmp_path):
+    assert _smallest_text_px(figure(), tmp_path) >= 9

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from dllab import ConfigError, RunFolderError
 from dllab.store.records import read_history as read_history_csv
 from dllab.core import untrusted
@@ -63,7 +65,12 @@ def curves_figure(histories: dict[str, list[dict]]):
                     lines[f"{label} {variant}".strip()] = ([p[0] for p in pts], [p[1] for p in pts])
         if lines:
             panels[col] = lines
-    return plots.line_panels(panels, "", title="training curves (x: epoch)") if panels else None
+    if not panels:
+        return None
+    fig = plots.line_panels(panels, "", title="training curves (x: epoch)")
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
+    return fig
 
 
 def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, Path]:

@@ -12,6 +12,19 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+# Report pages are at most 1100 px wide (render.Doc.to_html), 10 in at save_png's 110 dpi: a wider figure is
+# shown shrunk, its text with it. Figures stay within this width (more panels go to more rows), and their
+# smallest text (legends, annotations) is SMALL_FONT points, about 12 px as shown.
+PAGE_WIDTH_IN = 10.0
+SMALL_FONT = 8
+
+
+def panel_grid(n: int, panel_width: float, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels of ``panel_width`` inches: as many columns as fit the page's width."""
+    cols = max(1, min(n, max_cols, int(PAGE_WIDTH_IN // panel_width)))
+    return -(-n // cols), cols
+
+
 # A series this short gets a marker on each point: a line needs two points to show at all, and a few points
 # read better as dots joined by lines (a 1-epoch run's curves would otherwise be empty plots).
 FEW_POINTS = 12
@@ -24,7 +37,7 @@ def point_markers(n_points: int, size: float = 4) -> dict:
 
 def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure:
     """Loss and accuracy per epoch for several variants on one figure (train solid, validation dashed)."""
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(histories.items()):
@@ -41,7 +54,7 @@ def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
-    ax_acc.legend(fontsize=7, ncol=2 if len(histories) > 3 else 1)
+    ax_acc.legend(fontsize=SMALL_FONT, ncol=2 if len(histories) > 3 else 1)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -56,25 +69,25 @@ def gradient_norms(series: dict[str, tuple[list[str], list[float]]], title: str 
         ax.semilogy(range(len(norms)), norms, label=label, **point_markers(len(norms), 3))
     ax.set(xlabel="layer index (input -> output)", ylabel="mean |grad W| (L2)", title=title or "gradient norms")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=SMALL_FONT)
     fig.tight_layout()
     return fig
 
 
 def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str = "") -> Figure:
     """Grouped bars: one group per label, one bar per series (e.g. val/test accuracy per variant)."""
-    fig = Figure(figsize=(max(5, 1.1 * len(labels) + 2), 4))
+    fig = Figure(figsize=(min(max(5, 1.1 * len(labels) + 2), PAGE_WIDTH_IN), 4))
     ax = fig.subplots()
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(labels))
     for i, (name, values) in enumerate(series.items()):
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.bar_label(bars, fmt="%.3g", fontsize=SMALL_FONT)
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set(ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, axis="y")
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=SMALL_FONT)
     fig.tight_layout()
     return fig
 
@@ -89,7 +102,7 @@ def line_plot(x: list[float], series: dict[str, list[float]], xlabel: str, ylabe
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=SMALL_FONT)
     fig.tight_layout()
     return fig
 
@@ -98,8 +111,7 @@ def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", 
     """One panel per quantity (e.g. max logit, max softmax, a detector's score), each overlaying the
     normalised histograms of several groups (ID and one or more OOD sets) on shared bins."""
     n = len(panels)
-    cols = max(1, min(n, ncols))
-    rows = -(-n // cols)
+    rows, cols = panel_grid(n, 4.6, ncols)
     fig = Figure(figsize=(4.6 * cols, 3.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, groups) in zip(axes.flat, panels.items()):
@@ -115,7 +127,7 @@ def score_histograms(panels: dict[str, dict[str, np.ndarray]], title: str = "", 
         ax.set(title=name, ylabel="density")
         ax.xaxis.set_major_locator(MaxNLocator(6))   # long tick labels must not collide
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=SMALL_FONT)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
@@ -130,7 +142,7 @@ def roc_pr_figure(curves: dict[str, dict], title: str = "") -> Figure:
     ``curves[name]`` holds arrays ``fpr``, ``tpr``, ``precision``, ``recall`` (as returned by
     ``analysis.ood.metrics.roc_pr_curves``) and optionally ``auroc`` / ``aupr`` for the legend.
     """
-    fig = Figure(figsize=(11, 4.4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 4.4))
     ax_roc, ax_pr = fig.subplots(1, 2)
     for name, c in curves.items():
         roc_label = f"{name} (AUROC {c['auroc']:.3f})" if "auroc" in c else name
@@ -144,7 +156,7 @@ def roc_pr_figure(curves: dict[str, dict], title: str = "") -> Figure:
               xlim=(0, 1), ylim=(0, 1.01))
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+        ax.legend(fontsize=SMALL_FONT, loc="lower right" if ax is ax_roc else "lower left")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -161,18 +173,19 @@ def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, x
     n = len(mats)
     h = max(3.0, 0.38 * len(row_labels) + 1.5)
     w = max(4.5, 0.85 * len(col_labels) + 2.2)
-    fig = Figure(figsize=(w * n, h), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)
+    rows, cols = panel_grid(n, w)
+    fig = Figure(figsize=(min(w, PAGE_WIDTH_IN) * cols, h * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     im = None
     for ax, (name, m) in zip(axes.flat, mats.items()):
         im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9, aspect="auto")
-        ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=8)
+        ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=30, ha="right", fontsize=SMALL_FONT)
+        ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=SMALL_FONT)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
         mid = (vmin + vmax) / 2
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, format(m[i, j], ".3f"), ha="center", va="center", fontsize=7,
+                ax.text(j, i, format(m[i, j], ".3f"), ha="center", va="center", fontsize=SMALL_FONT,
                         color="black" if m[i, j] > mid else "white")
         if mark is not None:
             ax.add_patch(Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="red", lw=2))
@@ -226,10 +239,12 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]], ylabel: str = "
     """One panel per title (its x label), several named (x, y) lines in each, optional error bars: a
     sweep's metric over each swept key, or several runs' training curves overlaid. ``xticks[panel]`` names
     categorical positions 0..n-1; panels in ``logx`` get a log x axis."""
-    n = max(len(panels), 1)
-    fig = Figure(figsize=(min(5.5 * n, 17), 4))
-    axes = fig.subplots(1, n, squeeze=False)
-    for ax, (panel, lines) in zip(axes[0], panels.items()):
+    rows, cols = panel_grid(max(len(panels), 1), 5)
+    fig = Figure(figsize=(5 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax, (panel, lines) in zip(axes.flat, panels.items()):
         for name, (x, y) in lines.items():
             err = (errors or {}).get(panel, {}).get(name)
             ax.errorbar(x, y, yerr=err, capsize=3, label=name, **point_markers(len(y)))
@@ -240,7 +255,7 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]], ylabel: str = "
         ax.set(xlabel=panel, ylabel=ylabel)
         ax.grid(alpha=0.3)
         if 1 < len(lines) <= 12:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=SMALL_FONT)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
