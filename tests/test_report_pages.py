@@ -3,9 +3,21 @@ text in the PNGs readable at the size the HTML page shows them, the spec table s
 number, and user values that cannot break a Markdown table or put HTML into a page."""
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from types import SimpleNamespace
+
 import pytest
 
+from conftest import dllab_in_process
 from dllab.report import plots
+from dllab.report.sweep import write_sweep_report
+from test_hostile import finished_run, run_copy  # noqa: F401 (fixtures: one tiny finished lab1.mlp run)
+
+
+def _title(html_file) -> str:
+    return re.search(r"<title>(.*?)</title>", html_file.read_text(), re.S).group(1)
 
 
 def _series_lines(fig):
@@ -78,3 +90,28 @@ def _compare_curves():
                          ids=["odin_heatmap", "ood_histograms", "compare_curves", "training_curves"])
 def test_text_in_report_figures_is_at_least_9_px_as_the_page_shows_it(figure, tmp_path):
     assert _smallest_text_px(figure(), tmp_path) >= 9
+
+
+# --- every page's <title> says what it is and when --------------------------------------------------
+
+def test_a_runs_report_page_is_titled_with_its_experiment_profile_and_date(run_copy):
+    run, _ = run_copy
+    env = json.loads((run / "env.json").read_text())
+    # the run is on generated images, which its title names
+    assert _title(run / "report.html") == f"lab1.mlp on {env['dataset']} · smoke · {env['started'][:10]}"
+
+
+def test_a_compare_page_is_titled_with_the_runs_it_compares(run_copy, tmp_path):
+    run, _ = run_copy
+    other = shutil.copytree(run, tmp_path / "other")
+    res = dllab_in_process("compare", str(run), str(other), "--out", str(tmp_path / "cmp.md"))
+    assert res.returncode == 0, res.stderr
+    assert re.fullmatch(r"compare run, other · \d{4}-\d\d-\d\d", _title(tmp_path / "cmp.html"))
+
+
+def test_a_sweep_page_is_titled_with_its_experiment_profile_and_keys(tmp_path):
+    spec = SimpleNamespace(experiment="lab1.mlp", profile="quick", grid={"optim.lr": ["0.1", "0.01"]}, seeds=None,
+                           sets=[])
+    rows = [{"point": f"p{i}", "optim.lr": lr, "val_acc": 0.5 + i / 10} for i, lr in enumerate(["0.1", "0.01"])]
+    write_sweep_report(tmp_path, spec, rows, None, "max")
+    assert re.fullmatch(r"sweep lab1.mlp · quick · over optim.lr · \d{4}-\d\d-\d\d", _title(tmp_path / "report.html"))

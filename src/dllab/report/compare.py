@@ -17,7 +17,7 @@ from dllab.core import untrusted
 from dllab.core.config import flat_yaml
 from dllab.core.files import save_png
 from dllab.core.files import atomic_write_text
-from dllab.report.render import Doc, md_text, read_run, with_std
+from dllab.report.render import Doc, md_text, page_title, read_run, with_std
 from dllab.report import plots
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -106,6 +106,6 @@ def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, P
         doc.heading("Training curves", 2)
         doc.image(png.resolve(), "every run's history overlaid (first seed of a multi-seed run)")
     atomic_write_text(md, doc.markdown())
-    atomic_write_text(md.with_suffix(".html"), doc.to_html("dllab compare"))
+    atomic_write_text(md.with_suffix(".html"), doc.to_html(page_title("compare " + ", ".join(names))))
     return md, md.with_suffix(".html")
 

@@ -179,7 +179,8 @@ def heatmap(panels: dict[str, np.ndarray], row_labels: list, col_labels: list, x
     im = None
     for ax, (name, m) in zip(axes.flat, mats.items()):
         im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-9, aspect="auto")
-        ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=30, ha="right", fontsize=SMALL_FONT)
+        ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], rotation=30, ha="right",
+                      fontsize=SMALL_FONT)
         ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=SMALL_FONT)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
         mid = (vmin + vmax) / 2

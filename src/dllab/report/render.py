@@ -10,6 +10,7 @@ import base64
 import html
 import os
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,8 @@ class Doc:
                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
                  "font-size:14px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
                  "figcaption{font-style:italic;font-size:13px;color:#555}code{background:#f3f3f3}")
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        title = html.escape(untrusted.printable(title))
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
                 f"<style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
 
 
@@ -168,6 +170,20 @@ def title_of(env: dict) -> str:
     """A run's title: its experiment, and the dataset when it is the user's (not the one the spec is about)."""
     own = env.get("spec_data") is False and _part(env, "dataset")
     return f"{env['experiment']} on {env['dataset']}" if own else env["experiment"]
+
+
+def page_title(*parts: str, dates: list[str] = ()) -> str:
+    """An HTML page's ``<title>``: what the page is about (``parts``) and when, "lab1.mlp · quick · 2026-12-07";
+    ``dates`` (ISO timestamps, as env.json's ``started``) give the date or span, else today's date."""
+    days = sorted({d[:10] for d in dates if isinstance(d, str) and d})
+    when = (days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}") if days else time.strftime("%Y-%m-%d")
+    return " · ".join([*(p for p in parts if p), when])
+
+
+def runs_title(runs: list[RunInfo]) -> str:
+    """The page title of a report of ``runs``: each run's experiment and profile (once each), and their dates."""
+    what = dict.fromkeys(f"{title_of(r['env'])} · {r['env'].get('profile')}" for r in runs)
+    return page_title(*what, dates=[r["env"].get("started") for r in runs])
 
 
 def _spec_text(env: dict, exp) -> tuple[dict, str, str]:
@@ -242,5 +258,5 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
     doc = render(runs, md_path.parent.resolve())  # image links are relative to the report's folder
     atomic_write_text(md_path, doc.markdown())
     html_path = md_path.with_suffix(".html")
-    atomic_write_text(html_path, doc.to_html(md_path.stem))
+    atomic_write_text(html_path, doc.to_html(runs_title(runs)))
     return md_path, html_path

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dllab.core.files import save_png
 from dllab.core.files import atomic_write_text
-from dllab.report.render import Doc, md_text, with_std
+from dllab.report.render import Doc, md_text, page_title, with_std
 from dllab.report import plots
 
 
@@ -74,6 +74,7 @@ def write_sweep_report(folder: Path, spec, rows: list[dict], metric: str | None,
         doc.image(png, f"{metric} against each swept key (error bars: std over seeds)")
     md = folder / "report.md"
     atomic_write_text(md, doc.markdown())
-    atomic_write_text(md.with_suffix(".html"), doc.to_html(f"sweep {spec.experiment}"))
+    atomic_write_text(md.with_suffix(".html"), doc.to_html(page_title(f"sweep {spec.experiment}", spec.profile,
+                                                                   "over " + ", ".join(keys))))
     return md
 
