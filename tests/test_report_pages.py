@@ -115,3 +115,38 @@ def test_a_sweep_page_is_titled_with_its_experiment_profile_and_keys(tmp_path):
     rows = [{"point": f"p{i}", "optim.lr": lr, "val_acc": 0.5 + i / 10} for i, lr in enumerate(["0.1", "0.01"])]
     write_sweep_report(tmp_path, spec, rows, None, "max")
     assert re.fullmatch(r"sweep lab1.mlp · quick · over optim.lr · \d{4}-\d\d-\d\d", _title(tmp_path / "report.html"))
+
+
+# --- the spec's numbers: beside this run's where the spec gives one, the rest apart --------------------
+
+def _md_tables(md: str) -> dict[str, list[list[str]]]:
+    """Each Markdown table of ``md`` under its ### heading: its rows (header first), cells stripped."""
+    tables, heading = {}, None
+    for line in md.splitlines():
+        if line.startswith("### "):
+            heading = line[4:]
+        elif line.startswith("|") and not line.startswith("|---"):
+            tables.setdefault(heading, []).append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return tables
+
+
+def _render(env: dict, summary: dict, tmp_path, **info) -> str:
+    from dllab.report.render import render
+    run = {"path": tmp_path, "env": env, "summary": summary, "notes": [], "tables": [], "figures": [], **info}
+    return render([run], tmp_path).markdown()
+
+
+def test_the_spec_column_is_filled_and_results_without_a_spec_number_are_a_table_apart(tmp_path):
+    summary = {"odin.auroc": 0.61, "odin.best_T": 1000, "odin.best_eps": 0.0014, "msp.auroc": 0.58,
+               "odin.grid_auroc@T1_eps0": 0.57}
+    tables = _md_tables(_render({"experiment": "lab4.odin", "profile": "smoke"}, summary, tmp_path))
+    assert tables["Results beside the spec"] == [["metric", "this run", "spec"], ["odin.auroc", "0.6100", "0.6600"],
+                                                 ["odin.best_T", "1000", "100"], ["odin.best_eps", "0.0014", "0.0000"]]
+    assert tables["Results with no spec number"] == [["metric", "this run"], ["msp.auroc", "0.5800"],
+                                                     ["odin.grid_auroc@T1_eps0", "0.5700"]]
+
+
+def test_a_spec_without_numbers_gives_one_table_without_a_spec_column(tmp_path):
+    tables = _md_tables(_render({"experiment": "lab4.ood", "profile": "smoke"}, {"heldout.msp.auroc": 0.6}, tmp_path))
+    assert list(tables) == ["Results (the spec gives no number for them)"]
+    assert tables["Results (the spec gives no number for them)"][0] == ["metric", "this run"]

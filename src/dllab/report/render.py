@@ -161,6 +161,19 @@ class Doc:
                 f"<style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
 
 
+def results_tables(doc: Doc, rows: list[list[str]]) -> None:
+    """The summary beside the spec's numbers where the spec gives one, and the other results in a table of their
+    own: most experiments' specs give a few numbers, and a spec column empty in most rows hides them."""
+    beside = [r for r in rows if r[2]]
+    alone = [r[:2] for r in rows if not r[2]]
+    if beside:
+        doc.heading("Results beside the spec", 3)
+        doc.table(["metric", "this run", "spec"], beside)
+    if alone:
+        doc.heading("Results with no spec number" if beside else "Results (the spec gives no number for them)", 3)
+        doc.table(["metric", "this run"], alone)
+
+
 def _part(env: dict, key: str) -> str | None:
     """The run's ``dataset`` or ``model`` name as env.json records it (None: an older run, a text experiment)."""
     return env[key] if isinstance(env.get(key), str) else None
@@ -225,8 +238,7 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
                      f"data: {env.get('data', '—')}",
                      f"git commit: {env.get('git_commit')}, torch {_versions(env).get('torch')}",
                      f"wall time: {env.get('seconds', '—')} s"])
-        doc.heading("Results beside the spec", 3)
-        doc.table(["metric", "this run", "spec"], summary_rows(info["summary"], reference))
+        results_tables(doc, summary_rows(info["summary"], reference))
         if claims:
             doc.para("The spec says: " + claims)
         for t_title, header, rows in info["tables"]:
