@@ -150,3 +150,46 @@ def test_a_spec_without_numbers_gives_one_table_without_a_spec_column(tmp_path):
     tables = _md_tables(_render({"experiment": "lab4.ood", "profile": "smoke"}, {"heldout.msp.auroc": 0.6}, tmp_path))
     assert list(tables) == ["Results (the spec gives no number for them)"]
     assert tables["Results (the spec gives no number for them)"][0] == ["metric", "this run"]
+
+
+# --- values from a run folder are escaped in the Markdown and the HTML ------------------------------
+
+HOSTILE = "a|b\nc<script>alert(1)</script>`d"
+
+
+def _craft(run, value: str) -> None:
+    """The run's command, a config value, a table (title and cell), a note and a figure caption carry ``value``
+    (--set refuses a newline in most values, so the folder's files are written as a tampered folder would be)."""
+    env = json.loads((run / "env.json").read_text())
+    env["command"] = f"dllab run lab1.mlp --set data.root={value}"
+    (run / "env.json").write_text(json.dumps(env))
+    config = (run / "config.yaml").read_text().replace("seed: 0", f"seed: 0\nwidth_note: {json.dumps(value)}")
+    (run / "config.yaml").write_text(config)
+    state = json.loads((run / "report_state.json").read_text())
+    state["notes"].append(value)
+    state["tables"].append([f"table {value}", ["key", "value"], [[value, 1.0], ["plain", value]]])
+    state["figures"][0][0] = value
+    (run / "report_state.json").write_text(json.dumps(state))
+
+
+def _assert_escaped(md_file) -> None:
+    md, page = md_file.read_text(), md_file.with_suffix(".html").read_text()
+    assert "<script" not in page.lower() and "<script" not in md.lower()
+    assert "&lt;script&gt;" in page
+    for table in re.findall(r"(?:^\|.*\|\n)+", md, re.M):
+        widths = {len(re.split(r"(?<!\\)\|", row)) for row in table.splitlines()}
+        assert len(widths) == 1, table   # a | in a value must not start another column
+
+
+def test_a_value_with_a_pipe_a_newline_and_a_script_tag_breaks_no_report(run_copy, tmp_path):
+    run, _ = run_copy
+    other = shutil.copytree(run, tmp_path / "other")
+    _craft(run, HOSTILE)
+    _craft(other, HOSTILE.replace("a|b", "x|y"))   # a config value that differs: the compare page's table shows it
+    res = dllab_in_process("report", str(run), "--out", str(tmp_path / "report.md"))
+    assert res.returncode == 0, res.stderr
+    _assert_escaped(tmp_path / "report.md")
+    res = dllab_in_process("compare", str(run), str(other), "--out", str(tmp_path / "cmp.md"))
+    assert res.returncode == 0, res.stderr
+    _assert_escaped(tmp_path / "cmp.md")
+    assert "width_note" in (tmp_path / "cmp.md").read_text()

@@ -17,7 +17,7 @@ from dllab.core import untrusted
 from dllab.core.config import flat_yaml
 from dllab.core.files import save_png
 from dllab.core.files import atomic_write_text
-from dllab.report.render import Doc, md_text, page_title, read_run, with_std
+from dllab.report.render import Doc, md_code, page_title, read_run, with_std
 from dllab.report import plots
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -90,7 +90,7 @@ def compare(run_dirs: list[str], out: str, force: bool = False) -> tuple[Path, P
 
     doc = Doc(md.parent.resolve())
     doc.heading("dllab compare", 1)
-    doc.bullets([md_text(f"{n}: {r['env']['experiment']} ({r['env'].get('profile')}), `{r['path']}`")
+    doc.bullets([f"{n}: {r['env']['experiment']} ({r['env'].get('profile')}), {md_code(str(r['path']))}"
                  for n, r in zip(names, runs)])
     doc.heading("Config keys that differ", 2)
     if diff:

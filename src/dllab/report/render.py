@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import os
-import re
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -62,9 +61,17 @@ def with_std(numbers: dict, key: str) -> str:
 
 
 def md_text(text: str) -> str:
-    """``text`` on one Markdown line: a control character (a newline from a folder name or a config value)
-    shown as its escape (``\\n``), not breaking the list or table it is in."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
+    """``text`` (a value from a run folder or the user) as Markdown text on one line: a control character (a
+    newline from a folder name or a config value) shown as its escape (``\\n``), not breaking the list or table
+    it is in, and ``<`` as ``&lt;``, so ``<script>`` is text, not HTML a Markdown viewer would pass on. The
+    Markdown twin of ``html.escape`` (which ``Doc`` uses for the HTML page)."""
+    return untrusted.printable(text).replace("<", "&lt;")
+
+
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span (a command line), or as escaped text (``md_text``) when it holds a
+    backtick (which would end the span early) or a ``<`` (which a span would show as ``&lt;``)."""
+    return md_text(text) if "`" in text or "<" in text else f"`{md_text(text)}`"
 
 
 def md_cell(text: str) -> str:
@@ -113,22 +120,23 @@ class Doc:
         self.md: list[str] = []
         self.html: list[str] = []
 
-    # Text from a run folder (a command line, a config value, a note) is shown with its control characters
-    # escaped: a newline in it must not start a Markdown line of its own.
+    # Text from a run folder (a command line, a config value, a note) is escaped as it is written: md_text /
+    # md_cell for the Markdown (a newline must not start a line of its own, nor a | a column, nor <script> be
+    # HTML), html.escape for the HTML page.
     def heading(self, text: str, level: int = 2):
         text = untrusted.printable(text)
-        self.md.append(f"{'#' * level} {text}\n")
+        self.md.append(f"{'#' * level} {md_text(text)}\n")
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def para(self, text: str):
         text = untrusted.printable(text)
-        self.md.append(text + "\n")
+        self.md.append(md_text(text) + "\n")
         self.html.append(f"<p>{html.escape(text)}</p>")
 
     def bullets(self, items: list[str]):
         items = [untrusted.printable(i) for i in items]
         if items:
-            self.md.append("\n".join(f"- {i}" for i in items) + "\n")
+            self.md.append("\n".join(f"- {md_text(i)}" for i in items) + "\n")
             self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
     def table(self, header: list[str], rows: list[list[Any]]):
@@ -142,7 +150,7 @@ class Doc:
     def image(self, file: Path, caption: str):
         # Percent-encoded: a space, parenthesis or newline in a folder name would end the link early.
         rel = quote(Path(os.path.relpath(file, self.root)).as_posix(), safe="/=@+,")
-        self.md.append(f"![{caption}]({rel})\n\n*{caption}*\n")
+        self.md.append(f"![{md_text(caption)}]({rel})\n\n*{md_text(caption)}*\n")
         if file.exists():
             data = base64.b64encode(untrusted.read_bytes(file, 64 * untrusted.MiB)).decode()
             self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
@@ -231,7 +239,7 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
             doc.heading(f"{title_of(env)} — {info['path'].name}", 2)
         if description:
             doc.para(description)
-        doc.bullets([f"command: `{env.get('command', '')}`",
+        doc.bullets([f"command: {md_code(str(env.get('command', '')))}",
                      f"profile: {env.get('profile')}, seed(s): {env.get('seeds', env.get('seed'))}, "
                      f"device: {env.get('device')}, precision: {env.get('precision', 'see config')}",
                      *_parts_line(env),
