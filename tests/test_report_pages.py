@@ -193,3 +193,11 @@ def test_a_value_with_a_pipe_a_newline_and_a_script_tag_breaks_no_report(run_cop
     assert res.returncode == 0, res.stderr
     _assert_escaped(tmp_path / "cmp.md")
     assert "width_note" in (tmp_path / "cmp.md").read_text()
+
+
+def test_a_one_epoch_run_has_one_whole_epoch_tick(tmp_path):
+    from dllab.core.files import save_png
+    fig = plots.training_curves({"sgd": [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}]})
+    save_png(fig, tmp_path / "curves.png")   # ticks are placed when the figure is drawn
+    visible = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert visible == [1]

@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from matplotlib.ticker import MaxNLocator
-
 from dllab import ConfigError, RunFolderError
 from dllab.store.records import read_history as read_history_csv
 from dllab.core import untrusted
@@ -69,7 +67,7 @@ def curves_figure(histories: dict[str, list[dict]]):
         return None
     fig = plots.line_panels(panels, "", title="training curves (x: epoch)")
     for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
+        plots.epoch_axis(ax)
     return fig
 
 

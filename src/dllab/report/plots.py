@@ -35,6 +35,11 @@ def point_markers(n_points: int, size: float = 4) -> dict:
     return {"marker": "o", "ms": size} if n_points <= FEW_POINTS else {}
 
 
+def epoch_axis(ax) -> None:
+    """Whole-number ticks on ``ax``'s x axis (epochs), one tick for a 1-epoch run (not 0.95, 0.975, ...)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure:
     """Loss and accuracy per epoch for several variants on one figure (train solid, validation dashed)."""
     fig = Figure(figsize=(PAGE_WIDTH_IN, 4))
@@ -53,7 +58,7 @@ def training_curves(histories: dict[str, list[dict]], title: str = "") -> Figure
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
+        epoch_axis(ax)
     ax_acc.legend(fontsize=SMALL_FONT, ncol=2 if len(histories) > 3 else 1)
     if title:
         fig.suptitle(title)
