@@ -185,3 +185,43 @@ def test_apgd_absent_is_a_one_line_error_naming_the_extra(trained, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)       # import torchattacks -> ImportError
     with pytest.raises(DllabError, match=r"pip install 'dllab\[attacks\]'"):
         apgd(model, x, y, 0.1)
+
+
+# ---- lab4.adv-train with several modes, end to end ------------------------------------------------
+
+def test_adv_train_with_three_modes_reports_each_mode_under_each_attack(tmp_path):
+    import json
+
+    from conftest import make_imagefolder
+    from dllab.runner.experiment import run_experiment
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    images = make_imagefolder(tmp_path / "data", classes=classes, n_train=15, n_test=8, size=16)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)          # tiny models: a second thread only contends on a shared machine
+    try:
+        run = run_experiment("lab4.adv-train", "smoke",
+                             ["device=cpu", "data.name=imagefolder", f"data.root={images}", "ood.names=[heldout]",
+                              "ood.detectors=[msp]", "adv.modes=[fgsm,fgsm-rs,pgd]", "adv.steps=2",
+                              "attack.steps=2", "attack.restarts=2"], out=str(tmp_path / "run"), quiet=True)
+    finally:
+        torch.set_num_threads(n)
+    summary = json.loads((run.path / "metrics.json").read_text())["summary"]
+    models = ["standard", "adv", "adv_fgsm-rs", "adv_pgd"]
+    for m in models:
+        assert (m == "standard") or (run.path / "models" / f"{m}.pt").is_file()
+        for a in ("fgsm", "pgd"):
+            for e in (0.01, 0.05):
+                assert 0 <= summary[f"{m}.{a}.acc@{e:g}"] <= summary[f"{m}.test_acc"] + 1e-9
+        assert summary[f"{m}.fgsm.acc@0.01"] == summary[f"{m}.acc@0.01"]   # the attack.name sweep, reused
+    assert set(summary) == set(registry_metrics(run.cfg))
+    md = (run.path / "report.md").read_text()
+    assert "Accuracy per adversarial-training mode" in md and "adv_fgsm-rs" in md
+    sentence = [s for s in run.notes if "catastrophic overfitting" in s.lower()]
+    assert len(sentence) == 1 and sentence[0] in md
+
+
+def registry_metrics(cfg):
+    from dllab.experiments.lab4.config import adv_train_metrics
+
+    return adv_train_metrics(cfg)
