@@ -225,3 +225,30 @@ def registry_metrics(cfg):
     from dllab.experiments.lab4.config import adv_train_metrics
 
     return adv_train_metrics(cfg)
+
+
+def test_an_attack_whose_extra_is_missing_is_refused_with_the_config(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from dllab.cli.main import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchattacks" else real(name, *a))
+    for key in ("attack.name=apgd", "adv.attacks=[fgsm,apgd]"):
+        code = main(["run", "lab4.adv-train", "--profile", "smoke", "--quiet", "--set", key,
+                     "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("dllab: error:") and "\n" not in err
+        assert "pip install 'dllab[attacks]'" in err and not (tmp_path / "out").exists()
+
+
+def test_apgd_through_adversarial_accuracy_with_the_configs_options(trained):
+    pytest.importorskip("torchattacks")
+    from dllab.attacks.robustness import attack_options
+    from dllab.attacks.methods import adversarial_accuracy
+
+    model, x, y = trained
+    options = attack_options("apgd", steps=5, restarts=2, seed=3)
+    assert options == {"steps": 5, "restarts": 2, "seed": 3}
+    accs = adversarial_accuracy(model, x, y, [0.0, 0.15], attack="apgd", **options)
+    assert accs[0.15] <= adversarial_accuracy(model, x, y, [0.15], attack="fgsm")[0.15] < accs[0.0]

@@ -6,13 +6,11 @@ Images are uint8 or float in [0, 1]; epsilons are in pixel units (normalisation 
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from typing import Sequence
 
 import torch
 
-from dllab import DllabError
 from dllab.core import registry
 from dllab.data.images import Split, to_unit_float
 from dllab.core.events import QUIET, Reporter
@@ -67,14 +65,6 @@ def attack_models(models: dict, split: Split, attack: AttackConfig, seed: int = 
         if (note := rising_accuracy_note(accs[name], attack.name)) is not None:
             reporter.note(who + note)
     return clean, accs
-
-
-def check_attacks(names: Sequence[str]) -> None:
-    """Fail before any training when an attack's library (its ``requires=``, an optional extra) is missing."""
-    for name in dict.fromkeys(names):
-        needs = registry.registered("attack", name).meta.get("requires")
-        if needs and importlib.util.find_spec(needs) is None:
-            raise DllabError(f"attack '{name}' needs {needs}, which is not installed: pip install 'dllab[attacks]'")
 
 
 def attack_table(models: dict, split: Split, attack: AttackConfig, names: Sequence[str], done: dict,

@@ -5,7 +5,7 @@ analysis after them runs on rank 0 alone (``distributed.on_main``). The configs 
 from __future__ import annotations
 
 from dllab.attacks.methods import make_adv_loss
-from dllab.attacks.robustness import (attack_examples, attack_models, attack_table, check_attacks, clean_accuracy,
+from dllab.attacks.robustness import (attack_examples, attack_models, attack_table, clean_accuracy,
                                       robustness_sentence)
 from dllab.core import distributed, registry
 from dllab.data import data_root
@@ -109,7 +109,6 @@ def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[O
 # --- Ex. 2.1: FGSM (or PGD) ------------------------------------------------------------------------
 
 def run_fgsm(cfg: FGSMConfig, run: Run) -> dict[str, float]:
-    check_attacks([cfg.attack.name])
     data, _, cnn = _inputs(cfg, run, with_ood=False)
     return distributed.on_main(_fgsm_analysis, cfg, run, data, cnn)
 
@@ -145,7 +144,6 @@ def _training_words(cfg: AdvTrainConfig) -> str:
 
 
 def run_adv_train(cfg: AdvTrainConfig, run: Run) -> dict[str, float]:
-    check_attacks([cfg.attack.name, *(cfg.adv.attacks if mode_table_asked(cfg) else [])])
     data, ood_sets, std = _inputs(cfg, run)
     if cfg.model.run:
         run.note("the standard model is reused, so it was not trained with this run's data and epochs; the "
