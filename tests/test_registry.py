@@ -199,7 +199,7 @@ def test_dllab_list_shows_every_kind_and_imports_no_torch():
     for line in ("models: basic_mlp, cnn, conv_decoder, mlp", "datasets: cifar10, cifar100, imagefolder, mnist",
                  "OOD sets: cifar100-20, heldout, mnist, noise", "detectors: ash, autoencoder, energy, knn, "
                  "mahalanobis, max_logit, msp, odin, react, vim",
-                 "attacks: fgsm, pgd", "strategies: baseline, full, full_amp, head_last, lora, pretrained",
+                 "attacks: apgd, fgsm, pgd", "strategies: baseline, full, full_amp, head_last, lora, pretrained",
                  "classifiers: knn, logreg, svm", "sinks: mlflow, tensorboard, wandb"):
         assert line in out
 
