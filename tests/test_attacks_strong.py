@@ -158,6 +158,8 @@ def test_the_sentence_says_there_is_none_when_pgd_does_not_collapse():
     s = robustness_sentence(clean, accs)
     assert s.startswith("No catastrophic overfitting") and "most robust model is adv (0.300)" in s
     assert "cannot be judged" in robustness_sentence(clean, {"adv": {"fgsm": {0.03: 0.5}}})
+    tie = {m: {"fgsm": {0.03: 0.2}, "pgd": {0.03: 0.1}} for m in clean}
+    assert "standard, adv are equally robust (0.100)" in robustness_sentence(clean, tie)
 
 
 # ---- APGD (torchattacks, optional) ----------------------------------------------------------------

@@ -32,8 +32,10 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
          seed: int = 0) -> torch.Tensor:
     """APGD-CE (L-inf, cross-entropy) of torchattacks within eps of x in [0, 1]; ``restarts`` random starts.
 
-    torchattacks seeds torch's global generator with ``seed``; that state is saved and restored around the
-    attack, so the run's own random stream is the same with or without it. eps=0 returns x.
+    torchattacks seeds torch's global generators (CPU and CUDA) with ``seed``; their state is saved and restored
+    around the attack, so the run's own random stream is the same with or without it. As torchattacks returns
+    it, an example the attack does not misclassify comes back unperturbed (APGD reports robust accuracy, not
+    the highest loss). eps=0 returns x.
     """
     if not eps >= 0:
         raise DllabError(f"attack epsilon must be >= 0 (pixel units, e.g. 8/255), got {eps}")
@@ -41,6 +43,6 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
         return x.detach().clone()
     attack = _torchattacks().APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed,
                                   loss="ce")
-    devices = [x.device] if x.device.type == "cuda" else []
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with eval_mode(model), torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
         return attack(x.detach().clone(), y.clone()).detach().to(x.dtype)

@@ -143,9 +143,12 @@ def robustness_sentence(clean: dict[str, float], accs: dict[str, dict[str, dict[
     found = [f"{m} at eps {', '.join(f'{e:g}' for e in eps)} (FGSM {accs[m]['fgsm'][eps[-1]]:.3f} vs PGD "
              f"{accs[m]['pgd'][eps[-1]]:.3f} at {eps[-1]:g})" for m, eps in overfit.items() if eps]
     top = max(e for a in accs.values() for e in a["pgd"])
-    best = max(accs, key=lambda m: accs[m]["pgd"].get(top, -1.0))
+    at_top = {m: a["pgd"][top] for m, a in accs.items() if top in a["pgd"]}
+    best = [m for m, v in at_top.items() if v == max(at_top.values())]
     verdict = (f"Catastrophic overfitting (FGSM accuracy high while PGD accuracy collapses): {'; '.join(found)}."
                if found else
                "No catastrophic overfitting: at no epsilon does a model keep half its clean accuracy under FGSM "
                "while PGD leaves it a quarter of that or less.")
-    return f"{verdict} Under PGD at eps {top:g} the most robust model is {best} ({accs[best]['pgd'][top]:.3f})."
+    who = (f"the most robust model is {best[0]}" if len(best) == 1
+           else f"{', '.join(best)} are equally robust")
+    return f"{verdict} Under PGD at eps {top:g} {who} ({at_top[best[0]]:.3f})."
