@@ -93,7 +93,7 @@ def test_a_fixed_choice_names_the_key_as_typed_and_its_values(name, item, allowe
     ("lab1.mlp", "log.sinks=[tensorboard,nosuch]", "unknown sink 'nosuch'; known: mlflow, tensorboard, wandb"),
     ("lab4.ood", "ood.names=[heldout,nois]", "unknown OOD set 'nois' (did you mean 'noise'?)"),
     ("lab4.ood", "ood.detectors=[msp,gram]", "unknown detector 'gram'; known: ash, autoencoder, energy"),
-    ("lab4.fgsm", "attack.name=cw", "unknown attack 'cw'; known: fgsm, pgd"),
+    ("lab4.fgsm", "attack.name=cw", "unknown attack 'cw'; known: apgd, fgsm, pgd"),
     ("lab2.finetune", "finetune.strategies=[full,fancy]", "unknown strategy 'fancy'"),
     ("lab2.features", "features.classifiers=[svm,tree]", "unknown classifier 'tree'; known: knn, logreg, svm"),
     ("lab1.transfer", "classifiers=[svm,tree]", "unknown classifier 'tree'"),

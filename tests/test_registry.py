@@ -141,7 +141,7 @@ def test_the_static_index_is_what_importing_every_module_registers():
     assert static == loaded
     assert runs == declared   # every run="module:function" names a function of that module
     assert {k: len(v) for k, v in static.items()} == {"experiment": 10, "model": 4, "dataset": 4, "ood_set": 4,
-                                                      "detector": 5, "attack": 2, "strategy": 6, "classifier": 3,
+                                                      "detector": 10, "attack": 3, "strategy": 6, "classifier": 3,
                                                       "sink": 3 - missing}
 
 
@@ -199,7 +199,7 @@ def test_dllab_list_shows_every_kind_and_imports_no_torch():
     for line in ("models: basic_mlp, cnn, conv_decoder, mlp", "datasets: cifar10, cifar100, imagefolder, mnist",
                  "OOD sets: cifar100-20, heldout, mnist, noise", "detectors: ash, autoencoder, energy, knn, "
                  "mahalanobis, max_logit, msp, odin, react, vim",
-                 "attacks: fgsm, pgd", "strategies: baseline, full, full_amp, head_last, lora, pretrained",
+                 "attacks: apgd, fgsm, pgd", "strategies: baseline, full, full_amp, head_last, lora, pretrained",
                  "classifiers: knn, logreg, svm", "sinks: mlflow, tensorboard, wandb"):
         assert line in out
 

@@ -12,6 +12,9 @@ PGD    x_0 = x + U(-eps, eps)^d (random start), then repeat
        x_{t+1} = Proj_{B_inf(x, eps) ∩ [0,1]^d}(x_t + a * sign(grad_x CE(f(x_t), y)))
        Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to
        Adversarial Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
+       With restarts: that many random starts, per example the iterate of highest loss.
+Adversarial training (``make_adv_loss``): modes fgsm (Goodfellow et al.), fgsm-rs (Wong et al. 2020) and pgd
+(Madry et al.); APGD-CE (torchattacks, an optional extra) is in attacks/apgd.py.
 """
 from __future__ import annotations
 
@@ -62,35 +65,66 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
 
 @register("attack", "pgd")
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
-        step_size: float | None = None, random_start: bool = True,
+        step_size: float | None = None, random_start: bool = True, restarts: int = 1,
         generator: torch.Generator | None = None) -> torch.Tensor:
     """Projected gradient descent on the loss within the L-inf eps ball around x, intersected with [0, 1].
 
     step_size defaults to 2.5 * eps / steps (Madry et al.), enough to cross the ball from a corner.
-    ``generator`` seeds the random start. Returns the last iterate; eps=0 returns x.
+    ``generator`` seeds the random start. ``restarts`` > 1 runs PGD from that many random starts and keeps, per
+    example, the iterate with the highest loss (Madry et al.'s evaluation); the first start is the one
+    ``restarts=1`` uses, so more restarts never find a weaker example. Returns the last iterate (of the best
+    restart); eps=0 returns x.
     """
     _check_eps(eps)
-    if steps < 1:
-        raise DllabError(f"PGD needs steps >= 1, got {steps}")
+    if steps < 1 or restarts < 1:
+        raise DllabError(f"PGD needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}")
     step_size = 2.5 * eps / steps if step_size is None else step_size
     if not step_size > 0 and eps > 0:
         raise DllabError(f"PGD step_size must be > 0, got {step_size}")
-    x0 = x.detach()
     if eps == 0:
-        return x0.clone()
+        return x.detach().clone()
+    with eval_mode(model):
+        best = pgd_iterate(model, x, y, eps, steps, step_size, _start(x, eps, random_start, generator))
+        if restarts == 1:
+            return best
+        best_loss = example_loss(model, best, y)
+        for _ in range(restarts - 1):
+            x_adv = pgd_iterate(model, x, y, eps, steps, step_size, _start(x, eps, random_start, generator))
+            loss = example_loss(model, x_adv, y)
+            better = loss > best_loss
+            best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_adv, best)
+            best_loss = torch.where(better, loss, best_loss)
+    return best
+
+
+def _start(x: torch.Tensor, eps: float, random: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """PGD's starting offset: uniform in [-eps, eps] per pixel (drawn with ``generator``, else torch's global
+    generator, on the generator's device), or zero."""
+    if not random:
+        return torch.zeros_like(x)
+    gen_device = generator.device if generator is not None else x.device
+    noise = torch.rand(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+    return (2 * noise - 1) * eps
+
+
+def pgd_iterate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
+                start: torch.Tensor) -> torch.Tensor:
+    """``steps`` signed-gradient steps of ``step_size`` from x + ``start``, each projected onto the eps ball
+    around x intersected with [0, 1]; in the model's current mode (the attacks set eval, training keeps train)."""
+    x0 = x.detach()
     # The feasible set is a box, so projection is an elementwise clamp to [lo, hi].
     lo, hi = (x0 - eps).clamp(min=0), (x0 + eps).clamp(max=1)
-    if random_start:
-        gen_device = generator.device if generator is not None else x0.device
-        noise = torch.rand(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
-        x_adv = torch.min(torch.max(x0 + (2 * noise - 1) * eps, lo), hi)
-    else:
-        x_adv = x0.clone()
-    with eval_mode(model):
-        for _ in range(steps):
-            x_adv = x_adv + step_size * input_grad(model, x_adv, y).sign()
-            x_adv = torch.min(torch.max(x_adv, lo), hi)
+    x_adv = torch.min(torch.max(x0 + start, lo), hi)
+    for _ in range(steps):
+        x_adv = x_adv + step_size * input_grad(model, x_adv, y).sign()
+        x_adv = torch.min(torch.max(x_adv, lo), hi)
     return x_adv
+
+
+def example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy of the model on x (no graph)."""
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y, reduction="none")
 
 
 def adversarial_accuracy(model: nn.Module, x, y, eps_list: Sequence[float], attack: str = "fgsm",
@@ -154,12 +188,56 @@ def fgsm_training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 def make_fgsm_loss(eps: float, alpha: float = 0.5) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
                                                                 tuple[torch.Tensor, torch.Tensor]]:
     """A ``loss_fn(model, x, y) -> (loss, logits)`` for the shared training loop: FGSM adversarial training."""
+    return make_adv_loss(eps, alpha, "fgsm")
+
+
+ADV_MODES = ("fgsm", "fgsm-rs", "pgd")   # adversarial-training modes (attacks/settings.py's AdvConfig.modes)
+
+
+def training_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mode: str,
+                     steps: int = 7, step_size: float | None = None) -> torch.Tensor:
+    """The detached adversarial example a training step of ``mode`` fits, in the model's current mode:
+
+    fgsm-rs  x + U(-eps, eps), then one step of 1.25 eps, projected (Wong, Rice & Kolter, "Fast is better than
+             free: revisiting adversarial training", ICLR 2020, https://arxiv.org/abs/2001.03994)
+    pgd      ``steps`` PGD steps of ``step_size`` (default 2.5 eps / steps) from a random start (Madry et al.)
+
+    The random start uses torch's global generator, so a seeded run trains the same model again.
+    """
+    if mode == "fgsm-rs":
+        return pgd_iterate(model, x, y, eps, 1, 1.25 * eps, _start(x, eps, True, None))
+    if mode == "pgd":
+        step = 2.5 * eps / steps if step_size is None else step_size
+        return pgd_iterate(model, x, y, eps, steps, step, _start(x, eps, True, None))
+    raise DllabError(f"unknown adversarial-training mode '{mode}'; choose one of {list(ADV_MODES)}")
+
+
+def adv_training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                      mode: str, steps: int = 7, step_size: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha * CE(f(x), y) + (1 - alpha) * CE(f(x_adv), y) with x_adv from ``mode``'s attack: ``fgsm`` is
+    ``fgsm_training_loss`` (Goodfellow et al., its numbers unchanged), ``fgsm-rs`` and ``pgd`` take x_adv from
+    ``training_example``. Returns (loss, clean logits)."""
+    if mode == "fgsm" or alpha == 1 or eps == 0:
+        return fgsm_training_loss(model, x, y, eps, alpha)
+    x_adv = training_example(model, x, y, eps, mode, steps, step_size)
+    logits = model(x)
+    return alpha * F.cross_entropy(logits, y) + (1 - alpha) * F.cross_entropy(model(x_adv), y), logits
+
+
+def make_adv_loss(eps: float, alpha: float = 0.5, mode: str = "fgsm", steps: int = 7,
+                  step_size: float | None = None) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                                                             tuple[torch.Tensor, torch.Tensor]]:
+    """A ``loss_fn(model, x, y) -> (loss, logits)`` for the shared training loop: adversarial training of
+    ``mode`` (``ADV_MODES``; ``steps``/``step_size``: pgd's)."""
     _check_eps(eps)
     if not 0 <= alpha <= 1:
-        raise DllabError(f"FGSM training alpha must be in [0, 1] (weight of the clean loss), got {alpha}")
+        raise DllabError(f"adversarial training alpha must be in [0, 1] (weight of the clean loss), got {alpha}")
+    if mode not in ADV_MODES:
+        raise DllabError(f"unknown adversarial-training mode '{mode}'; choose one of {list(ADV_MODES)}")
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return fgsm_training_loss(model, x, y, eps, alpha)
+        return adv_training_loss(model, x, y, eps, alpha, mode, steps, step_size)
 
-    loss_fn.__qualname__ = loss_fn.__name__ = f"fgsm_loss(eps={eps:g}, alpha={alpha:g})"
+    loss_fn.__qualname__ = loss_fn.__name__ = f"{mode}_loss(eps={eps:g}, alpha={alpha:g})"
     return loss_fn

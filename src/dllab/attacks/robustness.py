@@ -25,12 +25,13 @@ def clean_accuracy(model, split: Split, device: torch.device, batch_size: int = 
 
 
 def attack_options(attack: str, steps: int = 10, step_size: float = 0.0, random_start: bool = True,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, restarts: int = 1) -> dict:
     """The keyword options the registered ``attack`` takes, of: its steps, step size (0 = the attack's default;
-    PGD's is Madry et al.'s 2.5 * eps / steps), random start and a fresh generator seeded with ``seed``. PGD
-    takes them all, FGSM none."""
+    PGD's is Madry et al.'s 2.5 * eps / steps), random start, restarts and a fresh generator seeded with ``seed``
+    (APGD takes the seed itself). PGD takes all but the seed, FGSM none."""
     offered = {"steps": lambda: steps, "step_size": lambda: step_size or None, "random_start": lambda: random_start,
-               "generator": lambda: torch.Generator().manual_seed(seed)}
+               "restarts": lambda: restarts, "generator": lambda: torch.Generator().manual_seed(seed),
+               "seed": lambda: seed}
     takes = inspect.signature(registry.get("attack", attack)).parameters
     return {k: make() for k, make in offered.items() if k in takes}
 
@@ -53,7 +54,8 @@ def attack_models(models: dict, split: Split, attack: AttackConfig, seed: int = 
         device = next(model.parameters()).device
         clean[name] = clean_accuracy(model, split, device, batch_size)
         accs[name] = attack_sweep(model, split, attack.name, attack.epsilons, batch_size, steps=attack.steps,
-                                  step_size=attack.step_size, random_start=attack.random_start, seed=seed)
+                                  step_size=attack.step_size, random_start=attack.random_start, seed=seed,
+                                  restarts=attack.restarts)
         reporter.log(f"[{name}] {attack.name} accuracy: "
                      + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs[name].items()))
         who = f"{name} model: " if len(models) > 1 else ""
@@ -63,6 +65,20 @@ def attack_models(models: dict, split: Split, attack: AttackConfig, seed: int = 
         if (note := rising_accuracy_note(accs[name], attack.name)) is not None:
             reporter.note(who + note)
     return clean, accs
+
+
+def attack_table(models: dict, split: Split, attack: AttackConfig, names: Sequence[str], done: dict,
+                 seed: int = 0, batch_size: int = 256) -> dict[str, dict[str, dict[float, float]]]:
+    """{model: {attack: {eps: accuracy}}} for each of ``names`` over ``attack``'s epsilons and settings (steps,
+    restarts...); ``done`` ({model: {eps: accuracy}} under ``attack.name``) is reused, not measured again."""
+    out: dict[str, dict[str, dict[float, float]]] = {}
+    for model_name, model in models.items():
+        out[model_name] = {}
+        for name in dict.fromkeys(names):
+            out[model_name][name] = done[model_name] if name == attack.name else attack_sweep(
+                model, split, name, attack.epsilons, batch_size, steps=attack.steps, step_size=attack.step_size,
+                random_start=attack.random_start, seed=seed, restarts=attack.restarts)
+    return out
 
 
 def attack_examples(model, split: Split, attack: AttackConfig, seed: int = 0
@@ -76,7 +92,7 @@ def attack_examples(model, split: Split, attack: AttackConfig, seed: int = 0
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
     device = next(model.parameters()).device
     x, y = to_unit_float(split.x[idx], device), split.y[idx].to(device)
-    kwargs = attack_options(attack.name, attack.steps, attack.step_size, attack.random_start, seed)
+    kwargs = attack_options(attack.name, attack.steps, attack.step_size, attack.random_start, seed, attack.restarts)
     out = {}
     for eps in attack.epsilons:
         xa = x if eps == 0 else registry.get("attack", attack.name)(model, x, y, eps, **kwargs)
@@ -101,3 +117,38 @@ def rising_accuracy_note(accs: dict[float, float], attack: str) -> str | None:
     return (f"{attack.upper()} accuracy rises from {accs[a]:.3f} at eps {a:g} to {accs[b]:.3f} at eps {b:g}: a single "
             f"signed-gradient step of that size overshoots on this model, so the larger eps underestimates the "
             f"damage an attacker can do.{hint}")
+
+
+# Catastrophic overfitting (Wong et al. 2020): a model keeps a good share of its clean accuracy under FGSM while
+# PGD's accuracy collapses, since it learnt to mask the one gradient step FGSM takes. "Collapse" here: PGD keeps
+# at most a quarter of the FGSM accuracy, FGSM keeps at least half the clean accuracy and the gap is >= 0.2.
+FGSM_KEEPS = 0.5
+PGD_KEEPS = 0.25
+MIN_GAP = 0.2
+
+
+def overfit_epsilons(clean: float, fgsm: dict[float, float], pgd: dict[float, float]) -> list[float]:
+    """The epsilons (> 0) at which a model shows catastrophic overfitting by the rule above."""
+    return [e for e in fgsm if e > 0 and e in pgd and fgsm[e] >= FGSM_KEEPS * clean
+            and pgd[e] <= PGD_KEEPS * fgsm[e] and fgsm[e] - pgd[e] >= MIN_GAP]
+
+
+def robustness_sentence(clean: dict[str, float], accs: dict[str, dict[str, dict[float, float]]]) -> str:
+    """What the mode table shows, in words: per model ({model: {attack: {eps: accuracy}}}) whether it overfits
+    catastrophically (``overfit_epsilons``), and which model is the most robust under PGD at the largest
+    epsilon. Needs the fgsm and pgd attacks in ``accs``; says so when they are missing."""
+    if not all({"fgsm", "pgd"} <= set(a) for a in accs.values()):
+        return "Catastrophic overfitting cannot be judged: the table needs both FGSM and PGD (adv.attacks)."
+    overfit = {m: overfit_epsilons(clean[m], a["fgsm"], a["pgd"]) for m, a in accs.items()}
+    found = [f"{m} at eps {', '.join(f'{e:g}' for e in eps)} (FGSM {accs[m]['fgsm'][eps[-1]]:.3f} vs PGD "
+             f"{accs[m]['pgd'][eps[-1]]:.3f} at {eps[-1]:g})" for m, eps in overfit.items() if eps]
+    top = max(e for a in accs.values() for e in a["pgd"])
+    at_top = {m: a["pgd"][top] for m, a in accs.items() if top in a["pgd"]}
+    best = [m for m, v in at_top.items() if v == max(at_top.values())]
+    verdict = (f"Catastrophic overfitting (FGSM accuracy high while PGD accuracy collapses): {'; '.join(found)}."
+               if found else
+               "No catastrophic overfitting: at no epsilon does a model keep half its clean accuracy under FGSM "
+               "while PGD leaves it a quarter of that or less.")
+    who = (f"the most robust model is {best[0]}" if len(best) == 1
+           else f"{', '.join(best)} are equally robust")
+    return f"{verdict} Under PGD at eps {top:g} {who} ({at_top[best[0]]:.3f})."

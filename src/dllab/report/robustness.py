@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dllab.report import plots
-from dllab.core.items import Figure, Item, Table
+from dllab.core.items import Figure, Item, Note, Table
 from dllab.ood.metrics import roc_pr_curves
 
 
@@ -137,40 +137,58 @@ def attack_examples(y: torch.Tensor, examples: dict, classes: list[str], attack:
 MODELS = {"standard": "standard", "adv": "adversarially trained"}   # key in accs/metrics/scores -> legend
 
 
+def model_labels(names) -> dict[str, str]:
+    """Legend of each model of lab4.adv-train: ``MODELS``'s, and adv_<mode> as "adversarially trained (<mode>)"."""
+    return {n: MODELS.get(n) or f"adversarially trained ({n.removeprefix('adv_')})" for n in names}
+
+
 def comparison_tables(accs: dict, metrics: dict, attack: str, refs: dict[str, dict]) -> list[Item]:
-    """Accuracy per epsilon and OOD detection (AUROC, FPR95) of both ``MODELS`` side by side (``accs``,
-    ``metrics`` and ``refs``, the spec's numbers keyed ``acc@<eps>``, are keyed by model)."""
+    """Accuracy per epsilon and OOD detection (AUROC, FPR95) of the models side by side (``accs``,
+    ``metrics`` and ``refs``, the spec's numbers keyed ``acc@<eps>``, are keyed by model; ``model_labels``)."""
+    models = model_labels(accs)
     eps_list = list(accs["standard"])
     attack_table = Table(f"{attack.upper()} accuracy per epsilon, standard vs adversarially trained",
-                         ["epsilon", "epsilon x 255", *MODELS, *[f"spec {n}" for n in MODELS]],
-                         [[f"{e:g}", k255(e), *[accs[n][e] for n in MODELS],
+                         ["epsilon", "epsilon x 255", *models, *[f"spec {n}" for n in MODELS]],
+                         [[f"{e:g}", k255(e), *[accs[n][e] for n in models],
                            *[refs.get(n, {}).get(f"acc@{e:g}", "") for n in MODELS]] for e in eps_list])
     std = metrics["standard"]
     several = len(std) > 1
-    rows = [[*([o] if several else []), d, *[metrics[n][o][d]["auroc"] for n in MODELS],
-             *[metrics[n][o][d]["fpr95"] for n in MODELS]] for o in std for d in std[o]]
+    rows = [[*([o] if several else []), d, *[metrics[n][o][d]["auroc"] for n in models],
+             *[metrics[n][o][d]["fpr95"] for n in models]] for o in std for d in std[o]]
     return [attack_table, Table("OOD detection, standard vs adversarially trained (ID test vs OOD)",
-                                [*(["OOD set"] if several else []), "detector", *[f"AUROC {n}" for n in MODELS],
-                                 *[f"FPR95 {n}" for n in MODELS]], rows)]
+                                [*(["OOD set"] if several else []), "detector", *[f"AUROC {n}" for n in models],
+                                 *[f"FPR95 {n}" for n in models]], rows)]
 
 
 def comparison_figures(accs: dict, metrics: dict, scores: dict, attack: str, labels: dict[str, str]) -> list[Item]:
-    """accuracy_vs_eps.png, ood_auroc.png, histograms.png (max logit and MSP) of both ``MODELS``, then each
-    model's ROC/PR curves (<model>_roc_pr_<ood>.png)."""
-    curves = {label: list(accs[n].values()) for n, label in MODELS.items()}
+    """accuracy_vs_eps.png, ood_auroc.png, histograms.png (max logit and MSP) of the models (``model_labels``),
+    then each model's ROC/PR curves (<model>_roc_pr_<ood>.png)."""
+    models = model_labels(accs)
+    curves = {label: list(accs[n].values()) for n, label in models.items()}
     accuracy = Figure(plots.line_plot(list(accs["standard"]), curves, "epsilon (pixel units)", "test accuracy",
                                       f"{attack.upper()}: accuracy vs epsilon"),
                       "accuracy_vs_eps.png", f"Test accuracy under {attack.upper()}, standard vs adversarially trained")
     std = metrics["standard"]
     bars = [f"{o}: {d}" if len(std) > 1 else d for o in std for d in std[o]]
     auroc = Figure(plots.bar_chart(bars, {n: [metrics[n][o][d]["auroc"] for o in std for d in std[o]]
-                                          for n in MODELS}, "AUROC", "OOD detection AUROC"), "ood_auroc.png",
+                                          for n in models}, "AUROC", "OOD detection AUROC"), "ood_auroc.png",
                    "AUROC of each detector (ID test vs OOD), standard vs adversarially trained")
-    panels = {f"{n}: {k}": v for n in MODELS for k, v in histogram_panels(scores[n], {}).items()}
+    panels = {f"{n}: {k}": v for n in models for k, v in histogram_panels(scores[n], {}).items()}
     histograms = Figure(plots.score_histograms(panels, "standard vs adversarially trained", ncols=2),
                         "histograms.png", "Max logit and max softmax probability, ID test vs OOD, for both models")
     return [accuracy, auroc, histograms,
-            *[f for n in MODELS for f in roc_figures(scores[n], metrics[n], labels, f"{n}_", f"{n}: ")]]
+            *[f for n in models for f in roc_figures(scores[n], metrics[n], labels, f"{n}_", f"{n}: ")]]
+
+
+def mode_table(clean: dict[str, float], accs: dict[str, dict[str, dict[float, float]]], sentence: str) -> list[Item]:
+    """One table of each model's accuracy per epsilon, clean and under each attack (``accs`` =
+    {model: {attack: {eps: accuracy}}}), and ``sentence``, what it shows in words, under it."""
+    attacks = list(next(iter(accs.values())))
+    rows = [[n, f"{e:g}", k255(e), clean[n], *[per[a][e] for a in attacks]]
+            for n, per in accs.items() for e in per[attacks[0]] if e > 0]
+    return [Table("Accuracy per adversarial-training mode: clean and under each attack, per epsilon",
+                  ["model", "epsilon", "epsilon x 255", "clean", *[a.upper() for a in attacks]], rows),
+            Note(sentence)]
 
 
 # --- ODIN grid search ------------------------------------------------------------------------------

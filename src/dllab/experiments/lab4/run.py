@@ -4,14 +4,15 @@ analysis after them runs on rank 0 alone (``distributed.on_main``). The configs 
 """
 from __future__ import annotations
 
-from dllab.attacks.methods import make_fgsm_loss
-from dllab.attacks.robustness import attack_examples, attack_models, clean_accuracy
+from dllab.attacks.methods import make_adv_loss
+from dllab.attacks.robustness import (attack_examples, attack_models, attack_table, clean_accuracy,
+                                      robustness_sentence)
 from dllab.core import distributed, registry
 from dllab.data import data_root
 from dllab.data.images import ImageData
 from dllab.experiments.common import get_cnn, load_data, record_model, record_ood_sets, spec_data
 from dllab.experiments.lab4.config import (ADV_REF, FGSM_REF, AdvTrainConfig, FGSMConfig, ODINConfig,
-                                           OODExpConfig)
+                                           OODExpConfig, adv_model_names, mode_table_asked)
 from dllab.models.factory import check_model_has
 from dllab.ood.datasets import OODSet, build_ood_sets
 from dllab.ood.evaluate import build_detectors, evaluate_ood, metric_keys, score_arrays
@@ -19,7 +20,7 @@ from dllab.ood.odin_search import msp_cell, search_arrays, search_sets
 from dllab.report import robustness as report
 from dllab.report.variants import curves_figure
 from dllab.runner.run import Run
-from dllab.train.reuse import CNNSource, SavedCNN, train_and_reload
+from dllab.train.reuse import CNNSource, SavedCNN, load_cnn
 from dllab.train.variants import Variant, build_for, train_variants
 
 
@@ -123,43 +124,81 @@ def _fgsm_analysis(cfg: FGSMConfig, run: Run, data: ImageData, cnn: SavedCNN) ->
     return {"model.test_acc": clean["standard"], **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
 
 
-# --- Ex. 2.2: FGSM adversarial training ------------------------------------------------------------
+# --- Ex. 2.2: adversarial training (FGSM as the spec, and the fgsm-rs / pgd modes) ------------------
+
+_TRAINING = {"fgsm": "FGSM training", "fgsm-rs": "FGSM-RS training (random start, step 1.25 eps)",
+             "pgd": "PGD training"}
+
+
+def _adv_variant(cfg: AdvTrainConfig, std: SavedCNN, mode: str, name: str) -> Variant:
+    a = cfg.adv
+    how = _TRAINING[mode] + (f" ({a.steps} steps)" if mode == "pgd" else "")
+    return Variant(name, std.name, dict(std.arch),
+                   loss_fn=make_adv_loss(a.epsilon, a.alpha, mode, a.steps, a.step_size or None),
+                   meta={"loss": f"{how}, eps {a.epsilon:g}, alpha {a.alpha:g}"})
+
+
+def _training_words(cfg: AdvTrainConfig) -> str:
+    modes = list(dict.fromkeys(cfg.adv.modes))
+    return "FGSM adversarial training" if modes == ["fgsm"] else f"adversarial training ({', '.join(modes)})"
+
 
 def run_adv_train(cfg: AdvTrainConfig, run: Run) -> dict[str, float]:
     data, ood_sets, std = _inputs(cfg, run)
     if cfg.model.run:
         run.note("the standard model is reused, so it was not trained with this run's data and epochs; the "
                  "adversarially trained model uses the same architecture")
-    adv = Variant("adv", std.name, dict(std.arch), loss_fn=make_fgsm_loss(cfg.adv.epsilon, cfg.adv.alpha),
-                  meta={"loss": f"FGSM training, eps {cfg.adv.epsilon:g}, alpha {cfg.adv.alpha:g}"})
-    adv_cnn = train_and_reload(run.path / "models", "adv", 5,
-                               lambda: train_variants(cfg, data, [adv], run.device, run.training_hooks()), std.name)
-    return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, adv_cnn, adv.meta["loss"])
+    modes = dict.fromkeys(cfg.adv.modes)
+    variants = [_adv_variant(cfg, std, m, n) for m, n in zip(modes, adv_model_names(cfg)[1:])]
+    train_variants(cfg, data, variants, run.device, run.training_hooks())
+    # each is read back from the run's models folder, the way a model of another run is read
+    advs = {v.name: (load_cnn(run.path / "models" / f"{v.name}.pt", 5, reused=False, model=std.name),
+                     v.meta["loss"]) for v in variants}
+    return distributed.on_main(_adv_analysis, cfg, run, data, ood_sets, std, advs)
 
 
 def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list[OODSet], std: SavedCNN,
-                  adv_cnn: SavedCNN, adv_loss: str) -> dict[str, float]:
-    models = {"standard": std.model, "adv": adv_cnn.model.to(run.device).eval()}
+                  advs: dict[str, tuple[SavedCNN, str]]) -> dict[str, float]:
+    models = {"standard": std.model, **{n: c.model.to(run.device).eval() for n, (c, _) in advs.items()}}
     clean, accs = attack_models(models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size, reporter=run)
     summary, scores, metrics = {}, {}, {}
     for n, model in models.items():
         summary.update({f"{n}.test_acc": clean[n], **{f"{n}.acc@{e:g}": v for e, v in accs[n].items()}})
         detectors, scores[n], metrics[n] = _ood_scores(cfg, run, model, data, ood_sets, n)
         summary.update(metric_keys(metrics[n], n, which=("auroc", "fpr95")))
+    if mode_table_asked(cfg):
+        summary.update(_mode_table(cfg, run, data, models, clean, accs))
     a = cfg.attack.name
+    trained = {"standard": (std.origin, _architecture(std), clean["standard"]),
+               **{n: (f"{c.origin}, {how}", _architecture(c), clean[n]) for n, (c, how) in advs.items()}}
     run.add(*report.comparison_tables(accs, metrics, a,
                                       {"standard": FGSM_REF, "adv": ADV_REF} if a == "fgsm" else {}),
-            *report.classifier_table({"standard": (std.origin, _architecture(std), clean["standard"]),
-                                      "adv": (f"{adv_cnn.origin}, {adv_loss}", _architecture(adv_cnn),
-                                              clean["adv"])},
-                                     len(data.classes), len(data.test)),
+            *report.classifier_table(trained, len(data.classes), len(data.test)),
             *curves_figure(run.history, [n for n in models if run.variant_history(n)], "curves.png",
-                           "Loss and accuracy per epoch, standard vs FGSM adversarial training (dashed: validation; "
+                           f"Loss and accuracy per epoch, standard vs {_training_words(cfg)} (dashed: validation; "
                            "the adv training loss is the mixed clean/adversarial objective)"),
             *report.comparison_figures(accs, metrics, scores, a, {d: det.label for d, det in detectors.items()}))
-    run.add(*report.attack_examples(*attack_examples(models["adv"], data.test, cfg.attack, cfg.seed), data.classes,
-                                    a, "examples_adv.png", f"{a.upper()} on the adversarially trained model"))
+    for n in advs:
+        suffix = n.removeprefix("adv")
+        run.add(*report.attack_examples(*attack_examples(models[n], data.test, cfg.attack, cfg.seed), data.classes,
+                                        a, f"examples_adv{suffix}.png",
+                                        f"{a.upper()} on the adversarially trained model{suffix.replace('_', ' ')}"))
     return summary
+
+
+def _mode_table(cfg: AdvTrainConfig, run: Run, data: ImageData, models: dict, clean: dict[str, float],
+                accs: dict) -> dict[str, float]:
+    """Clean / FGSM / PGD (/ APGD: ``adv.attacks``) accuracy of each model across epsilon: one table, the
+    sentence saying what it shows, and the summary keys <model>.<attack>.acc@<eps>."""
+    table = attack_table(models, data.test, cfg.attack, cfg.adv.attacks, accs, cfg.seed, cfg.analysis_batch_size)
+    sentence = robustness_sentence(clean, table)
+    run.add(*report.mode_table(clean, table, sentence))
+    top = max(cfg.attack.epsilons)
+    for n, per in table.items():
+        run.note(f"{n}: clean {clean[n]:.3f}; at eps {top:g} "
+                 + ", ".join(f"{a.upper()} {acc[top]:.3f}" for a, acc in per.items()))
+    run.note(sentence)
+    return {f"{n}.{a}.acc@{e:g}": v for n, per in table.items() for a, acc in per.items() for e, v in acc.items()}
 
 
 # --- Ex. 3.1: ODIN grid search ---------------------------------------------------------------------
