@@ -236,3 +236,19 @@ def test_a_sink_that_fails_mid_run_is_switched_off_with_one_warning(tmp_path, ca
                    "space left on device); switched off, the run goes on without it"]
     assert [r["epoch"] for r in run.records.history] == [1, 2] and (run.path / "metrics.json").exists()
     assert (run.path / "history.csv").read_text().count("\n") == 3
+
+
+def test_a_sweep_its_sinks_refuse_leaves_no_folder(tmp_path, imagefolder, monkeypatch):
+    """log.on_sink_error=fail: a sink whose sweep cannot open refuses the sweep before any point, in one line, and
+    the folder made for it goes again (nothing left behind, as for any refused input)."""
+    from dllab.tracking.mlflow_sink import MLflowSink
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("store unreachable")
+
+    monkeypatch.setattr(MLflowSink, "open_sweep", classmethod(unreachable))
+    res = dllab_in_process("sweep", "lab1.mlp", *TINY, "--set", f"data.root={imagefolder}", "--set",
+                           "log.sinks=[mlflow]", "--set", "log.on_sink_error=fail", "--grid", "width=8,16",
+                           "--out", tmp_path / "sweep", "--quiet")
+    one_line_error(res, "the mlflow sink cannot start (ConnectionError: store unreachable)")
+    assert not (tmp_path / "sweep").exists()

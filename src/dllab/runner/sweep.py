@@ -235,6 +235,24 @@ def run_local(todo: list[tuple[Point, list[str]]], jobs: int, threads: int, done
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@contextlib.contextmanager
+def _tracking(tracker: SweepTracker, new_folder: Path | None):
+    """The sweep's sinks, open for the block. A sweep its sinks refuse (``log.on_sink_error=fail``) has run
+    nothing: the folder this call made for it (``new_folder``) goes again, so no file is left behind."""
+    try:
+        env = tracker.start()
+    except DllabError:
+        if new_folder is not None:
+            shutil.rmtree(new_folder, ignore_errors=True)
+        raise
+    try:
+        yield env
+    except BaseException:
+        tracker.close(False)
+        raise
+    tracker.close(True)
+
+
 @dataclass
 class SweepOutcome:
     """A finished (or continued) sweep: its folder, sweep.csv's rows, and the summary key its report ranks the
@@ -258,10 +276,11 @@ def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str |
     points, metric, declared = _checked(spec, jobs, goal, metric)
     base = check_spec(spec)   # the config every point starts from: its log section names the sweep's sinks
     with _ray_session(ray):
+        new = (_latest(spec) if out is None else (Path(out) if Path(out).exists() else None)) is None
         folder = open_sweep(spec, out).resolve()
         try:
             # the sinks' sweep (an MLflow parent run, a W&B group) closes after the report, which it keeps
-            with SweepTracker(folder, spec.experiment, base, quiet) as tracking_env:
+            with _tracking(SweepTracker(folder, spec.experiment, base, quiet), folder if new else None) as tracking_env:
                 failed = _run_points(spec, points, folder, jobs, ray, quiet, tracking_env)
                 rows = collect(spec, points, folder)
                 if declared is None and rows:   # the experiment does not declare its keys: its points do
