@@ -244,3 +244,17 @@ def test_text_strategies_train_under_two_ranks(tmp_path):
     assert 0 <= summary["lora.test_acc"] <= 1
     assert json.loads((run / "env.json").read_text())["world_size"] == 2
     assert {r["variant"] for r in history(run)} >= {"full", "lora"}
+
+
+def test_a_run_folder_handed_to_another_rank_answers_writes_for_that_rank(tmp_path, monkeypatch):
+    """Rank 0 makes the folder and sends it pickled to the others (distributed.on_main): the rank read once per
+    process must be the receiving process's, or rank 1 would log and write as rank 0 does."""
+    import pickle
+
+    from dllab.core import ranks
+    from dllab.store.folder import RunFolder
+
+    folder = RunFolder(tmp_path)
+    assert folder.writes
+    monkeypatch.setattr(ranks, "is_main", lambda: False)   # the process that unpickles it is rank 1
+    assert not pickle.loads(pickle.dumps(folder)).writes

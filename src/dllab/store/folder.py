@@ -70,8 +70,14 @@ class RunFolder:
         self.path = Path(path)
         self.quiet = quiet
         self.env: dict[str, Any] = env if env is not None else {}
-        # Read once: a process's rank is fixed from its start, and the loops ask on every step (the torchrun
-        # variables read from os.environ each time cost ~35 Python calls a step).
+        # Read once per process: a process's rank is fixed from its start, and the loops ask on every step (the
+        # torchrun variables read from os.environ each time cost ~35 Python calls a step).
+        self._writes = ranks.is_main()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Rank 0 makes the folder and hands it to the other ranks pickled (distributed.on_main): each process
+        # answers ``writes`` for itself, not with the answer of the process that pickled it.
+        self.__dict__.update(state)
         self._writes = ranks.is_main()
 
     @property
