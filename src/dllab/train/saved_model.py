@@ -20,8 +20,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save as dump_safetensors
 
-from dllab import RunFolderError
+from dllab import ConfigError, RunFolderError
 from dllab.core import ranks, registry, untrusted
+from dllab.core.untrusted import printable
 from dllab.core.config import flatten
 from dllab.core.files import atomic_write, atomic_write_json, atomic_write_text
 from dllab.models.common import DATASET_STATS
@@ -116,6 +117,33 @@ def describe(variant: str, state: dict[str, Any], context: ModelContext) -> dict
 
 # --- reading a model folder back (untrusted) ---------------------------------------------------------
 
+def find_model_folder(run_dir: Path, variant: str | None = None) -> Path:
+    """``run_dir``/models/``variant``/ (``variant`` None: the run's only saved model), after checking that the run
+    folder holds only regular files and folders. What is missing is one line saying what to pass instead."""
+    run_dir = Path(run_dir)
+    untrusted.check_tree(run_dir)
+    models = run_dir / "models"
+    available = sorted(p.name for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
+    if not available:
+        raise RunFolderError(f"{run_dir} holds no saved model folder (models/<variant>/){_why_none(run_dir)}")
+    if variant is None and len(available) > 1:
+        raise ConfigError(f"{run_dir} holds several models ({', '.join(available)}); choose one with --variant "
+                          "(variant= in Python)")
+    variant = variant or available[0]
+    if variant not in available:
+        raise ConfigError(f"{run_dir} has no model '{printable(variant)}'; it has {', '.join(available)}")
+    return models / variant
+
+
+def _why_none(run_dir: Path) -> str:
+    if any(p.is_dir() and p.name.startswith("seed") for p in run_dir.iterdir()):
+        return "; a run of several seeds keeps its models per seed: pass one of its seed<N> folders"
+    if any((run_dir / "models").glob("*.pt")):
+        return ("; its models/*.pt were saved before dllab wrote model folders: run the experiment again with this "
+                "dllab")
+    return "; pass the folder of a finished run of an image experiment (lab1.*, lab4.*)"
+
+
 def load_saved_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model saved in ``folder`` (in eval mode, on the CPU) and its model.json, from those two files alone."""
     folder = Path(folder)
@@ -144,6 +172,9 @@ def read_description(folder: Path) -> dict[str, Any]:
     classes = spec_in.get("classes") if isinstance(spec_in, dict) else None
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise RunFolderError(f"{path}: input.classes is malformed (expected a list of class names)")
+    if desc["model"]["kwargs"].get("num_classes", len(classes)) != len(classes):
+        raise RunFolderError(f"{path}: the model has {desc['model']['kwargs']['num_classes']} outputs but "
+                             f"input.classes names {len(classes)} classes")
     if not all(type(spec_in.get(k)) is int and 0 < spec_in[k] <= 2**16 for k in ("channels", "height", "width")):
         raise RunFolderError(f"{path}: input.channels/height/width are malformed (expected positive integers)")
     return desc
