@@ -197,3 +197,22 @@ def test_a_text_run_is_not_yet(tmp_path):
 def test_missing_inputs_are_one_line(mlp_run, tmp_path):
     one_line_error(predict_adam(mlp_run, tmp_path / "nothing.png"), "nothing.png", "no such file")
     one_line_error(predict_adam(mlp_run, tmp_path), "no image files")
+
+
+def test_the_card_puts_the_specs_numbers_beside_the_models(tmp_path):
+    from dllab.core.registry import build_model
+    from dllab.train.checkpoint import model_state
+    from dllab.train.saved_model import ModelContext, write_model_folder
+
+    model = build_model("basic_mlp", num_classes=2, in_channels=1, image_size=4, width=3)
+    state = model_state(model, ["a", "b"], result={"test_acc": 0.25, "best_test_acc": 0.75, "val_acc": 0.5},
+                        input={"channels": 1, "height": 4, "width": 4, "classes": ["a", "b"]})
+    context = ModelContext("lab4.x", reference={"adv.acc@0": 0.8681, "adv.val_acc": 0.6, "other.val_acc": 0.1})
+    write_model_folder(tmp_path / "adv", state, context)
+    card = (tmp_path / "adv" / "MODEL.md").read_text()
+    assert "| test accuracy (saved weights) | 0.7500 | 0.8681 |" in card
+    assert "| validation accuracy (best epoch) | 0.5000 | 0.6000 |" in card
+    assert "| test accuracy (last epoch) | 0.2500 | — |" in card
+    loaded, spec = load_saved_model(tmp_path / "adv")
+    assert spec["metrics"]["test_acc"] == 0.75 and spec["reference"]["val_acc"] == 0.6
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -31,7 +31,7 @@ def _classes(classes: list[str]) -> str:
 def model_card(desc: dict[str, Any]) -> str:
     """The card's Markdown for model.json's content ``desc``."""
     parts = [_header(desc), _data(desc), _metrics(desc), _limits(desc), _usage(desc), _config(desc)]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _header(desc: dict[str, Any]) -> str:
@@ -88,6 +88,8 @@ def _usage(desc: dict[str, Any]) -> str:
 
 
 def _config(desc: dict[str, Any]) -> str:
+    if not desc.get("config"):
+        return ""
     # JSON for the values: lists, null and booleans read as they do in config.yaml
     lines = [f"{printable(k)}: {printable(json.dumps(v))}" for k, v in (desc.get("config") or {}).items()]
     return "## Config\n\n```yaml\n" + "\n".join(lines) + "\n```"
