@@ -61,8 +61,8 @@ def _data(desc: dict[str, Any]) -> str:
 
 def _metrics(desc: dict[str, Any]) -> str:
     metrics, reference = desc["metrics"], desc.get("reference") or {}
-    rows = [f"| {_METRIC_NAMES.get(k, _text(k))} | {_number(v)} | {_number(reference[k]) if k in reference else '—'} |"
-            for k, v in metrics.items()]
+    spec = {k: _number(reference[k]) if k in reference else "—" for k in metrics}
+    rows = [f"| {_METRIC_NAMES.get(k, _text(k))} | {_number(v)} | {spec[k]} |" for k, v in metrics.items()]
     return ("## Metrics\n\n" + f"{desc.get('metrics_rule', '')}.\n\n| metric | this model | spec |\n|---|---|---|\n"
             + "\n".join(rows))
 

@@ -69,10 +69,11 @@ class ModelContext:
 
     @classmethod
     def of(cls, experiment: str, cfg) -> ModelContext:
-        """The context of a run of ``experiment`` with config ``cfg`` (an unregistered experiment: no spec)."""
+        """The context of a run of ``experiment`` with config ``cfg`` (an unregistered experiment: no spec; a Run
+        made without a config, as tests make one: no config)."""
         found = registry.get_experiment(experiment) if experiment in registry.experiment_names() else None
         return cls(experiment, getattr(found, "description", ""), getattr(cfg, "profile", ""),
-                   getattr(cfg, "seed", 0), plain(flatten(cfg.model_dump(mode="json"))),
+                   getattr(cfg, "seed", 0), plain(flatten(cfg.model_dump(mode="json"))) if cfg is not None else {},
                    dict(getattr(found, "reference", None) or {}))
 
 
