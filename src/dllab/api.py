@@ -209,6 +209,47 @@ def compare(run_dirs: Sequence[PathLike | RunResult], out: PathLike = "compare.m
     return write_comparison(folders, str(out), force)[0]
 
 
+# --- saved models ----------------------------------------------------------------------------------------
+
+def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
+    """``(model, spec)``: the trained model saved in ``run_dir``'s models/<variant>/ (``variant`` None: the run's
+    only one), rebuilt from the registry with its safetensors weights, in eval mode on the CPU, and model.json
+    as a dict (``spec["input"]``: channels, height, width, normalisation, classes; ``spec["metrics"]``). Only
+    model.json and model.safetensors are read, as untrusted data: a damaged folder is a ``RunFolderError``."""
+    from dllab.train.saved_model import find_model_folder, load_saved_model
+
+    folder = Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir)
+    _refuse_text_run(folder)
+    return load_saved_model(find_model_folder(folder, variant))
+
+
+def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike], variant: str | None = None, *,
+            device: str = "auto", batch_size: int = 256) -> list[dict[str, Any]]:
+    """``dllab predict``: the saved model (``load_model``) over image files or folders of them, loaded once and
+    fed in batches; one dict per image: ``input`` (the file), ``class``, ``index``, ``probability``."""
+    from dllab.core.machine import resolve_device
+    from dllab.train.predict import predict_images
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    device_ = resolve_device(device)
+    model, spec = load_model(run_dir, variant)
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return predict_images(model, spec, paths, device_, batch_size)
+
+
+def _refuse_text_run(folder: Path) -> None:
+    """Text runs (Lab 2) do not save usable models yet: one line, not 'no models'."""
+    from dllab.core import untrusted
+
+    env = folder / "env.json"
+    found = untrusted.read_json(env) if env.is_file() else None
+    experiment = found.get("experiment") if isinstance(found, dict) else None
+    if isinstance(experiment, str) and experiment.startswith("lab2."):
+        raise ConfigError(f"{folder} is a {untrusted.printable(experiment)} run: predicting with text models is not "
+                          "supported yet (image runs only: lab1.*, lab4.*)")
+
+
 # --- sweeps ----------------------------------------------------------------------------------------------
 
 def sweep(experiment: str | None = None, grid: Mapping[str, Any] | Sequence[str] | None = None, *,

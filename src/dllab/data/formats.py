@@ -25,12 +25,12 @@ def _first_line(e: BaseException) -> str:
 
 # --- image files (ImageFolder trees) ---------------------------------------------------------------
 
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path, mode: str = "RGB") -> np.ndarray:
     """An image file as uint8 (H, W, 3). Grey, palette, CMYK and RGBA images are converted to RGB (alpha is
-    dropped), as torchvision's ImageFolder loader does, so one tree may mix them."""
+    dropped), as torchvision's ImageFolder loader does, so one tree may mix them. ``mode="L"``: grey, (H, W)."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(im.convert(mode))
     except Exception as e:  # not an image, truncated, a decompression bomb...: PIL raises many types
         raise DataError(f"{path}: not a readable image ({_first_line(e)})") from e
 

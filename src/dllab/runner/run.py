@@ -7,6 +7,7 @@ runs/<experiment>/<timestamp>-<profile>/
     results/<variant>.json   a finished variant (resume skips it)
     checkpoints/<variant>.pt end-of-epoch training state (resume continues it)
     models/<variant>.pt      a finished variant's weights
+    models/<variant>/        the same as a usable model: model.safetensors, model.json, MODEL.md
     *.png, report_state.json, report.md, report.html
 
 ``Run`` holds the parts and is what the runner and the experiments use; the code below them never sees it
@@ -30,6 +31,7 @@ from dllab.store.folder import RunFolder
 from dllab.store.records import RunRecords
 from dllab.tracking.tracker import Tracker
 from dllab.train.checkpoint import FileCheckpoint
+from dllab.train.saved_model import ModelContext, SavedModelIO
 
 
 class Run:
@@ -190,7 +192,9 @@ class Run:
         return FileCheckpoint(self.checkpoint_path(variant))
 
     def model_io(self, variant: str) -> CheckpointIO:
-        return FileCheckpoint(self.checkpoints.model(variant))
+        """models/<variant>.pt, and the models/<variant>/ folder of the same weights (``SavedModelIO``)."""
+        return SavedModelIO(self.checkpoints.model(variant), self.checkpoints.model_folder(variant),
+                            ModelContext.of(self.experiment, self.cfg))
 
     def record_precision(self, who: str, precision) -> None:
         """A resolved precision (``train.precision.Precision``) in env.json and the log, each distinct one once

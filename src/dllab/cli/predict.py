@@ -1,0 +1,32 @@
+"""``dllab predict RUN [--variant V] INPUT...``: a run's saved model over image files or folders (``dllab.predict``),
+one row per image as a table, or JSON with ``--json``. Torch-free to import: the API loads torch when it runs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from dllab import api
+from dllab.core.untrusted import printable
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a finished run folder (one seed's folder of a multi-seed run)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
+    p.add_argument("--variant", default=None, help="which of the run's models (default: its only one)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+
+
+def command(args: argparse.Namespace, call=None) -> None:
+    """The subcommand (``call``: the CLI's Invocation, unused)."""
+    rows = api.predict(args.run, args.inputs, args.variant, device=args.device, batch_size=args.batch_size)
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """Aligned columns: input, class, probability (file and class names printed with control characters escaped)."""
+    cells = [("input", "class", "probability")] + [
+        (printable(r["input"]), printable(r["class"]), f"{r['probability']:.4f}") for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {p:>{widths[2]}}" for a, b, p in cells)

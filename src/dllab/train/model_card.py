@@ -1,0 +1,95 @@
+"""MODEL.md, the model card beside a saved model (``saved_model``): made from its model.json alone, so the card
+never says anything the description does not."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dllab.core.untrusted import printable
+
+# The spec's number, when it has one, goes beside the model's (keys as in model.json's "metrics")
+_METRIC_NAMES = {"test_acc": "test accuracy (saved weights)", "test_loss": "test loss (saved weights)",
+                 "val_acc": "validation accuracy (best epoch)", "best_epoch": "epoch kept",
+                 "epochs": "epochs trained", "test_acc_last": "test accuracy (last epoch)",
+                 "test_loss_last": "test loss (last epoch)"}
+
+
+def _text(value: Any) -> str:
+    """A value for Markdown: control characters escaped, ``|`` cannot open a table column."""
+    return printable(value).replace("|", "\\|")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else _text(value)
+
+
+def _classes(classes: list[str]) -> str:
+    shown = ", ".join(_text(c) for c in classes[:20])
+    return shown + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
+
+
+def model_card(desc: dict[str, Any]) -> str:
+    """The card's Markdown for model.json's content ``desc``."""
+    parts = [_header(desc), _data(desc), _metrics(desc), _limits(desc), _usage(desc), _config(desc)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _header(desc: dict[str, Any]) -> str:
+    run, spec = desc["run"], desc["model"]
+    kwargs = ", ".join(f"{k}={_text(v)}" for k, v in spec["kwargs"].items())
+    return (f"# {_text(run['experiment'] or 'dllab')}: variant {_text(desc['variant'])}\n\n"
+            + (f"{_text(run['description'])}\n\n" if run.get("description") else "")
+            + f"- Model: `{_text(spec['name'])}({kwargs})`, weights in `{desc['weights']}` (safetensors)\n"
+            f"- Run: profile `{_text(run['profile'])}`, seed {_text(run['seed'])}")
+
+
+def _data(desc: dict[str, Any]) -> str:
+    inp = desc["input"]
+    data, norm = inp.get("data") or {}, inp.get("normalisation") or {}
+    lines = ["## Data"]
+    if data:
+        lines.append(f"- Dataset: {_text(data.get('title') or data.get('name'))} ({_text(data.get('source'))}): "
+                     f"{data.get('train_images')} training, {data.get('val_images')} validation and "
+                     f"{data.get('test_images')} test images")
+    lines.append(f"- Classes ({len(inp['classes'])}): {_classes(inp['classes'])}")
+    if "channels" in inp:
+        lines.append(f"- Input: {inp['channels']}×{inp['height']}×{inp['width']} images with values in [0, 1]; "
+                     + (f"normalised inside the model with the {_text(norm['stats'])} mean {norm.get('mean')} and "
+                        f"std {norm.get('std')}" if norm.get("stats") else "no normalisation"))
+    return "\n".join(lines)
+
+
+def _metrics(desc: dict[str, Any]) -> str:
+    metrics, reference = desc["metrics"], desc.get("reference") or {}
+    spec = {k: _number(reference[k]) if k in reference else "—" for k in metrics}
+    rows = [f"| {_METRIC_NAMES.get(k, _text(k))} | {_number(v)} | {spec[k]} |" for k, v in metrics.items()]
+    return ("## Metrics\n\n" + f"{desc.get('metrics_rule', '')}.\n\n| metric | this model | spec |\n|---|---|---|\n"
+            + "\n".join(rows))
+
+
+def _limits(desc: dict[str, Any]) -> str:
+    inp, run, metrics = desc["input"], desc["run"], desc["metrics"]
+    data = inp.get("data") or {}
+    title = _text(data.get("title") or data.get("name") or "its dataset")
+    trained = (f"trained {metrics.get('epochs', '?')} epoch{'s' if metrics.get('epochs') != 1 else ''} "
+               f"on {data.get('train_images', '?')} {title} images of {len(inp['classes'])} classes "
+               f"(profile `{_text(run['profile'])}`)")
+    return ("## Intended use and limits\n\n"
+            f"- A course-lab model, {trained}: for studying and reproducing the lab, not for decisions that matter.\n"
+            f"- It knows only these {len(inp['classes'])} classes: any other image (another dataset, noise) still gets "
+            "one of them, often with a high probability; it does not say \"none of these\".\n"
+            "- Expect the accuracy above only on images like its test set (same source, size and preprocessing).")
+
+
+def _usage(desc: dict[str, Any]) -> str:
+    variant = _text(desc["variant"])
+    return ("## Use\n\n```\ndllab predict RUN_FOLDER --variant " + variant + " image.png more/images/\n```\n\n"
+            "```python\nimport dllab\nmodel, spec = dllab.load_model(\"RUN_FOLDER\", variant=\"" + variant + "\")\n```")
+
+
+def _config(desc: dict[str, Any]) -> str:
+    if not desc.get("config"):
+        return ""
+    # JSON for the values: lists, null and booleans read as they do in config.yaml
+    lines = [f"{printable(k)}: {printable(json.dumps(v))}" for k, v in (desc.get("config") or {}).items()]
+    return "## Config\n\n```yaml\n" + "\n".join(lines) + "\n```"
