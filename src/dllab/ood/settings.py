@@ -41,17 +41,20 @@ class OODConfig(Section):
     limit: Count = 0              # images per OOD set (class-balanced), 0 = all
     root: str = ""                # "" = data.root ($DLLAB_DATA, else ./data)
     detectors: plugins("detector", min_length=1) = ["msp", "max_logit", "energy", "odin", "autoencoder"]
-    # the near/far benchmark table (OpenOOD style), off by default so that the profiles' keys stay as they are:
-    # ``true`` also scores the ``near`` and ``far`` sets and adds the keys near.<set>.<detector>.<auroc|fpr95>,
-    # near.<detector>.<auroc|fpr95> (the mean over the near sets) and the same under far.
-    benchmark: bool = False
-    near: plugins("ood_set") = []     # [] = cifar100-20 when CIFAR-100 is under the data root, else heldout
-    far: plugins("ood_set", min_length=1) = ["mnist", "gaussian", "uniform"]
     # settings of the feature-space detectors, read only when ``detectors`` names them
     knn: KNNConfig = section(KNNConfig)
     vim: VimConfig = section(VimConfig)
     react: ReactConfig = section(ReactConfig)
     ash: AshConfig = section(AshConfig)
+
+
+class OODBenchmarkConfig(OODConfig):   # lab4.ood's: the OOD sets and detectors, and the near/far table
+    # Off by default, so that the profiles' keys stay as they are: ``true`` also scores the ``near`` and ``far``
+    # sets and adds the keys near.<set>.<detector>.<auroc|fpr95>, near.<detector>.<auroc|fpr95> (the mean over
+    # the near sets) and the same under far (report.ood_table draws the table from them).
+    benchmark: bool = False
+    near: plugins("ood_set") = []     # [] = cifar100-20 when CIFAR-100 is under the OOD data root, else heldout
+    far: plugins("ood_set", min_length=1) = ["mnist", "gaussian", "uniform"]
 
 
 class OdinSetting(Section):       # the one ODIN setting lab4.ood and lab4.adv-train score with
