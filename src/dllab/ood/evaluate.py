@@ -133,3 +133,21 @@ def score_arrays(scores: dict, classes: Sequence[str], id_labels: torch.Tensor,
         for k, v in per_group.items():
             arrays[f"{g}.{k}"] = v.detach().float().cpu().numpy()
     return arrays
+
+
+BENCHMARK_METRICS = ("auroc", "fpr95")   # what the near/far table shows (OpenOOD's columns)
+
+
+def benchmark_keys(metrics: dict, groups: dict[str, Sequence[str]],
+                   which: Sequence[str] = BENCHMARK_METRICS) -> dict[str, float]:
+    """The near/far benchmark's summary keys from ``metrics`` ({ood: {detector: {metric: v}}}) and ``groups``
+    ({"near" | "far": [ood set names]}): ``<group>.<set>.<detector>.<metric>`` per set and
+    ``<group>.<detector>.<metric>``, the unweighted mean over the group's sets (OpenOOD's near/far mean)."""
+    out = {}
+    for group, sets in groups.items():
+        detectors = dict.fromkeys(d for s in sets for d in metrics[s])
+        for s in sets:
+            out.update({f"{group}.{s}.{d}.{m}": metrics[s][d][m] for d in metrics[s] for m in which})
+        for d in detectors:
+            out.update({f"{group}.{d}.{m}": float(np.mean([metrics[s][d][m] for s in sets])) for m in which})
+    return out

@@ -48,6 +48,15 @@ class OODConfig(Section):
     ash: AshConfig = section(AshConfig)
 
 
+class OODBenchmarkConfig(OODConfig):   # lab4.ood's: the OOD sets and detectors, and the near/far table
+    # Off by default, so that the profiles' keys stay as they are: ``true`` also scores the ``near`` and ``far``
+    # sets and adds the keys near.<set>.<detector>.<auroc|fpr95>, near.<detector>.<auroc|fpr95> (the mean over
+    # the near sets) and the same under far (report.ood_table draws the table from them).
+    benchmark: bool = False
+    near: plugins("ood_set") = []     # [] = cifar100-20 when CIFAR-100 is under the OOD data root, else heldout
+    far: plugins("ood_set", min_length=1) = ["mnist", "gaussian", "uniform"]
+
+
 class OdinSetting(Section):       # the one ODIN setting lab4.ood and lab4.adv-train score with
     temperature: Positive = 1000.0   # Liang et al.'s CIFAR setting
     epsilon: NonNegative = 0.0014

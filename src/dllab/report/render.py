@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 import os
 import time
 from decimal import Decimal
@@ -19,10 +20,17 @@ from dllab import DllabError, RunFolderError
 from dllab.core import untrusted
 from dllab.core.files import atomic_write_text
 from dllab.core.registry import get_experiment
+from dllab.report import ood_table
 from dllab.store.folder import read_env
 from dllab.store.records import read_metrics, read_report_state
 
 RunInfo = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Bold:
+    """A table cell shown in bold (``**x**`` in Markdown, ``<b>x</b>`` in HTML): the best of its column."""
+    text: str
 
 
 def read_run(path: Path) -> RunInfo:
@@ -77,6 +85,14 @@ def md_code(text: str) -> str:
 def md_cell(text: str) -> str:
     """``text`` as one Markdown table cell: ``|`` escaped too, so it does not start another column."""
     return md_text(text).replace("|", "\\|")
+
+
+def _md_cell(cell: str | Bold) -> str:
+    return f"**{md_cell(cell.text)}**" if isinstance(cell, Bold) else md_cell(cell)
+
+
+def _html_cell(cell: str | Bold) -> str:
+    return f"<b>{html.escape(cell.text)}</b>" if isinstance(cell, Bold) else html.escape(cell)
 
 
 def summary_rows(summary: dict[str, float], reference: dict[str, Any]) -> list[list[str]]:
@@ -140,11 +156,11 @@ class Doc:
             self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
     def table(self, header: list[str], rows: list[list[Any]]):
-        cells = [[_fmt(c) for c in r] for r in rows]
+        cells = [[c if isinstance(c, Bold) else _fmt(c) for c in r] for r in rows]
         self.md.append("| " + " | ".join(map(md_cell, header)) + " |\n|" + "---|" * len(header) + "\n"
-                       + "".join("| " + " | ".join(map(md_cell, r)) + " |\n" for r in cells))
+                       + "".join("| " + " | ".join(map(_md_cell, r)) + " |\n" for r in cells))
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+        body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in r) + "</tr>" for r in cells)
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def image(self, file: Path, caption: str):
@@ -180,6 +196,28 @@ def results_tables(doc: Doc, rows: list[list[str]]) -> None:
     if alone:
         doc.heading("Results with no spec number" if beside else "Results (the spec gives no number for them)", 3)
         doc.table(["metric", "this run"], alone)
+
+
+def _benchmark_cell(cell: ood_table.Cell | None, best: set) -> str | Bold:
+    if cell is None:
+        return "—"
+    text = _fmt(cell.mean) + (f" ± {_fmt(cell.std)}" if cell.std is not None else "")
+    return Bold(text) if cell in best else text
+
+
+def benchmark_table(doc: Doc, summary: dict[str, float]) -> bool:
+    """The near/far OOD benchmark of ``summary`` (``report.ood_table``), with the sets each group used;
+    False (nothing written) when the run has none."""
+    cells = ood_table.benchmark_cells(summary)
+    if not cells:
+        return False
+    header, rows = ood_table.table_rows(cells)
+    best = ood_table.best_cells(cells)
+    doc.heading(ood_table.TITLE, 3)
+    doc.para("; ".join(f"{g}-OOD: {', '.join(sets)}" for g, sets in ood_table.groups_used(cells).items() if sets)
+             + f" (the numbers are also in {ood_table.CSV_FILE} and metrics.json)")
+    doc.table(header, [[d, *(_benchmark_cell(c, best) for c in r)] for d, r in rows])
+    return True
 
 
 def _part(env: dict, key: str) -> str | None:
@@ -246,7 +284,10 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
                      f"data: {env.get('data', '—')}",
                      f"git commit: {env.get('git_commit')}, torch {_versions(env).get('torch')}",
                      f"wall time: {env.get('seconds', '—')} s"])
-        results_tables(doc, summary_rows(info["summary"], reference))
+        # The benchmark's numbers are shown once, in their table, not again as rows of the results tables.
+        shown = benchmark_table(doc, info["summary"])
+        rest = {k: v for k, v in info["summary"].items() if not (shown and ood_table.is_benchmark_key(k))}
+        results_tables(doc, summary_rows(rest, reference))
         if claims:
             doc.para("The spec says: " + claims)
         for t_title, header, rows in info["tables"]:

@@ -25,6 +25,7 @@ from dllab.core.config import ConfigFile, TrainConfig, check_seeds, make_config,
 from dllab.core.machine import describe_device, git_commit, resolve_device, seed_everything, versions
 from dllab.core.registry import Experiment, get_experiment
 from dllab.report.render import write_report
+from dllab.report.ood_table import write_benchmark_csv
 from dllab.runner.run import Run
 from dllab.store.folder import read_json
 from dllab.train.checkpoint import check_spec, load_checkpoint
@@ -213,6 +214,7 @@ def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:
     run.write_env(seconds=round(time.time() - started, 1), device=first.env.get("device"),
                   precision=first.env.get("precision"), data=first.env.get("data"))
     if run.writes:
+        write_benchmark_csv(run.path, summary)   # lab4.ood's near/far table, mean ± std over the seeds
         write_report([run.path], run.path / "report.md")
     return run
 

@@ -22,7 +22,8 @@ from dllab.attacks.settings import AdvConfig, AttackConfig
 from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, Section, TrainConfig, section
 from dllab.core.registry import register
 from dllab.models.factory import ModelFactory
-from dllab.ood.settings import METRICS, AutoencoderConfig, OdinGridConfig, OdinSetting, OODConfig
+from dllab.ood.settings import (METRICS, AutoencoderConfig, OdinGridConfig, OdinSetting, OODBenchmarkConfig,
+                                OODConfig)
 
 QUICK_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]   # CIFAR-10 classes 0-5
 
@@ -67,8 +68,21 @@ def _attack_keys(cfg: FGSMConfig, model: str) -> list[str]:
     return list(dict.fromkeys(f"{model}.acc@{e:g}" for e in cfg.attack.epsilons))
 
 
+def benchmark_metrics(cfg: OODExpConfig) -> list[str]:
+    """ood.evaluate.benchmark_keys' names when ``ood.benchmark`` is on: per near/far set, then the group's mean.
+    An empty ``ood.near`` is decided by the run (cifar100-20 when CIFAR-100 is on disk, else heldout): both
+    are listed, and the run leaves one out."""
+    if not cfg.ood.benchmark:
+        return []
+    groups = {"near": list(dict.fromkeys(cfg.ood.near)) or ["cifar100-20", "heldout"],
+              "far": list(dict.fromkeys(cfg.ood.far))}
+    detectors = list(dict.fromkeys(cfg.ood.detectors))
+    return [f"{g}.{part}{d}.{m}" for g, sets in groups.items() for part in [*(f"{s}." for s in sets), ""]
+            for d in detectors for m in ("auroc", "fpr95")]
+
+
 def ood_metrics(cfg: OODExpConfig) -> list[str]:
-    return ["model.test_acc", *_ood_keys(cfg)]
+    return ["model.test_acc", *_ood_keys(cfg), *benchmark_metrics(cfg)]
 
 
 def fgsm_metrics(cfg: FGSMConfig) -> list[str]:
@@ -144,6 +158,7 @@ class OODSetsConfig(Lab4Config):  # the experiments that score OOD sets
           "spec shows these as plots only, no numbers.",
     metrics=ood_metrics)
 class OODExpConfig(OODSetsConfig):
+    ood: OODBenchmarkConfig = section(OODBenchmarkConfig)
     odin: OdinSetting = section(OdinSetting)
     autoencoder: AutoencoderConfig = section(AutoencoderConfig)
 
@@ -176,6 +191,7 @@ class FGSMConfig(Lab4Config):
           "OOD pipeline of Ex. 1 (the spec shows those as plots only).",
     metrics=adv_train_metrics)
 class AdvTrainConfig(FGSMConfig, OODExpConfig):   # both experiments' sections (ood, odin, autoencoder, attack)
+    ood: OODConfig = section(OODConfig)   # the near/far benchmark is lab4.ood's alone
     adv: AdvConfig = section(AdvConfig)
 
 

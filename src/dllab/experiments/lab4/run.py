@@ -4,6 +4,8 @@ analysis after them runs on rank 0 alone (``distributed.on_main``). The configs 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from dllab.attacks.methods import make_adv_loss
 from dllab.attacks.robustness import (attack_examples, attack_models, attack_table, clean_accuracy,
                                       robustness_sentence)
@@ -14,10 +16,11 @@ from dllab.experiments.common import get_cnn, load_data, record_model, record_oo
 from dllab.experiments.lab4.config import (ADV_REF, FGSM_REF, AdvTrainConfig, FGSMConfig, ODINConfig,
                                            OODExpConfig, adv_model_names, mode_table_asked)
 from dllab.models.factory import check_model_has
-from dllab.ood.datasets import OODSet, build_ood_sets
-from dllab.ood.evaluate import build_detectors, evaluate_ood, metric_keys, score_arrays
+from dllab.ood.datasets import OODSet, benchmark_groups, build_ood_sets
+from dllab.ood.evaluate import benchmark_keys, build_detectors, evaluate_ood, metric_keys, score_arrays
 from dllab.ood.odin_search import msp_cell, search_arrays, search_sets
 from dllab.report import robustness as report
+from dllab.report.ood_table import write_benchmark_csv
 from dllab.report.variants import curves_figure
 from dllab.runner.run import Run
 from dllab.train.reuse import CNNSource, SavedCNN, load_cnn
@@ -45,8 +48,9 @@ def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSe
         run.note(f"{cfg.profile} profile: {len(data.classes)} ID classes (chance {1 / len(data.classes):.3f}), "
                  f"{len(data.train)} training images, {cfg.train.epochs} epochs; the spec's numbers are for the "
                  "paper setting (all 10 CIFAR-10 classes, 64-channel cnn, 30 epochs): compare trends, not values")
-    ood_sets = (record_ood_sets(run, build_ood_sets(cfg.ood.names, data, data_root(cfg.ood.root or cfg.data.root),
-                                                    cfg.ood.limit, cfg.data.allow_fallback and cfg.profile != "paper"))
+    names = [*cfg.ood.names, *(s for sets in _groups(cfg).values() for s in sets)] if with_ood else []
+    ood_sets = (record_ood_sets(run, build_ood_sets(names, data, _ood_root(cfg), cfg.ood.limit,
+                                                    cfg.data.allow_fallback and cfg.profile != "paper"))
                 if with_ood else [])
     arch = {"depth": 5, "base_channels": cfg.model.base_channels, "residual": cfg.model.residual}
     standard = Variant("standard", model, arch)
@@ -55,6 +59,16 @@ def _inputs(cfg, run: Run, with_ood: bool = True) -> tuple[ImageData, list[OODSe
     cnn = get_cnn(run, ref, data, lambda: train_variants(cfg, data, [standard], run.device, run.training_hooks()),
                   found).ready(run.device)
     return data, ood_sets, cnn
+
+
+def _ood_root(cfg) -> Path:
+    return data_root(cfg.ood.root or cfg.data.root)
+
+
+def _groups(cfg) -> dict[str, list[str]]:
+    """The near/far benchmark's OOD sets by group when ``ood.benchmark`` is on (lab4.ood), else {}."""
+    ood = getattr(cfg, "ood", None)
+    return benchmark_groups(ood.near, ood.far, _ood_root(cfg)) if getattr(ood, "benchmark", False) else {}
 
 
 def _architecture(saved: SavedCNN) -> dict | str:
@@ -91,7 +105,9 @@ def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[O
                   cnn: SavedCNN) -> dict[str, float]:
     summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
     detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
-    summary.update(metric_keys(metrics))
+    # ood.names' keys as without the benchmark: its sets alone decide whether keys carry the set's name
+    summary.update(metric_keys({n: metrics[n] for n in dict.fromkeys(cfg.ood.names)}))
+    summary.update(_benchmark(cfg, run, metrics))
     labels = {d: det.label for d, det in detectors.items()}
     ae = detectors.get("autoencoder")
     run.add(*report.ood_metrics_table(metrics, "OOD detection (ID test vs each OOD set; larger score = more OOD)"),
@@ -104,6 +120,24 @@ def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[O
     run.note("scores.npz holds every image's logits and detector scores (ID test and each OOD set), so the "
              "plots can be redrawn without rerunning: np.load(run/'scores.npz')['id.msp'] etc.")
     return summary
+
+
+def _benchmark(cfg: OODExpConfig, run: Run, metrics: dict) -> dict[str, float]:
+    """The near/far benchmark's summary keys (none unless ``ood.benchmark``), its CSV in the run folder (the
+    report draws the table from the keys, so a run over several seeds shows mean ± std), and a note saying
+    which near-OOD set was used and why."""
+    groups = _groups(cfg)
+    if not groups:
+        return {}
+    keys = benchmark_keys(metrics, groups)
+    if not cfg.ood.near:
+        found = groups["near"] == ["cifar100-20"]
+        run.note(f"near-OOD: {groups['near'][0]} (" + ("CIFAR-100 found" if found else "no CIFAR-100")
+                 + f" under {_ood_root(cfg)}" + ("" if found else "; put it there, or set ood.near=[cifar100-20], "
+                                                "for the spec's near-OOD set") + ")")
+    if run.writes:
+        write_benchmark_csv(run.path, keys)
+    return keys
 
 
 # --- Ex. 2.1: FGSM (or PGD) ------------------------------------------------------------------------
