@@ -191,6 +191,7 @@ def test_apgd_absent_is_a_one_line_error_naming_the_extra(trained, monkeypatch):
 
 # ---- lab4.adv-train with several modes, end to end ------------------------------------------------
 
+@pytest.mark.slow   # an end-to-end run; the fast loop covers its parts with unit tests
 def test_adv_train_with_three_modes_reports_each_mode_under_each_attack(tmp_path):
     import json
 

@@ -41,6 +41,7 @@ def test_print_config_is_complete_names_experiment_and_profile_and_runs_nothing(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow   # an end-to-end run; the fast loop covers its parts with unit tests
 def test_the_printed_config_reproduces_the_run(tmp_path):
     """The acceptance check: `--print-config > c.yaml && dllab run --config c.yaml` gives the metrics of the
     command line it was printed from; the run's own config.yaml, fed back with the experiment, is the same

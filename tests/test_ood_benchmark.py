@@ -172,6 +172,7 @@ def test_ood_smoke_with_the_benchmark_writes_the_table_everywhere(bench_run):
                                                       ("far", "gaussian"), ("far", "uniform"), ("far", "mean")}
 
 
+@pytest.mark.slow   # an end-to-end run; the fast loop covers its parts with unit tests
 def test_ood_names_keys_keep_their_values_with_the_benchmark_on(bench_run, generated, tmp_path):
     # The same model, reused, without the benchmark; the autoencoder is left out: a run that trains the model
     # first draws the decoder from another RNG state, so its numbers differ for a reason of their own.

@@ -261,6 +261,7 @@ def test_evaluate_ood_fits_the_feature_detectors_on_the_id_training_split(easy):
 
 # --- lab4.ood end to end -----------------------------------------------------------------------------
 
+@pytest.mark.slow   # an end-to-end run; the fast loop covers its parts with unit tests
 def test_lab4_ood_smoke_runs_the_feature_detectors(tmp_path):
     from conftest import make_imagefolder
     from dllab.runner.experiment import run_experiment
