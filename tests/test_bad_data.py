@@ -368,6 +368,7 @@ def test_ctrl_c_during_a_download_leaves_no_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow   # a new process
 def test_empty_dllab_data_does_not_create_dot_data(tmp_path, monkeypatch, no_network):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DLLAB_DATA", "")

@@ -150,6 +150,7 @@ def bench_run(generated, tmp_path_factory):
     return run, json.loads((run.path / "metrics.json").read_text())["summary"]
 
 
+@pytest.mark.slow   # an end-to-end run; the table builder has its unit tests in the fast loop
 def test_ood_smoke_with_the_benchmark_writes_the_table_everywhere(bench_run):
     from dllab.core.registry import get_experiment
 

@@ -163,6 +163,7 @@ def test_get_imports_the_defining_module_on_first_use():
     assert res.stdout.split() == ["False", "Energy", "True"], res.stderr
 
 
+@pytest.mark.slow   # a new process importing torch
 def test_an_experiment_imports_its_run_module_when_it_first_runs():
     """An experiment is registered on its torch-free config class and names its run function: getting it (to
     check a config) imports neither the run module nor torch; the first run imports them."""

@@ -197,6 +197,7 @@ def test_run_is_a_facade_over_its_folder_records_and_checkpoints(tmp_path):
     assert run.checkpoints.model("v") == tmp_path / "models" / "v.pt"
 
 
+@pytest.mark.slow   # a new process importing every run module
 def test_importing_the_run_modules_leaves_the_umask_alone():
     """The umask is read when the first file is written, not at import (reading it sets it for a moment)."""
     code = ("import os; calls = []; real = os.umask\n"

@@ -244,6 +244,7 @@ def test_lab1_mlp_declares_the_keys_its_run_reports(sets, imagefolder, tmp_path)
 
 # --- one driver per sweep folder ----------------------------------------------------------------------
 
+@pytest.mark.slow   # two sweep processes
 def test_a_second_identical_sweep_exits_naming_the_first(imagefolder, tmp_path):
     args = [sys.executable, "-m", "dllab", "sweep", "lab1.mlp", "--profile", "smoke", "--set",
             "data.name=imagefolder", "--set", f"data.root={imagefolder}", "--grid", "width=8"]

@@ -198,7 +198,8 @@ def broken_library(tmp_path, name):
     return tmp_path / "broken"
 
 
-@pytest.mark.parametrize("on_error", [pytest.param("warn", marks=pytest.mark.slow), "fail"])   # warn: a whole run
+@pytest.mark.slow   # a new process with a broken tensorboard first on its path (in-process: test_a_sweep_its_sinks_refuse...)
+@pytest.mark.parametrize("on_error", ["warn", "fail"])   # warn: a whole run
 def test_a_broken_tensorboard_install_warns_or_refuses(on_error, tmp_path, imagefolder):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken_library(tmp_path, "tensorboard")),
                                                          str(REPO / "src")])}
