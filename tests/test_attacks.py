@@ -58,10 +58,10 @@ def _toy_data(n=240, k=3, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module")
-def trained():
+def train_toy_mlp(n: int = 240):
+    """The MLP trained (seed 0, Adam, 150 full-batch steps) on ``n`` toy images, in eval mode: (model, x, y)."""
     torch.manual_seed(0)
-    x, y = _toy_data()
+    x, y = _toy_data(n)
     model = MLP()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
@@ -69,7 +69,12 @@ def trained():
         F.cross_entropy(model(x), y).backward()
         opt.step()
     model.zero_grad(set_to_none=True)
-    model.eval()
+    return model.eval(), x, y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model, x, y = train_toy_mlp()
     assert (model(x).argmax(1) == y).float().mean() > 0.95
     return model, x, y
 

@@ -6,43 +6,17 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from test_attacks import MLP, _toy_data, train_toy_mlp
 
 from dllab import DllabError
 from dllab.attacks.methods import fgsm, make_adv_loss, pgd, training_example
 from dllab.attacks.robustness import overfit_epsilons, robustness_sentence
 
 
-class MLP(nn.Module):
-    def __init__(self, k=3, hidden=32):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(48, hidden), nn.ReLU())
-        self.classifier = nn.Linear(hidden, k)
-
-    def forward(self, x):
-        return self.classifier(self.body(x))
-
-
-def _toy_data(n=120, k=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(k, 3, 4, 4, generator=g)
-    y = torch.arange(n) % k
-    x = (0.5 + 0.12 * protos[y] + 0.1 * torch.randn(n, 3, 4, 4, generator=g)).clamp(0, 1)
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    x, y = _toy_data()
-    model = MLP()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval(), x, y
+    return train_toy_mlp(n=120)
 
 
 def _loss(model, x, y):
