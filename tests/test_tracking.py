@@ -169,7 +169,11 @@ def test_mlflow_gets_params_metrics_artifacts_and_the_models(sink_homes, imagefo
     assert [m.step for m in epochs] == [1]          # smoke: one epoch, at step = epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "report.html", "curves.png", "models"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "models")} == {"models/adam.pt", "models/sgd.pt"}
+    # each variant's checkpoint for resume and its usable model folder (safetensors, model.json, MODEL.md)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "models")} == {
+        "models/adam.pt", "models/sgd.pt", "models/adam", "models/sgd"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "models/adam")} == {
+        "models/adam/model.safetensors", "models/adam/model.json", "models/adam/MODEL.md"}
     local = client.download_artifacts(run.info.run_id, "models/adam.pt", str(sink_homes / "dl"))
     assert open(local, "rb").read() == (sink_homes / "r" / "models" / "adam.pt").read_bytes()
 
