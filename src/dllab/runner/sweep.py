@@ -107,20 +107,26 @@ def sweeps_root() -> Path:
     return environ.sweeps_root()
 
 
-def open_sweep(spec: SweepSpec, out: str | None) -> Path:
+def open_sweep(spec: SweepSpec, out: str | None) -> tuple[Path, bool]:
     """The folder of this sweep, with this process holding its lock (a second driver of it exits naming this
     one): ``out``, else the newest folder of an equal spec under sweeps/<experiment>/ (so the same command
-    continues it), else a new sweeps/<experiment>/<timestamp>/. A new folder appears whole, sweep.json in it."""
+    continues it), else a new sweeps/<experiment>/<timestamp>/. A new folder appears whole, sweep.json in it.
+    Also whether this call made the folder (a folder that was there before, even empty, is not its to remove)."""
+    created = False
     if out is not None:
         path = Path(out)
+        existed = path.exists() or path.is_symlink()
         while not _holds(path, spec, out):
             if _create(path, spec):
+                created = not existed
                 break
     else:
-        path = _latest(spec) or _new_folder(spec)
+        path = _latest(spec)
+        if path is None:
+            path, created = _new_folder(spec)
     lock.hold(path, "sweep folder")
     untrusted.check_tree(path, "sweep folder")   # a point folder linked elsewhere would be resumed there
-    return _without_stale_folders(path)
+    return _without_stale_folders(path), created
 
 
 def _holds(path: Path, spec: SweepSpec, out: str) -> bool:
@@ -147,14 +153,15 @@ def _latest(spec: SweepSpec) -> Path | None:
     return None
 
 
-def _new_folder(spec: SweepSpec) -> Path:
+def _new_folder(spec: SweepSpec) -> tuple[Path, bool]:
+    """A new sweeps/<experiment>/<timestamp>[-i]/ (True), or the equal sweep's made at the same moment (False)."""
     parent, stamp = sweeps_root() / spec.experiment, time.strftime("%Y%m%d-%H%M%S")
     path, i = parent / stamp, 1
     while True:
         if not (path.exists() or path.is_symlink()) and _create(path, spec):
-            return path
+            return path, True
         if (path / SPEC_FILE).is_file() and load_spec(path / SPEC_FILE) == spec:
-            return path   # the same sweep, started at the same moment: the lock decides which one runs
+            return path, False   # the same sweep, started at the same moment: the lock decides which one runs
         i += 1
         path = parent / f"{stamp}-{i}"
 
@@ -276,11 +283,12 @@ def run_sweep(spec: SweepSpec, out: str | None = None, jobs: int = 1, ray: str |
     points, metric, declared = _checked(spec, jobs, goal, metric)
     base = check_spec(spec)   # the config every point starts from: its log section names the sweep's sinks
     with _ray_session(ray):
-        new = (_latest(spec) if out is None else (Path(out) if Path(out).exists() else None)) is None
-        folder = open_sweep(spec, out).resolve()
+        folder, created = open_sweep(spec, out)
+        folder = folder.resolve()
         try:
             # the sinks' sweep (an MLflow parent run, a W&B group) closes after the report, which it keeps
-            with _tracking(SweepTracker(folder, spec.experiment, base, quiet), folder if new else None) as tracking_env:
+            tracker = SweepTracker(folder, spec.experiment, base, quiet)
+            with _tracking(tracker, folder if created else None) as tracking_env:
                 failed = _run_points(spec, points, folder, jobs, ray, quiet, tracking_env)
                 rows = collect(spec, points, folder)
                 if declared is None and rows:   # the experiment does not declare its keys: its points do
