@@ -216,3 +216,18 @@ def test_the_card_puts_the_specs_numbers_beside_the_models(tmp_path):
     loaded, spec = load_saved_model(tmp_path / "adv")
     assert spec["metrics"]["test_acc"] == 0.75 and spec["reference"]["val_acc"] == 0.6
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_the_card_keeps_class_names_as_text(tmp_path):
+    """Class names come from the user's folder names: in MODEL.md a `|` starts no column and `<script>` is text."""
+    from dllab.core.registry import build_model
+    from dllab.train.checkpoint import model_state
+    from dllab.train.saved_model import ModelContext, write_model_folder
+
+    model = build_model("basic_mlp", num_classes=2, in_channels=1, image_size=4, width=3)
+    classes = ["a|b", "<script>x</script>"]
+    state = model_state(model, classes, result={"test_acc": 0.5}, input={"channels": 1, "height": 4, "width": 4,
+                                                                         "classes": classes})
+    write_model_folder(tmp_path / "m", state, ModelContext("lab1.mlp"))
+    card = (tmp_path / "m" / "MODEL.md").read_text()
+    assert "<script" not in card and "a\\|b" in card and "&lt;script>x&lt;/script>" in card

@@ -197,5 +197,18 @@ def printable(value: Any) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def md_text(value: Any) -> str:
+    """``value`` (from a run folder or the user) as Markdown text on one line: a control character (a newline from
+    a folder name or a config value) shown as its escape (``\\n``), not breaking the list or table it is in, and
+    ``<`` as ``&lt;``, so ``<script>`` is text, not HTML a Markdown viewer would pass on. The Markdown twin of
+    ``html.escape``."""
+    return printable(value).replace("<", "&lt;")
+
+
+def md_cell(value: Any) -> str:
+    """``value`` as one Markdown table cell: ``|`` escaped too, so it does not start another column."""
+    return md_text(value).replace("|", "\\|")
+
+
 def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from dllab import DllabError, RunFolderError
 from dllab.core import untrusted
+from dllab.core.untrusted import md_cell, md_text
 from dllab.core.files import atomic_write_text
 from dllab.core.registry import get_experiment
 from dllab.report import ood_table
@@ -68,23 +69,10 @@ def with_std(numbers: dict, key: str) -> str:
     return _fmt(numbers[key]) + (f" ± {_fmt(std)}" if std is not None else "")
 
 
-def md_text(text: str) -> str:
-    """``text`` (a value from a run folder or the user) as Markdown text on one line: a control character (a
-    newline from a folder name or a config value) shown as its escape (``\\n``), not breaking the list or table
-    it is in, and ``<`` as ``&lt;``, so ``<script>`` is text, not HTML a Markdown viewer would pass on. The
-    Markdown twin of ``html.escape`` (which ``Doc`` uses for the HTML page)."""
-    return untrusted.printable(text).replace("<", "&lt;")
-
-
 def md_code(text: str) -> str:
     """``text`` as a Markdown code span (a command line), or as escaped text (``md_text``) when it holds a
     backtick (which would end the span early) or a ``<`` (which a span would show as ``&lt;``)."""
     return md_text(text) if "`" in text or "<" in text else f"`{md_text(text)}`"
-
-
-def md_cell(text: str) -> str:
-    """``text`` as one Markdown table cell: ``|`` escaped too, so it does not start another column."""
-    return md_text(text).replace("|", "\\|")
 
 
 def _md_cell(cell: str | Bold) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dllab.core.untrusted import printable
+from dllab.core.untrusted import md_cell, printable
 
 # The spec's number, when it has one, goes beside the model's (keys as in model.json's "metrics")
 _METRIC_NAMES = {"test_acc": "test accuracy (saved weights)", "test_loss": "test loss (saved weights)",
@@ -14,17 +14,12 @@ _METRIC_NAMES = {"test_acc": "test accuracy (saved weights)", "test_loss": "test
                  "test_loss_last": "test loss (last epoch)"}
 
 
-def _text(value: Any) -> str:
-    """A value for Markdown: control characters escaped, ``|`` cannot open a table column."""
-    return printable(value).replace("|", "\\|")
-
-
 def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else _text(value)
+    return f"{value:.4f}" if isinstance(value, float) else md_cell(value)
 
 
 def _classes(classes: list[str]) -> str:
-    shown = ", ".join(_text(c) for c in classes[:20])
+    shown = ", ".join(md_cell(c) for c in classes[:20])
     return shown + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
 
 
@@ -36,11 +31,11 @@ def model_card(desc: dict[str, Any]) -> str:
 
 def _header(desc: dict[str, Any]) -> str:
     run, spec = desc["run"], desc["model"]
-    kwargs = ", ".join(f"{k}={_text(v)}" for k, v in spec["kwargs"].items())
-    return (f"# {_text(run['experiment'] or 'dllab')}: variant {_text(desc['variant'])}\n\n"
-            + (f"{_text(run['description'])}\n\n" if run.get("description") else "")
-            + f"- Model: `{_text(spec['name'])}({kwargs})`, weights in `{desc['weights']}` (safetensors)\n"
-            f"- Run: profile `{_text(run['profile'])}`, seed {_text(run['seed'])}")
+    kwargs = ", ".join(f"{k}={md_cell(v)}" for k, v in spec["kwargs"].items())
+    return (f"# {md_cell(run['experiment'] or 'dllab')}: variant {md_cell(desc['variant'])}\n\n"
+            + (f"{md_cell(run['description'])}\n\n" if run.get("description") else "")
+            + f"- Model: `{md_cell(spec['name'])}({kwargs})`, weights in `{desc['weights']}` (safetensors)\n"
+            f"- Run: profile `{md_cell(run['profile'])}`, seed {md_cell(run['seed'])}")
 
 
 def _data(desc: dict[str, Any]) -> str:
@@ -48,13 +43,13 @@ def _data(desc: dict[str, Any]) -> str:
     data, norm = inp.get("data") or {}, inp.get("normalisation") or {}
     lines = ["## Data"]
     if data:
-        lines.append(f"- Dataset: {_text(data.get('title') or data.get('name'))} ({_text(data.get('source'))}): "
+        lines.append(f"- Dataset: {md_cell(data.get('title') or data.get('name'))} ({md_cell(data.get('source'))}): "
                      f"{data.get('train_images')} training, {data.get('val_images')} validation and "
                      f"{data.get('test_images')} test images")
     lines.append(f"- Classes ({len(inp['classes'])}): {_classes(inp['classes'])}")
     if "channels" in inp:
         lines.append(f"- Input: {inp['channels']}×{inp['height']}×{inp['width']} images with values in [0, 1]; "
-                     + (f"normalised inside the model with the {_text(norm['stats'])} mean {norm.get('mean')} and "
+                     + (f"normalised inside the model with the {md_cell(norm['stats'])} mean {norm.get('mean')} and "
                         f"std {norm.get('std')}" if norm.get("stats") else "no normalisation"))
     return "\n".join(lines)
 
@@ -62,7 +57,7 @@ def _data(desc: dict[str, Any]) -> str:
 def _metrics(desc: dict[str, Any]) -> str:
     metrics, reference = desc["metrics"], desc.get("reference") or {}
     spec = {k: _number(reference[k]) if k in reference else "—" for k in metrics}
-    rows = [f"| {_METRIC_NAMES.get(k, _text(k))} | {_number(v)} | {spec[k]} |" for k, v in metrics.items()]
+    rows = [f"| {_METRIC_NAMES.get(k, md_cell(k))} | {_number(v)} | {spec[k]} |" for k, v in metrics.items()]
     return ("## Metrics\n\n" + f"{desc.get('metrics_rule', '')}.\n\n| metric | this model | spec |\n|---|---|---|\n"
             + "\n".join(rows))
 
@@ -70,10 +65,10 @@ def _metrics(desc: dict[str, Any]) -> str:
 def _limits(desc: dict[str, Any]) -> str:
     inp, run, metrics = desc["input"], desc["run"], desc["metrics"]
     data = inp.get("data") or {}
-    title = _text(data.get("title") or data.get("name") or "its dataset")
+    title = md_cell(data.get("title") or data.get("name") or "its dataset")
     trained = (f"trained {metrics.get('epochs', '?')} epoch{'s' if metrics.get('epochs') != 1 else ''} "
                f"on {data.get('train_images', '?')} {title} images of {len(inp['classes'])} classes "
-               f"(profile `{_text(run['profile'])}`)")
+               f"(profile `{md_cell(run['profile'])}`)")
     return ("## Intended use and limits\n\n"
             f"- A course-lab model, {trained}: for studying and reproducing the lab, not for decisions that matter.\n"
             f"- It knows only these {len(inp['classes'])} classes: any other image (another dataset, noise) still gets "
@@ -82,7 +77,7 @@ def _limits(desc: dict[str, Any]) -> str:
 
 
 def _usage(desc: dict[str, Any]) -> str:
-    variant = _text(desc["variant"])
+    variant = md_cell(desc["variant"])
     return ("## Use\n\n```\ndllab predict RUN_FOLDER --variant " + variant + " image.png more/images/\n```\n\n"
             "```python\nimport dllab\nmodel, spec = dllab.load_model(\"RUN_FOLDER\", variant=\"" + variant + "\")\n```")
 
