@@ -229,3 +229,30 @@ def test_apgd_through_adversarial_accuracy_with_the_configs_options(trained):
     assert options == {"steps": 5, "restarts": 2, "seed": 3}
     accs = adversarial_accuracy(model, x, y, [0.0, 0.15], attack="apgd", **options)
     assert accs[0.15] <= adversarial_accuracy(model, x, y, [0.15], attack="fgsm")[0.15] < accs[0.0]
+
+
+# ---- the spec's numbers beside Lab 4's ------------------------------------------------------------
+
+def test_the_mode_table_puts_the_spec_fgsm_numbers_beside_the_models_the_spec_trained():
+    from dllab.experiments.lab4.config import ADV_REF, FGSM_REF
+    from dllab.report.robustness import mode_table
+
+    accs = {n: {"fgsm": {0.0: 0.9, 0.01: 0.5}, "pgd": {0.0: 0.9, 0.01: 0.3}} for n in ("standard", "adv", "adv_pgd")}
+    clean = {n: 0.9 for n in accs}
+    table, _ = mode_table(clean, accs, "words", {"standard": FGSM_REF, "adv": ADV_REF})
+    assert table.header[-1] == "spec (FGSM)"
+    spec = {row[0]: row[-1] for row in table.rows}
+    assert spec == {"standard": FGSM_REF["acc@0.01"], "adv": ADV_REF["acc@0.01"], "adv_pgd": ""}
+    plain, _ = mode_table(clean, accs, "words")      # no spec: no column
+    assert "spec (FGSM)" not in plain.header and len(plain.rows[0]) == len(table.rows[0]) - 1
+
+
+def test_every_lab4_experiment_has_the_spec_clean_accuracy_beside_its_own():
+    from dllab.core import registry
+    from dllab.report.render import summary_rows
+
+    for name, key, spec in [("lab4.ood", "model.test_acc", 0.8473), ("lab4.fgsm", "model.test_acc", 0.8473),
+                            ("lab4.odin", "model.test_acc", 0.8473), ("lab4.adv-train", "standard.test_acc", 0.8473),
+                            ("lab4.adv-train", "adv.test_acc", 0.8681)]:
+        rows = summary_rows({key: 0.5}, registry.get_experiment(name).reference)
+        assert rows[0][:3] == [key, "0.5000", f"{spec:.4f}"], (name, rows[0])

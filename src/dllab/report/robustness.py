@@ -180,14 +180,19 @@ def comparison_figures(accs: dict, metrics: dict, scores: dict, attack: str, lab
             *[f for n in models for f in roc_figures(scores[n], metrics[n], labels, f"{n}_", f"{n}: ")]]
 
 
-def mode_table(clean: dict[str, float], accs: dict[str, dict[str, dict[float, float]]], sentence: str) -> list[Item]:
+def mode_table(clean: dict[str, float], accs: dict[str, dict[str, dict[float, float]]], sentence: str,
+               spec: dict[str, dict[str, float]] | None = None) -> list[Item]:
     """One table of each model's accuracy per epsilon, clean and under each attack (``accs`` =
-    {model: {attack: {eps: accuracy}}}), and ``sentence``, what it shows in words, under it."""
+    {model: {attack: {eps: accuracy}}}), and ``sentence``, what it shows in words, under it. ``spec``
+    ({model: {"acc@<eps>": accuracy}}, the spec's FGSM numbers of the models it has) adds a column beside them."""
     attacks = list(next(iter(accs.values())))
-    rows = [[n, f"{e:g}", k255(e), clean[n], *[per[a][e] for a in attacks]]
+    spec = spec or {}
+    rows = [[n, f"{e:g}", k255(e), clean[n], *[per[a][e] for a in attacks],
+             *([spec.get(n, {}).get(f"acc@{e:g}", "")] if spec else [])]
             for n, per in accs.items() for e in per[attacks[0]] if e > 0]
     return [Table("Accuracy per adversarial-training mode: clean and under each attack, per epsilon",
-                  ["model", "epsilon", "epsilon x 255", "clean", *[a.upper() for a in attacks]], rows),
+                  ["model", "epsilon", "epsilon x 255", "clean", *[a.upper() for a in attacks],
+                   *(["spec (FGSM)"] if spec else [])], rows),
             Note(sentence)]
 
 

@@ -226,7 +226,8 @@ def _mode_table(cfg: AdvTrainConfig, run: Run, data: ImageData, models: dict, cl
     sentence saying what it shows, and the summary keys <model>.<attack>.acc@<eps>."""
     table = attack_table(models, data.test, cfg.attack, cfg.adv.attacks, accs, cfg.seed, cfg.analysis_batch_size)
     sentence = robustness_sentence(clean, table)
-    run.add(*report.mode_table(clean, table, sentence))
+    spec = {"standard": FGSM_REF, "adv": ADV_REF} if "fgsm" in cfg.adv.attacks else {}   # adv: the spec's fgsm mode
+    run.add(*report.mode_table(clean, table, sentence, spec))
     top = max(cfg.attack.epsilons)
     for n, per in table.items():
         run.note(f"{n}: clean {clean[n]:.3f}; at eps {top:g} "
