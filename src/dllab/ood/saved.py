@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save as dump_safetensors
 
-from dllab import DllabError, RunFolderError
+from dllab import ConfigError, DllabError, RunFolderError
 from dllab.core import registry, untrusted
 from dllab.core.files import atomic_write, atomic_write_json
 from dllab.core.untrusted import printable
@@ -77,7 +77,7 @@ def describe(variant: str, detectors: dict[str, Detector], thresholds: Threshold
         t = thresholds.values[d]
         entries[d] = {"label": det.label, "settings": det.settings(), "threshold": t,
                       "metrics": {ood: per_det[d] for ood, per_det in metrics.items()},
-                      "flagged_at_threshold": {("id_test" if g == "id" else g): float((s[d] > t).float().mean())
+                      "flagged_at_threshold": {("id_test" if g == "id" else g): float((s[d] > t).double().mean())
                                                for g, s in scores.items()}}
     out = {"format": FORMAT, "variant": variant, "default": "energy" if "energy" in detectors else next(iter(entries)),
            "threshold_rule": THRESHOLD_RULE, "threshold_split": thresholds.split,
@@ -229,3 +229,20 @@ def _check_shapes(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
             raise DllabError(f"tensor {k} is {state[k].dtype}, not floating point")
         if len(have) != len(want) or any(w not in (-1, h) for w, h in zip(want, have)):
             raise DllabError(f"tensor {k} has shape {list(have)}, the model needs {[w if w >= 0 else '*' for w in want]}")
+
+
+def saved_detector(model_folder: Path, model, description: dict[str, Any], name: str | None = None
+                   ) -> SavedDetector | None:
+    """The detector ``name`` of ``model_folder``/ood/ (None: energy when it was fitted, else the first saved),
+    for ``model`` and its model.json ``description``; None when the folder has no ood/ and no ``name`` is asked."""
+    if not has_ood_folder(model_folder):
+        if name is None:
+            return None
+        raise ConfigError(f"{model_folder} has no saved OOD detectors (ood/); --detector (detector=) is for the "
+                          "models of a Lab 4 run (lab4.ood, lab4.adv-train) that fitted them")
+    desc, detectors = read_ood_folder(model_folder, model, description["input"])
+    name = desc["default"] if name is None else name
+    if name not in detectors:
+        raise ConfigError(f"{model_folder} has no saved detector '{printable(name)}'; it has "
+                          f"{', '.join(detectors)}")
+    return SavedDetector(name, *detectors[name])
