@@ -157,6 +157,7 @@ def test_predict_adds_the_ood_score_and_decision(ood_run, tmp_path):
     (lambda f: _edit_json(f, lambda d: d["detectors"]["autoencoder"]["settings"].update(hidden=7)),
      "detector 'autoencoder'"),
     (lambda f: _edit_json(f, lambda d: d["detectors"]["odin"]["settings"].update(code="x")), "settings"),
+    (lambda f: _edit_json(f, lambda d: d["detectors"]["energy"]["settings"].update(T="1")), "setting T is '1'"),
     (lambda f: _drop_tensor(f), "detector 'autoencoder'"),
 ])
 def test_a_tampered_ood_folder_is_one_line(ood_copy, tmp_path, damage, fragment):

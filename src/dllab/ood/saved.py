@@ -137,7 +137,8 @@ def read_ood_folder(model_folder: Path, model, input_spec: dict[str, Any]) -> tu
     for key, value in tensors.items():
         name, _, rest = key.partition(".")
         if name not in states or not rest:
-            raise RunFolderError(f"{folder / TENSORS}: tensor '{printable(key)}' belongs to no detector in {DESCRIPTION}")
+            raise RunFolderError(f"{folder / TENSORS}: tensor '{printable(key)}' belongs to no detector in "
+                                 f"{DESCRIPTION}")
         states[name][rest] = value
     detectors = {d: (_loaded_detector(folder, d, entry, states[d], dims), entry["threshold"])
                  for d, entry in desc["detectors"].items()}
@@ -205,9 +206,13 @@ def _loaded_detector(folder: Path, name: str, entry: dict[str, Any], state: dict
     cls = registry.get("detector", name)
     where = f"{folder}: detector '{name}'"
     try:
-        expected = set(cls().settings())
-        if set(entry["settings"]) != expected:
-            raise DllabError(f"settings {sorted(entry['settings'])}, expected {sorted(expected)}")
+        defaults = cls().settings()
+        if set(entry["settings"]) != set(defaults):
+            raise DllabError(f"settings {sorted(entry['settings'])}, expected {sorted(defaults)}")
+        wrong = [k for k, v in entry["settings"].items()
+                 if defaults[k] is not None and _kind(v) != _kind(defaults[k])]
+        if wrong:
+            raise DllabError(f"setting {wrong[0]} is {entry['settings'][wrong[0]]!r}, not a {_kind(defaults[wrong[0]])}")
         det = cls(**entry["settings"])
         _check_shapes(state, det.state_shapes(dims))
         det.load_state_dict(state)
@@ -219,6 +224,11 @@ def _loaded_detector(folder: Path, name: str, entry: dict[str, Any], state: dict
     return det
 
 
+def _kind(value: Any) -> str:
+    """A setting's kind: ints and floats are both numbers (T = 1 may be saved as 1), a bool is not one."""
+    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+
+
 def _check_shapes(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
     """Each tensor of ``state`` named in ``shapes`` floating and of that shape (-1: any size)."""
     for k, want in shapes.items():
@@ -228,7 +238,8 @@ def _check_shapes(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, .
         if not state[k].is_floating_point():
             raise DllabError(f"tensor {k} is {state[k].dtype}, not floating point")
         if len(have) != len(want) or any(w not in (-1, h) for w, h in zip(want, have)):
-            raise DllabError(f"tensor {k} has shape {list(have)}, the model needs {[w if w >= 0 else '*' for w in want]}")
+            need = [w if w >= 0 else "*" for w in want]
+            raise DllabError(f"tensor {k} has shape {list(have)}, the model needs {need}")
 
 
 def saved_detector(model_folder: Path, model, description: dict[str, Any], name: str | None = None
