@@ -216,26 +216,39 @@ def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
     only one), rebuilt from the registry with its safetensors weights, in eval mode on the CPU, and model.json
     as a dict (``spec["input"]``: channels, height, width, normalisation, classes; ``spec["metrics"]``). Only
     model.json and model.safetensors are read, as untrusted data: a damaged folder is a ``RunFolderError``."""
-    from dllab.train.saved_model import find_model_folder, load_saved_model
+    from dllab.train.saved_model import load_saved_model
+
+    return load_saved_model(_model_folder(run_dir, variant))
+
+
+def _model_folder(run_dir: PathLike | RunResult, variant: str | None) -> Path:
+    from dllab.train.saved_model import find_model_folder
 
     folder = Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir)
     _refuse_text_run(folder)
-    return load_saved_model(find_model_folder(folder, variant))
+    return find_model_folder(folder, variant)
 
 
 def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike], variant: str | None = None, *,
-            device: str = "auto", batch_size: int = 256) -> list[dict[str, Any]]:
+            device: str = "auto", batch_size: int = 256, detector: str | None = None) -> list[dict[str, Any]]:
     """``dllab predict``: the saved model (``load_model``) over image files or folders of them, loaded once and
-    fed in batches; one dict per image: ``input`` (the file), ``class``, ``index``, ``probability``."""
+    fed in batches; one dict per image: ``input`` (the file), ``class``, ``index``, ``probability``. A Lab 4
+    model with saved OOD detectors (models/<variant>/ood/) adds ``detector``, ``ood_score``, ``threshold`` and
+    ``decision`` (``ood`` above the threshold chosen on ID validation images, else ``id``) for ``detector``
+    (None: energy when it was fitted, else the first saved)."""
     from dllab.core.machine import resolve_device
+    from dllab.ood.saved import saved_detector
     from dllab.train.predict import predict_images
+    from dllab.train.saved_model import load_saved_model
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device_ = resolve_device(device)
-    model, spec = load_model(run_dir, variant)
+    folder = _model_folder(run_dir, variant)
+    model, spec = load_saved_model(folder)
+    chosen = saved_detector(folder, model, spec, detector)
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    return predict_images(model, spec, paths, device_, batch_size)
+    return predict_images(model, spec, paths, device_, batch_size, chosen.decisions if chosen else None)
 
 
 def _refuse_text_run(folder: Path) -> None:

@@ -16,17 +16,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--detector", default=None, metavar="NAME",
+                   help="Lab 4 runs: the saved OOD detector whose score and decision to show (default: energy "
+                        "when it was fitted, else the first saved)")
 
 
 def command(args: argparse.Namespace, call=None) -> None:
     """The subcommand (``call``: the CLI's Invocation, unused)."""
-    rows = api.predict(args.run, args.inputs, args.variant, device=args.device, batch_size=args.batch_size)
+    rows = api.predict(args.run, args.inputs, args.variant, device=args.device, batch_size=args.batch_size,
+                       detector=args.detector)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
 
 
 def table(rows: list[dict]) -> str:
-    """Aligned columns: input, class, probability (file and class names printed with control characters escaped)."""
-    cells = [("input", "class", "probability")] + [
-        (printable(r["input"]), printable(r["class"]), f"{r['probability']:.4f}") for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(3)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {p:>{widths[2]}}" for a, b, p in cells)
+    """Aligned columns: input, class, probability, and a Lab 4 model's OOD score (with its detector) and decision
+    (file and class names printed with control characters escaped)."""
+    ood = bool(rows) and "decision" in rows[0]
+    head = ("input", "class", "probability") + ((f"{rows[0]['detector']} score", "ood/id") if ood else ())
+    cells = [head] + [(printable(r["input"]), printable(r["class"]), f"{r['probability']:.4f}")
+                      + ((f"{r['ood_score']:.4g}", r["decision"]) if ood else ()) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    return "\n".join("  ".join(f"{v:>{w}}" if i in (2, 3) else f"{v:<{w}}" for i, (v, w) in
+                                enumerate(zip(c, widths))).rstrip() for c in cells)

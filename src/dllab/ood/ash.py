@@ -64,3 +64,6 @@ class ASH(FeatureDetector):
 
     def score_features(self, model, features: torch.Tensor) -> torch.Tensor:
         return energy_scores(head_logits(model, ash_s(features.float(), self.percentile), self.batch_size))
+
+    def settings(self) -> dict:
+        return {"percentile": self.percentile}

@@ -27,7 +27,9 @@ from dllab.data.images import to_unit_float
 from dllab.models.decoder import conv_decoder
 from dllab.core.registry import register
 from dllab.train.inference import eval_mode, image_batches, image_tensor, model_device_dtype
-from dllab.ood.base import Detector
+from dllab.ood.base import Detector, expect_keys
+
+DECODER = "decoder."   # the decoder's weights in the detector's state: decoder.<its state-dict name>
 
 
 def _check_encoder(model: nn.Module) -> None:
@@ -203,14 +205,46 @@ class Autoencoder(Detector):
         return (f"decoder trained {self.epochs} epochs on {self.n_train} ID training images (encoder = the "
                 f"cnn's frozen trunk); final train MSE {mse:.5f}")
 
-    def _fitted_decoder(self) -> nn.Module:
+    def _fitted_decoder(self, model: nn.Module) -> nn.Module:
+        """The decoder, on the model's device and dtype (a loaded one starts on the CPU)."""
         if self.decoder is None:
             raise DllabError("the autoencoder detector needs fit(model, x, y) before it can score")
-        return self.decoder
+        return self.decoder.to(*model_device_dtype(model))
 
     def score(self, model: nn.Module, x) -> torch.Tensor:
-        return reconstruction_scores(model, self._fitted_decoder(), x, self.batch_size)
+        return reconstruction_scores(model, self._fitted_decoder(model), x, self.batch_size)
 
     def reconstruct(self, model: nn.Module, x) -> torch.Tensor:
         """D(E(x)) for figures, a CPU float32 (N, C, H, W) tensor."""
-        return reconstruct(model, self._fitted_decoder(), x, self.batch_size)
+        return reconstruct(model, self._fitted_decoder(model), x, self.batch_size)
+
+    def settings(self) -> dict:
+        return {"epochs": self.epochs, "lr": self.lr, "fit_batch_size": self.fit_batch_size, "hidden": self.hidden,
+                "seed": self.seed}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.decoder is None:
+            return {}
+        return {DECODER + k: v.detach().cpu() for k, v in self.decoder.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "Autoencoder":
+        """The decoder of the saved weights (``conv_decoder``: its sizes are read off the first and last conv)."""
+        expect_keys(self, state, [DECODER + k for k in conv_decoder().state_dict()])
+        first, last = state[DECODER + "net.0.weight"], state[DECODER + "net.4.weight"]
+        if first.ndim != 4 or last.ndim != 4:
+            raise DllabError("autoencoder state: the decoder's convolutions are not 4-dimensional")
+        decoder = conv_decoder(in_channels=first.shape[1], hidden=self.hidden, out_channels=last.shape[0])
+        try:
+            decoder.load_state_dict({k[len(DECODER):]: v for k, v in state.items()})
+        except RuntimeError as e:
+            raise DllabError(f"autoencoder state: the decoder's weights do not fit a decoder of hidden "
+                             f"{self.hidden} ({str(e).splitlines()[-1].strip()})") from e
+        self.decoder = decoder.eval()
+        return self
+
+    def state_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        if not (isinstance(self.hidden, int) and self.hidden > 0):
+            raise DllabError(f"autoencoder: hidden must be a positive integer, got {self.hidden!r}")
+        with torch.device("meta"):   # shapes only: no memory, whatever ``hidden`` a saved file claims
+            fresh = conv_decoder(in_channels=dims["maps"], hidden=self.hidden, out_channels=dims["channels"])
+        return {DECODER + k: tuple(v.shape) for k, v in fresh.state_dict().items()}

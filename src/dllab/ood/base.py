@@ -10,10 +10,17 @@ builds it from the experiment's settings. Detectors that read nothing but the lo
 (``analysis.ood.evaluate.score_images``). Those that read the penultimate features (``model.forward_features``,
 and may feed edited ones to ``model.forward_head``) are ``FeatureDetector``s: ``fit_features`` and
 ``score_features`` take the (N, D) features, so one feature pass serves all of them too.
+
+What a fitted detector keeps is saved as in pytorch-ood: ``settings()`` (plain JSON, the keyword arguments it is
+built again with: ``cls(**settings)``), ``state_dict()`` (what ``fit`` learned, tensors only: empty for the
+stateless ones) and ``load_state_dict(state)``; ``state_shapes(dims)`` says which shapes a state must have for a
+given model, so a state read back from a file is checked before it is used (``ood.saved``).
 """
 from __future__ import annotations
 
 import torch
+
+from typing import Any
 
 from dllab import ConfigError, DllabError
 from dllab.train.inference import eval_mode, logits_of, model_device_dtype, outputs_of
@@ -47,6 +54,36 @@ class Detector:
 
     def score(self, model: torch.nn.Module, x) -> torch.Tensor:
         raise NotImplementedError
+
+    # --- saving and loading what was fitted (pytorch-ood style) ---------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments (plain JSON values) that build this detector again, ``batch_size`` aside."""
+        return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What ``fit`` learned, as named tensors (none for a detector that learns nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "Detector":
+        """Take a fitted state ``state_dict`` returned; returns self. Names other than its own are an error."""
+        expect_keys(self, state, ())
+        return self
+
+    def state_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        """The shape of each state tensor for a model of ``dims`` (``classes``, ``features``, ``maps``,
+        ``channels``, ``height``, ``width``); -1 where any size will do."""
+        return {}
+
+
+def expect_keys(det: Detector, state: dict[str, torch.Tensor], names) -> dict[str, torch.Tensor]:
+    """``state`` if it holds exactly the tensors ``names``, else a one-line error naming what differs."""
+    missing, extra = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+    if missing or extra:
+        raise DllabError(f"{type(det).__name__} state: " + "; ".join(
+            p for p in (f"missing {', '.join(missing)}" if missing else "",
+                        f"unexpected {', '.join(extra)}" if extra else "") if p))
+    return state
 
 
 class LogitDetector(Detector):

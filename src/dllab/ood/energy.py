@@ -41,3 +41,6 @@ class Energy(LogitDetector):
 
     def score_logits(self, logits) -> torch.Tensor:
         return energy_scores(logits, self.T)
+
+    def settings(self) -> dict:
+        return {"T": self.T}

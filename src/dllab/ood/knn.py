@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dllab import DllabError
 from dllab.core.registry import register
-from dllab.ood.base import FeatureDetector
+from dllab.ood.base import FeatureDetector, expect_keys
 
 CHUNK_ELEMENTS = 1 << 25   # similarities per chunk (128 MB of float32): chunk rows = this / training images
 
@@ -71,3 +71,19 @@ class KNN(FeatureDetector):
         if not hasattr(self, "bank"):
             raise DllabError("the knn detector is not fitted: call fit(model, x) first")
         return kth_neighbour_distance(F.normalize(features.float(), dim=1), self.bank, self.k)
+
+    def settings(self) -> dict:
+        return {"k": self.k}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank} if hasattr(self, "bank") else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "KNN":
+        bank = expect_keys(self, state, ("bank",))["bank"]
+        if bank.ndim != 2 or len(bank) < self.k:
+            raise DllabError(f"knn state: the bank holds {len(bank)} features, fewer than k = {self.k}")
+        self.bank = bank.float()
+        return self
+
+    def state_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        return {"bank": (-1, dims["features"])}

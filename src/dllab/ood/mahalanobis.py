@@ -19,7 +19,7 @@ import torch
 
 from dllab import DllabError
 from dllab.core.registry import register
-from dllab.ood.base import FeatureDetector
+from dllab.ood.base import FeatureDetector, expect_keys
 
 
 def class_means_and_whitening(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,3 +73,18 @@ class Mahalanobis(FeatureDetector):
         if not hasattr(self, "means"):
             raise DllabError("the mahalanobis detector is not fitted: call fit(model, x, y) first")
         return mahalanobis_scores(features, self.means, self.whitening)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        # the whitening L (L L^T = the precision Sigma^+) is kept rather than Sigma^+ itself: it is what scores
+        return {"means": self.means, "whitening": self.whitening} if hasattr(self, "means") else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "Mahalanobis":
+        state = expect_keys(self, state, ("means", "whitening"))
+        if len(state["means"]) == 0:
+            raise DllabError("mahalanobis state: no class means")
+        self.means, self.whitening = state["means"].double(), state["whitening"].double()
+        self.note = f"{len(self.means)} class means and a tied covariance, loaded"
+        return self
+
+    def state_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        return {"means": (-1, dims["features"]), "whitening": (dims["features"], -1)}

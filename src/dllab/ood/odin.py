@@ -104,6 +104,9 @@ class ODIN(Detector):
     def score(self, model: torch.nn.Module, x) -> torch.Tensor:
         return odin_scores(model, x, self.T, self.eps, self.batch_size)
 
+    def settings(self) -> dict:
+        return {"T": self.T, "eps": self.eps}   # ODIN learns nothing: its T and eps are all there is to keep
+
 
 def odin_grid(model: torch.nn.Module, data, temperatures: Sequence[float], epsilons: Sequence[float],
               batch_size: int = 256) -> np.ndarray:

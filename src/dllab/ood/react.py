@@ -18,7 +18,7 @@ import torch
 
 from dllab import DllabError
 from dllab.core.registry import register
-from dllab.ood.base import FeatureDetector, head_logits
+from dllab.ood.base import FeatureDetector, expect_keys, head_logits
 from dllab.ood.energy import energy_scores
 
 
@@ -58,3 +58,17 @@ class ReAct(FeatureDetector):
         if not hasattr(self, "clip"):
             raise DllabError("the react detector is not fitted: call fit(model, x) first")
         return energy_scores(head_logits(model, features.clamp(max=self.clip), self.batch_size))
+
+    def settings(self) -> dict:
+        return {"percentile": self.percentile}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        # float64: the clip is numpy's float64 percentile, kept exactly
+        return {"clip": torch.tensor(self.clip, dtype=torch.float64)} if hasattr(self, "clip") else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "ReAct":
+        self.clip = float(expect_keys(self, state, ("clip",))["clip"])
+        return self
+
+    def state_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        return {"clip": ()}

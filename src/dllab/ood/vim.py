@@ -26,7 +26,7 @@ from torch import nn
 
 from dllab import ConfigError, DllabError
 from dllab.core.registry import register
-from dllab.ood.base import FeatureDetector
+from dllab.ood.base import FeatureDetector, expect_keys
 
 
 def paper_dim(feature_dim: int) -> int:
@@ -49,20 +49,33 @@ def linear_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ViMFit:
-    """ViM fitted on the ID training ``features`` (N, D) for the head (W, b): u, the residual basis, alpha."""
+    """ViM fitted for the head (W, b): u, the residual basis, alpha (``fit`` learns them from the ID training
+    features; the constructor takes them as saved, float64)."""
 
-    def __init__(self, features: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dim: int):
+    STATE = ("w", "b", "u", "residual_basis", "alpha")
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, u: torch.Tensor, residual_basis: torch.Tensor,
+                 alpha: float):
+        self.w, self.b, self.u, self.residual_basis, self.alpha = w, b, u, residual_basis, alpha
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dim: int) -> "ViMFit":
+        """Fitted on the ID training ``features`` (N, D), keeping the top ``dim`` principal directions."""
         f = features.double()
-        self.w, self.b = w, b
-        self.u = -torch.linalg.pinv(w) @ b
-        centred = f - self.u
+        u = -torch.linalg.pinv(w) @ b
+        centred = f - u
         eigvals, eigvecs = torch.linalg.eigh(centred.T @ centred / len(f))   # ascending eigenvalues
-        self.residual_basis = eigvecs[:, :f.shape[1] - dim]                 # all but the top ``dim``
-        residual_mean = self.residual(f).mean()
+        fitted = cls(w, b, u, eigvecs[:, :f.shape[1] - dim], 0.0)            # the basis: all but the top ``dim``
+        residual_mean = fitted.residual(f).mean()
         if not residual_mean > 0:
             raise DllabError(f"vim: the ID training features lie inside the {dim}-dimensional principal subspace "
                              "(no residual to match); set ood.vim.dim lower")
-        self.alpha = float(self.logits(f).amax(dim=1).mean() / residual_mean)
+        fitted.alpha = float(fitted.logits(f).amax(dim=1).mean() / residual_mean)
+        return fitted
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"w": self.w, "b": self.b, "u": self.u, "residual_basis": self.residual_basis,
+                "alpha": torch.tensor(self.alpha, dtype=torch.float64)}
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.w.T + self.b
@@ -104,7 +117,7 @@ class ViM(FeatureDetector):
         dim = self.dim or paper_dim(d)
         if dim >= d:
             raise DllabError(f"vim: dim = {dim} must be below the feature dimension {d}; set ood.vim.dim lower")
-        self.fitted = ViMFit(features, *linear_head(model), dim)
+        self.fitted = ViMFit.fit(features, *linear_head(model), dim)
         return self
 
     def fit_note(self) -> str:
@@ -116,3 +129,18 @@ class ViM(FeatureDetector):
         if not hasattr(self, "fitted"):
             raise DllabError("the vim detector is not fitted: call fit(model, x) first")
         return self.fitted.scores(features)
+
+    def settings(self) -> dict:
+        return {"dim": self.dim}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.fitted.state_dict() if hasattr(self, "fitted") else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "ViM":
+        s = {k: v.double() for k, v in expect_keys(self, state, ViMFit.STATE).items()}
+        self.fitted = ViMFit(s["w"], s["b"], s["u"], s["residual_basis"], float(s["alpha"]))
+        return self
+
+    def state_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        k, d = dims["classes"], dims["features"]
+        return {"w": (k, d), "b": (k,), "u": (d,), "residual_basis": (d, -1), "alpha": ()}

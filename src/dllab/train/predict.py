@@ -7,7 +7,7 @@ itself, as in training.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -52,21 +52,31 @@ def read_images(paths: list[Path], channels: int, height: int, width: int) -> to
     return torch.from_numpy(np.stack(out))
 
 
+# more columns per image of a batch from (model, images, logits): Lab 4's OOD score and decision (ood.saved)
+Annotate = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], list[dict[str, Any]]]
+
+
 def predict_images(model: torch.nn.Module, description: dict[str, Any], inputs: Iterable[str | Path],
-                   device: torch.device | str = "cpu", batch_size: int = BATCH_SIZE) -> list[dict[str, Any]]:
-    """One row per image of ``inputs`` (files or folders): ``input``, ``class``, ``index``, ``probability``.
-    ``model`` is the one ``load_saved_model`` returned with ``description``, moved to ``device`` once."""
+                   device: torch.device | str = "cpu", batch_size: int = BATCH_SIZE,
+                   annotate: Annotate | None = None) -> list[dict[str, Any]]:
+    """One row per image of ``inputs`` (files or folders): ``input``, ``class``, ``index``, ``probability``,
+    and what ``annotate`` adds. ``model`` is the one ``load_saved_model`` returned with ``description``, moved
+    to ``device`` once."""
     spec = description["input"]
     classes = spec["classes"]
     files = image_files(inputs)
     model.to(device)
     rows = []
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model):
         for i in range(0, len(files), batch_size):
             batch = files[i:i + batch_size]
             x = to_unit_float(read_images(batch, spec["channels"], spec["height"], spec["width"]), torch.device(device))
-            probs = torch.softmax(model(x).float(), dim=1).cpu()
-            p, k = probs.max(dim=1)
+            with torch.inference_mode():
+                logits = model(x).float()
+            p, k = torch.softmax(logits, dim=1).cpu().max(dim=1)
+            # outside inference mode: a detector may need the input's gradient (ODIN)
+            extra = annotate(model, x, logits) if annotate is not None else [{}] * len(batch)
             rows += [{"input": str(f), "class": classes[j] if j < len(classes) else str(j), "index": j,
-                      "probability": float(pj)} for f, j, pj in zip(batch, k.tolist(), p.tolist())]
+                      "probability": float(pj), **more}
+                     for f, j, pj, more in zip(batch, k.tolist(), p.tolist(), extra)]
     return rows

@@ -19,6 +19,7 @@ from dllab.models.factory import check_model_has
 from dllab.ood.datasets import OODSet, benchmark_groups, build_ood_sets
 from dllab.ood.evaluate import benchmark_keys, build_detectors, evaluate_ood, metric_keys, score_arrays
 from dllab.ood.odin_search import msp_cell, search_arrays, search_sets
+from dllab.ood.saved import describe as describe_ood, fit_thresholds, write_ood_folder
 from dllab.report import robustness as report
 from dllab.report.ood_table import write_benchmark_csv
 from dllab.report.variants import curves_figure
@@ -85,14 +86,33 @@ def _needs(cfg) -> list[tuple[str, ...]]:
 
 
 def _ood_scores(cfg, run: Run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
-    """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics)."""
+    """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics); saved with
+    their thresholds beside the model (``_save_detectors``)."""
     detectors = build_detectors(cfg.ood.detectors, cfg.analysis_batch_size, cfg.odin, cfg.autoencoder, cfg.seed, tag,
                                 reporter=run, ood=cfg.ood)
     scores, metrics = evaluate_ood(model, detectors, data, ood_sets, cfg.analysis_batch_size,
                                    cfg.autoencoder.train_limit, cfg.seed, tag, reporter=run)
     run.save_arrays(f"scores_{tag}.npz" if tag else "scores.npz",
                     score_arrays(scores, data.classes, data.test.y, list(detectors)))
+    _save_detectors(cfg, run, tag or "standard", model, detectors, data, scores, metrics)
     return detectors, scores, metrics
+
+
+def _save_detectors(cfg, run: Run, variant: str, model, detectors, data: ImageData, scores, metrics) -> None:
+    """The fitted detectors and their thresholds (chosen on the ID validation images) in models/<variant>/ood/,
+    when this run saved that model's folder; a reused classifier's folder belongs to the run that trained it."""
+    folder = run.path / "models" / variant
+    if not run.writes:
+        return
+    if not (folder / "model.json").is_file():
+        run.note(f"the {variant} classifier was reused (model.run), so its fitted OOD detectors are not saved: "
+                 f"train it in this run to get models/{variant}/ood/ for dllab predict")
+        return
+    thresholds = fit_thresholds(model, detectors, data, cfg.analysis_batch_size)
+    write_ood_folder(folder, describe_ood(variant, detectors, thresholds, scores, metrics), detectors)
+    if thresholds.split != "val":
+        run.note(f"{variant}: no validation split (data.val_fraction=0), so the OOD thresholds in "
+                 f"models/{variant}/ood/ood.json come from the ID training images' scores")
 
 
 # --- Ex. 1.1-1.2: OOD detection --------------------------------------------------------------------
