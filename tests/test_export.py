@@ -254,3 +254,12 @@ def test_a_lora_adapter_and_features_are_refused_in_one_line(tmp_path):
     one_line_error(dllab_in_process("export", features.parent.parent, "--format", "torchscript"),
                    "scikit-learn", "no ONNX or TorchScript export")
     assert not list(tmp_path.rglob("model.onnx")) and not list(tmp_path.rglob("model.ts"))
+
+
+def test_the_throughput_benchmark_runs_and_prints_both_and_the_ratio(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import predict_throughput
+
+    predict_throughput.main(["--images", "8", "--batch-size", "4", "--repeats", "1", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("torch eager" in line and "onnxruntime / eager" in line for line in lines[1:])
