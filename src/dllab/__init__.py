@@ -12,7 +12,7 @@ from dllab.errors import ConfigError, DataError, DllabError, PluginError, Resume
 
 # The names of dllab.api that ``dllab.<name>`` gives (module __getattr__, PEP 562: imported when first asked).
 _API = ("run", "load", "sweep", "compare", "list_experiments", "config", "RunResult", "SweepResult",
-        "ExperimentInfo", "load_model", "predict")
+        "ExperimentInfo", "load_model", "predict", "export")
 
 __all__ = ["__version__", "DllabError", "ConfigError", "DataError", "RunFolderError", "ResumeError", "PluginError",
            *_API]

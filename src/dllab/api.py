@@ -251,6 +251,22 @@ def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike]
     return predict_images(model, spec, paths, device_, batch_size, chosen.decisions if chosen else None)
 
 
+def export(run_dir: PathLike | RunResult, variant: str | None = None, format: str = "onnx", *,
+           out: PathLike | None = None, force: bool = False, inputs: PathLike | Sequence[PathLike] | None = None,
+           tolerance: float = 1e-4):
+    """``dllab export``: the saved model (``load_model``'s) as ``format`` onnx | torchscript, written to ``out``
+    (default models/<variant>/model.onnx or model.ts; an existing file is replaced only with ``force``) once a
+    batch of real inputs (the run's test images, else ``inputs``: image files or folders, text files of
+    sentences) gives the same logits through PyTorch and the export within ``tolerance``. Returns what was
+    written and the difference (``.path``, ``.max_abs_diff``); a mismatch raises, and writes nothing."""
+    from dllab.train.export import export_model
+    from dllab.train.saved_model import find_model_folder
+
+    folder = find_model_folder(Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir), variant)
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    return export_model(folder, format, None if out is None else Path(out), force, given, tolerance)
+
+
 def _refuse_text_run(folder: Path) -> None:
     """Text runs (Lab 2) do not save usable models yet: one line, not 'no models'."""
     from dllab.core import untrusted

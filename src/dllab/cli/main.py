@@ -1,5 +1,5 @@
-"""``dllab list | run | sweep | report | compare | predict | doctor``. Errors a user can fix print one line and exit
-with code 2."""
+"""``dllab list | run | sweep | report | compare | predict | export | doctor``. Errors a user can fix print one line
+and exit with code 2."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from dllab import ConfigError, DllabError, __version__  # torch-free, as everything imported here: torch loads in main
 from dllab import api
-from dllab.cli import predict
+from dllab.cli import export, predict
 from dllab.cli.configfile import config_option, print_config
 from dllab.core import cpus, environ, ranks, registry, untrusted
 from dllab.core.config import PROFILES
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)"))
     _add_compare(sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves"))
     predict.add_arguments(sub.add_parser("predict", help="a run's saved model over images: class and probability"))
+    export.add_arguments(sub.add_parser("export", help="a run's saved model as ONNX or TorchScript, checked "
+                                                      "against PyTorch on real inputs"))
     _add_doctor(sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates"))
     sub.add_parser("completion", help="print the shell completion script (see the README to install it)"
                    ).add_argument("shell", choices=["bash", "zsh"])
@@ -227,6 +229,7 @@ def cmd_completion(args: argparse.Namespace, call: Invocation) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Invocation], int | None]] = {
     "list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "compare": cmd_compare, "doctor": cmd_doctor,
     "report": cmd_report, "completion": cmd_completion, "predict": predict.command,
+    "export": export.command,
 }
 COMPUTING = ("run", "sweep", "doctor")   # the commands that train or time: environment checked, OpenMP set
 
