@@ -49,8 +49,11 @@ def test_a_run_with_overrides_and_two_seeds(two_runs):
     a, _ = two_runs
     saved = json.loads((a.path / "metrics.json").read_text())
     assert a.metrics == saved["summary"] and "adam.test_acc.std" in a.metrics
-    assert a.metrics["adam.test_acc"] == pytest.approx((saved["seeds"]["0"]["adam.test_acc"]
-                                                        + saved["seeds"]["1"]["adam.test_acc"]) / 2)
+    # both test accuracies (the kept weights', the last epoch's) get a mean and a std over the seeds
+    for key in ("adam.test_acc", "adam.test_acc_last"):
+        per_seed = [saved["seeds"][s][key] for s in ("0", "1")]
+        assert a.metrics[key] == pytest.approx(sum(per_seed) / 2)
+        assert a.metrics[f"{key}.std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
     assert a.experiment == "lab1.mlp" and a.config["train.epochs"] == 1 and a.config["width"] == 8
     history = a.history   # pandas is installed here (with `datasets`): a DataFrame, every seed's rows
     assert sorted(set(history["seed"])) == [0, 1] and set(history["variant"]) == {"sgd", "adam"}

@@ -299,5 +299,6 @@ def test_image_training_needs_no_run(tmp_path, monkeypatch):
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
     out = train_model(model, data, "v", CPU, train=TrainConfig(epochs=2, batch_size=8, precision="fp32"),
                       optim=OptimConfig(name="adam", lr=1e-2))
-    assert {"test_acc", "best_test_acc", "best_epoch", "val_acc", "final_val_acc"} <= set(out)
+    assert {"test_acc", "test_acc_last", "best_epoch", "val_acc", "final_val_acc"} <= set(out)
+    assert not {"best_test_acc", "best_test_loss"} & set(out)
     assert out["epochs"] == 2 and list(tmp_path.iterdir()) == []

@@ -195,7 +195,8 @@ def test_a_factory_model_trains_on_an_imagefolder_in_cnn_depth(package, shapes, 
                            f"model.factory={FACTORY}", "--set", "plain_depths=[1]", "--set", "residual_depths=[2]",
                            out=out)
     _assert_named(metrics, report, out, FACTORY)
-    assert set(metrics["summary"]) == {"plain_d1.test_acc", "res_d2.test_acc", "plain_d1.val_acc", "res_d2.val_acc"}
+    assert set(metrics["summary"]) == {f"{v}.{k}" for v in ("plain_d1", "res_d2")
+                                       for k in ("test_acc", "test_acc_last", "val_acc")}
     import torch
 
     saved = torch.load(out / "models" / "res_d2.pt", weights_only=True)

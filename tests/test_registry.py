@@ -239,8 +239,9 @@ def test_a_plugin_detector_runs_in_lab4_ood_on_a_plugin_dataset(plugin, tmp_path
     report = (out / "report.md").read_text()
     assert "class_mean" in report and "generated stripes (dllab-testplug)" in (out / "env.json").read_text()
     # the keys lab4.ood declares for a sweep (registry.Experiment.metrics) are the run's
-    declared = ["model.test_acc"] + [f"{o}.{d}.{m}" for o in ("heldout", "noise") for d in ("msp", "class_mean")
-                                     for m in ("auroc", "aupr_in", "aupr_out", "fpr95")]
+    declared = ["model.test_acc", "model.test_acc_last"] + [f"{o}.{d}.{m}" for o in ("heldout", "noise")
+                                                            for d in ("msp", "class_mean")
+                                                            for m in ("auroc", "aupr_in", "aupr_out", "fpr95")]
     assert list(summary) == declared
 
 
@@ -255,7 +256,8 @@ def test_a_plugin_model_and_dataset_run_in_lab1_mlp(plugin, tmp_path):
     saved = torch.load(out / "models" / "adam.pt", weights_only=True)
     assert saved["spec"]["name"] == "tiny_convnet" and saved["spec"]["kwargs"]["width"] == 8
     summary = json.loads((out / "metrics.json").read_text())["summary"]
-    assert set(summary) == {"sgd.test_acc", "sgd.val_acc", "adam.test_acc", "adam.val_acc"}
+    assert set(summary) == {"sgd.test_acc", "sgd.test_acc_last", "sgd.val_acc", "adam.test_acc", "adam.test_acc_last",
+                            "adam.val_acc"}
 
 
 def test_a_plugin_name_that_is_not_installed_is_refused_before_any_work(tmp_path):

@@ -184,12 +184,13 @@ def test_default_metric_is_a_key_every_point_reports():
 
 
 def test_declared_keys_follow_the_config():
-    assert checked("lab1.mlp", {"width": ["16"]}, sets=["data.val_fraction=0"])[2] == ["sgd.test_acc",
-                                                                                       "adam.test_acc"]
+    assert checked("lab1.mlp", {"width": ["16"]}, sets=["data.val_fraction=0"])[2] == [
+        "sgd.test_acc", "sgd.test_acc_last", "adam.test_acc", "adam.test_acc_last"]
+    # (model.test_acc_last: the classifier is trained in the run, as no model.run is set)
     _, _, keys = checked("lab4.fgsm", {"attack.epsilons": ["[0,0.1]", "[0.1,0.2]"]}, "fgsm.acc@0.1")
-    assert keys == ["model.test_acc", "fgsm.acc@0.1"]
+    assert keys == ["model.test_acc", "model.test_acc_last", "fgsm.acc@0.1"]
     _, _, keys = checked("lab4.ood", {"ood.names": ["[heldout]", "[heldout,mnist]"]}, sets=["ood.detectors=[msp]"])
-    assert keys == ["model.test_acc"]   # one OOD set names no set in its keys, two do: none is common
+    assert keys == ["model.test_acc", "model.test_acc_last"]   # one OOD set names no set in its keys, two do
 
 
 def test_registered_experiments_declare_their_keys_without_torch():

@@ -202,7 +202,8 @@ def test_experiment_saves_target_sized_models_and_reports(image_root, tmp_path):
     run_transfer(image_root, second, f"source.run={out}", "variants=[full_adam]", "classifiers=[]")
     assert json.loads((second / "env.json").read_text())["source_model"] == str(out.resolve() / "models" / "source.pt")
     assert not (second / "models" / "source.pt").exists()
-    assert set(summary(second)) == {"source.val_acc", "source.test_acc", "full_adam.val_acc", "full_adam.test_acc"}
+    assert set(summary(second)) == {"source.val_acc", "source.test_acc", "source.test_acc_last", "full_adam.val_acc",
+                                    "full_adam.test_acc", "full_adam.test_acc_last"}
 
 
 def test_unknown_variants_are_refused(image_root, tmp_path):

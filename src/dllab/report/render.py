@@ -24,6 +24,7 @@ from dllab.core.registry import get_experiment
 from dllab.report import ood_table
 from dllab.store.folder import read_env
 from dllab.store.records import read_metrics, read_report_state
+from dllab.train.settings import METRICS_RULE
 
 RunInfo = dict[str, Any]
 
@@ -184,6 +185,8 @@ def results_tables(doc: Doc, rows: list[list[str]]) -> None:
     if alone:
         doc.heading("Results with no spec number" if beside else "Results (the spec gives no number for them)", 3)
         doc.table(["metric", "this run"], alone)
+    if any(r[0].endswith(".test_acc_last") for r in rows):   # a run of trained variants: say which weights
+        doc.para(f"Which weights: {METRICS_RULE}.")
 
 
 def _benchmark_cell(cell: ood_table.Cell | None, best: set) -> str | Bold:

@@ -26,7 +26,7 @@ def classifier_table(models: dict[str, tuple[str, dict | str, float]], classes: 
     several = len(models) > 1
     return [Table("Models" if several else "Classifier",
                   [*(["model"] if several else []), "source", "architecture", "ID classes", "test images",
-                   "clean test accuracy (fp32)"],
+                   "clean test accuracy (fp32, saved weights)"],
                   [[*([n] if several else []), source, f"cnn {arch}" if isinstance(arch, dict) else arch, classes,
                     test_images, acc]
                    for n, (source, arch, acc) in models.items()])]

@@ -21,7 +21,7 @@ def pretraining_verdict(results: dict[str, dict], n_eval: int, split: str = "val
     """A sentence answering the transfer spec's question from a run's numbers: full_adam (else the best
     pretrained full/partial variant) against scratch, with the sampling noise of ``n_eval`` images; ``spec``,
     the spec's own answer (the experiment holds its numbers), is added after it."""
-    key = f"{split}_acc" if split == "val" else "best_test_acc"
+    key = f"{split}_acc"   # test_acc: the kept (best validation) weights', as val_acc is their epoch's
     pre = [n for n in ("full_adam", "full_sgd", "partial", "head") if n in results]
     if "scratch" not in results or not pre:
         return None
@@ -31,9 +31,9 @@ def pretraining_verdict(results: dict[str, dict], n_eval: int, split: str = "val
         return None
     verdict, diff, noise = accuracy_gap(a, b, n_eval)
     test = ""
-    if split == "val" and "best_test_acc" in results[name] and "best_test_acc" in results["scratch"]:
-        test = (f"; on the test split {results[name]['best_test_acc']:.4f} against "
-                f"{results['scratch']['best_test_acc']:.4f}")
+    if split == "val" and "test_acc" in results[name] and "test_acc" in results["scratch"]:
+        test = (f"; on the test split {results[name]['test_acc']:.4f} against "
+                f"{results['scratch']['test_acc']:.4f}")
     ours = (f"Does pretraining help here? {verdict}: {name} (fine-tuned from the source weights) reaches "
             f"{split} accuracy {a:.4f} against {b:.4f} from scratch ({100 * diff:+.1f} points; differences within "
             f"±{100 * noise:.1f} points are sampling noise on {n_eval} {split} images){test}.")

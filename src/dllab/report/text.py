@@ -35,7 +35,7 @@ def strategies_report(results: dict[str, dict], reference: dict, model_name: str
         rows.append([s, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}", f"{ref:.4f}" if ref else "-",
                      mmss(r["seconds"]), f"{r['trainable_params']:,}", f"{r['peak_mem_mb']:.0f}", r["precision"]])
     table = Table(f"Fine-tuning strategies ({model_name}, {setting})",
-                  ["strategy", "val acc", "test acc", "spec val acc", "wall time (train + val)", "trainable params",
+                  ["strategy", "val acc", "test acc (best val epoch)", "spec val acc", "wall time (train + val)", "trainable params",
                    "peak memory (MB)", "precision"], rows)
     memory = Note(f"peak memory is {', '.join(kinds)}" + ("; the resident set rarely shrinks after a strategy, so a "
                   "later strategy's peak can include memory an earlier one left cached"

@@ -12,20 +12,30 @@ if TYPE_CHECKING:   # report modules import no torch for their type hints
     from dllab.train.variants import Variant
 
 
+def test_columns(results: dict[str, dict]) -> list[str]:
+    """The test accuracy columns' names, saying which weights each is of (``train.settings.METRICS_RULE``): the
+    kept weights' (the best validation epoch's) first, then the last epoch's; one column when no variant has a
+    validation split (the kept weights are then the last epoch's)."""
+    if not any("val_acc" in r for r in results.values()):
+        return ["test acc (last epoch; no validation split)"]
+    return ["test acc (best val epoch)", "test acc (last epoch)"]
+
+
 def accuracy_table(results: dict[str, dict], variants: list[Variant], title: str = "Variants") -> list[Item]:
     """One row per variant: its settings, parameters, accuracies, time."""
     meta_keys = list(dict.fromkeys(k for v in variants for k in v.meta))
     # A column of trainable parameters when some variant trains only part of its model (fine-tuning).
     partly = any(results[v.name]["trainable_params"] != results[v.name]["params"] for v in variants)
-    header = ["variant", *meta_keys, *(["trainable params"] if partly else []), "params", "best val acc",
-              "test acc (final)", "test acc (best val)", "seconds"]
+    tests = test_columns({v.name: results[v.name] for v in variants})
+    header = ["variant", *meta_keys, *(["trainable params"] if partly else []), "params", "best val acc", *tests,
+              "seconds"]
     rows = []
     for v in variants:
         r = results[v.name]
         trainable = [f"{r['trainable_params']:,}"] if partly else []
+        accs = [r["test_acc"], r.get("test_acc_last", float("nan"))][:len(tests)]
         rows.append([v.name, *[v.meta.get(k, "") for k in meta_keys], *trainable, f"{r['params']:,}",
-                     r.get("val_acc", float("nan")), r["test_acc"], r.get("best_test_acc", r["test_acc"]),
-                     f"{r['seconds']:.1f}"])
+                     r.get("val_acc", float("nan")), *accs, f"{r['seconds']:.1f}"])
     return [Table(title, header, rows)]
 
 
@@ -70,8 +80,9 @@ def gradient_figure(results: dict, names: list[str]) -> list[Item]:
 
 
 def accuracy_vs_depth(results: dict, depths: list[int]) -> list[Item]:
-    """Test accuracy against depth, plain (``plain_d<k>``) vs residual (``res_d<k>``)."""
+    """Test accuracy (of the kept weights) against depth, plain (``plain_d<k>``) vs residual (``res_d<k>``)."""
     series = {kind: [results[f"{p}_d{d}"]["test_acc"] if f"{p}_d{d}" in results else float("nan") for d in depths]
               for kind, p in (("plain", "plain"), ("residual", "res"))}
     return [Figure(plots.line_plot(depths, series, "depth (blocks)", "test accuracy", "test accuracy vs depth"),
-                   "accuracy_vs_depth.png", "Test accuracy against depth, plain vs residual")]
+                   "accuracy_vs_depth.png", "Test accuracy (test_acc: the saved weights') against depth, plain vs "
+                   "residual")]

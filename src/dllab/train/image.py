@@ -11,7 +11,8 @@
     ``optim.schedule``) steps per epoch, one-cycle's per step; optionally per-layer gradient norms
     (``train.grad_norms``), recorded at their true scale; optionally early stopping (``train.early_stop``);
   - gradients clipped to ``train.clip_grad_norm`` (by the Precision plugin, after unscaling), if set;
-  - the final AND the best-validation weights are tested (all the weights: BatchNorm statistics too).
+  - the final AND the best-validation weights are tested (all the weights: BatchNorm statistics too): the
+    result's ``test_*`` are the best-validation (kept) weights', ``test_*_last`` the final ones'.
 The epoch's training loss and accuracy, and the validation and test loss and accuracy, are sums all-reduced
 over the ranks (each rank evaluates every N-th row), so every rank holds the same history.
 """
@@ -210,13 +211,17 @@ class ImageTask(Task):
                 + f" ({row['seconds']:.1f}s)")
 
     def result(self, history: list[dict], best: dict[str, Any], tests: dict[str, dict]) -> dict[str, Any]:
+        """``test_*``: the kept weights' (the best validation epoch's, the last epoch's without a validation
+        split: what the model holds when fit returns, and what is saved); ``test_*_last``: the last epoch's
+        (``saved_model.METRICS_RULE``)."""
+        kept = tests.get("best", tests["final"])
         result = {"variant": self.name, "epochs": self.epochs,
                   "train_acc": history[-1]["train_acc"] if history else float("nan"),
-                  "seconds": sum(r["seconds"] for r in history), **tests["final"]}
+                  "seconds": sum(r["seconds"] for r in history), **kept,
+                  **{f"{k}_last": v for k, v in tests["final"].items()}}
         if "best" in tests:
             result.update(best_epoch=best["epoch"], val_acc=best["val_acc"],
-                          final_val_acc=history[-1].get("val_acc"),
-                          best_test_loss=tests["best"]["test_loss"], best_test_acc=tests["best"]["test_acc"])
+                          final_val_acc=history[-1].get("val_acc"))
         if self.grads is not None:
             result["grad_norms"] = {"layers": self.grads.names, "per_epoch": self.grad_history}
         return result

@@ -19,6 +19,7 @@ from torch import nn
 from dllab import ConfigError
 from dllab.core.events import QUIET, Reporter
 from dllab.train.checkpoint import find_run_model, load_model
+from dllab.train.saved_model import kept_result
 
 
 @dataclass
@@ -46,6 +47,11 @@ class SavedCNN:
     @property
     def classes(self) -> list[str]:
         return list(self.blob.get("classes") or [])
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """Its training result as saved ({} when none was), under today's names (``saved_model.kept_result``)."""
+        return kept_result(self.blob.get("result") or {})
 
     @property
     def origin(self) -> str:

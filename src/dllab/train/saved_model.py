@@ -28,11 +28,10 @@ from dllab.core.files import atomic_write, atomic_write_json, atomic_write_text
 from dllab.models.common import DATASET_STATS
 from dllab.train.checkpoint import CHECKPOINT_LIMIT, FileCheckpoint, check_spec, load_weights, plain
 from dllab.train.model_card import model_card
+from dllab.train.settings import METRICS_RULE
 
 FORMAT = "dllab-model/1"
 WEIGHTS, DESCRIPTION, CARD = "model.safetensors", "model.json", "MODEL.md"
-METRICS_RULE = ("test_* are the saved weights' (the epoch with the best validation accuracy, the last epoch "
-                "without a validation split); test_*_last are the last epoch's")
 
 
 def input_spec(data) -> dict[str, Any]:
@@ -47,13 +46,25 @@ def input_spec(data) -> dict[str, Any]:
                      "val_images": len(data.val.y) if data.val is not None else 0, "test_images": len(data.test.y)}}
 
 
+def kept_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A variant's result under ``METRICS_RULE``'s names. Results saved before the rule (results/<variant>.json and
+    the ``result`` in models/<variant>.pt of an older run, which ``--resume``, ``source.run=`` and ``model.run=``
+    read) held the last epoch's figures as ``test_*`` and the saved weights' as ``best_test_*``; the same numbers
+    are renamed, nothing is measured again. A result under today's names is returned as it is."""
+    if "test_acc" not in result or "test_acc_last" in result:
+        return result
+    out = {k: v for k, v in result.items() if k not in ("best_test_acc", "best_test_loss")}
+    out.update(test_loss_last=result.get("test_loss"), test_acc_last=result["test_acc"],
+               test_loss=result.get("best_test_loss", result.get("test_loss")),
+               test_acc=result.get("best_test_acc", result["test_acc"]))
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def kept_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The result's figures of the weights that are saved (``METRICS_RULE``), the last epoch's as ``*_last``."""
-    best = "best_test_acc" in result
-    out = {"test_acc": result.get("best_test_acc" if best else "test_acc"),
-           "test_loss": result.get("best_test_loss" if best else "test_loss"),
-           "val_acc": result.get("val_acc"), "best_epoch": result.get("best_epoch"), "epochs": result.get("epochs"),
-           "test_acc_last": result.get("test_acc"), "test_loss_last": result.get("test_loss")}
+    result = kept_result(result)
+    out = {k: result.get(k) for k in ("test_acc", "test_loss", "val_acc", "best_epoch", "epochs", "test_acc_last",
+                                      "test_loss_last")}
     return {k: v for k, v in plain(out).items() if v is not None}
 
 

@@ -20,7 +20,7 @@ from dllab.train.checkpoint import model_state
 from dllab.train.image import ImageTask, LossFn, cross_entropy_loss
 from dllab.train.loop import fit
 from dllab.train.precision import model_kind, resolve_precision
-from dllab.train.saved_model import input_spec
+from dllab.train.saved_model import input_spec, kept_result
 
 
 @dataclass
@@ -60,8 +60,9 @@ def train_model(model: torch.nn.Module, data: ImageData, name: str, device: torc
                 hooks: TrainingHooks = TrainingHooks(), train: TrainConfig | None = None,
                 optim: OptimConfig | None = None, seed: int = 0, augment: bool = False,
                 loss_fn: LossFn = cross_entropy_loss) -> dict:
-    """Train ``model`` as variant ``name`` (continuing from its checkpoint, if any); returns its result. The
-    model ends with its best-validation weights, which go to ``hooks.models(name)`` with the result."""
+    """Train ``model`` as variant ``name`` (continuing from its checkpoint, if any); returns its result (``test_*``
+    of the kept weights, ``test_*_last`` of the last epoch's). The model ends with its best-validation weights,
+    which go to ``hooks.models(name)`` with the result."""
     train, optim = train or TrainConfig(), optim or OptimConfig()
     precision = resolve_precision(train.precision, device, model_kind(model))
     hooks.record_precision(name, precision)
@@ -90,7 +91,8 @@ def train_variants(cfg, data: ImageData, variants: list[Variant], device: torch.
         def train_it(model=model, v=v) -> dict:
             return train_model(model, data, v.name, device, hooks, train, v.optim or optim or cfg.optim, cfg.seed,
                                augment, v.loss_fn)
-        res = hooks.reuse(v.name, train_it)[0]
+        # kept_result: a result an earlier session saved under the names before METRICS_RULE reads as today's
+        res = kept_result(hooks.reuse(v.name, train_it)[0])
         res["params"], res["trainable_params"] = n_params, n_train
         results[v.name] = res
     return results

@@ -12,9 +12,14 @@ from dllab.core.config import DataConfig, OptimConfig, PositiveInt, RunConfig, S
 from dllab.core.registry import register
 from dllab.models.factory import ModelFactory, ModelName
 
+# A trained variant's test accuracies: the kept weights' and the last epoch's (train.settings.METRICS_RULE).
+TEST_KEYS = ("test_acc", "test_acc_last")
+
+
 def _accuracy_keys(variants: list[str], with_val: bool) -> list[str]:
-    """``<variant>.test_acc`` (and ``.val_acc`` when there is a validation split) per variant, in order."""
-    return [f"{v}.{k}" for v in variants for k in ("test_acc", "val_acc")[:1 + with_val]]
+    """``<variant>.test_acc``, ``.test_acc_last`` (and ``.val_acc`` when there is a validation split) per
+    variant, in order."""
+    return [f"{v}.{k}" for v in variants for k in (*TEST_KEYS, "val_acc")[:len(TEST_KEYS) + with_val]]
 
 
 def depth_names(plain: list[int], residual: list[int]) -> list[str]:
@@ -54,10 +59,10 @@ class MLPConfig(RunConfig):
 # --- Ex. 1.2: MLP depth, plain vs residual ---------------------------------------------------------
 
 def mlp_depth_metrics(cfg: MLPDepthConfig) -> list[str]:
-    """run_mlp_depth's summary keys: per variant its test accuracy, then its gradient ratio when
+    """run_mlp_depth's summary keys: per variant its test accuracies, then its gradient ratio when
     train.grad_norms records the norms."""
     return [f"{v}.{k}" for v in depth_names(cfg.plain_depths, cfg.residual_depths)
-            for k in ("test_acc", "grad_ratio")[:1 + cfg.train.grad_norms]]
+            for k in (*TEST_KEYS, "grad_ratio")[:len(TEST_KEYS) + cfg.train.grad_norms]]
 
 
 @register(
@@ -85,10 +90,11 @@ class MLPDepthConfig(RunConfig):
 # --- Ex. 1.3: CNN depth on CIFAR-10, plain vs residual ---------------------------------------------
 
 def cnn_depth_metrics(cfg: CNNDepthConfig) -> list[str]:
-    """run_cnn_depth's summary keys: every variant's test accuracy, then every variant's validation accuracy
-    (when there is a validation split)."""
+    """run_cnn_depth's summary keys: every variant's test accuracy, then every variant's last-epoch test
+    accuracy, then every variant's validation accuracy (when there is a validation split)."""
     names = depth_names(cfg.plain_depths, cfg.residual_depths)
-    return [f"{v}.{k}" for k in ("test_acc", "val_acc")[:1 + (cfg.data.val_fraction > 0)] for v in names]
+    return [f"{v}.{k}" for k in (*TEST_KEYS, "val_acc")[:len(TEST_KEYS) + (cfg.data.val_fraction > 0)]
+            for v in names]
 
 
 class CNNModelConfig(Section):

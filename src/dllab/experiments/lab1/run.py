@@ -6,7 +6,7 @@ Thin on purpose: each function loads its data (``experiments.common``), trains i
 from __future__ import annotations
 
 from dllab.experiments.common import load_data, record_model
-from dllab.experiments.lab1.config import CNNDepthConfig, MLPConfig, MLPDepthConfig
+from dllab.experiments.lab1.config import TEST_KEYS, CNNDepthConfig, MLPConfig, MLPDepthConfig
 from dllab.report.variants import accuracy_table, accuracy_vs_depth, curves_figure, plain_vs_residual
 from dllab.runner.run import Run
 from dllab.train.gradients import block_grad_ratio
@@ -22,7 +22,7 @@ def run_mlp(cfg: MLPConfig, run: Run) -> dict[str, float]:
     run.add(*accuracy_table(results, variants),
             *curves_figure(run.history, ["sgd", "adam"], "curves.png",
                            "Loss and accuracy per epoch, SGD vs Adam (dashed: validation)"))
-    return {f"{n}.{k}": results[n][k] for n in ("sgd", "adam") for k in ("test_acc", "val_acc") if k in results[n]}
+    return {f"{n}.{k}": results[n][k] for n in ("sgd", "adam") for k in (*TEST_KEYS, "val_acc") if k in results[n]}
 
 
 def _depth_variants(model: str, plain: list[int], residual: list[int], **kwargs) -> list[Variant]:
@@ -40,7 +40,7 @@ def run_mlp_depth(cfg: MLPDepthConfig, run: Run) -> dict[str, float]:
     summary: dict[str, float] = {}
     for v in variants:
         r = results[v.name]
-        summary[f"{v.name}.test_acc"] = r["test_acc"]
+        summary.update({f"{v.name}.{k}": r[k] for k in TEST_KEYS})
         gn = r.get("grad_norms")
         if gn and gn["per_epoch"]:
             summary[f"{v.name}.grad_ratio"] = block_grad_ratio(gn["layers"], gn["per_epoch"][0])
@@ -57,6 +57,6 @@ def run_cnn_depth(cfg: CNNDepthConfig, run: Run) -> dict[str, float]:
     results = train_variants(cfg, data, variants, run.device, run.training_hooks())
     run.add(*plain_vs_residual(run.history, results, variants, "CNNs"),
             *accuracy_vs_depth(results, sorted(set(cfg.plain_depths) | set(cfg.residual_depths))))
-    summary = {f"{v.name}.test_acc": results[v.name]["test_acc"] for v in variants}
+    summary = {f"{v.name}.{k}": results[v.name][k] for k in TEST_KEYS for v in variants}
     summary.update({f"{v.name}.val_acc": results[v.name]["val_acc"] for v in variants if "val_acc" in results[v.name]})
     return summary

@@ -10,7 +10,9 @@ must be trained on the ID data's classes. Detectors and attacks run in fp32 on i
 are in pixel units. OOD sets: ``ood.names`` (registry kind ``ood_set``), detectors: ``ood.detectors`` (kind
 ``detector``, each a class in ood/ or a plug-in's). Summary keys:
 ``<detector>.<metric>`` with one OOD set, else prefixed by its name (``mnist.energy.fpr95``; lab4.adv-train
-puts the model first: ``adv.mnist.msp.auroc``).
+puts the model first: ``adv.mnist.msp.auroc``). Every number is the saved (best-validation) model's:
+``model.test_acc`` is its clean accuracy; a model trained in the run adds ``<model>.test_acc_last``, its last
+epoch's test accuracy as its training measured it.
 
 Profiles: ``paper`` = the spec (64 channels, all of CIFAR-10, Adam 1e-3; where it is silent: 30 epochs, batch
 128, crop+flip, 10% validation, OOD = cifar100-20). ``quick``: ID = CIFAR-10 classes 0-5, so ``heldout`` (6-9)
@@ -88,12 +90,18 @@ def benchmark_metrics(cfg: OODExpConfig) -> list[str]:
             for d in detectors for m in ("auroc", "fpr95")]
 
 
+def _test_keys(cfg: Lab4Config, model: str, trained: bool = False) -> list[str]:
+    """``<model>.test_acc`` (the saved model's clean accuracy), then ``<model>.test_acc_last`` (its last epoch's)
+    when this run trains it: ``trained``, or the classifier when ``model.run`` reuses none."""
+    return [f"{model}.test_acc", *([f"{model}.test_acc_last"] if trained or not cfg.model.run else [])]
+
+
 def ood_metrics(cfg: OODExpConfig) -> list[str]:
-    return ["model.test_acc", *_ood_keys(cfg), *benchmark_metrics(cfg)]
+    return [*_test_keys(cfg, "model"), *_ood_keys(cfg), *benchmark_metrics(cfg)]
 
 
 def fgsm_metrics(cfg: FGSMConfig) -> list[str]:
-    return ["model.test_acc", *_attack_keys(cfg, cfg.attack.name)]
+    return [*_test_keys(cfg, "model"), *_attack_keys(cfg, cfg.attack.name)]
 
 
 def adv_model_names(cfg: AdvTrainConfig) -> list[str]:
@@ -112,7 +120,8 @@ def adv_train_metrics(cfg: AdvTrainConfig) -> list[str]:
     table = ([f"{n}.{a}.acc@{e:g}" for n in names for a in dict.fromkeys(cfg.adv.attacks)
               for e in dict.fromkeys(cfg.attack.epsilons)] if mode_table_asked(cfg) else [])
     return [*(k for n in names
-              for k in (f"{n}.test_acc", *_attack_keys(cfg, n), *_ood_keys(cfg, n, ("auroc", "fpr95")))),
+              for k in (*_test_keys(cfg, n, n != "standard"), *_attack_keys(cfg, n),
+                        *_ood_keys(cfg, n, ("auroc", "fpr95")))),
             *dict.fromkeys(table)]
 
 
@@ -123,7 +132,7 @@ def odin_metrics(cfg: ODINConfig) -> list[str]:
     cell = ["odin.grid_auroc@T1_eps0"] if 1.0 in cfg.odin.temperatures and 0.0 in cfg.odin.epsilons else []
     per_set = ["odin.best_T", "odin.best_eps", "odin.val_auroc", "odin.auroc", "odin.fpr95", "msp.auroc",
                "msp.fpr95", *cell]
-    return ["model.test_acc", *(f"{s}.{k}" if len(sets) > 1 else k for s in sets for k in per_set)]
+    return [*_test_keys(cfg, "model"), *(f"{s}.{k}" if len(sets) > 1 else k for s in sets for k in per_set)]
 
 
 # --- configs ---------------------------------------------------------------------------------------

@@ -85,6 +85,13 @@ def _needs(cfg) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(need for name in detectors for need in registry.get("detector", name).needs))
 
 
+def _last_epoch(name: str, saved: SavedCNN) -> dict[str, float]:
+    """``<name>.test_acc_last`` when the model was trained in this run: its last epoch's test accuracy, as its
+    training measured it (the model analysed is the saved one, whose clean accuracy is ``<name>.test_acc``)."""
+    last = None if saved.reused else saved.result.get("test_acc_last")
+    return {f"{name}.test_acc_last": last} if last is not None else {}
+
+
 def _ood_scores(cfg, run: Run, model, data: ImageData, ood_sets: list[OODSet], tag: str = ""):
     """The configured detectors, fitted for ``model`` and scored: (detectors, scores, metrics); saved with
     their thresholds beside the model (``_save_detectors``)."""
@@ -123,7 +130,8 @@ def run_ood(cfg: OODExpConfig, run: Run) -> dict[str, float]:
 
 def _ood_analysis(cfg: OODExpConfig, run: Run, data: ImageData, ood_sets: list[OODSet],
                   cnn: SavedCNN) -> dict[str, float]:
-    summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
+    summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size),
+               **_last_epoch("model", cnn)}
     detectors, scores, metrics = _ood_scores(cfg, run, cnn.model, data, ood_sets)
     # ood.names' keys as without the benchmark: its sets alone decide whether keys carry the set's name
     summary.update(metric_keys({n: metrics[n] for n in dict.fromkeys(cfg.ood.names)}))
@@ -175,7 +183,8 @@ def _fgsm_analysis(cfg: FGSMConfig, run: Run, data: ImageData, cnn: SavedCNN) ->
             *report.classifier_table({"standard": (cnn.origin, _architecture(cnn), clean["standard"])},
                                      len(data.classes), len(data.test)),
             *report.attack_examples(*attack_examples(cnn.model, data.test, cfg.attack, cfg.seed), data.classes, a))
-    return {"model.test_acc": clean["standard"], **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
+    return {"model.test_acc": clean["standard"], **_last_epoch("model", cnn),
+            **{f"{a}.acc@{e:g}": v for e, v in accs["standard"].items()}}
 
 
 # --- Ex. 2.2: adversarial training (FGSM as the spec, and the fgsm-rs / pgd modes) ------------------
@@ -216,8 +225,10 @@ def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list
     models = {"standard": std.model, **{n: c.model.to(run.device).eval() for n, (c, _) in advs.items()}}
     clean, accs = attack_models(models, data.test, cfg.attack, cfg.seed, cfg.analysis_batch_size, reporter=run)
     summary, scores, metrics = {}, {}, {}
+    saved = {"standard": std, **{n: c for n, (c, _) in advs.items()}}
     for n, model in models.items():
-        summary.update({f"{n}.test_acc": clean[n], **{f"{n}.acc@{e:g}": v for e, v in accs[n].items()}})
+        summary.update({f"{n}.test_acc": clean[n], **_last_epoch(n, saved[n]),
+                        **{f"{n}.acc@{e:g}": v for e, v in accs[n].items()}})
         detectors, scores[n], metrics[n] = _ood_scores(cfg, run, model, data, ood_sets, n)
         summary.update(metric_keys(metrics[n], n, which=("auroc", "fpr95")))
     if mode_table_asked(cfg):
@@ -264,7 +275,8 @@ def run_odin(cfg: ODINConfig, run: Run) -> dict[str, float]:
 
 def _odin_analysis(cfg: ODINConfig, run: Run, data: ImageData, ood_sets: list[OODSet],
                    cnn: SavedCNN) -> dict[str, float]:
-    summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size)}
+    summary = {"model.test_acc": clean_accuracy(cnn.model, data.test, run.device, cfg.analysis_batch_size),
+               **_last_epoch("model", cnn)}
     keys, searches = search_sets(cnn.model, data.test.x, ood_sets, cfg.odin, cfg.analysis_batch_size, cfg.seed,
                                  reporter=run)
     for name, (res, id_val, ood_val) in searches.items():

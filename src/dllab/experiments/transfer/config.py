@@ -78,15 +78,21 @@ SPEC_VERDICT = (f"The spec found {REFERENCE['full_adam.val_acc']:.2%} (full_adam
                 f"{REFERENCE['scratch.val_acc']:.2%} (scratch) on CIFAR-100: no real gain.")
 
 
+# A trained model's accuracies in the summary: its best validation accuracy, its test accuracy (the kept weights')
+# and the last epoch's test accuracy (train.settings.METRICS_RULE).
+TRAINED_KEYS = ("val_acc", "test_acc", "test_acc_last")
+
+
 def transfer_metrics(cfg: TransferConfig) -> list[str]:
-    """run_transfer's summary keys: the source's accuracies (when trained here, only with a validation split;
-    a reused source reports what its run saved, which a run with a validation split does), then the
-    classifiers' and the variants', with validation accuracies where the target data has a validation split."""
+    """run_transfer's summary keys: the source's accuracies (its validation accuracy when trained here with a
+    validation split; a reused source reports what its run saved, which a run with a validation split does),
+    then the classifiers' and the variants', with validation accuracies where the target data has a validation
+    split (the classifiers have no epochs, so no test_acc_last)."""
     target_val = cfg.data.val_fraction > 0
-    source = ["source.val_acc", "source.test_acc"] if cfg.source.run or cfg.source.data.val_fraction > 0 else []
+    source = [f"source.{k}" for k in TRAINED_KEYS[1 - bool(cfg.source.run or cfg.source.data.val_fraction > 0):]]
     classical = [f"{n}.{split}_acc" for n in dict.fromkeys(cfg.classifiers)
                  for split in ("val", "test")[1 - target_val:]]
-    tuned = [f"{v}.{k}" for v in dict.fromkeys(cfg.variants) for k in ("val_acc", "test_acc")[1 - target_val:]]
+    tuned = [f"{v}.{k}" for v in dict.fromkeys(cfg.variants) for k in TRAINED_KEYS[1 - target_val:]]
     return source + classical + tuned
 
 

@@ -6,7 +6,7 @@ from dllab import DllabError
 from dllab.data.images import ImageData
 from dllab.experiments.common import (classical_probe, describe_data, get_cnn, load_data, record_model,
                                       spec_data)
-from dllab.experiments.transfer.config import REFERENCE, SPEC_VERDICT, TransferConfig
+from dllab.experiments.transfer.config import REFERENCE, SPEC_VERDICT, TRAINED_KEYS, TransferConfig
 from dllab.report import transfer as report
 from dllab.runner.run import Run
 from dllab.train.reuse import CNNSource, SavedCNN
@@ -48,8 +48,7 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
     spec_setting = cfg.data.name == "cifar100" and not cfg.data.classes
     stand_in = spec_data(cfg, run.experiment)   # one of the experiment's own datasets, not the user's
     run.add(*report.note_classes(source, target, spec_setting, stand_in))
-    result = source.blob.get("result") or {}
-    summary = {f"source.{k.replace('best_', '')}": result[k] for k in ("val_acc", "best_test_acc") if k in result}
+    summary = {f"source.{k}": source.result[k] for k in TRAINED_KEYS if k in source.result}
     if cfg.classifiers:
         accs, dim = classical_probe(run, source.model, target, run.device, cfg.train.precision,
                                     cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed)
@@ -58,10 +57,7 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
     if "head" in cfg.variants and source.name == "cnn":   # a user's model has no spec'd fc layer to speak of
         run.add(*report.note_head(source.model.num_features, target.num_classes))
     results = train_variants(cfg, target, tuned, run.device, run.training_hooks())
-    for name, res in results.items():
-        if "val_acc" in res:
-            summary[f"{name}.val_acc"] = res["val_acc"]
-        summary[f"{name}.test_acc"] = res.get("best_test_acc", res["test_acc"])
+    summary.update({f"{name}.{k}": res[k] for name, res in results.items() for k in TRAINED_KEYS if k in res})
     run.add(*report.variants_report(run.history, results, tuned, src_data),
             *report.accuracy_figure(summary, list(cfg.classifiers) + list(cfg.variants),
                                     f"target: {cfg.data.name}, {target.num_classes} classes",
