@@ -213,41 +213,53 @@ def compare(run_dirs: Sequence[PathLike | RunResult], out: PathLike = "compare.m
 
 def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
     """``(model, spec)``: the trained model saved in ``run_dir``'s models/<variant>/ (``variant`` None: the run's
-    only one), rebuilt from the registry with its safetensors weights, in eval mode on the CPU, and model.json
-    as a dict (``spec["input"]``: channels, height, width, normalisation, classes; ``spec["metrics"]``). Only
-    model.json and model.safetensors are read, as untrusted data: a damaged folder is a ``RunFolderError``."""
-    from dllab.train.saved_model import find_model_folder, load_saved_model
+    only one), in eval mode on the CPU, and its model.json as a dict (``spec["input"]``: classes and the input's
+    shape or max_length; ``spec["metrics"]``). An image model is rebuilt from the registry with its safetensors
+    weights; a text model (Lab 2) is the Hugging Face classifier (a ``PeftModel`` for LoRA), its tokenizer in the
+    same folder, ``spec["folder"]``. The folder is read as untrusted data: a damaged one is a ``RunFolderError``."""
+    from dllab.train.saved_model import load_saved_model
 
-    folder = Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir)
-    _refuse_text_run(folder)
-    return load_saved_model(find_model_folder(folder, variant))
+    kind, folder = _model_folder(run_dir, variant)
+    if kind == "text":
+        from dllab.text.saved import load_text_model
+        model, _, spec = load_text_model(folder)
+        return model, {**spec, "folder": str(folder)}
+    return load_saved_model(folder)
+
+
+def _model_folder(run_dir: PathLike | RunResult, variant: str | None) -> tuple[str, Path]:
+    """(kind, folder) of the run's saved model ``variant``."""
+    from dllab.train.saved_model import find_model_folder, saved_kind
+
+    folder = find_model_folder(Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir), variant)
+    return saved_kind(folder), folder
 
 
 def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike], variant: str | None = None, *,
-            device: str = "auto", batch_size: int = 256) -> list[dict[str, Any]]:
-    """``dllab predict``: the saved model (``load_model``) over image files or folders of them, loaded once and
-    fed in batches; one dict per image: ``input`` (the file), ``class``, ``index``, ``probability``."""
+            device: str = "auto", batch_size: int = 256, files: Sequence[PathLike] = ()) -> list[dict[str, Any]]:
+    """``dllab predict``: the saved model (``load_model``) loaded once, its inputs fed in batches; one dict per
+    input: ``input``, ``class``, ``index``, ``probability``. An image model takes image files or folders of them
+    (``input``: the file); a text model takes sentences (``input``: the sentence): a string naming an existing
+    file, a ``Path``, or one of ``files`` is a text file of sentences, one per line (``source``: file:line)."""
     from dllab.core.machine import resolve_device
-    from dllab.train.predict import predict_images
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device_ = resolve_device(device)
-    model, spec = load_model(run_dir, variant)
-    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    return predict_images(model, spec, paths, device_, batch_size)
-
-
-def _refuse_text_run(folder: Path) -> None:
-    """Text runs (Lab 2) do not save usable models yet: one line, not 'no models'."""
-    from dllab.core import untrusted
-
-    env = folder / "env.json"
-    found = untrusted.read_json(env) if env.is_file() else None
-    experiment = found.get("experiment") if isinstance(found, dict) else None
-    if isinstance(experiment, str) and experiment.startswith("lab2."):
-        raise ConfigError(f"{folder} is a {untrusted.printable(experiment)} run: predicting with text models is not "
-                          "supported yet (image runs only: lab1.*, lab4.*)")
+    kind, folder = _model_folder(run_dir, variant)
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if kind == "text":
+        from dllab.text.predict import predict_sentences, sentences
+        from dllab.text.saved import load_text_model
+        rows = sentences(given, files)
+        model, tokenizer, spec = load_text_model(folder)
+        return predict_sentences(model, tokenizer, spec, rows, device_, batch_size)
+    from dllab.train.predict import predict_images
+    from dllab.train.saved_model import load_saved_model
+    if files:
+        raise ConfigError(f"{folder} holds an image model: name image files or folders as inputs (no --file)")
+    model, spec = load_saved_model(folder)
+    return predict_images(model, spec, given, device_, batch_size)
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub.add_parser("report", help="gather runs into one Markdown + one HTML report"))
     _add_sweep(sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)"))
     _add_compare(sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves"))
-    predict.add_arguments(sub.add_parser("predict", help="a run's saved model over images: class and probability"))
+    predict.add_arguments(sub.add_parser("predict", help="a run's saved model over images or sentences: class and probability"))
     _add_doctor(sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates"))
     sub.add_parser("completion", help="print the shell completion script (see the README to install it)"
                    ).add_argument("shell", choices=["bash", "zsh"])

@@ -87,7 +87,7 @@ def open_model(name: str, fallback: str = "", reporter: Reporter = QUIET) -> tup
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Hide the "Loading weights" bar and the "newly initialized: classifier" report: a fresh head is the
     point of fine-tuning, and the run's report says which model was used."""
     level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -104,7 +104,7 @@ def _quiet_transformers():
 def _from_pretrained(auto_cls, source: str, **kwargs):
     local_only = Path(source).is_dir() or not environ.hub_reachable()
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return auto_cls.from_pretrained(source, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

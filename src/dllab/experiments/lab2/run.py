@@ -16,6 +16,7 @@ from dllab.models import hf
 from dllab.report.text import classifiers_report, strategies_report
 from dllab.runner.run import Run
 from dllab.text.finetune import SUMMARY_KEYS, log_amp_choice, precisions, run_strategies, tokenized_by
+from dllab.text.saved import TextModelInfo
 from dllab.text.strategies import StrategyContext, TrainSettings
 
 
@@ -90,8 +91,11 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
                              group_by_length=cfg.data.group_by_length, seed=cfg.seed)
     if "pretrained" in ft.strategies:
         run.note(SST2_NOTE)
+    info = TextModelInfo(name, source, cfg.data.max_length, ft.epochs,
+                         {"name": cfg.data.name, "source": text_source(cfg.data),
+                          **{f"{s}_sentences": len(v) for s, v in splits.items()}})
     results = run_strategies(ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
-                             tokenized_by(splits, cfg.data.max_length), settings, run.training_hooks())
+                             tokenized_by(splits, cfg.data.max_length), settings, run.training_hooks(), info)
     run.write_env(precision=precisions(results))
     if results:
         run.add(*strategies_report(results, FINETUNE_REFERENCE, name,
