@@ -143,6 +143,24 @@ def _load_model(auto_cls, source: str, **kwargs) -> nn.Module:
     return _from_pretrained(auto_cls, source, use_safetensors=True, **kwargs)
 
 
+def from_local(auto_class: str, source: str, **kwargs):
+    """``transformers.<auto_class>.from_pretrained(source)`` for files from elsewhere (a saved model folder):
+    local files only, never running code the folder's config names (``trust_remote_code=False``)."""
+    import transformers
+    with quiet_transformers():
+        return getattr(transformers, auto_class).from_pretrained(source, local_files_only=True,
+                                                                 trust_remote_code=False, **kwargs)
+
+
+def saved_source(name: str, source: str) -> str:
+    """Where a model a saved folder names (by its ``name`` and the ``source`` it resolved to when it was saved) is
+    here: that folder if it still exists, else the name (``minilm``: the offline package; a folder or hub id as
+    is, for ``from_local``, which finds a hub id only in the local HF cache)."""
+    if Path(source).is_dir():
+        return source
+    return str(minilm_path()) if name == MINILM else name
+
+
 def load_config(source: str):
     return _from_pretrained(AutoConfig, source)
 

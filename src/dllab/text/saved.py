@@ -32,7 +32,7 @@ from dllab.core.untrusted import printable
 from dllab.models import hf
 from dllab.text.strategies import Prepared
 from dllab.train.precision import NAMES as PRECISIONS
-from dllab.train.saved_model import DESCRIPTION, METRICS_RULE, read_json_description
+from dllab.train.saved_model import DESCRIPTION, METRICS_RULE, library_load, read_json_description
 
 KIND = "text"
 CLASSES = ["negative", "positive"]        # data.text.LABELS 0 and 1
@@ -122,7 +122,7 @@ def load_text_model(folder: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     if model.config.num_labels != len(desc["input"]["classes"]):
         raise RunFolderError(f"{folder}: the model has {model.config.num_labels} outputs but model.json names "
                              f"{len(desc['input']['classes'])} classes")
-    tokenizer = _library(folder, "tokenizer", _pretrained, "AutoTokenizer", str(folder))
+    tokenizer = library_load(folder, "tokenizer", hf.from_local, "AutoTokenizer", str(folder))
     return model.eval(), tokenizer, desc
 
 
@@ -146,48 +146,19 @@ def _check_file(folder: Path, name: str) -> None:
                              "safetensors: restore the file written by dllab") from e
 
 
-def _pretrained(auto_class: str, source: str, **kwargs):
-    """``<auto_class>.from_pretrained(source)`` from local files only, never running code a folder names."""
-    import transformers
-    with hf.quiet_transformers():
-        return getattr(transformers, auto_class).from_pretrained(source, local_files_only=True,
-                                                                 trust_remote_code=False, **kwargs)
-
-
-def _library(folder: Path, what: str, load, *args, **kwargs):
-    """``load(*args)``, a library's loading of files from elsewhere: whatever it raises is one line."""
-    try:
-        return load(*args, **kwargs)
-    except RunFolderError:
-        raise
-    except Exception as e:   # OSError, ValueError, KeyError, RuntimeError (shapes)...: the library's, not ours
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise RunFolderError(f"{folder}: the {what} cannot be loaded ({type(e).__name__}: {printable(first)})") from e
-
-
 def _load_full(folder: Path) -> nn.Module:
-    return _library(folder, "model", _pretrained, "AutoModelForSequenceClassification", str(folder),
-                    use_safetensors=True)
+    return library_load(folder, "model", hf.from_local, "AutoModelForSequenceClassification", str(folder),
+                        use_safetensors=True)
 
 
 def _load_lora(folder: Path, desc: dict[str, Any]) -> nn.Module:
     """The base model (``model.base``), then the adapters and head of ``folder`` on it."""
     from peft import PeftModel
     classes = desc["input"]["classes"]
-    source = _base_source(folder, desc["model"]["base"])
-    base = _library(folder, f"base model {printable(source)}", _pretrained, "AutoModelForSequenceClassification",
-                    source, use_safetensors=True, num_labels=len(classes))
+    source = hf.saved_source(desc["model"]["base"]["name"], desc["model"]["base"]["source"])
+    base = library_load(folder, f"base model {printable(source)}", hf.from_local,
+                        "AutoModelForSequenceClassification", source, use_safetensors=True, num_labels=len(classes))
     with warnings.catch_warnings():   # transformers 5 deprecation noise from inside peft, not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return _library(folder, "LoRA adapter", PeftModel.from_pretrained, base, str(folder), is_trainable=False,
-                        local_files_only=True)
-
-
-def _base_source(folder: Path, base: dict[str, str]) -> str:
-    """Where the LoRA base model is here: the folder it was trained from if it still exists, else its name
-    (``minilm``: the offline package; a hub id: only from the local cache)."""
-    if Path(base["source"]).is_dir():
-        return base["source"]
-    if base["name"] == hf.MINILM:
-        return str(hf.minilm_path())
-    return base["name"]   # a folder, or a hub id: local_files_only, so the HF cache or a one-line error
+        return library_load(folder, "LoRA adapter", PeftModel.from_pretrained, base, str(folder),
+                            is_trainable=False, local_files_only=True)

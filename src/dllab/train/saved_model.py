@@ -195,6 +195,18 @@ def read_json_description(folder: Path) -> dict[str, Any]:
     return desc
 
 
+def library_load(folder: Path, what: str, load: Callable[..., Any], *args, **kwargs) -> Any:
+    """``load(*args, **kwargs)``: a library (transformers, peft, scikit-learn) reading files of model ``folder``,
+    which came from elsewhere; whatever it raises is one ``RunFolderError`` line naming ``what``."""
+    try:
+        return load(*args, **kwargs)
+    except RunFolderError:
+        raise
+    except Exception as e:   # OSError, ValueError, KeyError, RuntimeError (shapes)...: the library's, not ours
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise RunFolderError(f"{folder}: the {what} cannot be loaded ({type(e).__name__}: {printable(first)})") from e
+
+
 def _present(path: Path) -> Path:
     if not path.is_file():
         raise RunFolderError(f"{path} is missing; a model folder holds {WEIGHTS}, {DESCRIPTION} and {CARD} "
