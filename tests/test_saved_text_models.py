@@ -229,3 +229,79 @@ def test_a_save_in_progress_is_not_a_model(run_copy):
     (run_copy / "models" / ".full.abc123.tmp").mkdir()
     with pytest.raises(dllab.ConfigError, match=r"\(full, full_amp, head_last, lora\)"):
         find_model_folder(run_copy)
+
+
+# --- lab2.features: the fitted classifiers -----------------------------------------------------------
+
+CLASSIFIERS = ("svm", "logreg", "knn")
+
+
+@pytest.fixture(scope="module")
+def features_run(tiny_distilbert, tmp_path_factory) -> tuple[Path, dict[str, list[int]]]:
+    """A lab2.features smoke run, and what each in-run classifier predicted for ``SENTENCES`` when it was saved
+    (embedded with the run's model as the run embeds)."""
+    import dllab.experiments.lab2.run as lab2
+    from dllab.data.text import TextSplit, tokenize
+    from dllab.features.text import extract_features
+    from dllab.models.hf import load_encoder, load_tokenizer
+    base = tmp_path_factory.mktemp("features_saved")
+    root, out, seen = _write_dataset(base / "data"), base / "run", {}
+    save = getattr(lab2, "save_classifiers", None)   # (without it the run saves nothing: the tests fail)
+
+    def save_and_predict(model_io, fitted, acc, info, reporter):
+        split = tokenize(TextSplit(list(SENTENCES), np.zeros(2, dtype=np.int64)), load_tokenizer(info.source), 32)
+        x = extract_features(load_encoder(info.source), split, info.pooling)
+        seen.update({name: pipe.predict(x).tolist() for name, pipe in fitted.items()})
+        save(model_io, fitted, acc, info, reporter)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lab2, "save_classifiers", save_and_predict, raising=False)   # (fails on the run, not here)
+        res = dllab_in_process("run", "lab2.features", "--profile", "smoke", "--quiet", "--device", "cpu",
+                               "--out", out, "--set", f"model.name={tiny_distilbert}", "--set", f"data.root={root}",
+                               "--set", "features.threads=1")
+    assert res.returncode == 0, res.stderr
+    return out, seen
+
+
+def test_each_classifier_reloads_without_pickle_with_the_runs_accuracy(features_run, tmp_path):
+    from dllab.features.saved import load_classifier
+    run = features_run[0]
+    metrics = dllab.load(run).metrics
+    arrays = np.load(run / "features.npz", allow_pickle=False)
+    assert sorted(p.name for p in (run / "models").iterdir()) == sorted(CLASSIFIERS)
+    for name in CLASSIFIERS:
+        alone = tmp_path / name
+        shutil.copytree(run / "models" / name, alone)
+        pipe, desc = load_classifier(alone)
+        for short, split in (("val", "validation"), ("test", "test")):
+            acc = float((pipe.predict(arrays[f"{split}_x"]) == arrays[f"{split}_y"]).mean())
+            assert acc == metrics[f"{name}.{short}_acc"], (name, short)
+        assert desc["kind"] == "features" and desc["model"]["embedding"]["pooling"] == "cls"
+        assert {p.name for p in alone.iterdir()} == {"classifier.safetensors", "model.json", "MODEL.md"}
+        assert "fitted on" in (alone / "MODEL.md").read_text()
+
+
+def test_predict_with_a_features_classifier_gives_the_in_run_classes(features_run):
+    run, seen = features_run
+    for name in CLASSIFIERS:
+        res = dllab_in_process("predict", run, "--variant", name, *SENTENCES, "--json", "--device", "cpu")
+        assert res.returncode == 0, res.stderr
+        rows = json.loads(res.stdout)
+        assert [r["index"] for r in rows] == seen[name]
+        assert all(r["class"] in ("negative", "positive") for r in rows)
+        assert all((r["probability"] is None) == (name == "svm") for r in rows)   # LinearSVC has no probabilities
+    table = dllab_in_process("predict", run, "--variant", "svm", *SENTENCES, "--device", "cpu")
+    assert table.returncode == 0 and len(table.stdout.strip().splitlines()) == 3, table.stderr
+
+
+def test_tampered_classifier_arrays_are_one_line(features_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(features_run[0], run)
+    from safetensors.numpy import load_file, save_file
+    weights = run / "models" / "logreg" / "classifier.safetensors"
+    arrays = load_file(str(weights))
+    save_file({**arrays, "coef": arrays["coef"][:, :3].copy()}, str(weights))     # a wrong shape
+    one_line_error(predict_one(run, "logreg"), "classifier.safetensors", "do not make a LogisticRegression")
+    marker = tmp_path / "pwned"
+    torch.save({"x": Payload(marker)}, run / "models" / "knn" / "classifier.safetensors")
+    one_line_error(predict_one(run, "knn"), "not a safetensors file", "pickle")
+    assert not marker.exists()

@@ -216,7 +216,9 @@ def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
     only one), in eval mode on the CPU, and its model.json as a dict (``spec["input"]``: classes and the input's
     shape or max_length; ``spec["metrics"]``). An image model is rebuilt from the registry with its safetensors
     weights; a text model (Lab 2) is the Hugging Face classifier (a ``PeftModel`` for LoRA), its tokenizer in the
-    same folder, ``spec["folder"]``. The folder is read as untrusted data: a damaged one is a ``RunFolderError``."""
+    same folder, ``spec["folder"]``; a ``lab2.features`` classifier is the scikit-learn pipeline (standardisation
+    and estimator) over the embeddings of ``spec["model"]["embedding"]``. The folder is read as untrusted data: a
+    damaged one is a ``RunFolderError``."""
     from dllab.train.saved_model import load_saved_model
 
     kind, folder = _model_folder(run_dir, variant)
@@ -224,6 +226,9 @@ def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
         from dllab.text.saved import load_text_model
         model, _, spec = load_text_model(folder)
         return model, {**spec, "folder": str(folder)}
+    if kind == "features":
+        from dllab.features.saved import load_classifier
+        return load_classifier(folder)
     return load_saved_model(folder)
 
 
@@ -239,8 +244,9 @@ def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike]
             device: str = "auto", batch_size: int = 256, files: Sequence[PathLike] = ()) -> list[dict[str, Any]]:
     """``dllab predict``: the saved model (``load_model``) loaded once, its inputs fed in batches; one dict per
     input: ``input``, ``class``, ``index``, ``probability``. An image model takes image files or folders of them
-    (``input``: the file); a text model takes sentences (``input``: the sentence): a string naming an existing
-    file, a ``Path``, or one of ``files`` is a text file of sentences, one per line (``source``: file:line)."""
+    (``input``: the file); a text model or a ``lab2.features`` classifier takes sentences (``input``: the
+    sentence): a string naming an existing file, a ``Path``, or one of ``files`` is a text file of sentences, one
+    per line (``source``: file:line). ``probability`` is None for a classifier without one (LinearSVC)."""
     from dllab.core.machine import resolve_device
 
     if batch_size < 1:
@@ -248,18 +254,29 @@ def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike]
     device_ = resolve_device(device)
     kind, folder = _model_folder(run_dir, variant)
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if kind == "text":
-        from dllab.text.predict import predict_sentences, sentences
-        from dllab.text.saved import load_text_model
-        rows = sentences(given, files)
-        model, tokenizer, spec = load_text_model(folder)
-        return predict_sentences(model, tokenizer, spec, rows, device_, batch_size)
+    if kind in ("text", "features"):
+        return _predict_sentences(kind, folder, given, files, device_, batch_size)
     from dllab.train.predict import predict_images
     from dllab.train.saved_model import load_saved_model
     if files:
         raise ConfigError(f"{folder} holds an image model: name image files or folders as inputs (no --file)")
     model, spec = load_saved_model(folder)
     return predict_images(model, spec, given, device_, batch_size)
+
+
+def _predict_sentences(kind: str, folder: Path, inputs: list, files: Sequence[PathLike], device, batch_size: int):
+    """A text model's or a features classifier's rows for the sentences ``inputs`` and ``files`` name."""
+    from dllab.data.text import read_sentences
+
+    rows = read_sentences(inputs, files)
+    if kind == "features":
+        from dllab.features.saved import load_classifier, load_embedder, predict_sentences as predict_features
+        pipe, spec = load_classifier(folder)
+        return predict_features(pipe, load_embedder(folder, spec), spec, rows, device, batch_size)
+    from dllab.text.predict import predict_sentences
+    from dllab.text.saved import load_text_model
+    model, tokenizer, spec = load_text_model(folder)
+    return predict_sentences(model, tokenizer, spec, rows, device, batch_size)
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------

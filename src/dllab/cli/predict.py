@@ -32,10 +32,11 @@ def command(args: argparse.Namespace, call=None) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    """Aligned columns: input, class, probability (file names, sentences and class names printed with control
-    characters escaped)."""
+    """Aligned columns: input, class, probability ("-" for a classifier without one: LinearSVC); file names,
+    sentences and class names printed with control characters escaped."""
     cells = [("input", "class", "probability")] + [
-        (printable(r["input"]), printable(r["class"]), f"{r['probability']:.4f}") for r in rows]
+        (printable(r["input"]), printable(r["class"]), "-" if r["probability"] is None else f"{r['probability']:.4f}")
+        for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(3)]
     return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {p:>{widths[2]}}" for a, b, p in cells)
 

@@ -31,15 +31,22 @@ def model_card(desc: dict[str, Any]) -> str:
 
 
 def _is_text(desc: dict[str, Any]) -> bool:
-    return desc.get("kind") == "text"
+    """A model of sentences: a fine-tuned text model, or a classifier on sentence embeddings."""
+    return desc.get("kind") in ("text", "features")
 
 
 def _header(desc: dict[str, Any]) -> str:
     run = desc["run"]
     return (f"# {md_cell(run['experiment'] or 'dllab')}: variant {md_cell(desc['variant'])}\n\n"
             + (f"{md_cell(run['description'])}\n\n" if run.get("description") else "")
-            + f"- Model: {_text_model(desc) if _is_text(desc) else _registry_model(desc)}\n"
+            + f"- Model: {_model_line(desc)}\n"
             f"- Run: profile `{md_cell(run['profile'])}`, seed {md_cell(run['seed'])}")
+
+
+def _model_line(desc: dict[str, Any]) -> str:
+    kind = desc.get("kind")
+    return (_text_model(desc) if kind == "text" else _features_model(desc) if kind == "features"
+            else _registry_model(desc))
 
 
 def _registry_model(desc: dict[str, Any]) -> str:
@@ -56,6 +63,15 @@ def _text_model(desc: dict[str, Any]) -> str:
            f"`{md_cell(m['architecture'])}` fine-tuned from {base}, in `{md_cell(desc['weights'])}` (Hugging Face "
            "layout)")
     return f"{how}; strategy `{md_cell(m['strategy'])}`, evaluated in {md_cell(m['precision'])}; tokenizer included"
+
+
+def _features_model(desc: dict[str, Any]) -> str:
+    m = desc["model"]
+    emb = m["embedding"]
+    k = f" (k={md_cell(m['k'])})" if m.get("k") else ""
+    return (f"scikit-learn `{md_cell(m['estimator'])}`{k} on standardised {md_cell(emb['pooling'])}-pooled "
+            f"embeddings of `{md_cell(emb['name'])}` ({md_cell(emb['source'])}), fitted arrays in "
+            f"`{md_cell(desc['weights'])}` (safetensors, no pickle)")
 
 
 def _data(desc: dict[str, Any]) -> str:
@@ -76,8 +92,9 @@ def _data(desc: dict[str, Any]) -> str:
                      + (f"normalised inside the model with the {md_cell(norm['stats'])} mean {norm.get('mean')} and "
                         f"std {norm.get('std')}" if norm.get("stats") else "no normalisation"))
     if "max_length" in inp:
-        lines.append(f"- Input: sentences, tokenised by the tokenizer saved beside the model and truncated at "
-                     f"{inp['max_length']} tokens")
+        whose = "the embedding model's tokenizer" if desc.get("kind") == "features" else \
+            "the tokenizer saved beside the model"
+        lines.append(f"- Input: sentences, tokenised by {whose} and truncated at {inp['max_length']} tokens")
     return "\n".join(lines)
 
 
@@ -98,8 +115,9 @@ def _limits(desc: dict[str, Any]) -> str:
                          ("images", "image (another dataset, noise)",
                           "images like its test set (same source, size and preprocessing)"))
     count = data.get("train_sentences" if _is_text(desc) else "train_images", "?")
-    trained = (f"trained {metrics.get('epochs', '?')} epoch{'s' if metrics.get('epochs') != 1 else ''} "
-               f"on {count} {title} {what} of {len(inp['classes'])} classes "
+    how = (f"trained {metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''}" if "epochs" in metrics
+           else "fitted")
+    trained = (f"{how} on {count} {title} {what} of {len(inp['classes'])} classes "
                f"(profile `{md_cell(run['profile'])}`)")
     return ("## Intended use and limits\n\n"
             f"- A course-lab model, {trained}: for studying and reproducing the lab, not for decisions that matter.\n"
