@@ -188,11 +188,11 @@ def test_a_run_without_model_folders_says_why(mlp_copy, tmp_path):
     one_line_error(predict_adam(mlp_copy, tmp_path), "no saved model folder", "run the experiment again")
 
 
-def test_a_text_run_is_not_yet(tmp_path):
+def test_a_text_run_without_model_folders_says_why(tmp_path):
     run = tmp_path / "text-run"
     run.mkdir()
-    (run / "env.json").write_text(json.dumps({"experiment": "lab2.finetune"}))
-    one_line_error(dllab_in_process("predict", run, tmp_path), "lab2.finetune", "not supported yet")
+    (run / "env.json").write_text(json.dumps({"experiment": "lab2.features"}))
+    one_line_error(dllab_in_process("predict", run, "a sentence"), "no saved model folder", "lab2.finetune")
 
 
 def test_missing_inputs_are_one_line(mlp_run, tmp_path):

@@ -213,42 +213,63 @@ def compare(run_dirs: Sequence[PathLike | RunResult], out: PathLike = "compare.m
 
 def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
     """``(model, spec)``: the trained model saved in ``run_dir``'s models/<variant>/ (``variant`` None: the run's
-    only one), rebuilt from the registry with its safetensors weights, in eval mode on the CPU, and model.json
-    as a dict (``spec["input"]``: channels, height, width, normalisation, classes; ``spec["metrics"]``). Only
-    model.json and model.safetensors are read, as untrusted data: a damaged folder is a ``RunFolderError``."""
+    only one), in eval mode on the CPU, and its model.json as a dict (``spec["input"]``: classes and the input's
+    shape or max_length; ``spec["metrics"]``). An image model is rebuilt from the registry with its safetensors
+    weights; a text model (Lab 2) is the Hugging Face classifier (a ``PeftModel`` for LoRA), its tokenizer in the
+    same folder, ``spec["folder"]``; a ``lab2.features`` classifier is the scikit-learn pipeline (standardisation
+    and estimator) over the embeddings of ``spec["model"]["embedding"]``. The folder is read as untrusted data: a
+    damaged one is a ``RunFolderError``."""
     from dllab.train.saved_model import load_saved_model
 
-    return load_saved_model(_model_folder(run_dir, variant))
+    kind, folder = _model_folder(run_dir, variant)
+    if kind == "text":
+        from dllab.text.saved import load_text_model
+        model, _, spec = load_text_model(folder)
+        return model, {**spec, "folder": str(folder)}
+    if kind == "features":
+        from dllab.features.saved import load_classifier
+        return load_classifier(folder)
+    return load_saved_model(folder)
 
 
-def _model_folder(run_dir: PathLike | RunResult, variant: str | None) -> Path:
-    from dllab.train.saved_model import find_model_folder
+def _model_folder(run_dir: PathLike | RunResult, variant: str | None) -> tuple[str, Path]:
+    """(kind, folder) of the run's saved model ``variant``."""
+    from dllab.train.saved_model import find_model_folder, saved_kind
 
-    folder = Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir)
-    _refuse_text_run(folder)
-    return find_model_folder(folder, variant)
+    folder = find_model_folder(Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir), variant)
+    return saved_kind(folder), folder
 
 
 def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike], variant: str | None = None, *,
-            device: str = "auto", batch_size: int = 256, detector: str | None = None) -> list[dict[str, Any]]:
-    """``dllab predict``: the saved model (``load_model``) over image files or folders of them, loaded once and
-    fed in batches; one dict per image: ``input`` (the file), ``class``, ``index``, ``probability``. A Lab 4
+            device: str = "auto", batch_size: int = 256, files: Sequence[PathLike] = (),
+            detector: str | None = None) -> list[dict[str, Any]]:
+    """``dllab predict``: the saved model (``load_model``) loaded once, its inputs fed in batches; one dict per
+    input: ``input``, ``class``, ``index``, ``probability``. An image model takes image files or folders of them
+    (``input``: the file); a text model or a ``lab2.features`` classifier takes sentences (``input``: the
+    sentence): a string naming an existing file, a ``Path``, or one of ``files`` is a text file of sentences, one
+    per line (``source``: file:line). ``probability`` is None for a classifier without one (LinearSVC). A Lab 4
     model with saved OOD detectors (models/<variant>/ood/) adds ``detector``, ``ood_score``, ``threshold`` and
     ``decision`` (``ood`` above the threshold chosen on ID validation images, else ``id``) for ``detector``
     (None: energy when it was fitted, else the first saved)."""
     from dllab.core.machine import resolve_device
-    from dllab.ood.saved import saved_detector
-    from dllab.train.predict import predict_images
-    from dllab.train.saved_model import load_saved_model
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device_ = resolve_device(device)
-    folder = _model_folder(run_dir, variant)
+    kind, folder = _model_folder(run_dir, variant)
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if kind in ("text", "features"):
+        if detector is not None:
+            raise ConfigError(f"{folder} holds a {kind} model: OOD detectors (--detector) are saved by Lab 4 runs only")
+        return _predict_sentences(kind, folder, given, files, device_, batch_size)
+    from dllab.ood.saved import saved_detector
+    from dllab.train.predict import predict_images
+    from dllab.train.saved_model import load_saved_model
+    if files:
+        raise ConfigError(f"{folder} holds an image model: name image files or folders as inputs (no --file)")
     model, spec = load_saved_model(folder)
     chosen = saved_detector(folder, model, spec, detector)
-    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    return predict_images(model, spec, paths, device_, batch_size, chosen.decisions if chosen else None)
+    return predict_images(model, spec, given, device_, batch_size, chosen.decisions if chosen else None)
 
 
 def export(run_dir: PathLike | RunResult, variant: str | None = None, format: str = "onnx", *,
@@ -267,16 +288,19 @@ def export(run_dir: PathLike | RunResult, variant: str | None = None, format: st
     return export_model(folder, format, None if out is None else Path(out), force, given, tolerance)
 
 
-def _refuse_text_run(folder: Path) -> None:
-    """Text runs (Lab 2) do not save usable models yet: one line, not 'no models'."""
-    from dllab.core import untrusted
+def _predict_sentences(kind: str, folder: Path, inputs: list, files: Sequence[PathLike], device, batch_size: int):
+    """A text model's or a features classifier's rows for the sentences ``inputs`` and ``files`` name."""
+    from dllab.data.text import read_sentences
 
-    env = folder / "env.json"
-    found = untrusted.read_json(env) if env.is_file() else None
-    experiment = found.get("experiment") if isinstance(found, dict) else None
-    if isinstance(experiment, str) and experiment.startswith("lab2."):
-        raise ConfigError(f"{folder} is a {untrusted.printable(experiment)} run: predicting with text models is not "
-                          "supported yet (image runs only: lab1.*, lab4.*)")
+    rows = read_sentences(inputs, files)
+    if kind == "features":
+        from dllab.features.saved import load_classifier, load_embedder, predict_sentences as predict_features
+        pipe, spec = load_classifier(folder)
+        return predict_features(pipe, load_embedder(folder, spec), spec, rows, device, batch_size)
+    from dllab.text.predict import predict_sentences
+    from dllab.text.saved import load_text_model
+    model, tokenizer, spec = load_text_model(folder)
+    return predict_sentences(model, tokenizer, spec, rows, device, batch_size)
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub.add_parser("report", help="gather runs into one Markdown + one HTML report"))
     _add_sweep(sub.add_parser("sweep", help="run an experiment over a grid of config values (and seeds)"))
     _add_compare(sub.add_parser("compare", help="runs side by side: differing config keys, summaries, curves"))
-    predict.add_arguments(sub.add_parser("predict", help="a run's saved model over images: class and probability"))
+    predict.add_arguments(sub.add_parser("predict", help="a run's saved model over images or sentences: class and "
+                                                        "probability (and, for Lab 4, OOD or not)"))
     export.add_arguments(sub.add_parser("export", help="a run's saved model as ONNX or TorchScript, checked "
                                                       "against PyTorch on real inputs"))
     _add_doctor(sub.add_parser("doctor", help="devices, precision, threads, data and models found, time estimates"))

@@ -13,11 +13,13 @@ import functools
 import io
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
+import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 
 TMP_SUFFIX = ".tmp"
@@ -112,10 +114,42 @@ class _WholeWrites(io.FileIO):
 
 
 def remove_stale_temp_files(folder: Path) -> None:
-    """Delete the ``.<name>.*.tmp`` files an atomic write left behind when its process was killed."""
-    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+    """Delete the ``.<name>.*.tmp`` files (and ``atomic_folder``'s folders) an atomic write left behind when its
+    process was killed."""
+    for p in list(Path(folder).rglob(f".*{TMP_SUFFIX}")):
         if p.is_file():
             p.unlink(missing_ok=True)
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temp folder beside ``path`` to fill (e.g. by a library's ``save_pretrained``), which replaces ``path``
+    once the block ends without an error (else it is removed, and ``path`` stays as it was): a reader finds the
+    old folder whole or the new one whole, never a mix. An older ``path`` is renamed aside, the new one renamed
+    into place, then the old one deleted (POSIX cannot swap two folders in one rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
+    try:
+        os.chmod(tmp, dir_mode())
+        yield tmp
+        with sigint_deferred():
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old{TMP_SUFFIX}")
+            moved = path.exists()
+            if moved:
+                os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                if moved:   # put the old folder back: a failed save loses nothing
+                    os.rename(old, path)
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from dllab import DataError
-from dllab.core import environ
+from dllab.core import environ, untrusted
 from dllab.data import class_quotas, data_root
 
 SPLITS = ("train", "validation", "test")
@@ -190,3 +191,42 @@ def iterate_batches(split: TokenizedSplit, batch_size: int, rng: np.random.Gener
 
 def num_batches(split: TokenizedSplit, batch_size: int) -> int:
     return (len(split) + batch_size - 1) // batch_size
+
+
+# --- sentences a user names (prediction) -------------------------------------------------------------
+
+TEXT_FILE_LIMIT = 64 * 2 ** 20
+
+
+def read_sentences(inputs: Iterable[str | Path], files: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
+    """``{"input": sentence}`` per sentence a user names (``dllab predict`` on a text model): each of ``inputs``
+    that is a ``Path`` or names an existing file is a text file of sentences, one per line (blank lines skipped;
+    a line's row also gets ``"source": "<file>:<line>"``), any other is a sentence itself; ``files`` are always
+    files. A folder, a missing, non-UTF-8 or empty file, or no sentence at all is one line."""
+    out: list[dict[str, Any]] = []
+    for item in inputs:
+        if isinstance(item, Path) or Path(item).is_file() or Path(item).is_dir():
+            out += _sentence_lines(Path(item))
+        elif str(item).strip():
+            out.append({"input": str(item)})
+    for f in files:
+        out += _sentence_lines(Path(f))
+    if not out:
+        raise DataError("no sentences given: name sentences, or text files of them (one per line)")
+    return out
+
+
+def _sentence_lines(path: Path) -> list[dict[str, Any]]:
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; a text model takes sentences, or text files of them (one per line)")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        text = untrusted.read_bytes(path, TEXT_FILE_LIMIT).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    rows = [{"input": line.strip(), "source": f"{path}:{i}"} for i, line in enumerate(text.splitlines(), 1)
+            if line.strip()]
+    if not rows:
+        raise DataError(f"{path} holds no sentences (one per line)")
+    return rows

@@ -52,10 +52,11 @@ def make_classifier(name: str, k: int = 5, seed: int = 0, max_iter: int = 2000):
 
 def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
                     names: Sequence[str] | None = None, k: int = 5, seed: int = 0,
-                    timings: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+                    timings: dict[str, float] | None = None,
+                    fitted: dict | None = None) -> dict[str, dict[str, float]]:
     """Fit each classifier of ``names`` (default: every registered one) on ``(train_x, train_y)``; return
     ``{name: {split: accuracy}}`` for every ``eval_sets[split] = (x, y)``. ``timings``, if given, receives each
-    classifier's fit+score seconds."""
+    classifier's fit+score seconds, ``fitted`` each fitted pipeline (to save it: ``features.saved``)."""
     names = registry.names("classifier") if names is None else names
     if len(train_x) != len(train_y) or len(train_x) == 0:
         raise DllabError(f"features: {len(train_x)} training rows for {len(train_y)} labels")
@@ -70,6 +71,8 @@ def fit_classifiers(train_x: np.ndarray, train_y: np.ndarray, eval_sets: dict[st
         out[name] = {split: float((clf.predict(x) == np.asarray(y)).mean()) for split, (x, y) in eval_sets.items()}
         if timings is not None:
             timings[name] = time.perf_counter() - t0
+        if fitted is not None:
+            fitted[name] = clf
     return out
 
 

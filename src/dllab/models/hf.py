@@ -87,7 +87,7 @@ def open_model(name: str, fallback: str = "", reporter: Reporter = QUIET) -> tup
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Hide the "Loading weights" bar and the "newly initialized: classifier" report: a fresh head is the
     point of fine-tuning, and the run's report says which model was used."""
     level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -104,7 +104,7 @@ def _quiet_transformers():
 def _from_pretrained(auto_cls, source: str, **kwargs):
     local_only = Path(source).is_dir() or not environ.hub_reachable()
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return auto_cls.from_pretrained(source, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -141,6 +141,24 @@ def _load_model(auto_cls, source: str, **kwargs) -> nn.Module:
     if Path(source).is_dir():
         check_weight_files(Path(source))
     return _from_pretrained(auto_cls, source, use_safetensors=True, **kwargs)
+
+
+def from_local(auto_class: str, source: str, **kwargs):
+    """``transformers.<auto_class>.from_pretrained(source)`` for files from elsewhere (a saved model folder):
+    local files only, never running code the folder's config names (``trust_remote_code=False``)."""
+    import transformers
+    with quiet_transformers():
+        return getattr(transformers, auto_class).from_pretrained(source, local_files_only=True,
+                                                                 trust_remote_code=False, **kwargs)
+
+
+def saved_source(name: str, source: str) -> str:
+    """Where a model a saved folder names (by its ``name`` and the ``source`` it resolved to when it was saved) is
+    here: that folder if it still exists, else the name (``minilm``: the offline package; a folder or hub id as
+    is, for ``from_local``, which finds a hub id only in the local HF cache)."""
+    if Path(source).is_dir():
+        return source
+    return str(minilm_path()) if name == MINILM else name
 
 
 def load_config(source: str):

@@ -15,7 +15,9 @@ from dllab.data.text import TextSplit, TokenizedSplit, tokenize
 from dllab.core.events import Reporter, TrainingHooks
 from dllab.core.progress import mmss
 from dllab.models import hf
-from dllab.text.strategies import StrategyContext, StrategySkipped, TrainSettings, amp_precision, train_and_evaluate
+from dllab.text.saved import TextModelInfo, save_strategy
+from dllab.text.strategies import (Outcome, Prepared, StrategyContext, StrategySkipped, TrainSettings, amp_precision,
+                                   train_and_evaluate)
 
 SUMMARY_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
 
@@ -45,12 +47,13 @@ def tokenized_by(splits: dict[str, TextSplit], max_length: int) -> Callable[[str
 
 
 def run_strategies(names: list[str], ctx: StrategyContext, data: Callable[[str], dict], settings: TrainSettings,
-                   hooks: TrainingHooks = TrainingHooks()) -> dict[str, dict]:
+                   hooks: TrainingHooks = TrainingHooks(), info: TextModelInfo | None = None) -> dict[str, dict]:
     """{strategy: result} for every strategy of ``names`` that ran (now, or in an earlier session:
-    ``hooks.reuse``)."""
+    ``hooks.reuse``). Each one that trains saves its kept model to ``hooks.models(strategy)`` (described with
+    ``info``; None: not saved)."""
     results: dict[str, dict] = {}
     for name in names:
-        result = hooks.reuse(name, partial(_train, name, ctx, data, settings, hooks))[0]
+        result = hooks.reuse(name, partial(_train, name, ctx, data, settings, hooks, info))[0]
         if result is not None:
             results[name] = result
     return results
@@ -61,18 +64,33 @@ def precisions(results: dict[str, dict]) -> str:
     return "; ".join(f"{s} {r['precision']}" for s, r in results.items())
 
 
-def _train(name: str, ctx: StrategyContext, data, settings: TrainSettings, hooks: TrainingHooks) -> dict | None:
-    """One strategy trained and tested (continuing from its checkpoint, if any); None when it cannot run here."""
+def _train(name: str, ctx: StrategyContext, data, settings: TrainSettings, hooks: TrainingHooks,
+           info: TextModelInfo | None) -> dict | None:
+    """One strategy trained and tested (continuing from its checkpoint, if any), its model saved; None when it
+    cannot run here."""
     log = hooks.reporter.log
     log(f"{name}: preparing")
+    keep = partial(_save, name, hooks, info) if info is not None else None
     try:
         out = train_and_evaluate(name, ctx, data, settings, hooks.callbacks, hooks.checkpoint(name), hooks.reporter,
-                                 hooks.progress)
+                                 hooks.progress, keep)
     except StrategySkipped as e:
         hooks.reporter.note(f"strategy {name} skipped: {e}")
         return None
     log(f"{name}: val {out.val_acc:.4f} test {out.test_acc:.4f}, {mmss(out.seconds)}, "
         f"{out.trainable_params:,} trainable, peak {out.peak_mem_mb:.0f} MB, {out.precision}")
+    return _result(out)
+
+
+def _result(out: Outcome) -> dict:
     result = asdict(out)
     result.pop("history")
     return result
+
+
+def _save(name: str, hooks: TrainingHooks, info: TextModelInfo, p: Prepared, out: Outcome) -> None:
+    """The strategy's kept model in models/<name>/ (before its result is kept: a result means a saved model)."""
+    if p.train:
+        save_strategy(hooks.models(name), name, p, _result(out), info)
+    else:
+        hooks.reporter.log(f"{name}: no model saved (nothing was trained)")

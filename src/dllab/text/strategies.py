@@ -373,10 +373,12 @@ def _rank_rows(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[st
 
 def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], dict[str, TokenizedSplit]],
                        s: TrainSettings, callbacks: Sequence[Callback] = (), checkpoint: CheckpointIO | None = None,
-                       reporter: Reporter = QUIET, progress: bool = False) -> Outcome:
+                       reporter: Reporter = QUIET, progress: bool = False,
+                       keep: Callable[[Prepared, Outcome], None] | None = None) -> Outcome:
     """Prepare strategy ``name``, train it with the one loop (``train.loop.fit``: from ``checkpoint``, if it holds
     a state), then test the selected epoch. ``data(tokenizer_source)`` gives the tokenised splits for the
-    prepared model's tokenizer."""
+    prepared model's tokenizer. ``keep(prepared, outcome)`` is handed the model with the weights tested (saving
+    it: ``text.saved``)."""
     usage = Usage(ctx.device).start()
     p = registry.get("strategy", name)(ctx)
     splits = data(p.tokenizer_source)
@@ -384,5 +386,8 @@ def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], di
     task = TextTask(p, splits, s, ctx.device, name, on_train_end=usage.stop)
     out = fit(task, callbacks, checkpoint, reporter, progress)
     label = p.precision.label if p.precision else "fp32"
-    return Outcome(out["val_acc"], out["test_acc"], usage.seconds, trainable, usage.mb, usage.kind, label,
-                   out["best_epoch"], out["history"])
+    outcome = Outcome(out["val_acc"], out["test_acc"], usage.seconds, trainable, usage.mb, usage.kind, label,
+                      out["best_epoch"], out["history"])
+    if keep is not None:
+        keep(p, outcome)
+    return outcome

@@ -1,5 +1,5 @@
-"""MODEL.md, the model card beside a saved model (``saved_model``): made from its model.json alone, so the card
-never says anything the description does not."""
+"""MODEL.md, the model card beside a saved model (``saved_model``; Lab 2's text models: ``text.saved``): made from its
+model.json alone, so the card never says anything the description does not."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ from dllab.core.untrusted import md_cell, printable
 _METRIC_NAMES = {"test_acc": "test accuracy (saved weights)", "test_loss": "test loss (saved weights)",
                  "val_acc": "validation accuracy (best epoch)", "best_epoch": "epoch kept",
                  "epochs": "epochs trained", "test_acc_last": "test accuracy (last epoch)",
-                 "test_loss_last": "test loss (last epoch)"}
+                 "test_loss_last": "test loss (last epoch)", "seconds": "training time (s)",
+                 "trainable_params": "trainable parameters"}
 
 
 def _number(value: Any) -> str:
@@ -29,20 +30,59 @@ def model_card(desc: dict[str, Any]) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def _is_text(desc: dict[str, Any]) -> bool:
+    """A model of sentences: a fine-tuned text model, or a classifier on sentence embeddings."""
+    return desc.get("kind") in ("text", "features")
+
+
 def _header(desc: dict[str, Any]) -> str:
-    run, spec = desc["run"], desc["model"]
-    kwargs = ", ".join(f"{k}={md_cell(v)}" for k, v in spec["kwargs"].items())
+    run = desc["run"]
     return (f"# {md_cell(run['experiment'] or 'dllab')}: variant {md_cell(desc['variant'])}\n\n"
             + (f"{md_cell(run['description'])}\n\n" if run.get("description") else "")
-            + f"- Model: `{md_cell(spec['name'])}({kwargs})`, weights in `{desc['weights']}` (safetensors)\n"
+            + f"- Model: {_model_line(desc)}\n"
             f"- Run: profile `{md_cell(run['profile'])}`, seed {md_cell(run['seed'])}")
+
+
+def _model_line(desc: dict[str, Any]) -> str:
+    kind = desc.get("kind")
+    return (_text_model(desc) if kind == "text" else _features_model(desc) if kind == "features"
+            else _registry_model(desc))
+
+
+def _registry_model(desc: dict[str, Any]) -> str:
+    spec = desc["model"]
+    kwargs = ", ".join(f"{k}={md_cell(v)}" for k, v in spec["kwargs"].items())
+    return f"`{md_cell(spec['name'])}({kwargs})`, weights in `{md_cell(desc['weights'])}` (safetensors)"
+
+
+def _text_model(desc: dict[str, Any]) -> str:
+    m = desc["model"]
+    base = f"`{md_cell(m['base']['name'])}` ({md_cell(m['base']['source'])})"
+    how = (f"LoRA adapters and the trained head on the frozen {base}, in `{md_cell(desc['weights'])}` (a PEFT "
+           "adapter: the base model is loaded from where it was trained from)" if m.get("adapter") else
+           f"`{md_cell(m['architecture'])}` fine-tuned from {base}, in `{md_cell(desc['weights'])}` (Hugging Face "
+           "layout)")
+    return f"{how}; strategy `{md_cell(m['strategy'])}`, evaluated in {md_cell(m['precision'])}; tokenizer included"
+
+
+def _features_model(desc: dict[str, Any]) -> str:
+    m = desc["model"]
+    emb = m["embedding"]
+    k = f" (k={md_cell(m['k'])})" if m.get("k") else ""
+    return (f"scikit-learn `{md_cell(m['estimator'])}`{k} on standardised {md_cell(emb['pooling'])}-pooled "
+            f"embeddings of `{md_cell(emb['name'])}` ({md_cell(emb['source'])}), fitted arrays in "
+            f"`{md_cell(desc['weights'])}` (safetensors, no pickle)")
 
 
 def _data(desc: dict[str, Any]) -> str:
     inp = desc["input"]
     data, norm = inp.get("data") or {}, inp.get("normalisation") or {}
     lines = ["## Data"]
-    if data:
+    if data and _is_text(desc):
+        lines.append(f"- Dataset: {md_cell(data.get('name'))} ({md_cell(data.get('source'))}): "
+                     f"{data.get('train_sentences')} training, {data.get('validation_sentences')} validation and "
+                     f"{data.get('test_sentences')} test sentences")
+    elif data:
         lines.append(f"- Dataset: {md_cell(data.get('title') or data.get('name'))} ({md_cell(data.get('source'))}): "
                      f"{data.get('train_images')} training, {data.get('val_images')} validation and "
                      f"{data.get('test_images')} test images")
@@ -51,6 +91,10 @@ def _data(desc: dict[str, Any]) -> str:
         lines.append(f"- Input: {inp['channels']}×{inp['height']}×{inp['width']} images with values in [0, 1]; "
                      + (f"normalised inside the model with the {md_cell(norm['stats'])} mean {norm.get('mean')} and "
                         f"std {norm.get('std')}" if norm.get("stats") else "no normalisation"))
+    if "max_length" in inp:
+        whose = "the embedding model's tokenizer" if desc.get("kind") == "features" else \
+            "the tokenizer saved beside the model"
+        lines.append(f"- Input: sentences, tokenised by {whose} and truncated at {inp['max_length']} tokens")
     return "\n".join(lines)
 
 
@@ -66,19 +110,26 @@ def _limits(desc: dict[str, Any]) -> str:
     inp, run, metrics = desc["input"], desc["run"], desc["metrics"]
     data = inp.get("data") or {}
     title = md_cell(data.get("title") or data.get("name") or "its dataset")
-    trained = (f"trained {metrics.get('epochs', '?')} epoch{'s' if metrics.get('epochs') != 1 else ''} "
-               f"on {data.get('train_images', '?')} {title} images of {len(inp['classes'])} classes "
+    what, other, like = (("sentences", "sentence (another topic, another language, gibberish)",
+                          "sentences like its test set (short English movie-review snippets)") if _is_text(desc) else
+                         ("images", "image (another dataset, noise)",
+                          "images like its test set (same source, size and preprocessing)"))
+    count = data.get("train_sentences" if _is_text(desc) else "train_images", "?")
+    how = (f"trained {metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''}" if "epochs" in metrics
+           else "fitted")
+    trained = (f"{how} on {count} {title} {what} of {len(inp['classes'])} classes "
                f"(profile `{md_cell(run['profile'])}`)")
     return ("## Intended use and limits\n\n"
             f"- A course-lab model, {trained}: for studying and reproducing the lab, not for decisions that matter.\n"
-            f"- It knows only these {len(inp['classes'])} classes: any other image (another dataset, noise) still gets "
+            f"- It knows only these {len(inp['classes'])} classes: any other {other} still gets "
             "one of them, often with a high probability; it does not say \"none of these\".\n"
-            "- Expect the accuracy above only on images like its test set (same source, size and preprocessing).")
+            f"- Expect the accuracy above only on {like}.")
 
 
 def _usage(desc: dict[str, Any]) -> str:
     variant = md_cell(desc["variant"])
-    return ("## Use\n\n```\ndllab predict RUN_FOLDER --variant " + variant + " image.png more/images/\n```\n\n"
+    inputs = "\"a sentence to classify\" sentences.txt" if _is_text(desc) else "image.png more/images/"
+    return ("## Use\n\n```\ndllab predict RUN_FOLDER --variant " + variant + f" {inputs}\n```\n\n"
             "```python\nimport dllab\nmodel, spec = dllab.load_model(\"RUN_FOLDER\", variant=\"" + variant + "\")\n```")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -24,7 +24,7 @@ from dllab import ConfigError, RunFolderError
 from dllab.core import ranks, registry, untrusted
 from dllab.core.untrusted import printable
 from dllab.core.config import flatten
-from dllab.core.files import atomic_write, atomic_write_json, atomic_write_text
+from dllab.core.files import atomic_folder, atomic_write, atomic_write_json, atomic_write_text
 from dllab.models.common import DATASET_STATS
 from dllab.train.checkpoint import CHECKPOINT_LIMIT, FileCheckpoint, check_spec, load_weights, plain
 from dllab.train.model_card import model_card
@@ -101,6 +101,18 @@ class SavedModelIO(FileCheckpoint):
         if ranks.is_main() and state.get("spec"):   # a model with no spec cannot be rebuilt from a folder
             write_model_folder(self.folder, state, self.context)
 
+    def save_folder(self, fill: Callable[[Path], dict[str, Any]]) -> None:
+        """A model saved as a whole folder of its library's files (Lab 2's Hugging Face models), on rank 0 only:
+        ``fill(tmp)`` writes them into a temp folder and returns model.json's own part (``kind``, ``model``,
+        ``input``, ``metrics``...); the run's part (``ModelContext``), model.json and MODEL.md are added, and the
+        temp folder replaces ``models/<variant>/`` only once whole. No ``models/<variant>.pt``: nothing reuses it."""
+        if not ranks.is_main():
+            return
+        with atomic_folder(self.folder) as tmp:
+            description = plain({**context_part(self.folder.name, self.context), **fill(tmp)})
+            atomic_write_json(tmp / DESCRIPTION, description)
+            atomic_write_text(tmp / CARD, model_card(description))
+
 
 def write_model_folder(folder: Path, state: dict[str, Any], context: ModelContext) -> None:
     """``state`` (``checkpoint.model_state`` with ``result`` and ``input``) as model.safetensors, model.json and
@@ -116,17 +128,22 @@ def write_model_folder(folder: Path, state: dict[str, Any], context: ModelContex
 
 def describe(variant: str, state: dict[str, Any], context: ModelContext) -> dict[str, Any]:
     """model.json's content."""
+    return plain({**context_part(variant, context), "model": state["spec"], "weights": WEIGHTS,
+                  "input": state.get("input") or {"classes": list(state.get("classes") or [])},
+                  "metrics": kept_metrics(state.get("result") or {}), "metrics_rule": METRICS_RULE})
+
+
+def context_part(variant: str, context: ModelContext) -> dict[str, Any]:
+    """What model.json says of any model, whatever its kind: the format, the variant, the spec's numbers, the
+    run and its config."""
     prefix = f"{variant}."
     reference = {k[len(prefix):]: v for k, v in context.reference.items() if k.startswith(prefix)}
     if "acc@0" in reference:   # Lab 4's accuracy under an attack of eps 0: the clean test accuracy
         reference.setdefault("test_acc", reference["acc@0"])
-    return plain({"format": FORMAT, "variant": variant, "model": state["spec"], "weights": WEIGHTS,
-                  "input": state.get("input") or {"classes": list(state.get("classes") or [])},
-                  "metrics": kept_metrics(state.get("result") or {}), "metrics_rule": METRICS_RULE,
-                  "reference": reference,
-                  "run": {"experiment": context.experiment, "description": context.description,
-                          "profile": context.profile, "seed": context.seed},
-                  "config": context.config})
+    return {"format": FORMAT, "variant": variant, "reference": reference,
+            "run": {"experiment": context.experiment, "description": context.description,
+                    "profile": context.profile, "seed": context.seed},
+            "config": context.config}
 
 
 # --- reading a model folder back (untrusted) ---------------------------------------------------------
@@ -137,7 +154,9 @@ def find_model_folder(run_dir: Path, variant: str | None = None) -> Path:
     run_dir = Path(run_dir)
     untrusted.check_tree(run_dir)
     models = run_dir / "models"
-    available = sorted(p.name for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
+    # (a dot-folder is a save in progress, or one a killed process left: files.atomic_folder)
+    available = sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if models.is_dir() else []
     if not available:
         raise RunFolderError(f"{run_dir} holds no saved model folder (models/<variant>/){_why_none(run_dir)}")
     if variant is None and len(available) > 1:
@@ -155,7 +174,7 @@ def _why_none(run_dir: Path) -> str:
     if any((run_dir / "models").glob("*.pt")):
         return ("; its models/*.pt were saved before dllab wrote model folders: run the experiment again with this "
                 "dllab")
-    return "; pass the folder of a finished run of an image experiment (lab1.*, lab4.*)"
+    return "; pass the folder of a finished run of lab1.*, lab2.finetune or lab4.*"
 
 
 def load_saved_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -168,6 +187,37 @@ def load_saved_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model.eval(), description
 
 
+def saved_kind(folder: Path) -> str:
+    """What model ``folder`` holds, from its model.json: "image" (also when it names no kind: the first model
+    folders), "text", "features"."""
+    kind = read_json_description(folder).get("kind", "image")
+    if kind not in ("image", "text", "features"):
+        raise RunFolderError(f"{Path(folder) / DESCRIPTION}: unknown model kind {printable(kind)!r} (image, text "
+                             "or features)")
+    return kind
+
+
+def read_json_description(folder: Path) -> dict[str, Any]:
+    """model.json of any kind, read as untrusted JSON: an object with dllab's format."""
+    path = _present(Path(folder) / DESCRIPTION)
+    desc = untrusted.read_json(path)
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        raise RunFolderError(f"{path} is not a dllab model description (no \"format\": \"{FORMAT}\")")
+    return desc
+
+
+def library_load(folder: Path, what: str, load: Callable[..., Any], *args, **kwargs) -> Any:
+    """``load(*args, **kwargs)``: a library (transformers, peft, scikit-learn) reading files of model ``folder``,
+    which came from elsewhere; whatever it raises is one ``RunFolderError`` line naming ``what``."""
+    try:
+        return load(*args, **kwargs)
+    except RunFolderError:
+        raise
+    except Exception as e:   # OSError, ValueError, KeyError, RuntimeError (shapes)...: the library's, not ours
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise RunFolderError(f"{folder}: the {what} cannot be loaded ({type(e).__name__}: {printable(first)})") from e
+
+
 def _present(path: Path) -> Path:
     if not path.is_file():
         raise RunFolderError(f"{path} is missing; a model folder holds {WEIGHTS}, {DESCRIPTION} and {CARD} "
@@ -177,10 +227,8 @@ def _present(path: Path) -> Path:
 
 def read_description(folder: Path) -> dict[str, Any]:
     """model.json, checked: the format, the spec's shape, the input spec's class names and image shape."""
-    path = _present(folder / DESCRIPTION)
-    desc = untrusted.read_json(path)
-    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
-        raise RunFolderError(f"{path} is not a dllab model description (no \"format\": \"{FORMAT}\")")
+    path = folder / DESCRIPTION
+    desc = read_json_description(folder)
     check_spec(path, desc.get("model"))
     spec_in = desc.get("input")
     classes = spec_in.get("classes") if isinstance(spec_in, dict) else None

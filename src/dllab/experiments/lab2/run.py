@@ -11,11 +11,13 @@ from dllab.experiments.common import FEATURES_FILE, Features, cached_features
 from dllab.experiments.lab2.config import (FEATURES_REFERENCE, FINETUNE_REFERENCE, SST2_NOTE, FeaturesConfig,
                                            FinetuneConfig, TextDataConfig)
 from dllab.features.classifiers import fit_classifiers
+from dllab.features.saved import EmbeddingInfo, save_classifiers
 from dllab.features.text import embed_splits, features_key
 from dllab.models import hf
 from dllab.report.text import classifiers_report, strategies_report
 from dllab.runner.run import Run
 from dllab.text.finetune import SUMMARY_KEYS, log_amp_choice, precisions, run_strategies, tokenized_by
+from dllab.text.saved import TextModelInfo
 from dllab.text.strategies import StrategyContext, TrainSettings
 
 
@@ -53,6 +55,11 @@ def text_features(run: Run, source: str, splits: dict[str, TextSplit], pooling: 
     return feats
 
 
+def data_info(dcfg: TextDataConfig, splits: dict[str, TextSplit]) -> dict:
+    """What a saved model's model.json and card say of its data: the dataset, where it came from, the sizes."""
+    return {"name": dcfg.name, "source": text_source(dcfg), **{f"{s}_sentences": len(v) for s, v in splits.items()}}
+
+
 # --- lab2.features --------------------------------------------------------------------------------------
 
 def run_features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
@@ -68,10 +75,13 @@ def _features(cfg: FeaturesConfig, run: Run) -> dict[str, float]:
                           run.device)
     run.write_env(precision="fp32 (inference only)")
     timings: dict[str, float] = {}
+    fitted: dict = {}
     acc = fit_classifiers(*feats["train"], {"validation": feats["validation"], "test": feats["test"]},
-                          names=fc.classifiers, k=fc.k, seed=cfg.seed, timings=timings)
+                          names=fc.classifiers, k=fc.k, seed=cfg.seed, timings=timings, fitted=fitted)
     for clf, a in acc.items():
         run.log(f"{clf}: val {a['validation']:.4f} test {a['test']:.4f}")
+    save_classifiers(run.model_io, fitted, acc,
+                     EmbeddingInfo(name, source, fc.pooling, cfg.data.max_length, data_info(cfg.data, splits)), run)
     run.add(*classifiers_report(acc, timings, FEATURES_REFERENCE, name, fc.pooling, fc.k, len(feats["train"][1])))
     return {f"{clf}.{split}_acc": a[long] for clf, a in acc.items()
             for split, long in (("val", "validation"), ("test", "test"))}
@@ -90,8 +100,9 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
                              group_by_length=cfg.data.group_by_length, seed=cfg.seed)
     if "pretrained" in ft.strategies:
         run.note(SST2_NOTE)
+    info = TextModelInfo(name, source, cfg.data.max_length, ft.epochs, data_info(cfg.data, splits))
     results = run_strategies(ft.strategies, StrategyContext(source, ft, run.device, cfg.seed),
-                             tokenized_by(splits, cfg.data.max_length), settings, run.training_hooks())
+                             tokenized_by(splits, cfg.data.max_length), settings, run.training_hooks(), info)
     run.write_env(precision=precisions(results))
     if results:
         run.add(*strategies_report(results, FINETUNE_REFERENCE, name,
