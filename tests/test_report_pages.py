@@ -137,17 +137,18 @@ def _render(env: dict, summary: dict, tmp_path, **info) -> str:
 
 
 def test_the_spec_column_is_filled_and_results_without_a_spec_number_are_a_table_apart(tmp_path):
-    summary = {"odin.auroc": 0.61, "odin.best_T": 1000, "odin.best_eps": 0.0014, "msp.auroc": 0.58,
+    summary = {"model.test_acc": 0.6, "odin.auroc": 0.61, "odin.best_T": 1000, "odin.best_eps": 0.0014, "msp.auroc": 0.58,
                "odin.grid_auroc@T1_eps0": 0.57}
     tables = _md_tables(_render({"experiment": "lab4.odin", "profile": "smoke"}, summary, tmp_path))
-    assert tables["Results beside the spec"] == [["metric", "this run", "spec"], ["odin.auroc", "0.6100", "0.6600"],
+    assert tables["Results beside the spec"] == [["metric", "this run", "spec"], ["model.test_acc", "0.6000", "0.8473"],
+                                                 ["odin.auroc", "0.6100", "0.6600"],
                                                  ["odin.best_T", "1000", "100"], ["odin.best_eps", "0.0014", "0.0000"]]
     assert tables["Results with no spec number"] == [["metric", "this run"], ["msp.auroc", "0.5800"],
                                                      ["odin.grid_auroc@T1_eps0", "0.5700"]]
 
 
 def test_a_spec_without_numbers_gives_one_table_without_a_spec_column(tmp_path):
-    tables = _md_tables(_render({"experiment": "lab4.ood", "profile": "smoke"}, {"heldout.msp.auroc": 0.6}, tmp_path))
+    tables = _md_tables(_render({"experiment": "lab1.mlp", "profile": "smoke"}, {"sgd.test_acc": 0.6}, tmp_path))
     assert list(tables) == ["Results (the spec gives no number for them)"]
     assert tables["Results (the spec gives no number for them)"][0] == ["metric", "this run"]
 
