@@ -232,3 +232,24 @@ def test_the_card_keeps_class_names_as_text(tmp_path):
     write_model_folder(tmp_path / "m", state, ModelContext("lab1.mlp"))
     card = (tmp_path / "m" / "MODEL.md").read_text()
     assert "<script" not in card and "a\\|b" in card and "&lt;script>x&lt;/script>" in card
+
+
+def test_a_config_value_with_backticks_cannot_end_the_cards_config_block(tmp_path):
+    """A config value (a data.root, a class name) with a run of backticks stays inside MODEL.md's config block."""
+    import re
+
+    from dllab.core.registry import build_model
+    from dllab.train.checkpoint import model_state
+    from dllab.train.saved_model import ModelContext, write_model_folder
+
+    model = build_model("basic_mlp", num_classes=2, in_channels=1, image_size=4, width=3)
+    state = model_state(model, ["a", "b"], result={"test_acc": 0.5}, input={"channels": 1, "height": 4, "width": 4,
+                                                                         "classes": ["a", "b"]})
+    value = "x```\n# Injected heading\n````y"
+    write_model_folder(tmp_path / "m", state, ModelContext("lab1.mlp", config={"data.root": value}))
+    card = (tmp_path / "m" / "MODEL.md").read_text()
+    config = card[card.index("## Config"):]
+    fence = re.match(r"## Config\n\n(`+)yaml\n", config).group(1)
+    assert len(fence) > 4                                   # longer than any backtick run inside
+    assert config.rstrip().endswith(fence) and config.count(fence) == 2
+    assert "\n# Injected heading" not in card               # the newline is escaped, no heading appears

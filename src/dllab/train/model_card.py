@@ -3,6 +3,7 @@ model.json alone, so the card never says anything the description does not."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from dllab.core.untrusted import md_cell, printable
@@ -138,4 +139,6 @@ def _config(desc: dict[str, Any]) -> str:
         return ""
     # JSON for the values: lists, null and booleans read as they do in config.yaml
     lines = [f"{printable(k)}: {printable(json.dumps(v))}" for k, v in (desc.get("config") or {}).items()]
-    return "## Config\n\n```yaml\n" + "\n".join(lines) + "\n```"
+    # a fence longer than any run of backticks inside, so that a value cannot end the block (CommonMark)
+    fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", "\n".join(lines))), default=0))
+    return f"## Config\n\n{fence}yaml\n" + "\n".join(lines) + f"\n{fence}"
