@@ -3,7 +3,7 @@
 The image runs are smoke runs of lab1.mlp and a one-variant lab1.cnn-depth on the real data (../shared/data).
 Each export is checked again here, independently of the command's own check: the written file is loaded with
 onnxruntime / torch.jit.load and run on the run's test images in batches of 1 and 7 (the batch axis is dynamic).
-The text model is a tiny random DistilBERT with the MiniLM tokenizer, saved in the Hugging Face layout.
+Text models (Lab 2's fine-tunes, LoRA merged): tests/test_export_text.py.
 """
 from __future__ import annotations
 
@@ -168,86 +168,10 @@ def test_data_not_on_disk_asks_for_inputs(run_copy, tmp_path):
     write_test_pngs(run_data(run_copy)[1], pngs, n=9)   # (run_data reads the run's config.yaml, not model.json)
     res = dllab_in_process("export", run_copy, "--variant", "adam", "--format", "onnx", "--inputs", pngs)
     assert res.returncode == 0, res.stderr
-    assert "on 9 inputs" in res.stdout
+    assert "on 9 inputs (the given images)" in res.stdout
 
 
-
-# --- text models (Hugging Face layout beside model.json) -----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory) -> Path:
-    """A run folder whose models/full/ is a tiny random DistilBERT classifier with the MiniLM tokenizer."""
-    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
-
-    from dllab.models.hf import minilm_path
-
-    run = tmp_path_factory.mktemp("text") / "run"
-    folder = run / "models" / "full"
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
-    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=64, n_layers=2, n_heads=2,
-                              num_labels=2, max_position_embeddings=128)
-    torch.manual_seed(0)
-    DistilBertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "model.json").write_text(json.dumps({"format": "dllab-model/1", "kind": "text", "variant": "full",
-                                                   "input": {"classes": ["neg", "pos"]}}))
-    return run
-
-
-def tokens(folder: Path, sentences: list[str]) -> dict[str, np.ndarray]:
-    from transformers import AutoTokenizer
-
-    enc = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)(sentences, padding=True,
-                                                                          return_tensors="np")
-    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
-
-
-def hf_logits(folder: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
-                                                               use_safetensors=True).eval()
-    with torch.inference_mode():
-        return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
-
-
-# other batch sizes and lengths than the command's check: the batch and sequence axes are dynamic
-OTHER_SENTENCES = [["Fine."], ["one", "a somewhat longer sentence than the others here", "so-so"]]
-
-
-def test_text_model_exports_to_onnx_and_matches(text_run, tmp_path):
-    out = tmp_path / "text.onnx"
-    res = dllab_in_process("export", text_run, "--format", "onnx", "--out", out)
-    assert res.returncode == 0, res.stderr
-    assert "max abs difference" in res.stdout and "on 4 inputs" in res.stdout
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
-    folder = text_run / "models" / "full"
-    for sentences in OTHER_SENTENCES:
-        feed = tokens(folder, sentences)
-        assert np.abs(session.run(["logits"], feed)[0] - hf_logits(folder, feed)).max() <= 1e-4
-
-
-def test_text_model_exports_to_torchscript_on_the_users_sentences(text_run, tmp_path):
-    lines = tmp_path / "sentences.txt"
-    lines.write_text("A fine film.\n\nNot my kind of movie at all, sadly.\n")
-    done = dllab.export(text_run, format="torchscript", out=tmp_path / "text.ts", inputs=lines)
-    assert done.checked == 2 and done.max_abs_diff <= 1e-4
-    loaded = torch.jit.load(str(done.path))
-    folder = text_run / "models" / "full"
-    feed = tokens(folder, OTHER_SENTENCES[1])
-    with torch.inference_mode():
-        got = loaded(*(torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask"))).numpy()
-    assert np.abs(got - hf_logits(folder, feed)).max() <= 1e-4
-
-
-def test_a_lora_adapter_and_features_are_refused_in_one_line(tmp_path):
-    lora = tmp_path / "lora-run" / "models" / "lora"
-    lora.mkdir(parents=True)
-    (lora / "model.json").write_text(json.dumps({"format": "dllab-model/1", "kind": "text"}))
-    (lora / "adapter_config.json").write_text("{}")
-    one_line_error(dllab_in_process("export", lora.parent.parent, "--format", "onnx"), "LoRA adapter",
-                   "merge_and_unload")
+def test_features_classifiers_are_refused_in_one_line(tmp_path):
     features = tmp_path / "feat-run" / "models" / "svm"
     features.mkdir(parents=True)
     (features / "model.json").write_text(json.dumps({"format": "dllab-model/1", "kind": "features"}))

@@ -278,14 +278,28 @@ def export(run_dir: PathLike | RunResult, variant: str | None = None, format: st
     """``dllab export``: the saved model (``load_model``'s) as ``format`` onnx | torchscript, written to ``out``
     (default models/<variant>/model.onnx or model.ts; an existing file is replaced only with ``force``) once a
     batch of real inputs (the run's test images, else ``inputs``: image files or folders, text files of
-    sentences) gives the same logits through PyTorch and the export within ``tolerance``. Returns what was
-    written and the difference (``.path``, ``.max_abs_diff``); a mismatch raises, and writes nothing."""
+    sentences; a text model's check otherwise runs the run's test sentences, else fixed ones) gives the same
+    logits through PyTorch and the export within ``tolerance``; a LoRA model is exported merged into its base.
+    Returns what was written, the difference and the inputs it was measured on (``.path``, ``.max_abs_diff``,
+    ``.inputs``); a mismatch raises, and writes nothing."""
     from dllab.train.export import export_model
-    from dllab.train.saved_model import find_model_folder
 
-    folder = find_model_folder(Path(run_dir.path if isinstance(run_dir, RunResult) else run_dir), variant)
+    kind, folder = _model_folder(run_dir, variant)
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
-    return export_model(folder, format, None if out is None else Path(out), force, given, tolerance)
+    return export_model(folder, format, functools.partial(_export_subject, kind, folder, given),
+                        None if out is None else Path(out), force, tolerance)
+
+
+def _export_subject(kind: str, folder: Path, inputs):
+    """What ``export`` exports and checks, by the folder's kind (image: train.export, text: text.export)."""
+    if kind == "features":
+        raise ConfigError(f"{folder} holds scikit-learn classifiers on embeddings (kind features), not a PyTorch "
+                          "network: there is no ONNX or TorchScript export of them")
+    if kind == "text":
+        from dllab.text.export import text_subject
+        return text_subject(folder, inputs)
+    from dllab.train.export import image_subject
+    return image_subject(folder, inputs)
 
 
 def _predict_sentences(kind: str, folder: Path, inputs: list, files: Sequence[PathLike], device, batch_size: int):

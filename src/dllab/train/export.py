@@ -9,10 +9,8 @@ nothing behind.
   floats in [0, 1] (the model normalises them itself), output ``logits``; the batch axis is dynamic. The check
   batch is the run's own test images, read with the run's data settings (model.json's ``config``), or the
   image files the user names when those data are not on this machine.
-- Text models (``"kind": "text"``: a Hugging Face folder beside model.json): inputs ``input_ids`` and
-  ``attention_mask`` (batch and sequence axes dynamic), output ``logits``; checked on tokenised sentences
-  (lines of the files the user names, else a few fixed ones). A LoRA adapter folder is refused: it would have
-  to be merged into its base model, which the folder does not hold.
+- Other kinds bring their own ``Subject`` (``text.export`` for Lab 2's text models); which kind a folder holds
+  is decided above this layer (``dllab.api.export``), so this module knows nothing of them.
 
 ONNX goes through ``torch.onnx.export(..., dynamo=False)``: the TorchScript-based exporter needs only the
 ``onnx`` package, where the default (torch.export-based) one also needs onnxscript; both come with
@@ -24,7 +22,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pydantic
@@ -51,11 +49,16 @@ class ExportMismatch(DllabError):
 
 @dataclass(frozen=True)
 class Subject:
-    """What is exported and checked: ``module`` maps ``inputs`` (positional, named ``names``) to logits."""
+    """What is exported and checked: ``module`` maps ``inputs`` (positional, named ``names``) to logits.
+    ``described`` says what the check inputs are (the command prints it); ``expected``, when given, are the
+    logits the export must reproduce, computed from the model as loaded when ``module`` is a rewritten form of it
+    (a LoRA adapter merged into its base): the check then covers the rewriting too."""
     module: torch.nn.Module
     names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
     inputs: tuple[torch.Tensor, ...]
+    described: str = ""
+    expected: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -66,16 +69,18 @@ class Exported:
     max_abs_diff: float
     checked: int
     tolerance: float
+    inputs: str = ""   # what the check ran on (Subject.described)
 
     def __str__(self) -> str:
-        return (f"{self.path}: max abs difference {self.max_abs_diff:.3g} (<= {self.tolerance:g}) against PyTorch "
-                f"on {self.checked} inputs")
+        on = f"on {self.checked} inputs" + (f" ({self.inputs})" if self.inputs else "")
+        return f"{self.path}: max abs difference {self.max_abs_diff:.3g} (<= {self.tolerance:g}) against PyTorch {on}"
 
 
-def export_model(folder: Path, fmt: str, out: Path | None = None, force: bool = False,
-                 inputs: Sequence[str | Path] | None = None, tolerance: float = TOLERANCE) -> Exported:
-    """Export the model saved in ``folder`` as ``fmt`` (onnx | torchscript) to ``out`` (default: the folder's
-    model.onnx / model.ts; an existing file is replaced only with ``force``), checked on real inputs first."""
+def export_model(folder: Path, fmt: str, subject_of: Callable[[], Subject], out: Path | None = None,
+                 force: bool = False, tolerance: float = TOLERANCE) -> Exported:
+    """Export the model saved in ``folder`` (``subject_of()`` loads it and its check inputs: ``image_subject``,
+    or another kind's) as ``fmt`` (onnx | torchscript) to ``out`` (default: the folder's model.onnx / model.ts;
+    an existing file is replaced only with ``force``), checked on real inputs first."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{untrusted.printable(fmt)}'; choose {' or '.join(FORMATS)}")
     folder = Path(folder)
@@ -83,14 +88,14 @@ def export_model(folder: Path, fmt: str, out: Path | None = None, force: bool = 
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; pass --force (force=True) to replace it, or --out another file")
     runtime = onnxruntime() if fmt == "onnx" else None   # before any work: a missing extra is said first
-    subject = _subject(folder, inputs)
+    subject = subject_of()
     blob = (to_onnx if fmt == "onnx" else to_torchscript)(subject)
     diff = max_difference(subject, run_exported(fmt, blob, subject, runtime))
     if not diff <= tolerance:   # (NaN too)
         raise ExportMismatch(f"the exported {fmt} model's outputs differ from PyTorch's by {diff:.3g} (more than "
                              f"{tolerance:g}) on {len(subject.inputs[0])} inputs; nothing was written")
     atomic_write(target, lambda f: f.write(blob))
-    return Exported(target, fmt, diff, len(subject.inputs[0]), tolerance)
+    return Exported(target, fmt, diff, len(subject.inputs[0]), tolerance, subject.described)
 
 
 def onnxruntime():
@@ -103,33 +108,6 @@ def onnxruntime():
     return ort
 
 
-def model_kind(folder: Path) -> str:
-    """model.json's ``kind`` (a folder without one is an image model), after checking the folder holds only
-    regular files and folders."""
-    untrusted.check_tree(folder, "model folder")
-    path = folder / DESCRIPTION
-    desc = untrusted.read_json(path) if path.is_file() else None
-    kind = desc.get("kind", "image") if isinstance(desc, dict) else "image"   # (load_saved_model names the damage)
-    if not isinstance(kind, str):
-        raise RunFolderError(f"{path}: \"kind\" is malformed (expected image, text or features)")
-    return kind
-
-
-def _subject(folder: Path, inputs: Sequence[str | Path] | None) -> Subject:
-    kind = model_kind(folder)
-    if kind == "image":
-        return image_subject(folder, inputs)
-    if kind == "text":
-        from dllab.train.export_text import text_model   # (transformers loads only for text models)
-
-        return Subject(*text_model(folder, inputs, CHECK_INPUTS))
-    if kind == "features":
-        raise ConfigError(f"{folder} holds scikit-learn classifiers on embeddings (kind features), not a PyTorch "
-                          "network: there is no ONNX or TorchScript export of them")
-    raise ConfigError(f"{folder}: models of kind '{untrusted.printable(kind)}' cannot be exported (image and text "
-                      "models can)")
-
-
 # --- image models ----------------------------------------------------------------------------------------
 
 def image_subject(folder: Path, inputs: Sequence[str | Path] | None) -> Subject:
@@ -138,9 +116,11 @@ def image_subject(folder: Path, inputs: Sequence[str | Path] | None) -> Subject:
     if inputs:
         files = image_files(inputs)[:CHECK_INPUTS]
         x = to_unit_float(read_images(files, spec["channels"], spec["height"], spec["width"]))
+        described = "the given images"
     else:
         x = to_unit_float(test_images(folder / DESCRIPTION, desc))
-    return Subject(model, ("images",), {"images": {0: "batch"}, "logits": {0: "batch"}}, (x,))
+        described = "the run's test images"
+    return Subject(model, ("images",), {"images": {0: "batch"}, "logits": {0: "batch"}}, (x,), described)
 
 
 def test_images(path: Path, desc: dict[str, Any]) -> torch.Tensor:
@@ -206,9 +186,12 @@ def run_exported(fmt: str, blob: bytes, subject: Subject, runtime=None) -> np.nd
 
 
 def max_difference(subject: Subject, exported: np.ndarray) -> float:
-    """The largest absolute difference between PyTorch's logits and ``exported`` (inf when the shapes differ)."""
-    with torch.inference_mode():
-        expected = subject.module(*subject.inputs).float().numpy()
+    """The largest absolute difference between PyTorch's logits (``subject.expected``, else its module's) and
+    ``exported`` (inf when the shapes differ)."""
+    expected = subject.expected
+    if expected is None:
+        with torch.inference_mode():
+            expected = subject.module(*subject.inputs).float().numpy()
     if np.shape(exported) != expected.shape:
         return float("inf")
     return float(np.max(np.abs(np.asarray(exported, dtype=np.float64) - expected)))
