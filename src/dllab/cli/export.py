@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write it (default: models/<variant>/model.onnx or model.ts in the run folder)")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--inputs", nargs="+", default=None, metavar="INPUT",
-                   help="what the check runs when the run's test data are not on this machine: image files or "
-                        "folders (image models), text files with one sentence a line (text models)")
+                   help="what the check runs instead of the run's own test data (needed when those are not on "
+                        "this machine): image files or folders (image models), text files with one sentence a line "
+                        "(text models)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest absolute difference of the logits allowed (default 1e-4)")
 
