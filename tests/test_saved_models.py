@@ -20,7 +20,7 @@ from conftest import dllab_in_process, one_line_error, require_shared
 from dllab.core.untrusted import read_json
 from dllab.data.images import load_images
 from dllab.train.image import evaluate
-from dllab.train.precision import model_kind, resolve_precision
+from dllab.train.precision import Precision
 from dllab.train.saved_model import load_saved_model
 
 
@@ -53,13 +53,13 @@ def run_data(run: Path):
     return cfg, load_images(cfg.data, cfg.seed, cfg.profile)
 
 
-def score_as_the_run_did(model: torch.nn.Module, cfg, data) -> float:
-    """Test accuracy of ``model`` the way ImageTask scored it: its precision, its memory layout, its batch size."""
-    device = torch.device("cpu")
-    if cfg.train.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+def score_as_the_run_did(model: torch.nn.Module, spec: dict, split) -> float:
+    """Accuracy of ``model`` on ``split`` the way ImageTask scored it, as its model.json records (``evaluation``):
+    its precision (``auto`` resolves per machine: the folder says which it was), memory layout and batch size."""
+    device, how = torch.device("cpu"), spec["evaluation"]
+    if how["channels_last"]:
         model.to(memory_format=torch.channels_last)
-    precision = resolve_precision(cfg.train.precision, device, model_kind(model))
-    return evaluate(model, data.test, device, cfg.train.eval_batch_size, precision)[1]
+    return evaluate(model, split, device, how["batch_size"], Precision(how["precision"], device))[1]
 
 
 def check_reproduces(run: Path, tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def check_reproduces(run: Path, tmp_path: Path) -> None:
         reported = read_json(run / "results" / f"{v}.json")["test_acc"]     # the headline: the kept weights'
         assert read_json(run / "metrics.json")["summary"][f"{v}.test_acc"] == reported
         assert spec["metrics"]["test_acc"] == reported
-        assert score_as_the_run_did(model, cfg, data) == reported, v
+        assert score_as_the_run_did(model, spec, data.test) == reported, v
         assert spec["input"]["classes"] == list(data.classes)
         assert (spec["input"]["channels"], spec["input"]["height"], spec["input"]["width"]) == data.shape
         assert "Intended use and limits" in (alone / "MODEL.md").read_text()

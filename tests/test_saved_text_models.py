@@ -263,17 +263,26 @@ def features_run(tiny_distilbert, tmp_path_factory) -> tuple[Path, dict[str, lis
 
 
 def test_each_classifier_reloads_without_pickle_with_the_runs_accuracy(features_run, tmp_path):
-    from dllab.features.saved import load_classifier
+    """Each classifier from its folder alone: the run's splits embedded again by the model its model.json names
+    (not the run's features.npz), as the run embedded them (its batch size), give the run's accuracies exactly."""
+    from dllab.data.text import load_text_splits, tokenize
+    from dllab.features.saved import load_classifier, load_embedder
+    from dllab.features.text import extract_features
     run = features_run[0]
     metrics = dllab.load(run).metrics
-    arrays = np.load(run / "features.npz", allow_pickle=False)
+    flat = dllab.load(run).config
+    cfg = dllab.config("lab2.features", flat["profile"], {k: v for k, v in flat.items() if k != "profile"})
+    splits = load_text_splits(cfg.data, cfg.seed)
     assert sorted(p.name for p in (run / "models").iterdir()) == sorted(CLASSIFIERS)
     for name in CLASSIFIERS:
         alone = tmp_path / name
         shutil.copytree(run / "models" / name, alone)
         pipe, desc = load_classifier(alone)
+        tokenizer, encoder = load_embedder(alone, desc)
         for short, split in (("val", "validation"), ("test", "test")):
-            acc = float((pipe.predict(arrays[f"{split}_x"]) == arrays[f"{split}_y"]).mean())
+            x = extract_features(encoder, tokenize(splits[split], tokenizer, desc["input"]["max_length"]),
+                                 desc["model"]["embedding"]["pooling"], cfg.features.batch_size)
+            acc = float((pipe.predict(x) == splits[split].labels).mean())
             assert acc == metrics[f"{name}.{short}_acc"], (name, short)
         assert desc["kind"] == "features" and desc["model"]["embedding"]["pooling"] == "cls"
         assert {p.name for p in alone.iterdir()} == {"classifier.safetensors", "model.json", "MODEL.md"}

@@ -216,8 +216,9 @@ def load_model(run_dir: PathLike | RunResult, variant: str | None = None):
     only one), in eval mode on the CPU, and its model.json as a dict (``spec["input"]``: classes and the input's
     shape or max_length; ``spec["metrics"]``). An image model is rebuilt from the registry with its safetensors
     weights; a text model (Lab 2) is the Hugging Face classifier (a ``PeftModel`` for LoRA), its tokenizer in the
-    same folder, ``spec["folder"]``; a ``lab2.features`` classifier is the scikit-learn pipeline (standardisation
-    and estimator) over the embeddings of ``spec["model"]["embedding"]``. The folder is read as untrusted data: a
+    same folder, ``spec["folder"]``; a ``lab2.features`` or ``lab1.transfer`` classifier is the scikit-learn pipeline
+    (standardisation and estimator) over the embeddings of ``spec["model"]["embedding"]`` (for images: the model
+    folder embedding/ inside its own, ``features.saved.load_image_embedder``). The folder is read as untrusted data: a
     damaged one is a ``RunFolderError``."""
     from dllab.train.saved_model import load_saved_model
 
@@ -245,7 +246,8 @@ def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike]
             detector: str | None = None) -> list[dict[str, Any]]:
     """``dllab predict``: the saved model (``load_model``) loaded once, its inputs fed in batches; one dict per
     input: ``input``, ``class``, ``index``, ``probability``. An image model takes image files or folders of them
-    (``input``: the file); a text model or a ``lab2.features`` classifier takes sentences (``input``: the
+    (``input``: the file), and so does a ``lab1.transfer`` classifier on the source CNN's features; a text model or a
+    ``lab2.features`` classifier takes sentences (``input``: the
     sentence): a string naming an existing file, a ``Path``, or one of ``files`` is a text file of sentences, one
     per line (``source``: file:line). ``probability`` is None for a classifier without one (LinearSVC). A Lab 4
     model with saved OOD detectors (models/<variant>/ood/) adds ``detector``, ``ood_score``, ``threshold`` and
@@ -261,7 +263,10 @@ def predict(run_dir: PathLike | RunResult, inputs: PathLike | Sequence[PathLike]
     if kind in ("text", "features"):
         if detector is not None:
             raise ConfigError(f"{folder} holds a {kind} model: OOD detectors (--detector) are saved by Lab 4 runs only")
-        return _predict_sentences(kind, folder, given, files, device_, batch_size)
+        if kind == "features":   # sentences (lab2.features) or images (lab1.transfer's probe)
+            from dllab.features.saved import predict_inputs
+            return predict_inputs(folder, given, list(files), device_, batch_size)
+        return _predict_sentences(folder, given, files, device_, batch_size)
     from dllab.ood.saved import saved_detector
     from dllab.train.predict import predict_images
     from dllab.train.saved_model import load_saved_model
@@ -302,19 +307,14 @@ def _export_subject(kind: str, folder: Path, inputs):
     return image_subject(folder, inputs)
 
 
-def _predict_sentences(kind: str, folder: Path, inputs: list, files: Sequence[PathLike], device, batch_size: int):
-    """A text model's or a features classifier's rows for the sentences ``inputs`` and ``files`` name."""
+def _predict_sentences(folder: Path, inputs: list, files: Sequence[PathLike], device, batch_size: int):
+    """A text model's rows for the sentences ``inputs`` and ``files`` name."""
     from dllab.data.text import read_sentences
-
-    rows = read_sentences(inputs, files)
-    if kind == "features":
-        from dllab.features.saved import load_classifier, load_embedder, predict_sentences as predict_features
-        pipe, spec = load_classifier(folder)
-        return predict_features(pipe, load_embedder(folder, spec), spec, rows, device, batch_size)
     from dllab.text.predict import predict_sentences
     from dllab.text.saved import load_text_model
+
     model, tokenizer, spec = load_text_model(folder)
-    return predict_sentences(model, tokenizer, spec, rows, device, batch_size)
+    return predict_sentences(model, tokenizer, spec, read_sentences(inputs, files), device, batch_size)
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------

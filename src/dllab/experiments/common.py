@@ -98,18 +98,21 @@ def cached_features(run, key: str, extract: Callable[[], dict[str, np.ndarray]],
 
 
 @distributed.main_only     # under torchrun: fitted once, on rank 0
-def cached_probe(run, feats: Features, names, k: int, seed: int) -> dict[str, dict[str, float]]:
+def cached_probe(run, feats: Features, names, k: int, seed: int,
+                 fitted: dict | None = None) -> dict[str, dict[str, float]]:
     """``features.classifiers.probe`` kept in the run's results/classical.json with the features' key, so a
-    resumed run does not fit the classifiers again."""
-    fit = lambda: {"classifiers": probe(feats, names, k, seed)}     # noqa: E731
+    resumed run does not fit the classifiers again (``fitted`` then stays empty: they were saved when fitted)."""
+    fit = lambda: {"classifiers": probe(feats, names, k, seed, fitted)}     # noqa: E731
     return run.reuse_or_run("classical", fit, probe_key(feats, names, k, seed))[0]["classifiers"]
 
 
 def classical_probe(run, model: torch.nn.Module, data: ImageData, device: torch.device, precision: str,
-                    batch_size: int, names: list[str], k: int, seed: int) -> tuple[dict[str, dict], int]:
+                    batch_size: int, names: list[str], k: int, seed: int,
+                    fitted: dict | None = None) -> tuple[dict[str, dict], int, str]:
     """LinearSVC / k-NN / logistic regression (``names``) on the frozen, cached ``model.features`` of ``data``:
-    ``({name: {"val": acc, "test": acc, "seconds": s}}, feature width)``, both kept in the run folder.
-    ``precision`` is the setting (auto | fp32 | ...), resolved for ``model`` on ``device``."""
+    ``({name: {"val": acc, "test": acc, "seconds": s}}, feature width, resolved precision)``, kept in the run
+    folder; ``fitted`` receives the pipelines fitted here. ``precision`` is the setting (auto | fp32 | ...),
+    resolved for ``model`` on ``device``."""
     prec = resolve_precision(precision, device, model_kind(model))
     log_precision(run, prec, "features")
     splits = feature_splits(data)
@@ -117,4 +120,4 @@ def classical_probe(run, model: torch.nn.Module, data: ImageData, device: torch.
                                     lambda: extract_splits(model, splits, device, batch_size, prec.name), splits)
     dim = feats["train"][0].shape[1]
     run.log(f"features: {dim}-dim, {'reused from' if reused else 'extracted to'} {FEATURES_FILE}")
-    return cached_probe(run, feats, names, k, seed), dim
+    return cached_probe(run, feats, names, k, seed, fitted), dim, prec.name

@@ -84,10 +84,10 @@ def probe_key(feats: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequence[s
 
 
 def probe(feats: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str], k: int = 5,
-          seed: int = 0) -> dict[str, dict[str, float]]:
+          seed: int = 0, fitted: dict | None = None) -> dict[str, dict[str, float]]:
     """``fit_classifiers`` on ``feats["train"]``, scored on val/test -> {name: {"val": acc, "test": acc,
-    "seconds": s}}."""
+    "seconds": s}}; ``fitted``, if given, receives each fitted pipeline."""
     timings: dict[str, float] = {}
     acc = fit_classifiers(*feats["train"], {n: feats[n] for n in ("val", "test") if n in feats},
-                          names=list(names), k=k, seed=seed, timings=timings)
+                          names=list(names), k=k, seed=seed, timings=timings, fitted=fitted)
     return {name: {**a, "seconds": round(timings.get(name, float("nan")), 2)} for name, a in acc.items()}

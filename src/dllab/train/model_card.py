@@ -32,8 +32,9 @@ def model_card(desc: dict[str, Any]) -> str:
 
 
 def _is_text(desc: dict[str, Any]) -> bool:
-    """A model of sentences: a fine-tuned text model, or a classifier on sentence embeddings."""
-    return desc.get("kind") in ("text", "features")
+    """A model of sentences: a fine-tuned text model, or a classifier on sentence embeddings (lab1.transfer's
+    classifiers are on image features)."""
+    return desc.get("kind") == "text" or (desc.get("kind") == "features" and "max_length" in desc["input"])
 
 
 def _header(desc: dict[str, Any]) -> str:
@@ -70,6 +71,10 @@ def _features_model(desc: dict[str, Any]) -> str:
     m = desc["model"]
     emb = m["embedding"]
     k = f" (k={md_cell(m['k'])})" if m.get("k") else ""
+    if emb.get("kind") == "image":
+        return (f"scikit-learn `{md_cell(m['estimator'])}`{k} on the standardised features of the {md_cell(emb['name'])}"
+                f" saved with it in `{md_cell(emb['folder'])}/` (extracted in {md_cell(emb['precision'])}), fitted "
+                f"arrays in `{md_cell(desc['weights'])}` (safetensors, no pickle)")
     return (f"scikit-learn `{md_cell(m['estimator'])}`{k} on standardised {md_cell(emb['pooling'])}-pooled "
             f"embeddings of `{md_cell(emb['name'])}` ({md_cell(emb['source'])}), fitted arrays in "
             f"`{md_cell(desc['weights'])}` (safetensors, no pickle)")

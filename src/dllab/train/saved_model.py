@@ -46,6 +46,14 @@ def input_spec(data) -> dict[str, Any]:
                      "val_images": len(data.val.y) if data.val is not None else 0, "test_images": len(data.test.y)}}
 
 
+def evaluation_spec(precision: str, train, model: torch.nn.Module) -> dict[str, Any]:
+    """How the metrics of a model trained with ``train`` (a ``TrainConfig``) were measured: the resolved precision
+    (``auto`` may be bf16 on one CPU and fp32 on another), the batch size and the memory layout, so a reload
+    scores exactly as the run did (``ImageTask``'s evaluation)."""
+    return {"precision": precision, "batch_size": train.eval_batch_size,
+            "channels_last": bool(train.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()))}
+
+
 def kept_result(result: dict[str, Any]) -> dict[str, Any]:
     """A variant's result under ``METRICS_RULE``'s names. Results saved before the rule (results/<variant>.json and
     the ``result`` in models/<variant>.pt of an older run, which ``--resume``, ``source.run=`` and ``model.run=``
@@ -130,7 +138,8 @@ def describe(variant: str, state: dict[str, Any], context: ModelContext) -> dict
     """model.json's content."""
     return plain({**context_part(variant, context), "model": state["spec"], "weights": WEIGHTS,
                   "input": state.get("input") or {"classes": list(state.get("classes") or [])},
-                  "metrics": kept_metrics(state.get("result") or {}), "metrics_rule": METRICS_RULE})
+                  "metrics": kept_metrics(state.get("result") or {}), "metrics_rule": METRICS_RULE,
+                  **({"evaluation": state["evaluation"]} if state.get("evaluation") else {})})
 
 
 def context_part(variant: str, context: ModelContext) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from dllab.train.checkpoint import model_state
 from dllab.train.image import ImageTask, LossFn, cross_entropy_loss
 from dllab.train.loop import fit
 from dllab.train.precision import model_kind, resolve_precision
-from dllab.train.saved_model import input_spec, kept_result
+from dllab.train.saved_model import evaluation_spec, input_spec, kept_result
 
 
 @dataclass
@@ -70,7 +70,8 @@ def train_model(model: torch.nn.Module, data: ImageData, name: str, device: torc
     result = fit(task, hooks.callbacks, hooks.checkpoint(name), hooks.reporter, hooks.progress)
     models = hooks.models(name)
     if models is not None:   # the best-validation weights: what later experiments (transfer, OOD) reuse
-        models.save(model_state(model, data.classes, result=result, input=input_spec(data)))
+        models.save(model_state(model, data.classes, result=result, input=input_spec(data),
+                                evaluation=evaluation_spec(precision.name, train, model)))
     return result
 
 

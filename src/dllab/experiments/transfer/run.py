@@ -6,10 +6,13 @@ from dllab import DllabError
 from dllab.data.images import ImageData
 from dllab.experiments.common import (classical_probe, describe_data, get_cnn, load_data, record_model,
                                       spec_data)
+from dllab.features.saved import ImageEmbedding, save_image_classifiers
 from dllab.experiments.transfer.config import REFERENCE, SPEC_VERDICT, TRAINED_KEYS, TransferConfig
 from dllab.report import transfer as report
 from dllab.runner.run import Run
+from dllab.train.checkpoint import model_state
 from dllab.train.reuse import CNNSource, SavedCNN
+from dllab.train.saved_model import input_spec
 from dllab.train.transfer import check_source_model, check_variants, target_variants
 from dllab.train.variants import Variant, build_for, train_variants
 
@@ -40,6 +43,22 @@ def get_source(cfg: TransferConfig, run: Run) -> tuple[SavedCNN, ImageData, Imag
     return source, target, src_data
 
 
+def probe_source(cfg: TransferConfig, run: Run, source: SavedCNN, target: ImageData) -> dict[str, float]:
+    """The classical classifiers on the source model's frozen features of the target images: their report table,
+    their summary keys, and each one fitted here saved as models/<classifier>/ with the extractor beside it."""
+    fitted: dict = {}
+    accs, dim, precision = classical_probe(run, source.model, target, run.device, cfg.train.precision,
+                                           cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed, fitted)
+    run.add(*report.classical_table(accs, dim, cfg.knn_k))
+    # the extractor takes the target's images; its own outputs are the source's classes
+    state = model_state(source.model, source.classes, result=source.result,
+                        input={**input_spec(target), "classes": source.classes})
+    save_image_classifiers(run.model_io, fitted, accs, ImageEmbedding(
+        state, f"source model ({source.describe()})", source.origin, precision, cfg.train.eval_batch_size,
+        input_spec(target)), run)
+    return {f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a}
+
+
 def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
     check_variants(cfg.variants)
     source, target, src_data = get_source(cfg, run)
@@ -50,10 +69,7 @@ def run_transfer(cfg: TransferConfig, run: Run) -> dict[str, float]:
     run.add(*report.note_classes(source, target, spec_setting, stand_in))
     summary = {f"source.{k}": source.result[k] for k in TRAINED_KEYS if k in source.result}
     if cfg.classifiers:
-        accs, dim = classical_probe(run, source.model, target, run.device, cfg.train.precision,
-                                    cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed)
-        run.add(*report.classical_table(accs, dim, cfg.knn_k))
-        summary.update({f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a})
+        summary.update(probe_source(cfg, run, source, target))
     if "head" in cfg.variants and source.name == "cnn":   # a user's model has no spec'd fc layer to speak of
         run.add(*report.note_head(source.model.num_features, target.num_classes))
     results = train_variants(cfg, target, tuned, run.device, run.training_hooks())
