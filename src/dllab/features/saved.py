@@ -160,10 +160,8 @@ def read_features_description(folder: Path) -> dict[str, Any]:
     """model.json of a features folder, checked: kind, estimator, k, embedding, class names, and the input the
     embedding takes (max_length of sentences, or the images' shape)."""
     path = Path(folder) / DESCRIPTION
-    desc = read_json_description(folder)
-    model, inp = desc.get("model"), desc.get("input")
-    if desc.get("kind") != KIND or not isinstance(model, dict) or not isinstance(inp, dict):
-        raise RunFolderError(f"{path}: not a features model description (\"kind\": \"{KIND}\", model, input)")
+    desc = read_json_description(folder, KIND)
+    model, inp = desc["model"], desc["input"]
     emb, classes = model.get("embedding"), inp.get("classes")
     ok = (model.get("estimator") in ESTIMATORS and isinstance(emb, dict)
           and all(isinstance(emb.get(k), str) for k in ("name", "source"))

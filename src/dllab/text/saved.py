@@ -90,10 +90,8 @@ def _fill(name: str, p: Prepared, result: dict[str, Any], info: TextModelInfo, f
 def read_text_description(folder: Path) -> dict[str, Any]:
     """model.json of a text model folder, checked: kind, class names, max_length, adapter, base, precision."""
     path = Path(folder) / DESCRIPTION
-    desc = read_json_description(folder)
-    model, inp = desc.get("model"), desc.get("input")
-    if desc.get("kind") != KIND or not isinstance(model, dict) or not isinstance(inp, dict):
-        raise RunFolderError(f"{path}: not a text model description (\"kind\": \"{KIND}\", model, input)")
+    desc = read_json_description(folder, KIND)
+    model, inp = desc["model"], desc["input"]
     classes, max_length = inp.get("classes"), inp.get("max_length")
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
         raise RunFolderError(f"{path}: input.classes is malformed (expected a list of class names)")

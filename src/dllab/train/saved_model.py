@@ -206,12 +206,16 @@ def saved_kind(folder: Path) -> str:
     return kind
 
 
-def read_json_description(folder: Path) -> dict[str, Any]:
-    """model.json of any kind, read as untrusted JSON: an object with dllab's format."""
+def read_json_description(folder: Path, kind: str | None = None) -> dict[str, Any]:
+    """model.json, read as untrusted JSON: an object with dllab's format; with ``kind``, also of that kind and
+    with ``model`` and ``input`` objects (what each kind's reader then checks field by field)."""
     path = _present(Path(folder) / DESCRIPTION)
     desc = untrusted.read_json(path)
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise RunFolderError(f"{path} is not a dllab model description (no \"format\": \"{FORMAT}\")")
+    if kind is not None and (desc.get("kind") != kind or not isinstance(desc.get("model"), dict)
+                             or not isinstance(desc.get("input"), dict)):
+        raise RunFolderError(f"{path}: not a {kind} model description (\"kind\": \"{kind}\", model, input)")
     return desc
 
 
