@@ -256,3 +256,24 @@ def test_every_lab4_experiment_has_the_spec_clean_accuracy_beside_its_own():
                             ("lab4.adv-train", "adv.test_acc", 0.8681)]:
         rows = summary_rows({key: 0.5}, registry.get_experiment(name).reference)
         assert rows[0][:3] == [key, "0.5000", f"{spec:.4f}"], (name, rows[0])
+
+
+def test_the_spec_adv_numbers_stand_only_beside_a_model_trained_with_the_specs_setting():
+    from dllab.core.config import make_config
+    from dllab.core.registry import get_experiment
+    from dllab.experiments.lab4.config import ADV_REF, FGSM_REF
+    from dllab.experiments.lab4.run import _spec_fgsm
+    from dllab.report.robustness import comparison_tables
+
+    exp = get_experiment("lab4.adv-train")
+
+    def spec(*sets):
+        return _spec_fgsm(make_config(exp.config_cls, exp.profiles, "smoke", list(sets)))
+
+    assert spec() == {"standard": FGSM_REF, "adv": ADV_REF}
+    assert spec("adv.epsilon=0.031") == spec("adv.alpha=0") == {"standard": FGSM_REF}
+    accs = {"standard": {0.0: 0.9, 0.01: 0.5}, "adv": {0.0: 0.8, 0.01: 0.6}}
+    metrics = {n: {"heldout": {"msp": {"auroc": 0.5, "fpr95": 0.9}}} for n in accs}
+    header = comparison_tables(accs, metrics, "fgsm", spec("adv.epsilon=0.031"))[0].header
+    assert "spec standard" in header and "spec adv" not in header
+    assert not any(h.startswith("spec") for h in comparison_tables(accs, metrics, "pgd", {})[0].header)

@@ -145,7 +145,7 @@ def test_ood_tables_one_row_per_set_and_detector():
     metrics = {"standard": {"mnist": {"msp": m}}, "adv": {"mnist": {"msp": {**m, "auroc": 0.95}}}}
     accs = {"standard": {0.0: 0.6}, "adv": {0.0: 0.55}}
     attack, ood = robustness.comparison_tables(accs, metrics, "fgsm", {})
-    assert attack.rows == [["0", "0/255", 0.6, 0.55, "", ""]] and ood.rows == [["msp", 0.9, 0.95, 0.3, 0.3]]
+    assert attack.rows == [["0", "0/255", 0.6, 0.55]] and ood.rows == [["msp", 0.9, 0.95, 0.3, 0.3]]
     [one] = robustness.classifier_table({"standard": ("trained here", {"depth": 5}, 0.6)}, 6, 100)
     assert one.title == "Classifier" and one.rows == [["trained here", "cnn {'depth': 5}", 6, 100, 0.6]]
 

@@ -148,9 +148,9 @@ def comparison_tables(accs: dict, metrics: dict, attack: str, refs: dict[str, di
     models = model_labels(accs)
     eps_list = list(accs["standard"])
     attack_table = Table(f"{attack.upper()} accuracy per epsilon, standard vs adversarially trained",
-                         ["epsilon", "epsilon x 255", *models, *[f"spec {n}" for n in MODELS]],
+                         ["epsilon", "epsilon x 255", *models, *[f"spec {n}" for n in MODELS if n in refs]],
                          [[f"{e:g}", k255(e), *[accs[n][e] for n in models],
-                           *[refs.get(n, {}).get(f"acc@{e:g}", "") for n in MODELS]] for e in eps_list])
+                           *[refs[n].get(f"acc@{e:g}", "") for n in MODELS if n in refs]] for e in eps_list])
     std = metrics["standard"]
     several = len(std) > 1
     rows = [[*([o] if several else []), d, *[metrics[n][o][d]["auroc"] for n in models],

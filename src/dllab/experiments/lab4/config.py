@@ -58,6 +58,7 @@ FGSM_REF = {"acc@0": 0.8473, "acc@0.01": 0.4753, "acc@0.05": 0.0968, "acc@0.1": 
              "acc@0.3": 0.0579}
 ADV_REF = {"acc@0": 0.8681, "acc@0.01": 0.7638, "acc@0.05": 0.3000, "acc@0.1": 0.0939, "acc@0.2": 0.0326,
             "acc@0.3": 0.0208}
+ADV_SETTING = (0.01, 0.5)   # Ex. 2.2's (adv.epsilon, adv.alpha): ADV_REF holds that model's numbers
 # The classifier's clean test accuracy: the spec gives it as Ex. 2.1's eps = 0 row (the same depth-5 CNN serves
 # Ex. 1 and 3, which give no accuracy of their own), and Ex. 2.2's for the adversarially trained model.
 CLEAN_REF = {"model.test_acc": FGSM_REF["acc@0"]}

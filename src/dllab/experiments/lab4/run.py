@@ -13,8 +13,8 @@ from dllab.core import distributed, registry
 from dllab.data import data_root
 from dllab.data.images import ImageData
 from dllab.experiments.common import get_cnn, load_data, record_model, record_ood_sets, spec_data
-from dllab.experiments.lab4.config import (ADV_REF, FGSM_REF, AdvTrainConfig, FGSMConfig, ODINConfig,
-                                           OODExpConfig, adv_model_names, mode_table_asked)
+from dllab.experiments.lab4.config import (ADV_REF, ADV_SETTING, FGSM_REF, AdvTrainConfig, FGSMConfig,
+                                           ODINConfig, OODExpConfig, adv_model_names, mode_table_asked)
 from dllab.models.factory import check_model_has
 from dllab.ood.datasets import OODSet, benchmark_groups, build_ood_sets
 from dllab.ood.evaluate import benchmark_keys, build_detectors, evaluate_ood, metric_keys, score_arrays
@@ -236,8 +236,7 @@ def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list
     a = cfg.attack.name
     trained = {"standard": (std.origin, _architecture(std), clean["standard"]),
                **{n: (f"{c.origin}, {how}", _architecture(c), clean[n]) for n, (c, how) in advs.items()}}
-    run.add(*report.comparison_tables(accs, metrics, a,
-                                      {"standard": FGSM_REF, "adv": ADV_REF} if a == "fgsm" else {}),
+    run.add(*report.comparison_tables(accs, metrics, a, _spec_fgsm(cfg) if a == "fgsm" else {}),
             *report.classifier_table(trained, len(data.classes), len(data.test)),
             *curves_figure(run.history, [n for n in models if run.variant_history(n)], "curves.png",
                            f"Loss and accuracy per epoch, standard vs {_training_words(cfg)} (dashed: validation; "
@@ -251,14 +250,20 @@ def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list
     return summary
 
 
+def _spec_fgsm(cfg: AdvTrainConfig) -> dict[str, dict[str, float]]:
+    """The spec's FGSM accuracies of the models this run trained as the spec did: ``standard``'s (Ex. 2.1), and
+    ``adv``'s (Ex. 2.2) only when it was trained with the spec's eps and alpha; another setting's model has none."""
+    a = cfg.adv
+    return {"standard": FGSM_REF, **({"adv": ADV_REF} if (a.epsilon, a.alpha) == ADV_SETTING else {})}
+
+
 def _mode_table(cfg: AdvTrainConfig, run: Run, data: ImageData, models: dict, clean: dict[str, float],
                 accs: dict) -> dict[str, float]:
     """Clean / FGSM / PGD (/ APGD: ``adv.attacks``) accuracy of each model across epsilon: one table, the
     sentence saying what it shows, and the summary keys <model>.<attack>.acc@<eps>."""
     table = attack_table(models, data.test, cfg.attack, cfg.adv.attacks, accs, cfg.seed, cfg.analysis_batch_size)
     sentence = robustness_sentence(clean, table)
-    spec = {"standard": FGSM_REF, "adv": ADV_REF} if "fgsm" in cfg.adv.attacks else {}   # adv: the spec's fgsm mode
-    run.add(*report.mode_table(clean, table, sentence, spec))
+    run.add(*report.mode_table(clean, table, sentence, _spec_fgsm(cfg) if "fgsm" in cfg.adv.attacks else {}))
     top = max(cfg.attack.epsilons)
     for n, per in table.items():
         run.note(f"{n}: clean {clean[n]:.3f}; at eps {top:g} "
