@@ -136,6 +136,18 @@ def test_the_sentence_says_there_is_none_when_pgd_does_not_collapse():
     assert "standard, adv are equally robust (0.100)" in robustness_sentence(clean, tie)
 
 
+def test_the_standard_model_is_not_judged_and_the_ranking_skips_epsilons_where_every_model_is_at_zero():
+    # the standard model's FGSM accuracy rising at a large eps (one step overshooting) is not catastrophic
+    # overfitting, which is a property of FGSM training
+    clean = {"standard": 0.60, "adv": 0.58}
+    accs = {"standard": {"fgsm": {0.05: 0.08, 0.3: 0.35}, "pgd": {0.05: 0.001, 0.3: 0.0}},
+            "adv": {"fgsm": {0.05: 0.14, 0.3: 0.16}, "pgd": {0.05: 0.076, 0.3: 0.0}}}
+    assert overfit_epsilons(clean["standard"], accs["standard"]["fgsm"], accs["standard"]["pgd"]) == [0.3]
+    s = robustness_sentence(clean, accs)
+    assert s.startswith("No catastrophic overfitting")
+    assert "Under PGD at eps 0.05 the most robust model is adv (0.076) (from eps 0.3 on every model is at 0)." in s
+
+
 # ---- APGD (torchattacks, optional) ----------------------------------------------------------------
 
 def test_apgd_runs_and_is_at_least_as_strong_as_fgsm(trained):

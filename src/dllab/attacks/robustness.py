@@ -134,21 +134,29 @@ def overfit_epsilons(clean: float, fgsm: dict[float, float], pgd: dict[float, fl
 
 
 def robustness_sentence(clean: dict[str, float], accs: dict[str, dict[str, dict[float, float]]]) -> str:
-    """What the mode table shows, in words: per model ({model: {attack: {eps: accuracy}}}) whether it overfits
-    catastrophically (``overfit_epsilons``), and which model is the most robust under PGD at the largest
-    epsilon. Needs the fgsm and pgd attacks in ``accs``; says so when they are missing."""
+    """What the mode table shows, in words: per adversarially trained model ({model: {attack: {eps: accuracy}}};
+    ``standard`` is not one: its FGSM accuracy rising at large eps is a single step overshooting, not overfitting)
+    whether it overfits catastrophically (``overfit_epsilons``), and which model is the most robust under PGD at
+    the largest epsilon where any model keeps some accuracy. Needs the fgsm and pgd attacks in ``accs``."""
     if not all({"fgsm", "pgd"} <= set(a) for a in accs.values()):
         return "Catastrophic overfitting cannot be judged: the table needs both FGSM and PGD (adv.attacks)."
-    overfit = {m: overfit_epsilons(clean[m], a["fgsm"], a["pgd"]) for m, a in accs.items()}
+    overfit = {m: overfit_epsilons(clean[m], a["fgsm"], a["pgd"]) for m, a in accs.items() if m != "standard"}
     found = [f"{m} at eps {', '.join(f'{e:g}' for e in eps)} (FGSM {accs[m]['fgsm'][eps[-1]]:.3f} vs PGD "
              f"{accs[m]['pgd'][eps[-1]]:.3f} at {eps[-1]:g})" for m, eps in overfit.items() if eps]
-    top = max(e for a in accs.values() for e in a["pgd"])
-    at_top = {m: a["pgd"][top] for m, a in accs.items() if top in a["pgd"]}
-    best = [m for m, v in at_top.items() if v == max(at_top.values())]
     verdict = (f"Catastrophic overfitting (FGSM accuracy high while PGD accuracy collapses): {'; '.join(found)}."
                if found else
-               "No catastrophic overfitting: at no epsilon does a model keep half its clean accuracy under FGSM "
-               "while PGD leaves it a quarter of that or less.")
-    who = (f"the most robust model is {best[0]}" if len(best) == 1
-           else f"{', '.join(best)} are equally robust")
-    return f"{verdict} Under PGD at eps {top:g} {who} ({at_top[best[0]]:.3f})."
+               "No catastrophic overfitting: at no epsilon does an adversarially trained model keep half its clean "
+               "accuracy under FGSM while PGD leaves it a quarter of that or less.")
+    return f"{verdict} {_most_robust(accs)}"
+
+
+def _most_robust(accs: dict[str, dict[str, dict[float, float]]]) -> str:
+    """Which model is the most robust under PGD at the largest epsilon where one of them keeps any accuracy (at a
+    larger one, where every model is at 0, there is nothing to rank)."""
+    eps = sorted({e for a in accs.values() for e in a["pgd"]})
+    at = {e: {m: a["pgd"][e] for m, a in accs.items() if e in a["pgd"]} for e in eps}
+    top = next((e for e in reversed(eps) if max(at[e].values()) > 0), eps[-1])
+    best = [m for m, v in at[top].items() if v == max(at[top].values())]
+    who = f"the most robust model is {best[0]}" if len(best) == 1 else f"{', '.join(best)} are equally robust"
+    zero = f" (from eps {eps[eps.index(top) + 1]:g} on every model is at 0)" if top != eps[-1] else ""
+    return f"Under PGD at eps {top:g} {who} ({at[top][best[0]]:.3f}){zero}."
