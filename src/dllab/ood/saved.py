@@ -19,17 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors, save as dump_safetensors
 
 from dllab import ConfigError, DllabError, RunFolderError
 from dllab.core import registry, untrusted
-from dllab.core.files import atomic_write, atomic_write_json
+from dllab.core.files import atomic_write_json
 from dllab.core.untrusted import printable
 from dllab.ood.base import Detector
 from dllab.ood.evaluate import score_images
-from dllab.train.checkpoint import CHECKPOINT_LIMIT
 from dllab.train.inference import eval_mode
+from dllab.train.saved_model import read_weights, write_tensors
 
 FORMAT = "dllab-ood/1"
 FOLDER, TENSORS, DESCRIPTION = "ood", "detectors.safetensors", "ood.json"
@@ -91,11 +89,8 @@ def write_ood_folder(model_folder: Path, description: dict[str, Any], detectors:
     """``detectors``' states and ``description`` (``describe``) into ``model_folder``/ood/, each file written
     atomically; ood.json last, so a folder with one has its tensors."""
     folder = Path(model_folder) / FOLDER
-    # contiguous copies: safetensors refuses views and tensors that share memory
-    tensors = {f"{d}.{k}": v.detach().cpu().contiguous().clone() for d, det in detectors.items()
-               for k, v in det.state_dict().items()}
-    blob = dump_safetensors(tensors, metadata={"format": FORMAT})
-    atomic_write(folder / TENSORS, lambda f: f.write(blob))
+    states = {f"{d}.{k}": v for d, det in detectors.items() for k, v in det.state_dict().items()}
+    write_tensors(folder / TENSORS, states, FORMAT)
     atomic_write_json(folder / DESCRIPTION, description)
     return folder
 
@@ -131,7 +126,7 @@ def read_ood_folder(model_folder: Path, model, input_spec: dict[str, Any]) -> tu
     untrusted.check_tree(folder, "OOD folder")
     path = folder / DESCRIPTION
     desc = _checked_description(_present(path))
-    tensors = _read_tensors(_present(folder / TENSORS))
+    tensors = read_weights(_present(folder / TENSORS), "detector statistics")
     dims = model_dims(model, input_spec)
     states: dict[str, dict[str, torch.Tensor]] = {d: {} for d in desc["detectors"]}
     for key, value in tensors.items():
@@ -173,15 +168,6 @@ def _checked_description(path: Path) -> dict[str, Any]:
     if desc.get("default") not in entries:
         desc["default"] = "energy" if "energy" in entries else next(iter(entries))
     return desc
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    data = untrusted.read_bytes(path, CHECKPOINT_LIMIT)
-    try:
-        return load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
-        raise RunFolderError(f"{path} is not a safetensors file; dllab reads detector statistics only as "
-                             "safetensors: restore the file written by dllab") from e
 
 
 def model_dims(model, input_spec: dict[str, Any]) -> dict[str, int]:

@@ -32,7 +32,7 @@ from dllab.core.untrusted import printable
 from dllab.models import hf
 from dllab.text.strategies import Prepared
 from dllab.train.precision import NAMES as PRECISIONS
-from dllab.train.saved_model import DESCRIPTION, METRICS_RULE, library_load, read_json_description
+from dllab.train.saved_model import DESCRIPTION, METRICS_RULE, library_load, not_safetensors, read_json_description
 
 KIND = "text"
 CLASSES = ["negative", "positive"]        # data.text.LABELS 0 and 1
@@ -138,10 +138,7 @@ def _check_file(folder: Path, name: str) -> None:
             pass
     except Exception as e:   # SafetensorError for a bad header, OSError
         with open(path, "rb") as f:   # a regular file: check_tree refused links, FIFOs and devices
-            head = f.read(2)
-        hint = " (it looks like a pickle)" if head[:1] == b"\x80" or head == b"PK" else ""
-        raise RunFolderError(f"{path} is not a safetensors file{hint}; dllab reads model weights only as "
-                             "safetensors: restore the file written by dllab") from e
+            raise not_safetensors(path, f.read(2)) from e
 
 
 def _load_full(folder: Path) -> nn.Module:

@@ -125,13 +125,18 @@ class SavedModelIO(FileCheckpoint):
 def write_model_folder(folder: Path, state: dict[str, Any], context: ModelContext) -> None:
     """``state`` (``checkpoint.model_state`` with ``result`` and ``input``) as model.safetensors, model.json and
     MODEL.md in ``folder``, each written atomically; model.json last but one, so its weights are there."""
-    # clone: safetensors refuses tensors that share memory (tied weights); the copies are the model's size
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["state_dict"].items()}
-    blob = dump_safetensors(tensors, metadata={"format": "pt"})
-    atomic_write(folder / WEIGHTS, lambda f: f.write(blob))
+    write_tensors(folder / WEIGHTS, state["state_dict"])
     description = describe(folder.name, state, context)
     atomic_write_json(folder / DESCRIPTION, description)
     atomic_write_text(folder / CARD, model_card(description))
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], fmt: str = "pt") -> None:
+    """``tensors`` as the safetensors file ``path`` (metadata ``format``: ``fmt``), written atomically."""
+    # clone: safetensors refuses views and tensors that share memory (tied weights); the copies are the tensors' size
+    blob = dump_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                            metadata={"format": fmt})
+    atomic_write(path, lambda f: f.write(blob))
 
 
 def describe(variant: str, state: dict[str, Any], context: ModelContext) -> dict[str, Any]:
@@ -271,13 +276,20 @@ def build_saved(path: Path, spec: dict[str, Any]) -> torch.nn.Module:
                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors as a state dict. Only the safetensors format is read (a header and raw tensors), so a
-    pickle or anything else put in its place is refused, never loaded."""
+def read_weights(path: Path, what: str = "model weights") -> dict[str, torch.Tensor]:
+    """The safetensors file ``path`` (model.safetensors, or another of a model folder's tensor files: ``what``
+    they are) as named tensors. Only the safetensors format is read (a header and raw tensors), so a pickle or
+    anything else put in its place is refused, never loaded."""
     data = untrusted.read_bytes(_present(path), CHECKPOINT_LIMIT)
     try:
         return load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
-        hint = " (it looks like a pickle)" if data[:1] == b"\x80" or data[:2] == b"PK" else ""
-        raise RunFolderError(f"{path} is not a safetensors file{hint}; dllab reads model weights only as "
-                             "safetensors: restore the file written by dllab") from e
+        raise not_safetensors(path, data[:2], what) from e
+
+
+def not_safetensors(path: Path, head: bytes, what: str = "model weights") -> RunFolderError:
+    """The one line for a file ``path`` that should be safetensors and is not (``head``: its first bytes, which
+    name a pickle when they are one)."""
+    hint = " (it looks like a pickle)" if head[:1] == b"\x80" or head[:2] == b"PK" else ""
+    return RunFolderError(f"{path} is not a safetensors file{hint}; dllab reads {what} only as safetensors: restore "
+                          "the file written by dllab")
