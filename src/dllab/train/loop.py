@@ -314,7 +314,9 @@ class _Loop:
         tests = {}
         if task.test_final:
             tests["final"] = task.test(self.model)
-        if best["epoch"] > 0 or not task.test_final:
+        if "final" in tests and 0 < best["epoch"] == self.epoch:
+            tests["best"] = tests["final"]   # the final weights are the best: one test of them, not two
+        elif best["epoch"] > 0 or not task.test_final:
             if 0 < best["epoch"] < self.epoch:
                 self.model.load_state_dict(best["state"], strict=not task.trainable_only)
             tests["best"] = task.test(self.model)

@@ -188,7 +188,7 @@ def _why_none(run_dir: Path) -> str:
     if any((run_dir / "models").glob("*.pt")):
         return ("; its models/*.pt were saved before dllab wrote model folders: run the experiment again with this "
                 "dllab")
-    return "; pass the folder of a finished run of lab1.*, lab2.finetune or lab4.*"
+    return "; pass the folder of a finished run of lab1.*, lab2.* or lab4.*"
 
 
 def load_saved_model(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
