@@ -151,6 +151,14 @@ def test_the_last_epoch_as_best_keeps_the_final_weights_and_tests_once():
     assert task.calls == ["train_end", "test"] and "final_acc" not in out
 
 
+def test_a_final_test_of_weights_that_are_also_the_best_is_not_run_twice():
+    task = ToyTask(epochs=2, val_accs=(0.5, 0.9), test_final=True)
+    rec = Recorder(task)
+    out = fit(task, callbacks=[rec])
+    assert out["best"]["epoch"] == 2 and task.calls == ["train_end", "test"]
+    assert out["final_acc"] == out["best_acc"] == pytest.approx(float(rec.weights[1].sum()))
+
+
 def test_a_task_without_epochs_is_validated_and_tested_as_is():
     task = ToyTask(epochs=0)
     before = task.model[1].weight.detach().clone()
