@@ -249,6 +249,25 @@ def test_attack_models_measures_each_model_as_adversarial_accuracy_does(trained,
     assert robustness.attack_models({"std": model}, split, fgsm_cfg)[1]["std"] == accs["std"]   # QUIET: no run
 
 
+def test_attack_table_reuses_the_done_sweep_and_logs_each_sweep_it_measures(trained):
+    from conftest import Recorder
+    from dllab.attacks.robustness import attack_table
+    from dllab.attacks.settings import AttackConfig
+    from dllab.data.images import Split
+
+    model, x, y = trained
+    split = Split((x * 255).round().to(torch.uint8), y)
+    cfg, reporter = AttackConfig(epsilons=[0.0, 0.06], steps=2), Recorder()
+    done = {"std": {0.0: -1.0, 0.06: -1.0}}                   # not an accuracy: it must come back as given
+    table = attack_table({"std": model}, split, cfg, ["fgsm", "pgd", "fgsm"], done, seed=3, batch_size=64,
+                         reporter=reporter)
+    expect = adversarial_accuracy(model, split.x, y, [0.0, 0.06], attack="pgd", batch_size=64, steps=2,
+                                  step_size=None, random_start=True, generator=torch.Generator().manual_seed(3))
+    assert table == {"std": {"fgsm": done["std"], "pgd": expect}}
+    # the long part (PGD/APGD with restarts, per model) shows in the log as it goes; the reused sweep is not logged
+    assert reporter.logs == [f"[std] pgd accuracy: 0: {expect[0.0]:.4f}, 0.06: {expect[0.06]:.4f}"]
+
+
 def test_attack_examples_perturb_the_drawn_images_per_epsilon(trained):
     from dllab.attacks.robustness import attack_examples
     from dllab.attacks.settings import AttackConfig

@@ -56,8 +56,7 @@ def attack_models(models: dict, split: Split, attack: AttackConfig, seed: int = 
         accs[name] = attack_sweep(model, split, attack.name, attack.epsilons, batch_size, steps=attack.steps,
                                   step_size=attack.step_size, random_start=attack.random_start, seed=seed,
                                   restarts=attack.restarts)
-        reporter.log(f"[{name}] {attack.name} accuracy: "
-                     + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs[name].items()))
+        reporter.log(_accuracy_line(name, attack.name, accs[name]))
         who = f"{name} model: " if len(models) > 1 else ""
         if 0 in accs[name] and accs[name][0] != clean[name]:
             reporter.note(f"{who}accuracy at eps 0 ({accs[name][0]}) differs from the clean test accuracy "
@@ -68,17 +67,28 @@ def attack_models(models: dict, split: Split, attack: AttackConfig, seed: int = 
 
 
 def attack_table(models: dict, split: Split, attack: AttackConfig, names: Sequence[str], done: dict,
-                 seed: int = 0, batch_size: int = 256) -> dict[str, dict[str, dict[float, float]]]:
+                 seed: int = 0, batch_size: int = 256,
+                 reporter: Reporter = QUIET) -> dict[str, dict[str, dict[float, float]]]:
     """{model: {attack: {eps: accuracy}}} for each of ``names`` over ``attack``'s epsilons and settings (steps,
-    restarts...); ``done`` ({model: {eps: accuracy}} under ``attack.name``) is reused, not measured again."""
+    restarts...); ``done`` ({model: {eps: accuracy}} under ``attack.name``) is reused, not measured again.
+    Each sweep it measures is logged to ``reporter`` as it ends: a table of PGD and APGD with restarts over
+    several models runs for minutes on a CPU, and the log shows it moving."""
     out: dict[str, dict[str, dict[float, float]]] = {}
     for model_name, model in models.items():
         out[model_name] = {}
         for name in dict.fromkeys(names):
-            out[model_name][name] = done[model_name] if name == attack.name else attack_sweep(
+            if name == attack.name:
+                out[model_name][name] = done[model_name]
+                continue
+            out[model_name][name] = accs = attack_sweep(
                 model, split, name, attack.epsilons, batch_size, steps=attack.steps, step_size=attack.step_size,
                 random_start=attack.random_start, seed=seed, restarts=attack.restarts)
+            reporter.log(_accuracy_line(model_name, name, accs))
     return out
+
+
+def _accuracy_line(model: str, attack: str, accs: dict[float, float]) -> str:
+    return f"[{model}] {attack} accuracy: " + ", ".join(f"{e:g}: {v:.4f}" for e, v in accs.items())
 
 
 def attack_examples(model, split: Split, attack: AttackConfig, seed: int = 0

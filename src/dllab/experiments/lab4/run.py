@@ -261,7 +261,8 @@ def _mode_table(cfg: AdvTrainConfig, run: Run, data: ImageData, models: dict, cl
                 accs: dict) -> dict[str, float]:
     """Clean / FGSM / PGD (/ APGD: ``adv.attacks``) accuracy of each model across epsilon: one table, the
     sentence saying what it shows, and the summary keys <model>.<attack>.acc@<eps>."""
-    table = attack_table(models, data.test, cfg.attack, cfg.adv.attacks, accs, cfg.seed, cfg.analysis_batch_size)
+    table = attack_table(models, data.test, cfg.attack, cfg.adv.attacks, accs, cfg.seed, cfg.analysis_batch_size,
+                         reporter=run)
     sentence = robustness_sentence(clean, table)
     run.add(*report.mode_table(clean, table, sentence, _spec_fgsm(cfg) if "fgsm" in cfg.adv.attacks else {}))
     top = max(cfg.attack.epsilons)
