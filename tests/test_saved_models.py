@@ -192,7 +192,7 @@ def test_a_text_run_without_model_folders_says_why(tmp_path):
     run = tmp_path / "text-run"
     run.mkdir()
     (run / "env.json").write_text(json.dumps({"experiment": "lab2.features"}))
-    one_line_error(dllab_in_process("predict", run, "a sentence"), "no saved model folder", "lab2.finetune")
+    one_line_error(dllab_in_process("predict", run, "a sentence"), "no saved model folder", "lab2.*")
 
 
 def test_missing_inputs_are_one_line(mlp_run, tmp_path):
