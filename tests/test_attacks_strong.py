@@ -289,3 +289,27 @@ def test_the_spec_adv_numbers_stand_only_beside_a_model_trained_with_the_specs_s
     header = comparison_tables(accs, metrics, "fgsm", spec("adv.epsilon=0.031"))[0].header
     assert "spec standard" in header and "spec adv" not in header
     assert not any(h.startswith("spec") for h in comparison_tables(accs, metrics, "pgd", {})[0].header)
+
+
+def test_the_spec_numbers_a_run_does_not_reproduce_are_named_with_the_reason():
+    from dllab.core.config import make_config
+    from dllab.core.registry import get_experiment
+    from dllab.experiments.lab4.config import ADV_REF, FGSM_REF
+    from dllab.train.saved_model import ModelContext
+
+    exp = get_experiment("lab4.adv-train")
+
+    def config(*sets):
+        return make_config(exp.config_cls, exp.profiles, "smoke", list(sets))
+
+    assert exp.spec_off(config()) == {} and exp.spec_off(config("adv.alpha=0.5", "attack.epsilons=[0,0.3]")) == {}
+    eps = exp.spec_off(config("adv.epsilon=0.03"))
+    assert set(eps) == {"adv.test_acc", *(f"adv.{k}" for k in ADV_REF)}
+    assert "eps 0.03 and alpha 0.5" in eps["adv.acc@0.01"]
+    pgd = exp.spec_off(config("attack.name=pgd"))   # <model>.acc@<eps> are then PGD's; eps 0 is clean either way
+    assert set(pgd) == {f"{n}.{k}" for n in ("standard", "adv") for k in FGSM_REF if k != "acc@0"}
+    assert "under pgd" in pgd["standard.acc@0.01"]
+    # the model cards take the same rule: the spec's adv numbers stay off a model trained at another eps
+    reference = ModelContext.of("lab4.adv-train", config("adv.epsilon=0.03")).reference
+    assert "standard.test_acc" in reference and not any(k.startswith("adv.") for k in reference)
+    assert "adv.test_acc" in ModelContext.of("lab4.adv-train", config()).reference

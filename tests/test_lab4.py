@@ -289,6 +289,27 @@ def test_adv_train_compares_standard_and_adversarial_models(ood_run, id_data, tm
         assert (run.path / f).is_file(), f
 
 
+def test_a_run_outside_the_specs_setting_keeps_the_spec_numbers_off_its_report_and_cards(ood_run, id_data,
+                                                                                          tmp_path):
+    from dllab.experiments.lab4.config import ADV_REF
+    from dllab.report.render import console_summary
+
+    src, _ = ood_run
+    run, summary = _run("lab4.adv-train", tmp_path, *id_data, f"model.run={src.path}", "adv.epsilon=0.03",
+                        "ood.detectors=[msp]")
+    env = json.loads((run.path / "env.json").read_text())
+    assert set(env["spec_off"]) == {"adv.test_acc", *(f"adv.{k}" for k in ADV_REF)}
+    report = (run.path / "report.md").read_text()
+    cells = {row.split("|")[1].strip(): row.split("|")[2:-1] for row in report.splitlines() if row.startswith("| ")}
+    assert cells["standard.test_acc"][-1].strip() == "0.8473"          # the standard model's spec number stays
+    assert "adv.test_acc" in cells and not any(f"{v:.4f}" in report for v in ADV_REF.values())
+    assert "Not beside the spec's numbers: adv was trained with eps 0.03 and alpha 0.5" in report
+    assert "(spec 0.8473)" in console_summary(run.path) and "0.8681" not in console_summary(run.path)
+    card = run.path / "models" / "adv"
+    assert json.loads((card / "model.json").read_text())["reference"] == {}
+    assert "0.8681" not in (card / "MODEL.md").read_text()
+
+
 def test_rising_accuracy_over_epsilon_gets_a_report_line():
     from dllab.attacks.robustness import rising_accuracy_note
 

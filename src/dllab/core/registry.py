@@ -95,6 +95,10 @@ class Experiment:
     # A key may be listed that a run leaves out for a reason only the run finds (a strategy skipped on this
     # machine); None: the experiment does not say, and the sweep learns its keys from the finished points.
     metrics: Callable[[Any], list[str]] | None = None
+    # reference_off(cfg) -> {summary key: why} of the spec numbers that do not describe a run of ``cfg`` (a model
+    # trained with other settings than the spec's, accuracies under another attack): the report and the model
+    # cards leave them out and say why. None: every number applies to every run.
+    reference_off: Callable[[Any], dict[str, str]] | None = None
 
     def __post_init__(self):
         # A misspelt profile key, a missing profile or a run target that is no "module:function" is an error
@@ -106,6 +110,10 @@ class Experiment:
         if not module or not function:
             raise PluginError(f"experiment '{self.name}': run={self.target!r} must name its run function as "
                               "'module:function'")
+
+    def spec_off(self, cfg) -> dict[str, str]:
+        """``reference_off(cfg)``, or nothing when the experiment declares none."""
+        return dict(self.reference_off(cfg)) if self.reference_off is not None and cfg is not None else {}
 
     def run(self, cfg, run) -> dict[str, float]:
         """Run ``cfg`` in the run folder ``run`` (a ``runner.run.Run``); returns the summary."""

@@ -107,7 +107,7 @@ def console_summary(path: Path) -> str:
     """The finished run's headline numbers (with the spec's, where it gives them) as aligned text lines."""
     info = read_run(path)
     exp = _experiment(info["env"]["experiment"])
-    rows = [r for r in summary_rows(info["summary"], exp.reference if exp else {}) if r[1] != "—"]
+    rows = [r for r in summary_rows(info["summary"], _reference(info["env"], exp)) if r[1] != "—"]
     if not rows:
         return ""
     width = max(len(r[0]) for r in rows)
@@ -242,12 +242,26 @@ def _spec_text(env: dict, exp) -> tuple[dict, str, str]:
     used; the spec's numbers stay in their column (experiments say in their notes how far they compare)."""
     if exp is None:
         return {}, "", ""
+    reference = _reference(env, exp)
     if env.get("spec_data") is False and _part(env, "dataset"):
         model = f" with the model {env['model']}" if _part(env, "model") else ""
-        return exp.reference, "", (f"{exp.name} run on the dataset {env['dataset']}{model}. The spec's description "
-                                   "and claims are about its own dataset, so they are left out here; its numbers, "
-                                   "where it gives any, are in the spec column for reference only.")
-    return exp.reference, exp.notes, exp.description
+        return reference, "", (f"{exp.name} run on the dataset {env['dataset']}{model}. The spec's description "
+                               "and claims are about its own dataset, so they are left out here; its numbers, "
+                               "where it gives any, are in the spec column for reference only.")
+    return reference, exp.notes, exp.description
+
+
+def _reference(env: dict, exp) -> dict[str, Any]:
+    """The spec's numbers that describe this run: the experiment's, less those env.json's ``spec_off`` names."""
+    off = spec_off(env)
+    return {k: v for k, v in exp.reference.items() if k not in off} if exp is not None else {}
+
+
+def spec_off(env: dict) -> dict[str, str]:
+    """The spec's numbers that the run says do not describe it (env.json ``spec_off``: key -> why; e.g. a model
+    trained with other settings than the spec's): left out of the spec column, the reasons stated once."""
+    off = env.get("spec_off")
+    return {k: v for k, v in off.items() if isinstance(v, str)} if isinstance(off, dict) else {}
 
 
 def _parts_line(env: dict) -> list[str]:
@@ -279,6 +293,8 @@ def render(runs: list[RunInfo], root: Path) -> Doc:
         shown = benchmark_table(doc, info["summary"])
         rest = {k: v for k, v in info["summary"].items() if not (shown and ood_table.is_benchmark_key(k))}
         results_tables(doc, summary_rows(rest, reference))
+        if off := spec_off(env):
+            doc.para("Not beside the spec's numbers: " + "; ".join(dict.fromkeys(off.values())) + ".")
         if claims:
             doc.para("The spec says: " + claims)
         for t_title, header, rows in info["tables"]:

@@ -42,7 +42,8 @@ def _execute(exp: Experiment, run: Run) -> dict[str, float]:
     run.write_env(git_commit=git_commit(), versions=versions(), device=describe_device(device),
                   world_size=ranks.world_size(), backend=distributed.backend(device),
                   omp_wait_policy=environ.omp_wait_policy()[0] or "(OpenMP default)",
-                  precision=run.env.get("precision", getattr(train, "precision", None)))  # resolved by the loops
+                  precision=run.env.get("precision", getattr(train, "precision", None)),  # resolved by the loops
+                  **({"spec_off": off} if (off := exp.spec_off(cfg)) else {}))
     with run.tracking():   # the sinks close after the report, which they keep too
         summary = exp.run(cfg, run)
         run.write_metrics(summary, **parts(run.env))
@@ -207,7 +208,7 @@ def _run_seeds(exp: Experiment, run: Run, seeds: list[int] | None) -> Run:
     summary = aggregate(summaries)
     # The top-level report shows the first seed's plots and tables beside the aggregated numbers.
     first = distributed.on_main(Run.open_for_resume, str(run.path / f"seed{seeds[0]}"), get_experiment, quiet=True)
-    run.write_env(**parts(first.env), **({"spec_data": first.env["spec_data"]} if "spec_data" in first.env else {}))
+    run.write_env(**parts(first.env), **{k: first.env[k] for k in ("spec_data", "spec_off") if k in first.env})
     run.write_metrics(summary, seeds={str(s): m for s, m in zip(seeds, summaries)}, **parts(first.env))
     run.records.copy_report(first.records, f"seed{seeds[0]}/")
     run.note(f"numbers are mean ± std over seeds {seeds}; plots and tables are from seed {seeds[0]}")
