@@ -115,10 +115,12 @@ def test_transfer_classical_table_and_accuracy_figure():
 def test_strategies_report_is_a_table_two_notes_and_two_charts():
     results = {s: {"val_acc": 0.8, "test_acc": 0.7, "seconds": 75.0, "trainable_params": 1000, "peak_mem_mb": 12.0,
                    "memory_kind": "RSS", "precision": "fp32"} for s in ("full", "lora")}
+    results["full"]["test_acc_last"] = 0.69           # trained: the last epoch's beside the kept weights'
     items = text.strategies_report(results, {"full.val_acc": 0.84}, "minilm", "train n=64")
     assert _kinds(items) == ["Table", "Note", "Note", "Figure", "Figure"]
-    assert items[0].rows[0] == ["full", "0.8000", "0.7000", "0.8400", "1:15", "1,000", "12", "fp32"]
-    assert items[0].rows[1][3] == "-" and "resident set" in items[1].text
+    assert items[0].header[2:4] == ["test acc (best val epoch)", "test acc (last epoch)"]
+    assert items[0].rows[0] == ["full", "0.8000", "0.7000", "0.6900", "0.8400", "1:15", "1,000", "12", "fp32"]
+    assert items[0].rows[1][3:5] == ["-", "-"] and "resident set" in items[1].text
     assert [i.file for i in items[3:]] == ["strategies_accuracy.png", "strategies_time.png"]
 
 

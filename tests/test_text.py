@@ -293,6 +293,25 @@ def test_fit_keeps_the_best_validation_epoch(tiny_distilbert, tmp_path):
     assert epoch == accs.index(best) + 1                                    # the first epoch with the best
     kept = {n: q for n, q in p.model.named_parameters() if q.requires_grad}
     assert all(torch.equal(kept[n], snapshots[epoch - 1][n]) for n in kept)  # ...and its weights
+    # test_acc is the kept weights', test_acc_last the last epoch's (the issue's rule for every experiment)
+    from dllab.text.strategies import accuracy
+
+    def test_accuracy():
+        return accuracy(p.model, splits["test"], 8, torch.device("cpu"), p.precision, p.label_columns)
+    assert out["test_acc"] == test_accuracy()
+    with torch.no_grad():
+        for n, q in kept.items():
+            q.copy_(snapshots[-1][n])
+    assert out["test_acc_last"] == test_accuracy()
+
+
+def test_a_strategy_that_trains_nothing_is_tested_once_and_has_no_last_epoch(tiny_distilbert, tmp_path):
+    from dllab.core import registry
+    from dllab.text.strategies import TrainSettings
+    p = registry.get("strategy", "baseline")(_ctx(tiny_distilbert))
+    splits = _tokenized(tiny_distilbert, _write_dataset(tmp_path, {"train": 16, "validation": 8, "test": 8}))
+    out = _fit(p, splits, TrainSettings(epochs=3, batch_size=8, eval_batch_size=8), "baseline")
+    assert out["best_epoch"] == 0 and "test_acc" in out and "test_acc_last" not in out
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora"])
@@ -405,6 +424,8 @@ def test_finetune_experiment_end_to_end(tiny_distilbert, tmp_path):
         for k in ("val_acc", "test_acc", "seconds", "trainable_params"):
             assert f"{s}.{k}" in summary
         assert run.result(s) is not None
+        # one epoch: the last is the kept one; an untrained strategy has no last epoch
+        assert summary.get(f"{s}.test_acc_last") == (None if s in ("baseline", "pretrained") else summary[f"{s}.test_acc"])
     assert summary["pretrained.val_acc"] == 0.5                   # always POSITIVE on balanced data
     assert summary["full.trainable_params"] == _expected_trainable("full")
     assert {r["variant"] for r in run.history} == set(strategies)

@@ -32,10 +32,13 @@ def strategies_report(results: dict[str, dict], reference: dict, model_name: str
     rows = []
     for s, r in results.items():
         ref = reference.get(f"{s}.val_acc")
-        rows.append([s, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}", f"{ref:.4f}" if ref else "-",
+        last = r.get("test_acc_last")
+        rows.append([s, f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}", "-" if last is None else f"{last:.4f}",
+                     f"{ref:.4f}" if ref else "-",
                      mmss(r["seconds"]), f"{r['trainable_params']:,}", f"{r['peak_mem_mb']:.0f}", r["precision"]])
     table = Table(f"Fine-tuning strategies ({model_name}, {setting})",
-                  ["strategy", "val acc", "test acc (best val epoch)", "spec val acc", "wall time (train + val)", "trainable params",
+                  ["strategy", "val acc", "test acc (best val epoch)", "test acc (last epoch)", "spec val acc",
+                   "wall time (train + val)", "trainable params",
                    "peak memory (MB)", "precision"], rows)
     memory = Note(f"peak memory is {', '.join(kinds)}" + ("; the resident set rarely shrinks after a strategy, so a "
                   "later strategy's peak can include memory an earlier one left cached"

@@ -19,7 +19,7 @@ from dllab.text.saved import TextModelInfo, save_strategy
 from dllab.text.strategies import (Outcome, Prepared, StrategyContext, StrategySkipped, TrainSettings, amp_precision,
                                    train_and_evaluate)
 
-SUMMARY_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
+SUMMARY_KEYS = ("val_acc", "test_acc", "test_acc_last", "seconds", "trainable_params", "peak_mem_mb")
 
 
 def log_amp_choice(reporter: Reporter, setting: str, device) -> None:

@@ -262,6 +262,7 @@ class Outcome:
     precision: str
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    test_acc_last: float | None = None   # the last epoch's (None: nothing was trained, or only one weights tested)
 
 
 def _linear_warmup_decay(total: int, warmup: float) -> Callable[[int], float]:
@@ -306,6 +307,7 @@ class TextTask(Task):
         super().__init__(name, p.model.to(device), device, p.precision or Precision("fp32", device),
                          s.epochs if p.train else 0)
         self.p, self.splits, self.s = p, splits, s
+        self.test_final = bool(p.train)   # test_acc_last: the last epoch's weights, beside the kept ones
         self.max_grad_norm = s.max_grad_norm
         self.rng = np.random.default_rng(s.seed)
         self._on_train_end = on_train_end
@@ -355,7 +357,11 @@ class TextTask(Task):
         return super().history_row(epoch, train, val, self.p.lr, seconds)   # the strategy's (peak) lr
 
     def result(self, history: list[dict], best: dict[str, Any], tests: dict[str, dict]) -> dict[str, Any]:
-        return {"val_acc": best["val_acc"], "best_epoch": best["epoch"], "history": history, **tests["best"]}
+        """``test_acc``: the kept weights' (the best validation epoch's); ``test_acc_last``: the last epoch's, for
+        a strategy that trains (``saved_model.METRICS_RULE``)."""
+        return {"val_acc": best["val_acc"], "best_epoch": best["epoch"], "history": history,
+                **tests.get("best", tests.get("final", {})),
+                **{f"{k}_last": v for k, v in tests.get("final", {}).items()}}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -387,7 +393,7 @@ def train_and_evaluate(name: str, ctx: StrategyContext, data: Callable[[str], di
     out = fit(task, callbacks, checkpoint, reporter, progress)
     label = p.precision.label if p.precision else "fp32"
     outcome = Outcome(out["val_acc"], out["test_acc"], usage.seconds, trainable, usage.mb, usage.kind, label,
-                      out["best_epoch"], out["history"])
+                      out["best_epoch"], out["history"], out.get("test_acc_last"))
     if keep is not None:
         keep(p, outcome)
     return outcome

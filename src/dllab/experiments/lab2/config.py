@@ -144,7 +144,8 @@ class FeaturesConfig(TextRunConfig):
 # --- lab2.finetune --------------------------------------------------------------------------------------
 
 # text.finetune.SUMMARY_KEYS, which imports torch; tests/test_sweep_input.py checks that the two agree.
-FINETUNE_KEYS = ("val_acc", "test_acc", "seconds", "trainable_params", "peak_mem_mb")
+FINETUNE_KEYS = ("val_acc", "test_acc", "test_acc_last", "seconds", "trainable_params", "peak_mem_mb")
+UNTRAINED = ("baseline", "pretrained")   # strategies that train nothing: one test, no test_acc_last
 
 
 def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
@@ -152,7 +153,7 @@ def finetune_metrics(cfg: FinetuneConfig) -> list[str]:
     full_amp without fast bf16, is skipped by the run and so missing from its summary)."""
     ft = cfg.finetune
     strategies = [s for s in dict.fromkeys(ft.strategies) if s != "pretrained" or ft.pretrained_model]
-    return [f"{s}.{k}" for s in strategies for k in FINETUNE_KEYS]
+    return [f"{s}.{k}" for s in strategies for k in FINETUNE_KEYS if not (k == "test_acc_last" and s in UNTRAINED)]
 
 
 @register(

@@ -108,4 +108,5 @@ def run_finetune(cfg: FinetuneConfig, run: Run) -> dict[str, float]:
         run.add(*strategies_report(results, FINETUNE_REFERENCE, name,
                                    f"train n={len(splits['train'])}, {ft.epochs} epoch(s), batch {ft.batch_size}, "
                                    f"max_length {cfg.data.max_length}"))
-    return {f"{strategy}.{k}": r[k] for strategy, r in results.items() for k in SUMMARY_KEYS}
+    # test_acc_last: only a strategy that trained has one (and a result kept before dllab recorded it has none)
+    return {f"{strategy}.{k}": r[k] for strategy, r in results.items() for k in SUMMARY_KEYS if r.get(k) is not None}
