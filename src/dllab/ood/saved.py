@@ -27,7 +27,7 @@ from dllab.core.untrusted import printable
 from dllab.ood.base import Detector
 from dllab.ood.evaluate import score_images
 from dllab.train.inference import eval_mode
-from dllab.train.saved_model import read_weights, write_tensors
+from dllab.train.saved_model import present, read_weights, write_tensors
 
 FORMAT = "dllab-ood/1"
 FOLDER, TENSORS, DESCRIPTION = "ood", "detectors.safetensors", "ood.json"
@@ -37,6 +37,8 @@ THRESHOLD_RULE = ("the score below which 95% of the ID validation images fall (T
 TRAIN_NOTE = ("data.val_fraction was 0 (no validation split): the thresholds are the 95th percentile of the ID "
               "training images' scores, on which the detectors were fitted, so they flag fewer ID images than 5%")
 PLAIN = (str, int, float, bool, type(None))
+HOLDS = (f"a model's ood/ folder holds {TENSORS} and {DESCRIPTION} (copy the whole model folder, or run the Lab 4 "
+         "experiment again)")   # what a missing file's message says the folder should hold
 
 
 def threshold(scores: torch.Tensor) -> float:
@@ -125,8 +127,8 @@ def read_ood_folder(model_folder: Path, model, input_spec: dict[str, Any]) -> tu
     folder = Path(model_folder) / FOLDER
     untrusted.check_tree(folder, "OOD folder")
     path = folder / DESCRIPTION
-    desc = _checked_description(_present(path))
-    tensors = read_weights(_present(folder / TENSORS), "detector statistics")
+    desc = _checked_description(present(path, HOLDS))
+    tensors = read_weights(present(folder / TENSORS, HOLDS), "detector statistics")
     dims = model_dims(model, input_spec)
     states: dict[str, dict[str, torch.Tensor]] = {d: {} for d in desc["detectors"]}
     for key, value in tensors.items():
@@ -138,13 +140,6 @@ def read_ood_folder(model_folder: Path, model, input_spec: dict[str, Any]) -> tu
     detectors = {d: (_loaded_detector(folder, d, entry, states[d], dims), entry["threshold"])
                  for d, entry in desc["detectors"].items()}
     return desc, detectors
-
-
-def _present(path: Path) -> Path:
-    if not path.is_file():
-        raise RunFolderError(f"{path} is missing; a model's ood/ folder holds {TENSORS} and {DESCRIPTION} (copy the "
-                             "whole model folder, or run the Lab 4 experiment again)")
-    return path
 
 
 def _checked_description(path: Path) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from dllab.core.untrusted import printable
 from dllab.models import hf
 from dllab.text.strategies import Prepared
 from dllab.train.precision import NAMES as PRECISIONS
-from dllab.train.saved_model import DESCRIPTION, METRICS_RULE, library_load, not_safetensors, read_json_description
+from dllab.train.saved_model import (DESCRIPTION, METRICS_RULE, library_load, not_safetensors, present,
+                                     read_json_description)
 
 KIND = "text"
 CLASSES = ["negative", "positive"]        # data.text.LABELS 0 and 1
@@ -127,10 +128,8 @@ def load_text_model(folder: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
 def _check_file(folder: Path, name: str) -> None:
     """``name`` is there, and a ``.safetensors`` file has a safetensors header (a pickle put in its place, or
     a damaged file, is refused here, before any library reads it)."""
-    path = folder / name
-    if not path.is_file():
-        raise RunFolderError(f"{path} is missing; a text model folder holds {DESCRIPTION}, the model's files and its "
-                             "tokenizer's (copy the whole folder, or run the strategy again)")
+    path = present(folder / name, f"a text model folder holds {DESCRIPTION}, the model's files and its tokenizer's "
+                                  "(copy the whole folder, or run the strategy again)")
     if path.suffix != ".safetensors":
         return
     try:

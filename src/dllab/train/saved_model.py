@@ -215,7 +215,7 @@ def saved_kind(folder: Path) -> str:
 def read_json_description(folder: Path, kind: str | None = None) -> dict[str, Any]:
     """model.json, read as untrusted JSON: an object with dllab's format; with ``kind``, also of that kind and
     with ``model`` and ``input`` objects (what each kind's reader then checks field by field)."""
-    path = _present(Path(folder) / DESCRIPTION)
+    path = present(Path(folder) / DESCRIPTION)
     desc = untrusted.read_json(path)
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         raise RunFolderError(f"{path} is not a dllab model description (no \"format\": \"{FORMAT}\")")
@@ -237,10 +237,12 @@ def library_load(folder: Path, what: str, load: Callable[..., Any], *args, **kwa
         raise RunFolderError(f"{folder}: the {what} cannot be loaded ({type(e).__name__}: {printable(first)})") from e
 
 
-def _present(path: Path) -> Path:
+def present(path: Path, holds: str = "") -> Path:
+    """``path`` when it is a file; else one line naming it and what its folder holds (``holds``: an image model
+    folder's files by default), so the reader knows to copy the whole folder."""
     if not path.is_file():
-        raise RunFolderError(f"{path} is missing; a model folder holds {WEIGHTS}, {DESCRIPTION} and {CARD} "
-                             "(copy the whole folder, or run the variant again)")
+        raise RunFolderError(f"{path} is missing; " + (holds or f"a model folder holds {WEIGHTS}, {DESCRIPTION} and "
+                                                                 f"{CARD} (copy the whole folder, or run the variant again)"))
     return path
 
 
@@ -281,7 +283,7 @@ def read_weights(path: Path, what: str = "model weights") -> dict[str, torch.Ten
     """The safetensors file ``path`` (model.safetensors, or another of a model folder's tensor files: ``what``
     they are) as named tensors. Only the safetensors format is read (a header and raw tensors), so a pickle or
     anything else put in its place is refused, never loaded."""
-    data = untrusted.read_bytes(_present(path), CHECKPOINT_LIMIT)
+    data = untrusted.read_bytes(present(path), CHECKPOINT_LIMIT)
     try:
         return load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
