@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dllab.core.machine import to_device
-from dllab.data.text import TextSplit, iterate_batches, tokenize
+from dllab.data.text import TextSplit, tokenize
+from dllab.text.strategies import batch_logits
 from dllab.train.inference import eval_mode
 from dllab.train.precision import Precision
 
@@ -33,10 +33,7 @@ def predict_sentences(model: torch.nn.Module, tokenizer, description: dict[str, 
     probs = torch.zeros(len(rows), len(classes))
     model.to(device)
     with eval_mode(model):
-        for idx, batch in iterate_batches(split, batch_size):
-            with precision.autocast():
-                logits = model(input_ids=to_device(batch["input_ids"], device),
-                               attention_mask=to_device(batch["attention_mask"], device)).logits
+        for idx, logits in batch_logits(model, split, batch_size, device, precision):
             probs[torch.as_tensor(idx)] = torch.softmax(logits.float(), dim=1).cpu()
     p, k = probs.max(dim=1)
     return [{**r, "class": classes[j], "index": j, "probability": float(pj)}

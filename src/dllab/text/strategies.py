@@ -38,7 +38,7 @@ from dllab.core.machine import to_device
 from dllab.core.events import QUIET, Callback, CheckpointIO, Reporter
 from dllab.models.common import count_parameters
 from dllab.core.registry import register
-from dllab.train.loop import Meter, Task, fit
+from dllab.train.loop import Meter, Task, fit, kept_tests
 from dllab.train.precision import ALIASES, Precision, resolve_precision
 from dllab.models import hf
 
@@ -211,19 +211,29 @@ def predict(model: nn.Module, split: TokenizedSplit, batch_size: int, device: to
     """Predicted dataset class per row, in the split's order. ``part=(rank, world)``: only every world-th
     batch from the rank-th is predicted; the other rows stay -1."""
     model.eval()
+    world = part[1]
+    preds = np.zeros(len(split), dtype=np.int64) if world == 1 else np.full(len(split), -1, dtype=np.int64)
+    for idx, logits in batch_logits(model, split, batch_size, device, precision, part):
+        if label_columns is not None:
+            logits = logits[:, label_columns]
+        preds[idx] = logits.argmax(-1).cpu().numpy()
+    return preds
+
+
+def batch_logits(model: nn.Module, split: TokenizedSplit, batch_size: int, device: torch.device,
+                 precision: Precision | None = None, part: tuple[int, int] = (0, 1)):
+    """(row indices, logits) per batch of ``split`` (``iterate_batches``' length-sorted, padded batches) through
+    ``model`` under ``precision``'s autocast; ``part=(rank, world)``: only every world-th batch from the rank-th.
+    The caller holds ``model`` in eval mode and inference mode."""
     precision = precision or Precision("fp32", device)
     rank, world = part
-    preds = np.zeros(len(split), dtype=np.int64) if world == 1 else np.full(len(split), -1, dtype=np.int64)
     for b, (idx, batch) in enumerate(iterate_batches(split, batch_size)):
         if b % world != rank:
             continue
         with precision.autocast():
             logits = model(input_ids=to_device(batch["input_ids"], device),
                            attention_mask=to_device(batch["attention_mask"], device)).logits
-        if label_columns is not None:
-            logits = logits[:, label_columns]
-        preds[idx] = logits.argmax(-1).cpu().numpy()
-    return preds
+        yield idx, logits   # outside autocast: what the caller does with the logits runs as it would without it
 
 
 def accuracy(model, split: TokenizedSplit, batch_size: int, device, precision=None, label_columns=None) -> float:
@@ -359,9 +369,7 @@ class TextTask(Task):
     def result(self, history: list[dict], best: dict[str, Any], tests: dict[str, dict]) -> dict[str, Any]:
         """``test_acc``: the kept weights' (the best validation epoch's); ``test_acc_last``: the last epoch's, for
         a strategy that trains (``saved_model.METRICS_RULE``)."""
-        return {"val_acc": best["val_acc"], "best_epoch": best["epoch"], "history": history,
-                **tests.get("best", tests.get("final", {})),
-                **{f"{k}_last": v for k, v in tests.get("final", {}).items()}}
+        return {"val_acc": best["val_acc"], "best_epoch": best["epoch"], "history": history, **kept_tests(tests)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
