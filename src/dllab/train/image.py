@@ -31,7 +31,7 @@ from dllab.data.images import Batches, ImageData, Split
 from dllab.models.common import weight_layers
 from dllab.train.early_stop import EarlyStopping
 from dllab.train.gradients import GradNormRecorder
-from dllab.train.loop import Meter, Task
+from dllab.train.loop import Meter, Task, kept_tests
 from dllab.train.precision import Precision, model_kind, resolve_precision
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -214,11 +214,9 @@ class ImageTask(Task):
         """``test_*``: the kept weights' (the best validation epoch's, the last epoch's without a validation
         split: what the model holds when fit returns, and what is saved); ``test_*_last``: the last epoch's
         (``saved_model.METRICS_RULE``)."""
-        kept = tests.get("best", tests["final"])
         result = {"variant": self.name, "epochs": self.epochs,
                   "train_acc": history[-1]["train_acc"] if history else float("nan"),
-                  "seconds": sum(r["seconds"] for r in history), **kept,
-                  **{f"{k}_last": v for k, v in tests["final"].items()}}
+                  "seconds": sum(r["seconds"] for r in history), **kept_tests(tests)}
         if "best" in tests:
             result.update(best_epoch=best["epoch"], val_acc=best["val_acc"],
                           final_val_acc=history[-1].get("val_acc"))

@@ -135,6 +135,13 @@ class Task:
         pass
 
 
+def kept_tests(tests: dict[str, dict]) -> dict[str, Any]:
+    """``fit``'s test figures under ``saved_model.METRICS_RULE``: the kept weights' ("best", else "final") as
+    ``test_*``, and the last epoch's ("final", when the task tests it) as ``test_*_last``."""
+    final = tests.get("final", {})
+    return {**tests.get("best", final), **{f"{k}_last": v for k, v in final.items()}}
+
+
 def fit(task: Task, callbacks: Sequence[Callback] = (), checkpoint: CheckpointIO | None = None,
         reporter: Reporter = QUIET, progress: bool = False) -> dict[str, Any]:
     """Train ``task.model`` for ``task.epochs`` (continuing from ``checkpoint`` when it holds a state), test it,
