@@ -135,6 +135,12 @@ class ImageMeter(Meter):
         return {"train_loss": self.loss_sum.item() / seen, "train_acc": self.correct.item() / seen}
 
 
+def uses_channels_last(train: TrainConfig, model: nn.Module) -> bool:
+    """Whether ``ImageTask`` runs ``model`` channels-last: ``train.channels_last`` asks for it, and only a model
+    with a convolution has activations whose layout it changes."""
+    return bool(train.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+
+
 class ImageTask(Task):
     """Train ``model`` on ``data.train`` as variant ``name`` (``precision``: resolved from ``train.precision``
     for the model's kind unless given)."""
@@ -145,7 +151,7 @@ class ImageTask(Task):
                  loss_fn: LossFn = cross_entropy_loss, precision: Precision | None = None):
         precision = precision or resolve_precision(train.precision, device, model_kind(model))
         model.to(device)
-        if train.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        if uses_channels_last(train, model):
             model.to(memory_format=torch.channels_last)  # activations follow the weights' layout
         super().__init__(name, model, device, precision, train.epochs)
         self.data, self.train, self.optim, self.loss_fn = data, train, optim, loss_fn

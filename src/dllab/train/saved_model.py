@@ -27,6 +27,7 @@ from dllab.core.config import flatten
 from dllab.core.files import atomic_folder, atomic_write, atomic_write_json, atomic_write_text
 from dllab.models.common import DATASET_STATS
 from dllab.train.checkpoint import CHECKPOINT_LIMIT, FileCheckpoint, check_spec, load_weights, plain
+from dllab.train.image import uses_channels_last
 from dllab.train.model_card import model_card
 from dllab.train.settings import METRICS_RULE
 
@@ -51,7 +52,7 @@ def evaluation_spec(precision: str, train, model: torch.nn.Module) -> dict[str, 
     (``auto`` may be bf16 on one CPU and fp32 on another), the batch size and the memory layout, so a reload
     scores exactly as the run did (``ImageTask``'s evaluation)."""
     return {"precision": precision, "batch_size": train.eval_batch_size,
-            "channels_last": bool(train.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()))}
+            "channels_last": uses_channels_last(train, model)}
 
 
 def kept_result(result: dict[str, Any]) -> dict[str, Any]:
