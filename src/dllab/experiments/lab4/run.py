@@ -13,8 +13,8 @@ from dllab.core import distributed, registry
 from dllab.data import data_root
 from dllab.data.images import ImageData
 from dllab.experiments.common import get_cnn, load_data, record_model, record_ood_sets, spec_data
-from dllab.experiments.lab4.config import (ADV_REF, ADV_SETTING, FGSM_REF, AdvTrainConfig, FGSMConfig,
-                                           ODINConfig, OODExpConfig, adv_model_names, mode_table_asked)
+from dllab.experiments.lab4.config import (ADV_REF, FGSM_REF, AdvTrainConfig, FGSMConfig, ODINConfig, OODExpConfig,
+                                           adv_as_spec, adv_model_names, mode_table_asked)
 from dllab.models.factory import check_model_has
 from dllab.ood.datasets import OODSet, benchmark_groups, build_ood_sets
 from dllab.ood.evaluate import benchmark_keys, build_detectors, evaluate_ood, metric_keys, score_arrays
@@ -253,8 +253,7 @@ def _adv_analysis(cfg: AdvTrainConfig, run: Run, data: ImageData, ood_sets: list
 def _spec_fgsm(cfg: AdvTrainConfig) -> dict[str, dict[str, float]]:
     """The spec's FGSM accuracies of the models this run trained as the spec did: ``standard``'s (Ex. 2.1), and
     ``adv``'s (Ex. 2.2) only when it was trained with the spec's eps and alpha; another setting's model has none."""
-    a = cfg.adv
-    return {"standard": FGSM_REF, **({"adv": ADV_REF} if (a.epsilon, a.alpha) == ADV_SETTING else {})}
+    return {"standard": FGSM_REF, **({"adv": ADV_REF} if adv_as_spec(cfg) else {})}
 
 
 def _mode_table(cfg: AdvTrainConfig, run: Run, data: ImageData, models: dict, clean: dict[str, float],
