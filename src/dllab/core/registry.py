@@ -115,6 +115,10 @@ class Experiment:
         """``reference_off(cfg)``, or nothing when the experiment declares none."""
         return dict(self.reference_off(cfg)) if self.reference_off is not None and cfg is not None else {}
 
+    def reference_without(self, off) -> dict[str, Any]:
+        """The spec's numbers less those ``off`` names (``spec_off``'s keys: numbers that do not describe a run)."""
+        return {k: v for k, v in self.reference.items() if k not in off}
+
     def run(self, cfg, run) -> dict[str, float]:
         """Run ``cfg`` in the run folder ``run`` (a ``runner.run.Run``); returns the summary."""
         return self.run_function()(cfg, run)

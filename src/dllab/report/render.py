@@ -253,8 +253,7 @@ def _spec_text(env: dict, exp) -> tuple[dict, str, str]:
 
 def _reference(env: dict, exp) -> dict[str, Any]:
     """The spec's numbers that describe this run: the experiment's, less those env.json's ``spec_off`` names."""
-    off = spec_off(env)
-    return {k: v for k, v in exp.reference.items() if k not in off} if exp is not None else {}
+    return exp.reference_without(spec_off(env)) if exp is not None else {}
 
 
 def spec_off(env: dict) -> dict[str, str]:

@@ -92,10 +92,9 @@ class ModelContext:
         """The context of a run of ``experiment`` with config ``cfg`` (an unregistered experiment: no spec; a Run
         made without a config, as tests make one: no config)."""
         found = registry.get_experiment(experiment) if experiment in registry.experiment_names() else None
-        off = found.spec_off(cfg) if found is not None else {}
         return cls(experiment, getattr(found, "description", ""), getattr(cfg, "profile", ""),
                    getattr(cfg, "seed", 0), plain(flatten(cfg.model_dump(mode="json"))) if cfg is not None else {},
-                   {k: v for k, v in (getattr(found, "reference", None) or {}).items() if k not in off})
+                   found.reference_without(found.spec_off(cfg)) if found is not None else {})
 
 
 class SavedModelIO(FileCheckpoint):
