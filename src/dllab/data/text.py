@@ -34,6 +34,7 @@ class TextSplit:
 
 
 LABELS = (0, 1)   # the text labs are binary (0 = negative, 1 = positive): the models get two outputs
+CLASSES = ["negative", "positive"]   # LABELS' names, as saved text models and classifiers describe them
 
 
 def _read_jsonl(path: Path) -> TextSplit:

@@ -35,7 +35,7 @@ from dllab import RunFolderError
 from dllab.core import untrusted
 from dllab.core.events import QUIET, Reporter
 from dllab.data.images import Split
-from dllab.data.text import TextSplit, read_sentences, tokenize
+from dllab.data.text import CLASSES, TextSplit, read_sentences, tokenize
 from dllab.features import image as image_features
 from dllab.features.text import extract_features
 from dllab.models import hf
@@ -46,7 +46,6 @@ from dllab.train.saved_model import (DESCRIPTION, ModelContext, library_load, lo
 
 KIND = "features"
 WEIGHTS = "classifier.safetensors"
-CLASSES = ["negative", "positive"]        # data.text.LABELS 0 and 1
 EMBEDDING = "embedding"                   # an image classifier's feature extractor: a model folder inside its own
 LINEAR = {"LinearSVC": LinearSVC, "LogisticRegression": LogisticRegression}
 ESTIMATORS = (*LINEAR, "KNeighborsClassifier")

@@ -29,6 +29,7 @@ from torch import nn
 from dllab import RunFolderError
 from dllab.core import untrusted
 from dllab.core.untrusted import printable
+from dllab.data.text import CLASSES
 from dllab.models import hf
 from dllab.text.strategies import Prepared
 from dllab.train.precision import NAMES as PRECISIONS
@@ -36,7 +37,6 @@ from dllab.train.saved_model import (DESCRIPTION, METRICS_RULE, library_load, no
                                      read_json_description)
 
 KIND = "text"
-CLASSES = ["negative", "positive"]        # data.text.LABELS 0 and 1
 FULL_WEIGHTS, ADAPTER_WEIGHTS, ADAPTER_CONFIG = "model.safetensors", "adapter_model.safetensors", "adapter_config.json"
 # The result's figures model.json keeps (which test_acc is which: METRICS_RULE; the result says, not this module)
 METRIC_KEYS = ("test_acc", "val_acc", "best_epoch", "test_acc_last", "seconds", "trainable_params")
