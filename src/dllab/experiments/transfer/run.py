@@ -51,11 +51,10 @@ def probe_source(cfg: TransferConfig, run: Run, source: SavedCNN, target: ImageD
                                            cfg.train.eval_batch_size, cfg.classifiers, cfg.knn_k, cfg.seed, fitted)
     run.add(*report.classical_table(accs, dim, cfg.knn_k))
     # the extractor takes the target's images; its own outputs are the source's classes
-    state = model_state(source.model, source.classes, result=source.result,
-                        input={**input_spec(target), "classes": source.classes})
+    spec = input_spec(target)
+    state = model_state(source.model, source.classes, result=source.result, input={**spec, "classes": source.classes})
     save_image_classifiers(run.model_io, fitted, accs, ImageEmbedding(
-        state, f"source model ({source.describe()})", source.origin, precision, cfg.train.eval_batch_size,
-        input_spec(target)), run)
+        state, f"source model ({source.describe()})", source.origin, precision, cfg.train.eval_batch_size, spec), run)
     return {f"{n}.{split}_acc": a[split] for n, a in accs.items() for split in ("val", "test") if split in a}
 
 
