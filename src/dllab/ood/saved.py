@@ -69,6 +69,11 @@ def fit_thresholds(model, detectors: dict[str, Detector], data, batch_size: int 
     return Thresholds(split, len(x), {d: threshold(scores[d]) for d in detectors})
 
 
+def default_detector(names) -> str:
+    """The detector ``dllab predict`` uses unless told: energy when it was fitted, else the first of ``names``."""
+    return "energy" if "energy" in names else next(iter(names))
+
+
 def describe(variant: str, detectors: dict[str, Detector], thresholds: Thresholds, scores: dict,
              metrics: dict) -> dict[str, Any]:
     """ood.json's content; ``scores`` and ``metrics`` as ``ood_evaluation`` returned them."""
@@ -79,7 +84,7 @@ def describe(variant: str, detectors: dict[str, Detector], thresholds: Threshold
                       "metrics": {ood: per_det[d] for ood, per_det in metrics.items()},
                       "flagged_at_threshold": {("id_test" if g == "id" else g): float((s[d] > t).double().mean())
                                                for g, s in scores.items()}}
-    out = {"format": FORMAT, "variant": variant, "default": "energy" if "energy" in detectors else next(iter(entries)),
+    out = {"format": FORMAT, "variant": variant, "default": default_detector(entries),
            "threshold_rule": THRESHOLD_RULE, "threshold_split": thresholds.split,
            "threshold_images": thresholds.images, "detectors": entries}
     if thresholds.split != "val":
@@ -128,7 +133,7 @@ def read_ood_folder(model_folder: Path, model, input_spec: dict[str, Any]) -> tu
     untrusted.check_tree(folder, "OOD folder")
     path = folder / DESCRIPTION
     desc = _checked_description(present(path, HOLDS))
-    tensors = read_weights(present(folder / TENSORS, HOLDS), "detector statistics")
+    tensors = read_weights(folder / TENSORS, "detector statistics", HOLDS)
     dims = model_dims(model, input_spec)
     states: dict[str, dict[str, torch.Tensor]] = {d: {} for d in desc["detectors"]}
     for key, value in tensors.items():
@@ -161,7 +166,7 @@ def _checked_description(path: Path) -> dict[str, Any]:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
             raise RunFolderError(f"{path}: the threshold of detector '{name}' is not a finite number")
     if desc.get("default") not in entries:
-        desc["default"] = "energy" if "energy" in entries else next(iter(entries))
+        desc["default"] = default_detector(entries)
     return desc
 
 

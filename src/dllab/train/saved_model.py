@@ -279,11 +279,12 @@ def build_saved(path: Path, spec: dict[str, Any]) -> torch.nn.Module:
                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
-def read_weights(path: Path, what: str = "model weights") -> dict[str, torch.Tensor]:
+def read_weights(path: Path, what: str = "model weights", holds: str = "") -> dict[str, torch.Tensor]:
     """The safetensors file ``path`` (model.safetensors, or another of a model folder's tensor files: ``what``
-    they are) as named tensors. Only the safetensors format is read (a header and raw tensors), so a pickle or
-    anything else put in its place is refused, never loaded."""
-    data = untrusted.read_bytes(present(path), CHECKPOINT_LIMIT)
+    they are; ``holds``: what its folder holds, for ``present``'s message) as named tensors. Only the safetensors
+    format is read (a header and raw tensors), so a pickle or anything else put in its place is refused, never
+    loaded."""
+    data = untrusted.read_bytes(present(path, holds), CHECKPOINT_LIMIT)
     try:
         return load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
